@@ -1,0 +1,32 @@
+//! Maille's routing table: the wire form served by the controller, its validation, and the
+//! immutable, indexed form that the proxy routes with.
+//!
+//! Data flows one way: the controller builds a [`TableSpec`], checks it with
+//! [`Table::try_from`], and serves the spec as JSON; each proxy parses the JSON into a
+//! [`TableSpec`] and validates it again into a [`Table`], which it swaps in whole.
+//! This crate does no I/O.
+
+pub mod annotations;
+pub mod duration;
+pub mod expr;
+pub mod options;
+pub mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod wire;
+
+pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
+pub use table::{
+    AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split, SplitBackend,
+    Table,
+};
+pub use wire::{
+    AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,
+    SplitBackendSpec, SplitSpec, TableSpec, TrafficType,
+};
+
+/// The schema version this build writes and accepts. A table with another version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The DNS suffix of mesh names: a service is reached as `<name>.<namespace>.maille.mesh`.
+pub const MESH_DOMAIN: &str = "maille.mesh";

@@ -1,0 +1,654 @@
+//! The validated, indexed routing table that the proxy holds and routes with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use regex::Regex;
+
+use crate::expr;
+use crate::options::{
+    CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions,
+    DEFAULT_RETRY_BUDGET_PERCENT,
+};
+use crate::wire::{
+    AccessRuleSpec, HttpMatchSpec, OptionsSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType,
+};
+use crate::{MESH_DOMAIN, SCHEMA_VERSION};
+
+/// Highest endpoint or split weight accepted.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Why a table (or one service of it) was refused. Every variant names the service at fault
+/// (`namespace/name:port`), the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The table was written for another schema.
+    #[error("table schema version {found} is not supported (this build reads version {expected})")]
+    SchemaVersion {
+        /// Version in the table.
+        found: u32,
+        /// Version this build reads.
+        expected: u32,
+    },
+    /// A field of a service has a value that is not allowed.
+    #[error("service {service}: field {field}: invalid value {value:?}: {reason}")]
+    InvalidField {
+        /// `namespace/name:port`.
+        service: String,
+        /// Path of the field, e.g. `endpoints[2].address`.
+        field: String,
+        /// The offending value.
+        value: String,
+        /// What was expected instead.
+        reason: String,
+    },
+    /// Two HTTP services answer the same host on the same listener port.
+    #[error("services {first} and {second} both claim host {host:?} on mesh port {mesh_port}")]
+    DuplicateHttpRoute {
+        /// One claimant.
+        first: String,
+        /// The other.
+        second: String,
+        /// The host both claim.
+        host: String,
+        /// The listener port.
+        mesh_port: u16,
+    },
+    /// Two TCP (or two UDP) services are mapped to the same listener port.
+    #[error("services {first} and {second} both use {traffic_type} mesh port {mesh_port}")]
+    DuplicateMeshPort {
+        /// One claimant.
+        first: String,
+        /// The other.
+        second: String,
+        /// tcp or udp.
+        traffic_type: TrafficType,
+        /// The listener port.
+        mesh_port: u16,
+    },
+    /// The same service port appears twice.
+    #[error("service {0} appears more than once in the table")]
+    DuplicateService(String),
+}
+
+/// `pub type Result` of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Identity of a meshed service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
+}
+
+/// A backend address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative weight, 1 to [`MAX_WEIGHT`].
+    pub weight: u32,
+}
+
+/// A compiled HTTP match; conditions are ANDed.
+#[derive(Clone, Debug)]
+pub struct HttpMatch {
+    /// Name of the match, for diagnostics.
+    pub name: Option<String>,
+    /// Anchored path regex.
+    pub path: Option<Regex>,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    /// Lower-case header name and anchored value regex.
+    pub headers: Vec<(String, Regex)>,
+}
+
+impl HttpMatch {
+    /// Whether a request fits this match. `header` returns the value of a header by its
+    /// lower-case name.
+    pub fn matches<'a>(
+        &self,
+        method: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'a str>,
+    ) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return false;
+        }
+        if let Some(re) = &self.path {
+            if !re.is_match(path) {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, re)| header(name).is_some_and(|v| re.is_match(v)))
+    }
+}
+
+/// One weighted backend of a split, resolved to its index in [`Table::services`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitBackend {
+    /// Index of the backend service port in [`Table::services`].
+    pub service: usize,
+    /// Relative weight; 0 sends it nothing.
+    pub weight: u32,
+}
+
+/// A traffic split on a root service port.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// `namespace/name` of the TrafficSplit.
+    pub name: String,
+    /// Requests it applies to; empty means all.
+    pub matches: Vec<HttpMatch>,
+    /// Weighted backends.
+    pub backends: Vec<SplitBackend>,
+}
+
+impl Split {
+    /// Sum of the backend weights; 0 means the split sends no traffic anywhere.
+    pub fn total_weight(&self) -> u64 {
+        self.backends.iter().map(|b| u64::from(b.weight)).sum()
+    }
+}
+
+/// In ACL mode: one rule allowing some clients to reach a service port.
+#[derive(Clone, Debug)]
+pub struct AccessRule {
+    /// `namespace/name` of the TrafficTarget.
+    pub name: String,
+    /// Allowed client addresses.
+    pub sources: Vec<IpAddr>,
+    /// For HTTP, the requests allowed (any of them); `None` allows everything.
+    pub http: Option<Vec<HttpMatch>>,
+}
+
+impl AccessRule {
+    /// Whether the rule lets this client in (before any HTTP match).
+    pub fn admits(&self, client: IpAddr) -> bool {
+        let client = canonical_ip(client);
+        self.sources.iter().any(|s| *s == client)
+    }
+}
+
+/// One validated, meshed service port.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Identity.
+    pub key: ServiceKey,
+    /// Name of the service port, if any.
+    pub port_name: Option<String>,
+    /// Listener port on the proxy.
+    pub mesh_port: u16,
+    /// How traffic is carried.
+    pub traffic_type: TrafficType,
+    /// ClusterIP, if known.
+    pub cluster_ip: Option<IpAddr>,
+    /// Ready endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Middlewares.
+    pub options: ServiceOptions,
+    /// Traffic splits rooted here.
+    pub splits: Vec<Split>,
+    /// Access rules (meaningful in ACL mode only).
+    pub access: Vec<AccessRule>,
+}
+
+/// The validated routing table. Immutable once built; share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Generation number from the controller.
+    pub version: u64,
+    /// Access-control mode.
+    pub acl: bool,
+    /// All service ports, in the order of the spec.
+    pub services: Vec<Service>,
+    /// HTTP: lower-case host → (listener port, service index) pairs.
+    http_hosts: HashMap<Box<str>, Vec<(u16, usize)>>,
+    tcp_ports: HashMap<u16, usize>,
+    udp_ports: HashMap<u16, usize>,
+    by_key: HashMap<ServiceKey, usize>,
+}
+
+impl Table {
+    /// An empty table of generation 0, for a proxy that has none yet.
+    pub fn empty() -> Arc<Table> {
+        Arc::new(Table::default())
+    }
+
+    /// Parses and validates a JSON table.
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Table, JsonError> {
+        let spec: TableSpec =
+            serde_json::from_slice(bytes).map_err(|e| JsonError::Parse(e.to_string()))?;
+        Ok(Table::try_from(spec)?)
+    }
+
+    /// The HTTP service for a request that arrived on `mesh_port` with this Host header (port,
+    /// case and a trailing dot are ignored).
+    pub fn http_route(&self, mesh_port: u16, host: &str) -> Option<&Service> {
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let mut buf = [0u8; 256];
+        let key: &str = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let n = host.len();
+            if n > buf.len() {
+                return None;
+            }
+            buf[..n].copy_from_slice(host.as_bytes());
+            buf[..n].make_ascii_lowercase();
+            std::str::from_utf8(&buf[..n]).ok()?
+        } else {
+            host
+        };
+        let candidates = self.http_hosts.get(key)?;
+        candidates
+            .iter()
+            .find(|(port, _)| *port == mesh_port)
+            .map(|(_, i)| &self.services[*i])
+    }
+
+    /// The TCP service mapped to a listener port.
+    pub fn tcp_route(&self, mesh_port: u16) -> Option<&Service> {
+        self.tcp_ports.get(&mesh_port).map(|i| &self.services[*i])
+    }
+
+    /// The UDP service mapped to a listener port.
+    pub fn udp_route(&self, mesh_port: u16) -> Option<&Service> {
+        self.udp_ports.get(&mesh_port).map(|i| &self.services[*i])
+    }
+
+    /// A service port by identity.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.by_key.get(key).map(|i| &self.services[*i])
+    }
+
+    /// Index of a service port in [`Table::services`].
+    pub fn index_of(&self, key: &ServiceKey) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+}
+
+/// A table that could not be read from JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON, or not shaped like a table.
+    #[error("table is not valid JSON: {0}")]
+    Parse(String),
+    /// JSON, but refused by validation.
+    #[error(transparent)]
+    Invalid(#[from] Error),
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port or [v6]
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rfind(':') {
+        // A single colon: name:port or v4:port. More than one: a bare IPv6 address.
+        Some(i) if host[..i].find(':').is_none() => &host[..i],
+        _ => host,
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn invalid(service: &str, field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Error {
+    Error::InvalidField {
+        service: service.to_string(),
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl ServiceSpec {
+    /// `namespace/name:port`, the way errors name a service port.
+    pub fn display_name(&self) -> String {
+        format!("{}/{}:{}", self.namespace, self.name, self.port)
+    }
+
+    /// The mesh host name `<name>.<namespace>.maille.mesh`.
+    pub fn mesh_host(&self) -> String {
+        format!("{}.{}.{}", self.name, self.namespace, MESH_DOMAIN)
+    }
+
+    /// Validates this service port on its own (everything but references to other services).
+    pub fn validate(&self) -> Result<()> {
+        self.validate_local().map(|_| ())
+    }
+
+    fn validate_local(&self) -> Result<Service> {
+        let id = self.display_name();
+        if !is_dns_label(&self.namespace) {
+            return Err(invalid(&id, "namespace", &self.namespace, "expected a DNS label (a-z, 0-9, -; at most 63)"));
+        }
+        if !is_dns_label(&self.name) {
+            return Err(invalid(&id, "name", &self.name, "expected a DNS label (a-z, 0-9, -; at most 63)"));
+        }
+        if self.port == 0 {
+            return Err(invalid(&id, "port", self.port, "expected a port from 1 to 65535"));
+        }
+        if self.mesh_port == 0 {
+            return Err(invalid(&id, "meshPort", self.mesh_port, "expected a port from 1 to 65535"));
+        }
+        let cluster_ip = match &self.cluster_ip {
+            None => None,
+            Some(s) => Some(canonical_ip(s.parse::<IpAddr>().map_err(|_| {
+                invalid(&id, "clusterIp", s, "expected an IP address")
+            })?)),
+        };
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let addr: SocketAddr = ep.address.parse().map_err(|_| {
+                invalid(&id, format!("endpoints[{i}].address"), &ep.address, "expected ip:port (IPv6 as [ip]:port)")
+            })?;
+            if addr.port() == 0 {
+                return Err(invalid(&id, format!("endpoints[{i}].address"), &ep.address, "port 0 is not a port"));
+            }
+            if ep.weight > MAX_WEIGHT {
+                return Err(invalid(&id, format!("endpoints[{i}].weight"), ep.weight, format!("expected 0 to {MAX_WEIGHT}")));
+            }
+            if ep.weight > 0 {
+                endpoints.push(Endpoint { addr, weight: ep.weight });
+            }
+        }
+        let options = validate_options(&id, self.traffic_type, &self.options)?;
+        let mut access = Vec::with_capacity(self.access.len());
+        for (i, rule) in self.access.iter().enumerate() {
+            access.push(validate_access(&id, i, self.traffic_type, rule)?);
+        }
+        if !self.splits.is_empty() && self.traffic_type == TrafficType::Udp {
+            return Err(invalid(&id, "splits", self.splits.len(), "traffic splits apply to http and tcp services only"));
+        }
+        for (i, split) in self.splits.iter().enumerate() {
+            if self.traffic_type != TrafficType::Http && !split.matches.is_empty() {
+                return Err(invalid(&id, format!("splits[{i}].matches"), &split.name, "HTTP matches need an http service"));
+            }
+        }
+        Ok(Service {
+            key: ServiceKey { namespace: self.namespace.clone(), name: self.name.clone(), port: self.port },
+            port_name: self.port_name.clone(),
+            mesh_port: self.mesh_port,
+            traffic_type: self.traffic_type,
+            cluster_ip,
+            endpoints,
+            options,
+            splits: Vec::new(),
+            access,
+        })
+    }
+}
+
+fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<ServiceOptions> {
+    let http_only = |field: &str, set: bool| -> Result<()> {
+        if set && tt != TrafficType::Http {
+            return Err(invalid(id, format!("options.{field}"), "set", format!("only http services support it, this one is {tt}")));
+        }
+        Ok(())
+    };
+    http_only("retryAttempts", o.retry_attempts.is_some())?;
+    http_only("timeoutMs", o.timeout_ms.is_some())?;
+    http_only("rateLimit", o.rate_limit.is_some())?;
+    http_only("circuitBreaker", o.circuit_breaker.is_some())?;
+    http_only("scheme", o.scheme.as_deref().is_some_and(|s| s != "http"))?;
+
+    let retry = match o.retry_attempts {
+        None => None,
+        Some(0) => return Err(invalid(id, "options.retryAttempts", 0, "expected an integer ≥ 1")),
+        Some(attempts) => {
+            let budget_percent = o.retry_budget_percent.unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);
+            if !(1..=100).contains(&budget_percent) {
+                return Err(invalid(id, "options.retryBudgetPercent", budget_percent, "expected a percentage from 1 to 100"));
+            }
+            Some(RetryPolicy { attempts, budget_percent })
+        }
+    };
+    if o.timeout_ms == Some(0) {
+        return Err(invalid(id, "options.timeoutMs", 0, "expected a duration above zero"));
+    }
+    let rate_limit = match o.rate_limit {
+        None => None,
+        Some(rl) if rl.average == 0 => return Err(invalid(id, "options.rateLimit.average", 0, "expected an integer > 0")),
+        Some(rl) if rl.burst == 0 => return Err(invalid(id, "options.rateLimit.burst", 0, "expected an integer > 0")),
+        Some(rl) => Some(RateLimit { average: rl.average, burst: rl.burst }),
+    };
+    let circuit_breaker = match &o.circuit_breaker {
+        None => None,
+        Some(src) => Some(CircuitBreaker {
+            expr: expr::parse(src).map_err(|e| invalid(id, "options.circuitBreaker", src, e.to_string()))?,
+        }),
+    };
+    let scheme = match o.scheme.as_deref() {
+        None => Scheme::Http,
+        Some(s) => Scheme::parse(s).ok_or_else(|| invalid(id, "options.scheme", s, "expected http, https or h2c"))?,
+    };
+    if scheme != Scheme::Https && (o.tls_server_name.is_some() || o.tls_insecure_skip_verify) {
+        return Err(invalid(id, "options.tlsServerName", o.tls_server_name.as_deref().unwrap_or(""), "TLS settings need scheme https"));
+    }
+    Ok(ServiceOptions {
+        retry,
+        timeout_ms: o.timeout_ms,
+        rate_limit,
+        circuit_breaker,
+        scheme,
+        tls: TlsOptions { server_name: o.tls_server_name.clone(), insecure_skip_verify: o.tls_insecure_skip_verify },
+    })
+}
+
+fn anchored(id: &str, field: &str, pattern: &str) -> Result<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| invalid(id, field, pattern, format!("not a valid regex: {e}")))
+}
+
+fn validate_match(id: &str, field: &str, m: &HttpMatchSpec) -> Result<HttpMatch> {
+    let path = match &m.path_regex {
+        None => None,
+        Some(p) => Some(anchored(id, &format!("{field}.pathRegex"), p)?),
+    };
+    let mut methods = Vec::new();
+    for meth in &m.methods {
+        if meth == "*" {
+            methods.clear();
+            break;
+        }
+        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(invalid(id, format!("{field}.methods"), meth, "expected an HTTP method such as GET, or *"));
+        }
+        methods.push(meth.to_ascii_uppercase());
+    }
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (name, pattern) in &m.headers {
+        if name.is_empty() || http_token_invalid(name) {
+            return Err(invalid(id, format!("{field}.headers"), name, "expected a header name"));
+        }
+        headers.push((name.to_ascii_lowercase(), anchored(id, &format!("{field}.headers.{name}"), pattern)?));
+    }
+    Ok(HttpMatch { name: m.name.clone(), path, methods, headers })
+}
+
+fn http_token_invalid(s: &str) -> bool {
+    !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_access(id: &str, i: usize, tt: TrafficType, rule: &AccessRuleSpec) -> Result<AccessRule> {
+    let mut sources = Vec::with_capacity(rule.sources.len());
+    for (j, s) in rule.sources.iter().enumerate() {
+        let ip: IpAddr = s.parse().map_err(|_| invalid(id, format!("access[{i}].sources[{j}]"), s, "expected an IP address"))?;
+        sources.push(canonical_ip(ip));
+    }
+    let http = match &rule.http {
+        None => None,
+        Some(_) if tt != TrafficType::Http => {
+            return Err(invalid(id, format!("access[{i}].http"), &rule.name, format!("HTTP matches need an http service, this one is {tt}")))
+        }
+        Some(ms) => Some(
+            ms.iter()
+                .enumerate()
+                .map(|(k, m)| validate_match(id, &format!("access[{i}].http[{k}]"), m))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    Ok(AccessRule { name: rule.name.clone(), sources, http })
+}
+
+fn validate_splits(id: &str, root: usize, specs: &[SplitSpec], table: &Table) -> Result<Vec<Split>> {
+    let root_tt = table.services[root].traffic_type;
+    let mut splits = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        let matches = s
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(k, m)| validate_match(id, &format!("splits[{i}].matches[{k}]"), m))
+            .collect::<Result<Vec<_>>>()?;
+        let mut backends = Vec::with_capacity(s.backends.len());
+        for (j, b) in s.backends.iter().enumerate() {
+            let field = format!("splits[{i}].backends[{j}]");
+            let key = ServiceKey { namespace: b.namespace.clone(), name: b.name.clone(), port: b.port };
+            let idx = table.index_of(&key).ok_or_else(|| invalid(id, &field, &key, "no such service port in the table"))?;
+            if idx == root {
+                return Err(invalid(id, &field, &key, "a split cannot send traffic to its own root"));
+            }
+            if table.services[idx].traffic_type != root_tt {
+                return Err(invalid(id, &field, &key, format!("backend is {} but the root is {root_tt}", table.services[idx].traffic_type)));
+            }
+            if b.weight > MAX_WEIGHT {
+                return Err(invalid(id, format!("{field}.weight"), b.weight, format!("expected 0 to {MAX_WEIGHT}")));
+            }
+            backends.push(SplitBackend { service: idx, weight: b.weight });
+        }
+        splits.push(Split { name: s.name.clone(), matches, backends });
+    }
+    Ok(splits)
+}
+
+impl TryFrom<TableSpec> for Table {
+    type Error = Error;
+
+    fn try_from(spec: TableSpec) -> Result<Table> {
+        Table::try_from(&spec)
+    }
+}
+
+impl TryFrom<&TableSpec> for Table {
+    type Error = Error;
+
+    fn try_from(spec: &TableSpec) -> Result<Table> {
+        if spec.schema_version != SCHEMA_VERSION {
+            return Err(Error::SchemaVersion { found: spec.schema_version, expected: SCHEMA_VERSION });
+        }
+        let mut table = Table { version: spec.version, acl: spec.acl, ..Table::default() };
+        table.services.reserve(spec.services.len());
+        let mut http_claims: HashMap<(Box<str>, u16), usize> = HashMap::new();
+        let mut tcp_claims: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut udp_claims: BTreeMap<u16, usize> = BTreeMap::new();
+        for s in &spec.services {
+            let svc = s.validate_local()?;
+            let idx = table.services.len();
+            if table.by_key.insert(svc.key.clone(), idx).is_some() {
+                return Err(Error::DuplicateService(svc.key.to_string()));
+            }
+            match svc.traffic_type {
+                TrafficType::Http => {
+                    let mut hosts: Vec<Box<str>> = vec![s.mesh_host().into_boxed_str()];
+                    if let Some(ip) = svc.cluster_ip {
+                        hosts.push(ip.to_string().into_boxed_str());
+                    }
+                    for host in hosts {
+                        if let Some(&other) = http_claims.get(&(host.clone(), svc.mesh_port)) {
+                            return Err(Error::DuplicateHttpRoute {
+                                first: table.services[other].key.to_string(),
+                                second: svc.key.to_string(),
+                                host: host.to_string(),
+                                mesh_port: svc.mesh_port,
+                            });
+                        }
+                        http_claims.insert((host.clone(), svc.mesh_port), idx);
+                        table.http_hosts.entry(host).or_default().push((svc.mesh_port, idx));
+                    }
+                }
+                tt @ (TrafficType::Tcp | TrafficType::Udp) => {
+                    let claims = if tt == TrafficType::Tcp { &mut tcp_claims } else { &mut udp_claims };
+                    if let Some(&other) = claims.get(&svc.mesh_port) {
+                        return Err(Error::DuplicateMeshPort {
+                            first: table.services[other].key.to_string(),
+                            second: svc.key.to_string(),
+                            traffic_type: tt,
+                            mesh_port: svc.mesh_port,
+                        });
+                    }
+                    claims.insert(svc.mesh_port, idx);
+                }
+            }
+            table.services.push(svc);
+        }
+        table.tcp_ports = tcp_claims.into_iter().collect();
+        table.udp_ports = udp_claims.into_iter().collect();
+        for (idx, s) in spec.services.iter().enumerate() {
+            if !s.splits.is_empty() {
+                let splits = validate_splits(&s.display_name(), idx, &s.splits, &table)?;
+                table.services[idx].splits = splits;
+            }
+        }
+        check_split_cycles(&table)?;
+        Ok(table)
+    }
+}
+
+/// Refuses split graphs with a cycle, which would make a request loop between services.
+fn check_split_cycles(table: &Table) -> Result<()> {
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut state = vec![0u8; table.services.len()];
+    fn visit(t: &Table, i: usize, state: &mut [u8]) -> Result<()> {
+        match state[i] {
+            1 => {
+                let s = &t.services[i];
+                return Err(invalid(&s.key.to_string(), "splits", &s.splits.first().map(|x| x.name.clone()).unwrap_or_default(), "traffic splits form a cycle through this service"));
+            }
+            2 => return Ok(()),
+            _ => {}
+        }
+        state[i] = 1;
+        for split in &t.services[i].splits {
+            for b in &split.backends {
+                visit(t, b.service, state)?;
+            }
+        }
+        state[i] = 2;
+        Ok(())
+    }
+    for i in 0..table.services.len() {
+        visit(table, i, &mut state)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

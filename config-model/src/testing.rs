@@ -1,0 +1,27 @@
+//! Fixture builders for tables, shared by the tests of every crate (feature `testing`).
+
+use crate::wire::{EndpointSpec, ServiceSpec, TableSpec, TrafficType};
+use crate::SCHEMA_VERSION;
+
+/// A table of the current schema with these services.
+pub fn table(version: u64, services: Vec<ServiceSpec>) -> TableSpec {
+    TableSpec { schema_version: SCHEMA_VERSION, version, acl: false, services }
+}
+
+/// A service port with endpoints of weight 1.
+pub fn service(namespace: &str, name: &str, port: u16, mesh_port: u16, traffic_type: TrafficType, endpoints: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        namespace: namespace.into(),
+        name: name.into(),
+        port,
+        mesh_port,
+        traffic_type,
+        endpoints: endpoints.iter().map(|a| EndpointSpec::new(*a)).collect(),
+        ..ServiceSpec::default()
+    }
+}
+
+/// An HTTP service port.
+pub fn http(namespace: &str, name: &str, mesh_port: u16, endpoints: &[&str]) -> ServiceSpec {
+    service(namespace, name, 80, mesh_port, TrafficType::Http, endpoints)
+}

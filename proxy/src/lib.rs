@@ -1,0 +1,5 @@
+//! Maille's per-node proxy: turns a routing table into traffic decisions, on Pingora.
+
+pub mod store;
+
+pub use store::TableStore;

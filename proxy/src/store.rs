@@ -1,0 +1,51 @@
+//! The proxy's current routing table: one immutable [`Table`] behind an `ArcSwap`, replaced
+//! whole on every update and read without locks on the request path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use config_model::Table;
+
+/// Holds the table every listener (HTTP, TCP, UDP) routes with.
+#[derive(Debug)]
+pub struct TableStore {
+    current: ArcSwap<Table>,
+    ready: AtomicBool,
+}
+
+impl Default for TableStore {
+    fn default() -> Self {
+        TableStore { current: ArcSwap::new(Table::empty()), ready: AtomicBool::new(false) }
+    }
+}
+
+impl TableStore {
+    /// A store holding the empty table; not ready until a first table is stored.
+    pub fn new() -> Arc<TableStore> {
+        Arc::new(TableStore::default())
+    }
+
+    /// The current table, for the request path (no lock, no reference-count traffic in the
+    /// common case).
+    pub fn load(&self) -> Guard<Arc<Table>> {
+        self.current.load()
+    }
+
+    /// The current table as an owned `Arc`, for long-lived holders (a TCP connection).
+    pub fn current(&self) -> Arc<Table> {
+        self.current.load_full()
+    }
+
+    /// Replaces the table whole and marks the store ready. Returns the previous table.
+    pub fn store(&self, table: Table) -> Arc<Table> {
+        let old = self.current.swap(Arc::new(table));
+        self.ready.store(true, Ordering::Release);
+        old
+    }
+
+    /// Whether a first valid table has been stored.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
