@@ -47,7 +47,10 @@ pub struct AnnotationError {
 
 /// The first of `maille.io/<name>`, `mesh.traefik.io/<name>`, `maesh.containo.us/<name>` that is
 /// set, as (full key, value).
-pub fn lookup<'a>(annotations: &'a BTreeMap<String, String>, name: &str) -> Option<(&'a str, &'a str)> {
+pub fn lookup<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Option<(&'a str, &'a str)> {
     PREFIXES.iter().find_map(|prefix| {
         annotations
             .get_key_value(&format!("{prefix}{name}"))
@@ -56,11 +59,17 @@ pub fn lookup<'a>(annotations: &'a BTreeMap<String, String>, name: &str) -> Opti
 }
 
 fn error(key: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
-    AnnotationError { annotation: key.to_string(), value: value.to_string(), reason: reason.into() }
+    AnnotationError {
+        annotation: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// The traffic type the annotations ask for, if any.
-pub fn traffic_type(annotations: &BTreeMap<String, String>) -> Result<Option<TrafficType>, AnnotationError> {
+pub fn traffic_type(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<TrafficType>, AnnotationError> {
     match lookup(annotations, TRAFFIC_TYPE) {
         None => Ok(None),
         Some((k, v)) => v
@@ -72,12 +81,22 @@ pub fn traffic_type(annotations: &BTreeMap<String, String>) -> Result<Option<Tra
     }
 }
 
-fn int_at_least(annotations: &BTreeMap<String, String>, name: &str, min: u32, max: u32, errors: &mut Vec<AnnotationError>) -> Option<u32> {
+fn int_at_least(
+    annotations: &BTreeMap<String, String>,
+    name: &str,
+    min: u32,
+    max: u32,
+    errors: &mut Vec<AnnotationError>,
+) -> Option<u32> {
     let (k, v) = lookup(annotations, name)?;
     match v.trim().parse::<u32>() {
         Ok(n) if (min..=max).contains(&n) => Some(n),
         _ => {
-            errors.push(error(k, v, format!("expected an integer from {min} to {max}")));
+            errors.push(error(
+                k,
+                v,
+                format!("expected an integer from {min} to {max}"),
+            ));
             None
         }
     }
@@ -85,13 +104,30 @@ fn int_at_least(annotations: &BTreeMap<String, String>, name: &str, min: u32, ma
 
 /// Reads the middleware annotations of a service of the given traffic type. Returns the
 /// options that parsed and one error per annotation that did not.
-pub fn options(annotations: &BTreeMap<String, String>, traffic_type: TrafficType) -> (OptionsSpec, Vec<AnnotationError>) {
+pub fn options(
+    annotations: &BTreeMap<String, String>,
+    traffic_type: TrafficType,
+) -> (OptionsSpec, Vec<AnnotationError>) {
     let mut errors = Vec::new();
     let mut o = OptionsSpec::default();
     if traffic_type != TrafficType::Http {
-        for name in [RETRY_ATTEMPTS, RETRY_BUDGET, TIMEOUT, RATELIMIT_AVERAGE, RATELIMIT_BURST, CIRCUIT_BREAKER, SCHEME, TLS_SERVER_NAME, TLS_INSECURE_SKIP_VERIFY] {
+        for name in [
+            RETRY_ATTEMPTS,
+            RETRY_BUDGET,
+            TIMEOUT,
+            RATELIMIT_AVERAGE,
+            RATELIMIT_BURST,
+            CIRCUIT_BREAKER,
+            SCHEME,
+            TLS_SERVER_NAME,
+            TLS_INSECURE_SKIP_VERIFY,
+        ] {
             if let Some((k, v)) = lookup(annotations, name) {
-                errors.push(error(k, v, format!("only http services support it, this one is {traffic_type}")));
+                errors.push(error(
+                    k,
+                    v,
+                    format!("only http services support it, this one is {traffic_type}"),
+                ));
             }
         }
         return (o, errors);
@@ -112,7 +148,11 @@ pub fn options(annotations: &BTreeMap<String, String>, traffic_type: TrafficType
 
     if let Some((k, v)) = lookup(annotations, TIMEOUT) {
         match duration::parse_millis(v) {
-            Ok(0) => errors.push(error(k, v, "expected a duration above zero, e.g. 5s or 250ms")),
+            Ok(0) => errors.push(error(
+                k,
+                v,
+                "expected a duration above zero, e.g. 5s or 250ms",
+            )),
             Ok(ms) => o.timeout_ms = Some(ms),
             Err(e) => errors.push(error(k, v, e.to_string())),
         }
@@ -120,7 +160,12 @@ pub fn options(annotations: &BTreeMap<String, String>, traffic_type: TrafficType
 
     let average = int_at_least(annotations, RATELIMIT_AVERAGE, 1, u32::MAX, &mut errors);
     let burst = int_at_least(annotations, RATELIMIT_BURST, 1, u32::MAX, &mut errors);
-    match (average, burst, lookup(annotations, RATELIMIT_AVERAGE), lookup(annotations, RATELIMIT_BURST)) {
+    match (
+        average,
+        burst,
+        lookup(annotations, RATELIMIT_AVERAGE),
+        lookup(annotations, RATELIMIT_BURST),
+    ) {
         (Some(average), Some(burst), _, _) => o.rate_limit = Some(RateLimitSpec { average, burst }),
         (Some(_), None, _, None) => {
             let (k, v) = lookup(annotations, RATELIMIT_AVERAGE).unwrap_or_default();
@@ -173,12 +218,18 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn maille_prefix_wins_over_traefik_prefixes() {
-        let a = ann(&[("mesh.traefik.io/traffic-type", "tcp"), ("maille.io/traffic-type", "udp")]);
+        let a = ann(&[
+            ("mesh.traefik.io/traffic-type", "tcp"),
+            ("maille.io/traffic-type", "udp"),
+        ]);
         assert_eq!(traffic_type(&a), Ok(Some(TrafficType::Udp)));
         let a = ann(&[("maesh.containo.us/traffic-type", "TCP")]);
         assert_eq!(traffic_type(&a), Ok(Some(TrafficType::Tcp)));
@@ -200,7 +251,10 @@ mod tests {
             ("maille.io/timeout", "1500ms"),
             ("maille.io/ratelimit-average", "100"),
             ("maille.io/ratelimit-burst", "200"),
-            ("maille.io/circuit-breaker-expression", "NetworkErrorRatio() > 0.5"),
+            (
+                "maille.io/circuit-breaker-expression",
+                "NetworkErrorRatio() > 0.5",
+            ),
             ("maille.io/scheme", "https"),
             ("maille.io/tls-server-name", "api.example"),
         ]);
@@ -209,8 +263,17 @@ mod tests {
         assert_eq!(o.retry_attempts, Some(3));
         assert_eq!(o.retry_budget_percent, Some(25));
         assert_eq!(o.timeout_ms, Some(1500));
-        assert_eq!(o.rate_limit, Some(RateLimitSpec { average: 100, burst: 200 }));
-        assert_eq!(o.circuit_breaker.as_deref(), Some("NetworkErrorRatio() > 0.5"));
+        assert_eq!(
+            o.rate_limit,
+            Some(RateLimitSpec {
+                average: 100,
+                burst: 200
+            })
+        );
+        assert_eq!(
+            o.circuit_breaker.as_deref(),
+            Some("NetworkErrorRatio() > 0.5")
+        );
         assert_eq!(o.scheme.as_deref(), Some("https"));
         assert_eq!(o.tls_server_name.as_deref(), Some("api.example"));
     }
@@ -229,7 +292,14 @@ mod tests {
         assert_eq!(o.rate_limit, None);
         assert_eq!(o.scheme.as_deref(), Some("h2c"));
         let keys: Vec<_> = errors.iter().map(|e| e.annotation.as_str()).collect();
-        assert_eq!(keys, ["maille.io/retry-attempts", "maille.io/timeout", "maille.io/ratelimit-average"]);
+        assert_eq!(
+            keys,
+            [
+                "maille.io/retry-attempts",
+                "maille.io/timeout",
+                "maille.io/ratelimit-average"
+            ]
+        );
         assert!(errors[2].reason.contains("ratelimit-burst"));
     }
 

@@ -19,7 +19,9 @@ impl std::error::Error for DurationError {}
 pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
     let s = input.trim();
     if s.is_empty() {
-        return Err(DurationError("empty duration, expected e.g. 5s or 250ms".into()));
+        return Err(DurationError(
+            "empty duration, expected e.g. 5s or 250ms".into(),
+        ));
     }
     let mut total_us: u128 = 0;
     let mut rest = s;
@@ -33,7 +35,9 @@ pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
             )));
         }
         let (num, after) = rest.split_at(num_len);
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         let per_unit_us: u128 = match unit {
             "ns" => 0,
@@ -53,9 +57,9 @@ pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
                 )))
             }
         };
-        let value: f64 = num
-            .parse()
-            .map_err(|_| DurationError(format!("{input:?} is not a duration: bad number {num:?}")))?;
+        let value: f64 = num.parse().map_err(|_| {
+            DurationError(format!("{input:?} is not a duration: bad number {num:?}"))
+        })?;
         if !value.is_finite() {
             return Err(DurationError(format!("{input:?} is out of range")));
         }

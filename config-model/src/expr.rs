@@ -27,5 +27,7 @@ pub fn parse(source: &str) -> Result<CircuitBreakerExpr, ExprError> {
     if source.trim().is_empty() {
         return Err(ExprError("empty expression".into()));
     }
-    Ok(CircuitBreakerExpr { source: source.to_string() })
+    Ok(CircuitBreakerExpr {
+        source: source.to_string(),
+    })
 }

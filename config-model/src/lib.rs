@@ -17,8 +17,7 @@ pub mod wire;
 
 pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
 pub use table::{
-    AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split, SplitBackend,
-    Table,
+    AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split, SplitBackend, Table,
 };
 pub use wire::{
     AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,

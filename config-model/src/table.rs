@@ -312,7 +312,12 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn invalid(service: &str, field: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> Error {
+fn invalid(
+    service: &str,
+    field: impl Into<String>,
+    value: impl fmt::Display,
+    reason: impl Into<String>,
+) -> Error {
     Error::InvalidField {
         service: service.to_string(),
         field: field.into(),
@@ -324,7 +329,8 @@ fn invalid(service: &str, field: impl Into<String>, value: impl fmt::Display, re
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -348,36 +354,76 @@ impl ServiceSpec {
     fn validate_local(&self) -> Result<Service> {
         let id = self.display_name();
         if !is_dns_label(&self.namespace) {
-            return Err(invalid(&id, "namespace", &self.namespace, "expected a DNS label (a-z, 0-9, -; at most 63)"));
+            return Err(invalid(
+                &id,
+                "namespace",
+                &self.namespace,
+                "expected a DNS label (a-z, 0-9, -; at most 63)",
+            ));
         }
         if !is_dns_label(&self.name) {
-            return Err(invalid(&id, "name", &self.name, "expected a DNS label (a-z, 0-9, -; at most 63)"));
+            return Err(invalid(
+                &id,
+                "name",
+                &self.name,
+                "expected a DNS label (a-z, 0-9, -; at most 63)",
+            ));
         }
         if self.port == 0 {
-            return Err(invalid(&id, "port", self.port, "expected a port from 1 to 65535"));
+            return Err(invalid(
+                &id,
+                "port",
+                self.port,
+                "expected a port from 1 to 65535",
+            ));
         }
         if self.mesh_port == 0 {
-            return Err(invalid(&id, "meshPort", self.mesh_port, "expected a port from 1 to 65535"));
+            return Err(invalid(
+                &id,
+                "meshPort",
+                self.mesh_port,
+                "expected a port from 1 to 65535",
+            ));
         }
         let cluster_ip = match &self.cluster_ip {
             None => None,
-            Some(s) => Some(canonical_ip(s.parse::<IpAddr>().map_err(|_| {
-                invalid(&id, "clusterIp", s, "expected an IP address")
-            })?)),
+            Some(s) => {
+                Some(canonical_ip(s.parse::<IpAddr>().map_err(|_| {
+                    invalid(&id, "clusterIp", s, "expected an IP address")
+                })?))
+            }
         };
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         for (i, ep) in self.endpoints.iter().enumerate() {
             let addr: SocketAddr = ep.address.parse().map_err(|_| {
-                invalid(&id, format!("endpoints[{i}].address"), &ep.address, "expected ip:port (IPv6 as [ip]:port)")
+                invalid(
+                    &id,
+                    format!("endpoints[{i}].address"),
+                    &ep.address,
+                    "expected ip:port (IPv6 as [ip]:port)",
+                )
             })?;
             if addr.port() == 0 {
-                return Err(invalid(&id, format!("endpoints[{i}].address"), &ep.address, "port 0 is not a port"));
+                return Err(invalid(
+                    &id,
+                    format!("endpoints[{i}].address"),
+                    &ep.address,
+                    "port 0 is not a port",
+                ));
             }
             if ep.weight > MAX_WEIGHT {
-                return Err(invalid(&id, format!("endpoints[{i}].weight"), ep.weight, format!("expected 0 to {MAX_WEIGHT}")));
+                return Err(invalid(
+                    &id,
+                    format!("endpoints[{i}].weight"),
+                    ep.weight,
+                    format!("expected 0 to {MAX_WEIGHT}"),
+                ));
             }
             if ep.weight > 0 {
-                endpoints.push(Endpoint { addr, weight: ep.weight });
+                endpoints.push(Endpoint {
+                    addr,
+                    weight: ep.weight,
+                });
             }
         }
         let options = validate_options(&id, self.traffic_type, &self.options)?;
@@ -386,15 +432,29 @@ impl ServiceSpec {
             access.push(validate_access(&id, i, self.traffic_type, rule)?);
         }
         if !self.splits.is_empty() && self.traffic_type == TrafficType::Udp {
-            return Err(invalid(&id, "splits", self.splits.len(), "traffic splits apply to http and tcp services only"));
+            return Err(invalid(
+                &id,
+                "splits",
+                self.splits.len(),
+                "traffic splits apply to http and tcp services only",
+            ));
         }
         for (i, split) in self.splits.iter().enumerate() {
             if self.traffic_type != TrafficType::Http && !split.matches.is_empty() {
-                return Err(invalid(&id, format!("splits[{i}].matches"), &split.name, "HTTP matches need an http service"));
+                return Err(invalid(
+                    &id,
+                    format!("splits[{i}].matches"),
+                    &split.name,
+                    "HTTP matches need an http service",
+                ));
             }
         }
         Ok(Service {
-            key: ServiceKey { namespace: self.namespace.clone(), name: self.name.clone(), port: self.port },
+            key: ServiceKey {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                port: self.port,
+            },
             port_name: self.port_name.clone(),
             mesh_port: self.mesh_port,
             traffic_type: self.traffic_type,
@@ -410,7 +470,12 @@ impl ServiceSpec {
 fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<ServiceOptions> {
     let http_only = |field: &str, set: bool| -> Result<()> {
         if set && tt != TrafficType::Http {
-            return Err(invalid(id, format!("options.{field}"), "set", format!("only http services support it, this one is {tt}")));
+            return Err(invalid(
+                id,
+                format!("options.{field}"),
+                "set",
+                format!("only http services support it, this one is {tt}"),
+            ));
         }
         Ok(())
     };
@@ -422,36 +487,82 @@ fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<Servic
 
     let retry = match o.retry_attempts {
         None => None,
-        Some(0) => return Err(invalid(id, "options.retryAttempts", 0, "expected an integer ≥ 1")),
+        Some(0) => {
+            return Err(invalid(
+                id,
+                "options.retryAttempts",
+                0,
+                "expected an integer ≥ 1",
+            ))
+        }
         Some(attempts) => {
-            let budget_percent = o.retry_budget_percent.unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);
+            let budget_percent = o
+                .retry_budget_percent
+                .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);
             if !(1..=100).contains(&budget_percent) {
-                return Err(invalid(id, "options.retryBudgetPercent", budget_percent, "expected a percentage from 1 to 100"));
+                return Err(invalid(
+                    id,
+                    "options.retryBudgetPercent",
+                    budget_percent,
+                    "expected a percentage from 1 to 100",
+                ));
             }
-            Some(RetryPolicy { attempts, budget_percent })
+            Some(RetryPolicy {
+                attempts,
+                budget_percent,
+            })
         }
     };
     if o.timeout_ms == Some(0) {
-        return Err(invalid(id, "options.timeoutMs", 0, "expected a duration above zero"));
+        return Err(invalid(
+            id,
+            "options.timeoutMs",
+            0,
+            "expected a duration above zero",
+        ));
     }
     let rate_limit = match o.rate_limit {
         None => None,
-        Some(rl) if rl.average == 0 => return Err(invalid(id, "options.rateLimit.average", 0, "expected an integer > 0")),
-        Some(rl) if rl.burst == 0 => return Err(invalid(id, "options.rateLimit.burst", 0, "expected an integer > 0")),
-        Some(rl) => Some(RateLimit { average: rl.average, burst: rl.burst }),
+        Some(rl) if rl.average == 0 => {
+            return Err(invalid(
+                id,
+                "options.rateLimit.average",
+                0,
+                "expected an integer > 0",
+            ))
+        }
+        Some(rl) if rl.burst == 0 => {
+            return Err(invalid(
+                id,
+                "options.rateLimit.burst",
+                0,
+                "expected an integer > 0",
+            ))
+        }
+        Some(rl) => Some(RateLimit {
+            average: rl.average,
+            burst: rl.burst,
+        }),
     };
     let circuit_breaker = match &o.circuit_breaker {
         None => None,
         Some(src) => Some(CircuitBreaker {
-            expr: expr::parse(src).map_err(|e| invalid(id, "options.circuitBreaker", src, e.to_string()))?,
+            expr: expr::parse(src)
+                .map_err(|e| invalid(id, "options.circuitBreaker", src, e.to_string()))?,
         }),
     };
     let scheme = match o.scheme.as_deref() {
         None => Scheme::Http,
-        Some(s) => Scheme::parse(s).ok_or_else(|| invalid(id, "options.scheme", s, "expected http, https or h2c"))?,
+        Some(s) => Scheme::parse(s)
+            .ok_or_else(|| invalid(id, "options.scheme", s, "expected http, https or h2c"))?,
     };
     if scheme != Scheme::Https && (o.tls_server_name.is_some() || o.tls_insecure_skip_verify) {
-        return Err(invalid(id, "options.tlsServerName", o.tls_server_name.as_deref().unwrap_or(""), "TLS settings need scheme https"));
+        return Err(invalid(
+            id,
+            "options.tlsServerName",
+            o.tls_server_name.as_deref().unwrap_or(""),
+            "TLS settings need scheme https",
+        ));
     }
     Ok(ServiceOptions {
         retry,
@@ -459,12 +570,16 @@ fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<Servic
         rate_limit,
         circuit_breaker,
         scheme,
-        tls: TlsOptions { server_name: o.tls_server_name.clone(), insecure_skip_verify: o.tls_insecure_skip_verify },
+        tls: TlsOptions {
+            server_name: o.tls_server_name.clone(),
+            insecure_skip_verify: o.tls_insecure_skip_verify,
+        },
     })
 }
 
 fn anchored(id: &str, field: &str, pattern: &str) -> Result<Regex> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| invalid(id, field, pattern, format!("not a valid regex: {e}")))
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| invalid(id, field, pattern, format!("not a valid regex: {e}")))
 }
 
 fn validate_match(id: &str, field: &str, m: &HttpMatchSpec) -> Result<HttpMatch> {
@@ -479,34 +594,70 @@ fn validate_match(id: &str, field: &str, m: &HttpMatchSpec) -> Result<HttpMatch>
             break;
         }
         if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(invalid(id, format!("{field}.methods"), meth, "expected an HTTP method such as GET, or *"));
+            return Err(invalid(
+                id,
+                format!("{field}.methods"),
+                meth,
+                "expected an HTTP method such as GET, or *",
+            ));
         }
         methods.push(meth.to_ascii_uppercase());
     }
     let mut headers = Vec::with_capacity(m.headers.len());
     for (name, pattern) in &m.headers {
         if name.is_empty() || http_token_invalid(name) {
-            return Err(invalid(id, format!("{field}.headers"), name, "expected a header name"));
+            return Err(invalid(
+                id,
+                format!("{field}.headers"),
+                name,
+                "expected a header name",
+            ));
         }
-        headers.push((name.to_ascii_lowercase(), anchored(id, &format!("{field}.headers.{name}"), pattern)?));
+        headers.push((
+            name.to_ascii_lowercase(),
+            anchored(id, &format!("{field}.headers.{name}"), pattern)?,
+        ));
     }
-    Ok(HttpMatch { name: m.name.clone(), path, methods, headers })
+    Ok(HttpMatch {
+        name: m.name.clone(),
+        path,
+        methods,
+        headers,
+    })
 }
 
 fn http_token_invalid(s: &str) -> bool {
-    !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn validate_access(id: &str, i: usize, tt: TrafficType, rule: &AccessRuleSpec) -> Result<AccessRule> {
+fn validate_access(
+    id: &str,
+    i: usize,
+    tt: TrafficType,
+    rule: &AccessRuleSpec,
+) -> Result<AccessRule> {
     let mut sources = Vec::with_capacity(rule.sources.len());
     for (j, s) in rule.sources.iter().enumerate() {
-        let ip: IpAddr = s.parse().map_err(|_| invalid(id, format!("access[{i}].sources[{j}]"), s, "expected an IP address"))?;
+        let ip: IpAddr = s.parse().map_err(|_| {
+            invalid(
+                id,
+                format!("access[{i}].sources[{j}]"),
+                s,
+                "expected an IP address",
+            )
+        })?;
         sources.push(canonical_ip(ip));
     }
     let http = match &rule.http {
         None => None,
         Some(_) if tt != TrafficType::Http => {
-            return Err(invalid(id, format!("access[{i}].http"), &rule.name, format!("HTTP matches need an http service, this one is {tt}")))
+            return Err(invalid(
+                id,
+                format!("access[{i}].http"),
+                &rule.name,
+                format!("HTTP matches need an http service, this one is {tt}"),
+            ))
         }
         Some(ms) => Some(
             ms.iter()
@@ -515,10 +666,19 @@ fn validate_access(id: &str, i: usize, tt: TrafficType, rule: &AccessRuleSpec) -
                 .collect::<Result<Vec<_>>>()?,
         ),
     };
-    Ok(AccessRule { name: rule.name.clone(), sources, http })
+    Ok(AccessRule {
+        name: rule.name.clone(),
+        sources,
+        http,
+    })
 }
 
-fn validate_splits(id: &str, root: usize, specs: &[SplitSpec], table: &Table) -> Result<Vec<Split>> {
+fn validate_splits(
+    id: &str,
+    root: usize,
+    specs: &[SplitSpec],
+    table: &Table,
+) -> Result<Vec<Split>> {
     let root_tt = table.services[root].traffic_type;
     let mut splits = Vec::with_capacity(specs.len());
     for (i, s) in specs.iter().enumerate() {
@@ -531,20 +691,51 @@ fn validate_splits(id: &str, root: usize, specs: &[SplitSpec], table: &Table) ->
         let mut backends = Vec::with_capacity(s.backends.len());
         for (j, b) in s.backends.iter().enumerate() {
             let field = format!("splits[{i}].backends[{j}]");
-            let key = ServiceKey { namespace: b.namespace.clone(), name: b.name.clone(), port: b.port };
-            let idx = table.index_of(&key).ok_or_else(|| invalid(id, &field, &key, "no such service port in the table"))?;
+            let key = ServiceKey {
+                namespace: b.namespace.clone(),
+                name: b.name.clone(),
+                port: b.port,
+            };
+            let idx = table
+                .index_of(&key)
+                .ok_or_else(|| invalid(id, &field, &key, "no such service port in the table"))?;
             if idx == root {
-                return Err(invalid(id, &field, &key, "a split cannot send traffic to its own root"));
+                return Err(invalid(
+                    id,
+                    &field,
+                    &key,
+                    "a split cannot send traffic to its own root",
+                ));
             }
             if table.services[idx].traffic_type != root_tt {
-                return Err(invalid(id, &field, &key, format!("backend is {} but the root is {root_tt}", table.services[idx].traffic_type)));
+                return Err(invalid(
+                    id,
+                    &field,
+                    &key,
+                    format!(
+                        "backend is {} but the root is {root_tt}",
+                        table.services[idx].traffic_type
+                    ),
+                ));
             }
             if b.weight > MAX_WEIGHT {
-                return Err(invalid(id, format!("{field}.weight"), b.weight, format!("expected 0 to {MAX_WEIGHT}")));
+                return Err(invalid(
+                    id,
+                    format!("{field}.weight"),
+                    b.weight,
+                    format!("expected 0 to {MAX_WEIGHT}"),
+                ));
             }
-            backends.push(SplitBackend { service: idx, weight: b.weight });
+            backends.push(SplitBackend {
+                service: idx,
+                weight: b.weight,
+            });
         }
-        splits.push(Split { name: s.name.clone(), matches, backends });
+        splits.push(Split {
+            name: s.name.clone(),
+            matches,
+            backends,
+        });
     }
     Ok(splits)
 }
@@ -562,9 +753,16 @@ impl TryFrom<&TableSpec> for Table {
 
     fn try_from(spec: &TableSpec) -> Result<Table> {
         if spec.schema_version != SCHEMA_VERSION {
-            return Err(Error::SchemaVersion { found: spec.schema_version, expected: SCHEMA_VERSION });
+            return Err(Error::SchemaVersion {
+                found: spec.schema_version,
+                expected: SCHEMA_VERSION,
+            });
         }
-        let mut table = Table { version: spec.version, acl: spec.acl, ..Table::default() };
+        let mut table = Table {
+            version: spec.version,
+            acl: spec.acl,
+            ..Table::default()
+        };
         table.services.reserve(spec.services.len());
         let mut http_claims: HashMap<(Box<str>, u16), usize> = HashMap::new();
         let mut tcp_claims: BTreeMap<u16, usize> = BTreeMap::new();
@@ -591,11 +789,19 @@ impl TryFrom<&TableSpec> for Table {
                             });
                         }
                         http_claims.insert((host.clone(), svc.mesh_port), idx);
-                        table.http_hosts.entry(host).or_default().push((svc.mesh_port, idx));
+                        table
+                            .http_hosts
+                            .entry(host)
+                            .or_default()
+                            .push((svc.mesh_port, idx));
                     }
                 }
                 tt @ (TrafficType::Tcp | TrafficType::Udp) => {
-                    let claims = if tt == TrafficType::Tcp { &mut tcp_claims } else { &mut udp_claims };
+                    let claims = if tt == TrafficType::Tcp {
+                        &mut tcp_claims
+                    } else {
+                        &mut udp_claims
+                    };
                     if let Some(&other) = claims.get(&svc.mesh_port) {
                         return Err(Error::DuplicateMeshPort {
                             first: table.services[other].key.to_string(),
@@ -630,7 +836,12 @@ fn check_split_cycles(table: &Table) -> Result<()> {
         match state[i] {
             1 => {
                 let s = &t.services[i];
-                return Err(invalid(&s.key.to_string(), "splits", &s.splits.first().map(|x| x.name.clone()).unwrap_or_default(), "traffic splits form a cycle through this service"));
+                return Err(invalid(
+                    &s.key.to_string(),
+                    "splits",
+                    &s.splits.first().map(|x| x.name.clone()).unwrap_or_default(),
+                    "traffic splits form a cycle through this service",
+                ));
             }
             2 => return Ok(()),
             _ => {}

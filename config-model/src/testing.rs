@@ -5,11 +5,23 @@ use crate::SCHEMA_VERSION;
 
 /// A table of the current schema with these services.
 pub fn table(version: u64, services: Vec<ServiceSpec>) -> TableSpec {
-    TableSpec { schema_version: SCHEMA_VERSION, version, acl: false, services }
+    TableSpec {
+        schema_version: SCHEMA_VERSION,
+        version,
+        acl: false,
+        services,
+    }
 }
 
 /// A service port with endpoints of weight 1.
-pub fn service(namespace: &str, name: &str, port: u16, mesh_port: u16, traffic_type: TrafficType, endpoints: &[&str]) -> ServiceSpec {
+pub fn service(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    mesh_port: u16,
+    traffic_type: TrafficType,
+    endpoints: &[&str],
+) -> ServiceSpec {
     ServiceSpec {
         namespace: namespace.into(),
         name: name.into(),

@@ -27,7 +27,9 @@ pub struct TableSpec {
 }
 
 /// How the proxy carries a service's traffic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TrafficType {
     /// HTTP/1.1, h2c and gRPC, routed by listener port and Host header.
@@ -121,7 +123,10 @@ fn default_weight() -> u32 {
 impl EndpointSpec {
     /// An endpoint of weight 1.
     pub fn new(address: impl Into<String>) -> Self {
-        EndpointSpec { address: address.into(), weight: 1 }
+        EndpointSpec {
+            address: address.into(),
+            weight: 1,
+        }
     }
 }
 

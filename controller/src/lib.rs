@@ -1,1 +1,5 @@
-//! Placeholder
+//! Maille's controller: watches Kubernetes objects (or reads a folder of manifests), builds
+//! the routing table, serves it to the proxies, and keeps the objects that make mesh names
+//! reachable.
+
+pub mod naming;

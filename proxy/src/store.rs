@@ -16,7 +16,10 @@ pub struct TableStore {
 
 impl Default for TableStore {
     fn default() -> Self {
-        TableStore { current: ArcSwap::new(Table::empty()), ready: AtomicBool::new(false) }
+        TableStore {
+            current: ArcSwap::new(Table::empty()),
+            ready: AtomicBool::new(false),
+        }
     }
 }
 

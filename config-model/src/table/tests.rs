@@ -8,7 +8,12 @@ fn build(services: Vec<ServiceSpec>) -> Result<Table> {
 
 fn field_error(e: Error) -> (String, String, String) {
     match e {
-        Error::InvalidField { service, field, value, .. } => (service, field, value),
+        Error::InvalidField {
+            service,
+            field,
+            value,
+            ..
+        } => (service, field, value),
         other => panic!("expected InvalidField, got {other}"),
     }
 }
@@ -17,14 +22,40 @@ fn field_error(e: Error) -> (String, String, String) {
 fn routes_http_by_port_and_host_in_any_case_with_or_without_port() {
     let mut web = http("shop", "web", 5000, &["10.0.0.1:8080"]);
     web.cluster_ip = Some("10.96.0.10".into());
-    let t = build(vec![web, http("shop", "api", 5000, &["10.0.0.2:9090"]), http("shop", "api-admin", 5001, &[])]).unwrap();
+    let t = build(vec![
+        web,
+        http("shop", "api", 5000, &["10.0.0.2:9090"]),
+        http("shop", "api-admin", 5001, &[]),
+    ])
+    .unwrap();
     assert_eq!(t.version, 7);
-    assert_eq!(t.http_route(5000, "web.shop.maille.mesh").unwrap().key.name, "web");
-    assert_eq!(t.http_route(5000, "WEB.Shop.maille.mesh:80").unwrap().key.name, "web");
-    assert_eq!(t.http_route(5000, "web.shop.maille.mesh.").unwrap().key.name, "web");
+    assert_eq!(
+        t.http_route(5000, "web.shop.maille.mesh").unwrap().key.name,
+        "web"
+    );
+    assert_eq!(
+        t.http_route(5000, "WEB.Shop.maille.mesh:80")
+            .unwrap()
+            .key
+            .name,
+        "web"
+    );
+    assert_eq!(
+        t.http_route(5000, "web.shop.maille.mesh.")
+            .unwrap()
+            .key
+            .name,
+        "web"
+    );
     assert_eq!(t.http_route(5000, "10.96.0.10:80").unwrap().key.name, "web");
-    assert_eq!(t.http_route(5000, "api.shop.maille.mesh").unwrap().key.name, "api");
-    assert!(t.http_route(5001, "web.shop.maille.mesh").is_none(), "wrong listener port");
+    assert_eq!(
+        t.http_route(5000, "api.shop.maille.mesh").unwrap().key.name,
+        "api"
+    );
+    assert!(
+        t.http_route(5001, "web.shop.maille.mesh").is_none(),
+        "wrong listener port"
+    );
     assert!(t.http_route(5000, "nope.shop.maille.mesh").is_none());
     assert!(t.http_route(5000, &"x".repeat(300)).is_none());
 }
@@ -32,8 +63,22 @@ fn routes_http_by_port_and_host_in_any_case_with_or_without_port() {
 #[test]
 fn routes_tcp_and_udp_by_port() {
     let t = build(vec![
-        service("db", "pg", 5432, 10000, TrafficType::Tcp, &["10.0.0.3:5432"]),
-        service("dns", "resolver", 53, 15000, TrafficType::Udp, &["10.0.0.4:53"]),
+        service(
+            "db",
+            "pg",
+            5432,
+            10000,
+            TrafficType::Tcp,
+            &["10.0.0.3:5432"],
+        ),
+        service(
+            "dns",
+            "resolver",
+            53,
+            15000,
+            TrafficType::Udp,
+            &["10.0.0.4:53"],
+        ),
     ])
     .unwrap();
     assert_eq!(t.tcp_route(10000).unwrap().key.name, "pg");
@@ -44,17 +89,42 @@ fn routes_tcp_and_udp_by_port() {
 
 #[test]
 fn bad_endpoint_names_service_field_and_value() {
-    let e = build(vec![http("shop", "web", 5000, &["10.0.0.1:8080", "not-an-address"])]).unwrap_err();
-    assert_eq!(field_error(e.clone()), ("shop/web:80".into(), "endpoints[1].address".into(), "not-an-address".into()));
+    let e = build(vec![http(
+        "shop",
+        "web",
+        5000,
+        &["10.0.0.1:8080", "not-an-address"],
+    )])
+    .unwrap_err();
+    assert_eq!(
+        field_error(e.clone()),
+        (
+            "shop/web:80".into(),
+            "endpoints[1].address".into(),
+            "not-an-address".into()
+        )
+    );
     assert!(e.to_string().contains("expected ip:port"), "{e}");
 }
 
 #[test]
 fn weight_out_of_range_is_refused_and_zero_weight_is_dropped() {
     let mut s = http("shop", "web", 5000, &[]);
-    s.endpoints = vec![EndpointSpec { address: "10.0.0.1:80".into(), weight: MAX_WEIGHT + 1 }];
-    assert_eq!(field_error(build(vec![s.clone()]).unwrap_err()).1, "endpoints[0].weight");
-    s.endpoints = vec![EndpointSpec { address: "10.0.0.1:80".into(), weight: 0 }, EndpointSpec::new("10.0.0.2:80")];
+    s.endpoints = vec![EndpointSpec {
+        address: "10.0.0.1:80".into(),
+        weight: MAX_WEIGHT + 1,
+    }];
+    assert_eq!(
+        field_error(build(vec![s.clone()]).unwrap_err()).1,
+        "endpoints[0].weight"
+    );
+    s.endpoints = vec![
+        EndpointSpec {
+            address: "10.0.0.1:80".into(),
+            weight: 0,
+        },
+        EndpointSpec::new("10.0.0.2:80"),
+    ];
     let t = build(vec![s]).unwrap();
     assert_eq!(t.services[0].endpoints.len(), 1);
 }
@@ -68,7 +138,16 @@ fn duplicate_claims_are_refused() {
         service("b", "y", 2, 10000, TrafficType::Tcp, &[]),
     ])
     .unwrap_err();
-    assert!(matches!(e, Error::DuplicateMeshPort { mesh_port: 10000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::DuplicateMeshPort {
+                mesh_port: 10000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // The same port number in the TCP and UDP ranges is fine.
     build(vec![
         service("a", "x", 1, 10000, TrafficType::Tcp, &[]),
@@ -79,30 +158,54 @@ fn duplicate_claims_are_refused() {
     x.cluster_ip = Some("10.96.0.1".into());
     let mut y = http("a", "y", 5000, &[]);
     y.cluster_ip = Some("10.96.0.1".into());
-    assert!(matches!(build(vec![x, y]).unwrap_err(), Error::DuplicateHttpRoute { .. }));
+    assert!(matches!(
+        build(vec![x, y]).unwrap_err(),
+        Error::DuplicateHttpRoute { .. }
+    ));
 }
 
 #[test]
 fn schema_version_is_checked() {
     let mut spec = table(1, vec![]);
     spec.schema_version = 99;
-    assert_eq!(Table::try_from(spec).unwrap_err(), Error::SchemaVersion { found: 99, expected: 1 });
+    assert_eq!(
+        Table::try_from(spec).unwrap_err(),
+        Error::SchemaVersion {
+            found: 99,
+            expected: 1
+        }
+    );
 }
 
 #[test]
 fn options_are_validated() {
     let mut s = http("a", "x", 5000, &[]);
     s.options.scheme = Some("ftp".into());
-    assert_eq!(field_error(build(vec![s.clone()]).unwrap_err()).1, "options.scheme");
+    assert_eq!(
+        field_error(build(vec![s.clone()]).unwrap_err()).1,
+        "options.scheme"
+    );
     s.options.scheme = None;
     s.options.retry_attempts = Some(0);
-    assert_eq!(field_error(build(vec![s.clone()]).unwrap_err()).1, "options.retryAttempts");
+    assert_eq!(
+        field_error(build(vec![s.clone()]).unwrap_err()).1,
+        "options.retryAttempts"
+    );
     s.options.retry_attempts = Some(2);
     let t = build(vec![s]).unwrap();
-    assert_eq!(t.services[0].options.retry, Some(RetryPolicy { attempts: 2, budget_percent: 20 }));
+    assert_eq!(
+        t.services[0].options.retry,
+        Some(RetryPolicy {
+            attempts: 2,
+            budget_percent: 20
+        })
+    );
     let mut tcp = service("a", "t", 1, 10000, TrafficType::Tcp, &[]);
     tcp.options.timeout_ms = Some(10);
-    assert_eq!(field_error(build(vec![tcp]).unwrap_err()).1, "options.timeoutMs");
+    assert_eq!(
+        field_error(build(vec![tcp]).unwrap_err()).1,
+        "options.timeoutMs"
+    );
 }
 
 fn split_to(name: &str, backends: &[(&str, u32)]) -> SplitSpec {
@@ -111,7 +214,12 @@ fn split_to(name: &str, backends: &[(&str, u32)]) -> SplitSpec {
         matches: vec![],
         backends: backends
             .iter()
-            .map(|(n, w)| SplitBackendSpec { namespace: "a".into(), name: n.to_string(), port: 80, weight: *w })
+            .map(|(n, w)| SplitBackendSpec {
+                namespace: "a".into(),
+                name: n.to_string(),
+                port: 80,
+                weight: *w,
+            })
             .collect(),
     }
 }
@@ -120,7 +228,12 @@ fn split_to(name: &str, backends: &[(&str, u32)]) -> SplitSpec {
 fn splits_resolve_backends_and_refuse_dangling_and_cycles() {
     let mut root = http("a", "root", 5000, &[]);
     root.splits = vec![split_to("s", &[("v1", 90), ("v2", 10)])];
-    let t = build(vec![root.clone(), http("a", "v1", 5000, &[]), http("a", "v2", 5000, &[])]).unwrap();
+    let t = build(vec![
+        root.clone(),
+        http("a", "v1", 5000, &[]),
+        http("a", "v2", 5000, &[]),
+    ])
+    .unwrap();
     let split = &t.services[0].splits[0];
     assert_eq!(split.total_weight(), 100);
     assert_eq!(t.services[split.backends[0].service].key.name, "v1");
@@ -155,13 +268,20 @@ fn http_matches_are_anchored_and_anded() {
     let m = &rule.http.as_ref().unwrap()[0];
     let alice = |n: &str| (n == "x-user").then_some("alice");
     assert!(m.matches("GET", "/api/v1", alice));
-    assert!(!m.matches("GET", "/v1/api", alice), "path regex is anchored");
+    assert!(
+        !m.matches("GET", "/v1/api", alice),
+        "path regex is anchored"
+    );
     assert!(!m.matches("POST", "/api/v1", alice));
-    assert!(!m.matches("GET", "/api/v1", |n: &str| (n == "x-user").then_some("alicex")));
+    assert!(!m.matches("GET", "/api/v1", |n: &str| (n == "x-user")
+        .then_some("alicex")));
     assert!(!m.matches("GET", "/api/v1", |_: &str| None));
 
     s.access[0].http.as_mut().unwrap()[0].path_regex = Some("(".into());
-    assert_eq!(field_error(build(vec![s]).unwrap_err()).1, "access[0].http[0].pathRegex");
+    assert_eq!(
+        field_error(build(vec![s]).unwrap_err()).1,
+        "access[0].http[0].pathRegex"
+    );
 }
 
 #[test]
@@ -172,7 +292,10 @@ fn json_round_trip_tolerates_unknown_fields() {
     let t = Table::from_json(json).unwrap();
     assert_eq!(t.version, 3);
     assert_eq!(t.services[0].endpoints[0].weight, 1);
-    assert!(matches!(Table::from_json(b"{not json"), Err(JsonError::Parse(_))));
+    assert!(matches!(
+        Table::from_json(b"{not json"),
+        Err(JsonError::Parse(_))
+    ));
     let spec = table(1, vec![http("a", "x", 5000, &["127.0.0.1:1"])]);
     let back: TableSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
     assert_eq!(back, spec);

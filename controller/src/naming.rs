@@ -1,0 +1,69 @@
+//! Names of the per-service "shadow" Services in the mesh namespace, shared by the shadow
+//! service writer and the DNS rewrite rules so that both always agree.
+//!
+//! `<svc>.<ns>.maille.mesh` resolves to the shadow `<svc>-6d61696c6c65-<ns>` in the mesh
+//! namespace. The separator is "maille" in hex: unlikely in real names, so a CoreDNS regex can
+//! map the name both ways. A combination longer than a DNS label (63) cannot be rewritten by a
+//! regex and is reported on the service instead of being truncated.
+
+/// The separator between service and namespace in a shadow service name.
+pub const SHADOW_SEPARATOR: &str = "-6d61696c6c65-";
+
+/// Label put on every object Maille owns.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "maille";
+/// Label carrying the user's service namespace on a shadow service.
+pub const SOURCE_NAMESPACE_LABEL: &str = "maille.io/service-namespace";
+/// Label carrying the user's service name on a shadow service.
+pub const SOURCE_NAME_LABEL: &str = "maille.io/service-name";
+
+/// A service whose shadow name would not be a valid DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {namespace}/{name}: shadow service name {shadow:?} is {len} characters, over the 63 a Service name may have; shorten the service or namespace name")]
+pub struct NameTooLong {
+    /// Namespace of the user's service.
+    pub namespace: String,
+    /// Name of the user's service.
+    pub name: String,
+    /// The name that would be needed.
+    pub shadow: String,
+    /// Its length.
+    pub len: usize,
+}
+
+/// The shadow service name for a user service.
+pub fn shadow_name(namespace: &str, name: &str) -> Result<String, NameTooLong> {
+    let shadow = format!("{name}{SHADOW_SEPARATOR}{namespace}");
+    if shadow.len() > 63 {
+        return Err(NameTooLong {
+            namespace: namespace.into(),
+            name: name.into(),
+            len: shadow.len(),
+            shadow,
+        });
+    }
+    Ok(shadow)
+}
+
+/// The user service (namespace, name) a shadow name stands for.
+pub fn parse_shadow_name(shadow: &str) -> Option<(&str, &str)> {
+    let (name, namespace) = shadow.split_once(SHADOW_SEPARATOR)?;
+    (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_long_names() {
+        let s = shadow_name("shop", "web").unwrap();
+        assert_eq!(s, "web-6d61696c6c65-shop");
+        assert_eq!(parse_shadow_name(&s), Some(("shop", "web")));
+        assert_eq!(parse_shadow_name("unrelated"), None);
+        let e = shadow_name(&"n".repeat(30), &"s".repeat(30)).unwrap_err();
+        assert_eq!(e.len, 74);
+        assert!(e.to_string().contains("over the 63"));
+    }
+}
