@@ -181,7 +181,7 @@ impl AccessRule {
     /// Whether the rule lets this client in (before any HTTP match).
     pub fn admits(&self, client: IpAddr) -> bool {
         let client = canonical_ip(client);
-        self.sources.iter().any(|s| *s == client)
+        self.sources.contains(&client)
     }
 }
 
@@ -839,7 +839,7 @@ fn check_split_cycles(table: &Table) -> Result<()> {
                 return Err(invalid(
                     &s.key.to_string(),
                     "splits",
-                    &s.splits.first().map(|x| x.name.clone()).unwrap_or_default(),
+                    s.splits.first().map(|x| x.name.clone()).unwrap_or_default(),
                     "traffic splits form a cycle through this service",
                 ));
             }
