@@ -26,6 +26,8 @@ pub const RATELIMIT_AVERAGE: &str = "ratelimit-average";
 pub const RATELIMIT_BURST: &str = "ratelimit-burst";
 /// `circuit-breaker-expression`.
 pub const CIRCUIT_BREAKER: &str = "circuit-breaker-expression";
+/// `circuit-breaker-recovery-period`: how long a tripped breaker stays open, e.g. `10s`.
+pub const CIRCUIT_BREAKER_RECOVERY: &str = "circuit-breaker-recovery-period";
 /// `scheme`: http, https or h2c.
 pub const SCHEME: &str = "scheme";
 /// `tls-server-name`: name verified for https upstreams.
@@ -118,6 +120,7 @@ pub fn options(
             RATELIMIT_AVERAGE,
             RATELIMIT_BURST,
             CIRCUIT_BREAKER,
+            CIRCUIT_BREAKER_RECOVERY,
             SCHEME,
             TLS_SERVER_NAME,
             TLS_INSECURE_SKIP_VERIFY,
@@ -181,6 +184,20 @@ pub fn options(
     if let Some((k, v)) = lookup(annotations, CIRCUIT_BREAKER) {
         match expr::parse(v) {
             Ok(_) => o.circuit_breaker = Some(v.to_string()),
+            Err(e) => errors.push(error(k, v, e.to_string())),
+        }
+    }
+    if let Some((k, v)) = lookup(annotations, CIRCUIT_BREAKER_RECOVERY) {
+        match duration::parse_millis(v) {
+            _ if lookup(annotations, CIRCUIT_BREAKER).is_none() => errors.push(error(
+                k,
+                v,
+                "has no effect without circuit-breaker-expression",
+            )),
+            Ok(0) => errors.push(error(k, v, "expected a duration above zero, e.g. 10s")),
+            // Only meaningful with a breaker that parsed; a bad expression is reported already.
+            Ok(ms) if o.circuit_breaker.is_some() => o.circuit_breaker_recovery_ms = Some(ms),
+            Ok(_) => {}
             Err(e) => errors.push(error(k, v, e.to_string())),
         }
     }
@@ -255,6 +272,7 @@ mod tests {
                 "maille.io/circuit-breaker-expression",
                 "NetworkErrorRatio() > 0.5",
             ),
+            ("maille.io/circuit-breaker-recovery-period", "2s"),
             ("maille.io/scheme", "https"),
             ("maille.io/tls-server-name", "api.example"),
         ]);
@@ -274,8 +292,108 @@ mod tests {
             o.circuit_breaker.as_deref(),
             Some("NetworkErrorRatio() > 0.5")
         );
+        assert_eq!(o.circuit_breaker_recovery_ms, Some(2000));
         assert_eq!(o.scheme.as_deref(), Some("https"));
         assert_eq!(o.tls_server_name.as_deref(), Some("api.example"));
+    }
+
+    #[test]
+    fn traefik_prefixed_options_are_read() {
+        let a = ann(&[
+            ("mesh.traefik.io/retry-attempts", "2"),
+            ("maesh.containo.us/ratelimit-average", "5"),
+            ("maesh.containo.us/ratelimit-burst", "10"),
+            (
+                "mesh.traefik.io/circuit-breaker-expression",
+                "LatencyAtQuantileMS(50.0) > 100",
+            ),
+        ]);
+        let (o, errors) = options(&a, TrafficType::Http);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o.retry_attempts, Some(2));
+        assert_eq!(o.rate_limit.map(|r| (r.average, r.burst)), Some((5, 10)));
+        assert!(o.circuit_breaker.is_some());
+    }
+
+    #[test]
+    fn bad_breaker_expression_names_annotation_value_and_column() {
+        let a = ann(&[
+            (
+                "maille.io/circuit-breaker-expression",
+                "NetworkErrorRatio() > 0.5 || Bogus() > 1",
+            ),
+            ("maille.io/circuit-breaker-recovery-period", "5s"),
+            ("maille.io/timeout", "2s"),
+        ]);
+        let (o, errors) = options(&a, TrafficType::Http);
+        assert_eq!(o.circuit_breaker, None);
+        assert_eq!(o.circuit_breaker_recovery_ms, None);
+        assert_eq!(o.timeout_ms, Some(2000));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "annotation maille.io/circuit-breaker-expression: invalid value \
+             \"NetworkErrorRatio() > 0.5 || Bogus() > 1\": at column 30: unknown function \
+             \"Bogus\": expected NetworkErrorRatio(), ResponseCodeRatio(from, to, \
+             dividendFrom, dividendTo) or LatencyAtQuantileMS(quantile)"
+        );
+    }
+
+    #[test]
+    fn recovery_period_needs_a_breaker_and_a_duration() {
+        let (o, errors) = options(
+            &ann(&[("maille.io/circuit-breaker-recovery-period", "5s")]),
+            TrafficType::Http,
+        );
+        assert_eq!(o.circuit_breaker_recovery_ms, None);
+        assert!(errors[0]
+            .reason
+            .contains("without circuit-breaker-expression"));
+        let (o, errors) = options(
+            &ann(&[
+                (
+                    "maille.io/circuit-breaker-expression",
+                    "NetworkErrorRatio() > 0.5",
+                ),
+                ("maille.io/circuit-breaker-recovery-period", "soon"),
+            ]),
+            TrafficType::Http,
+        );
+        assert!(o.circuit_breaker.is_some());
+        assert_eq!(o.circuit_breaker_recovery_ms, None);
+        assert_eq!(
+            errors[0].annotation,
+            "maille.io/circuit-breaker-recovery-period"
+        );
+    }
+
+    #[test]
+    fn invalid_numbers_are_rejected_with_the_expected_range() {
+        for (name, value) in [
+            ("retry-attempts", "0"),
+            ("retry-attempts", "two"),
+            ("retry-attempts", "1.5"),
+            ("ratelimit-average", "-3"),
+            ("ratelimit-burst", "0"),
+            ("timeout", "0s"),
+            ("timeout", "-1s"),
+            ("scheme", "ftp"),
+            ("retry-budget", "150"),
+        ] {
+            let mut a = ann(&[
+                ("maille.io/retry-attempts", "1"),
+                ("maille.io/ratelimit-average", "1"),
+                ("maille.io/ratelimit-burst", "1"),
+            ]);
+            a.insert(format!("maille.io/{name}"), value.to_string());
+            let (_, errors) = options(&a, TrafficType::Http);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.annotation == format!("maille.io/{name}") && e.value == value),
+                "{name}={value}: {errors:?}"
+            );
+        }
     }
 
     #[test]

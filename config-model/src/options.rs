@@ -2,6 +2,9 @@
 
 use crate::expr::CircuitBreakerExpr;
 
+/// How long a tripped circuit breaker stays open before probing, by default, in milliseconds.
+pub const DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS: u64 = 10_000;
+
 /// Default share of the request rate that retries may add, in percent.
 pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
 
@@ -56,11 +59,14 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// A circuit breaker: its parsed trip expression.
+/// A circuit breaker: its parsed trip expression and how long it stays open.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CircuitBreaker {
     /// The trip condition.
     pub expr: CircuitBreakerExpr,
+    /// How long requests fail fast after a trip before probes are let through, in
+    /// milliseconds (default [`DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS`]).
+    pub recovery_ms: u64,
 }
 
 /// TLS settings for `https` upstreams.

@@ -10,7 +10,7 @@ use regex::Regex;
 use crate::expr;
 use crate::options::{
     CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions,
-    DEFAULT_RETRY_BUDGET_PERCENT,
+    DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS, DEFAULT_RETRY_BUDGET_PERCENT,
 };
 use crate::wire::{
     AccessRuleSpec, HttpMatchSpec, OptionsSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType,
@@ -544,11 +544,30 @@ fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<Servic
             burst: rl.burst,
         }),
     };
+    if o.circuit_breaker_recovery_ms == Some(0) {
+        return Err(invalid(
+            id,
+            "options.circuitBreakerRecoveryMs",
+            0,
+            "expected a duration above zero",
+        ));
+    }
+    if o.circuit_breaker_recovery_ms.is_some() && o.circuit_breaker.is_none() {
+        return Err(invalid(
+            id,
+            "options.circuitBreakerRecoveryMs",
+            o.circuit_breaker_recovery_ms.unwrap_or_default(),
+            "needs options.circuitBreaker",
+        ));
+    }
     let circuit_breaker = match &o.circuit_breaker {
         None => None,
         Some(src) => Some(CircuitBreaker {
             expr: expr::parse(src)
                 .map_err(|e| invalid(id, "options.circuitBreaker", src, e.to_string()))?,
+            recovery_ms: o
+                .circuit_breaker_recovery_ms
+                .unwrap_or(DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS),
         }),
     };
     let scheme = match o.scheme.as_deref() {

@@ -149,6 +149,10 @@ pub struct OptionsSpec {
     /// Circuit-breaker expression in the Traefik Mesh language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<String>,
+    /// How long a tripped circuit breaker stays open before probing, in milliseconds
+    /// (default 10 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker_recovery_ms: Option<u64>,
     /// How the proxy talks to the endpoints: `http`, `https` or `h2c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
