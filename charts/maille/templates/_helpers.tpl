@@ -1,0 +1,95 @@
+{{/* Names, labels and shared values of the Maille chart. */}}
+
+{{- define "maille.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* `<release>-maille`, or just the release name when it already contains the chart name. */}}
+{{- define "maille.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "maille.controller.fullname" -}}
+{{- printf "%s-controller" (include "maille.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "maille.proxy.fullname" -}}
+{{- printf "%s-proxy" (include "maille.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "maille.cleanup.fullname" -}}
+{{- printf "%s-cleanup" (include "maille.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "maille.coredns.fullname" -}}
+{{- printf "%s-coredns" (include "maille.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "maille.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "maille.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: maille
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "proxy"). */}}
+{{- define "maille.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "maille.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "maille.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* A port range value as the binaries take it: `start-end`. */}}
+{{- define "maille.range" -}}
+{{- printf "%d-%d" (int .start) (int (sub (add (int .start) (int .size)) 1)) -}}
+{{- end -}}
+
+{{- define "maille.controllerURL" -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "maille.controller.fullname" .) .Release.Namespace .Values.dns.clusterDomain (int .Values.controller.apiPort) -}}
+{{- end -}}
+
+{{/* Environment shared by both binaries: logging. */}}
+{{- define "maille.logEnv" -}}
+- name: RUST_LOG
+  value: {{ .Values.log.level | quote }}
+- name: MAILLE_LOG_FORMAT
+  value: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{/* Pod security shared by every Maille container: no root, no privileges, read-only root. */}}
+{{- define "maille.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "maille.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* The flags of `maille-controller` that prepare, run and cleanup share. */}}
+{{- define "maille.dnsArgs" -}}
+- --namespace={{ .Release.Namespace }}
+- --cluster-domain={{ .Values.dns.clusterDomain }}
+{{- end -}}

@@ -1,0 +1,59 @@
+{{/* RBAC rules, shared by the controller and the cleanup hook. See docs/install.md. */}}
+
+{{/* Cluster-scoped names carry the namespace: two releases of the same name may coexist. */}}
+{{- define "maille.clusterName" -}}
+{{- printf "%s-%s" .name .ctx.Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* What the controller reads everywhere, and the Events it writes on users' Services. */}}
+{{- define "maille.rules.cluster" -}}
+- apiGroups: [""]
+  resources: [services, pods]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [access.smi-spec.io]
+  resources: [traffictargets]
+  verbs: [get, list, watch]
+- apiGroups: [specs.smi-spec.io]
+  resources: [httproutegroups, tcproutes]
+  verbs: [get, list, watch]
+- apiGroups: [split.smi-spec.io]
+  resources: [trafficsplits]
+  verbs: [get, list, watch]
+{{- end -}}
+
+{{/* Shadow Services live in the mesh namespace only. */}}
+{{- define "maille.rules.mesh" -}}
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, update, patch, delete]
+{{- end -}}
+
+{{/* prepare/cleanup: the cluster DNS configuration in kube-system. `create` cannot be limited
+     by name in Kubernetes RBAC; it is needed for kube-dns clusters without a kube-dns
+     ConfigMap. Deployments are listed to find CoreDNS by its k8s-app=kube-dns label, and only
+     coredns/kube-dns may be changed (a pod-template annotation restarts them). */}}
+{{- define "maille.rules.dns" -}}
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [coredns, coredns-custom, kube-dns]
+  verbs: [get, update, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list]
+- apiGroups: [apps]
+  resources: [deployments]
+  resourceNames: [coredns, kube-dns]
+  verbs: [get, update, patch]
+{{- end -}}

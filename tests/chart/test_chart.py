@@ -1,0 +1,664 @@
+"""Checks of the Helm chart with the real Helm library (helm-python-sdk) and the Kubernetes
+schemas (kubernetes-validate): lint, render the default and several non-default value sets,
+validate every rendered object, check the wiring between objects, and check that the values
+schema and the templates refuse bad values with a message that names the value."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import helm_python
+import yaml
+
+from runner import Skip
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "maille"
+KUBE_VERSION = "1.30.0"
+RELEASE = "maille"
+NAMESPACE = "maille"
+
+# Kinds of CRDs that kubernetes-validate has no schema for; checked structurally below.
+NO_SCHEMA_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+VALUE_SETS = {
+    "default": {},
+    "acl-namespaces-ports": {
+        "acl": True,
+        "defaultMode": "tcp",
+        "watchNamespaces": ["shop", "web"],
+        "ignoreNamespaces": ["legacy"],
+        "log": {"level": "maille_proxy=debug,info", "format": "json"},
+        "ports": {
+            "http": {"start": 6000, "size": 4},
+            "tcp": {"start": 20000, "size": 100},
+            "udp": {"start": 30000, "size": 8},
+        },
+        "proxy": {
+            "adminPort": 9901,
+            "accessLog": True,
+            "gracePeriodSeconds": 30,
+            "updateStrategy": {"maxUnavailable": "20%"},
+        },
+        "controller": {"apiPort": 9100},
+    },
+    "observability": {
+        "metrics": {
+            "podAnnotations": False,
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}, "interval": "15s"},
+        },
+        "grafana": {
+            "dashboards": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "annotations": {"grafana_folder": "Maille"},
+            }
+        },
+    },
+    "kube-dns": {
+        "dns": {"clusterDomain": "corp.example", "coredns": {"enabled": True, "replicas": 1}},
+    },
+    "dns-off": {
+        "dns": {"prepare": False, "cleanup": False},
+        "controller": {"podDisruptionBudget": {"enabled": False}},
+        "metrics": {"podAnnotations": False},
+    },
+    "scheduling-images": {
+        "fullnameOverride": "mesh",
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccount": {"annotations": {"iam.example/role": "maille"}},
+        "controller": {
+            "image": {"repository": "registry.example/maille-controller", "tag": "v9", "pullPolicy": "Always"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "node-role", "operator": "In", "values": ["infra"]}]}
+                        ]
+                    }
+                }
+            },
+            "priorityClassName": "system-cluster-critical",
+            "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}},
+            "extraArgs": ["--kubeconfig=/etc/kube/config"],
+            "extraEnv": [{"name": "MAILLE_EXTRA", "value": "1"}],
+            "podLabels": {"team": "net"},
+        },
+        "proxy": {
+            "image": {"repository": "registry.example/maille-proxy", "tag": "v9"},
+            "tolerations": [{"operator": "Exists"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "priorityClassName": "system-node-critical",
+            "podAnnotations": {"example.io/note": "x"},
+            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def render(values, name=RELEASE, namespace=NAMESPACE):
+    with helm_python.Chart.load(str(CHART)) as chart:
+        return chart.render(values, name=name, namespace=namespace)
+
+
+def documents(rendered, hooks=True):
+    """Every rendered object, as (template, object); NOTES.txt excluded."""
+    out = []
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is None:
+                continue
+            is_hook = "helm.sh/hook" in (doc.get("metadata", {}).get("annotations") or {})
+            if hooks or not is_hook:
+                out.append((template, doc))
+    return out
+
+
+def kubernetes_validate(docs):
+    """Runs `kubernetes-validate --strict` over the objects; returns its complaints."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, (template, doc) in enumerate(docs):
+            path = pathlib.Path(tmp) / f"{i:03d}-{doc['kind']}-{doc['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump(doc))
+            files.append(str(path))
+        proc = subprocess.run(
+            ["kubernetes-validate", "--strict", "-k", KUBE_VERSION, *files],
+            capture_output=True,
+            text=True,
+        )
+    complaints = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.startswith(("ERROR", "WARN", "Traceback")) or "Error" in line
+    ]
+    unknown = [
+        c
+        for c in complaints
+        if not any(f"kind {kind} with api version {api}" in c for api, kind in NO_SCHEMA_KINDS)
+    ]
+    if proc.returncode != 0 and not unknown:
+        unknown = [f"kubernetes-validate exited {proc.returncode}: {proc.stdout}{proc.stderr}"]
+    return unknown
+
+
+def find(docs, kind, name=None):
+    found = [d for _, d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return found
+
+
+def one(docs, kind, name=None):
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(obj):
+    if obj["kind"] == "Pod":
+        return obj["spec"]
+    if obj["kind"] == "Job":
+        return obj["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def container(obj, name):
+    spec = pod_spec(obj)
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"{obj['kind']} {obj['metadata']['name']} has no container {name}")
+
+
+def flags(c):
+    """`--name=value` arguments as a dict (flags without value map to True)."""
+    out = {}
+    for a in c.get("args", []):
+        if a.startswith("--"):
+            k, _, v = a[2:].partition("=")
+            out[k] = v if _ else True
+    return out
+
+
+def env(c):
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def chart_workloads(docs):
+    return [d for _, d in docs if d["kind"] in ("Deployment", "DaemonSet", "Job", "Pod")]
+
+
+def check_wiring(docs, values):
+    """Checks between objects that hold for every value set."""
+    # Unique names per kind and namespace.
+    seen = set()
+    for _, d in docs:
+        key = (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
+        assert key not in seen, f"two objects are named {key}"
+        seen.add(key)
+    # Workload selectors select their own pod template.
+    for d in docs:
+        d = d[1]
+        if d["kind"] in ("Deployment", "DaemonSet"):
+            sel = d["spec"]["selector"]["matchLabels"]
+            assert labels_match(sel, d["spec"]["template"]["metadata"]["labels"]), d["metadata"]["name"]
+    pods = [
+        (d["metadata"].get("namespace"), d["spec"]["template"]["metadata"]["labels"] if d["kind"] != "Pod" else d["metadata"]["labels"], d)
+        for d in chart_workloads(docs)
+    ]
+    # Every Service and PodDisruptionBudget selects some pod of the chart, and a Service's named
+    # target ports exist on the pods it selects.
+    for _, d in docs:
+        if d["kind"] == "Service":
+            sel = d["spec"]["selector"]
+            targets = [w for ns, lbl, w in pods if ns == d["metadata"]["namespace"] and labels_match(sel, lbl)]
+            assert targets, f"Service {d['metadata']['name']} selects no pod of the chart"
+            for p in d["spec"]["ports"]:
+                if isinstance(p["targetPort"], str):
+                    names = {
+                        cp["name"]
+                        for w in targets
+                        for c in pod_spec(w)["containers"]
+                        for cp in c.get("ports", [])
+                    }
+                    assert p["targetPort"] in names, f"Service {d['metadata']['name']} targets unknown port {p['targetPort']}"
+        if d["kind"] == "PodDisruptionBudget":
+            sel = d["spec"]["selector"]["matchLabels"]
+            assert any(labels_match(sel, lbl) for _, lbl, _ in pods), "PDB selects nothing"
+    # Service accounts used exist, in the pod's namespace.
+    accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in find(docs, "ServiceAccount")}
+    for w in chart_workloads(docs):
+        sa = pod_spec(w).get("serviceAccountName")
+        if sa:
+            assert (w["metadata"]["namespace"], sa) in accounts, f"{w['kind']} {w['metadata']['name']} uses missing account {sa}"
+    # Bindings refer to rendered roles and accounts.
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for _, d in docs if d["kind"] in ("Role", "ClusterRole")}
+    for _, d in docs:
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            ref = d["roleRef"]
+            ns = d["metadata"].get("namespace") if ref["kind"] == "Role" else None
+            assert (ref["kind"], ns, ref["name"]) in roles, f"{d['kind']} {d['metadata']['name']} refers to missing {ref}"
+            for s in d["subjects"]:
+                assert (s["namespace"], s["name"]) in accounts, f"binding to missing account {s}"
+    # Least privilege: no wildcards, no secrets, nothing beyond what docs/install.md lists.
+    for _, d in docs:
+        if d["kind"] in ("Role", "ClusterRole"):
+            for rule in d["rules"]:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], f"{d['kind']} {d['metadata']['name']} has a wildcard in {field}"
+                assert "secrets" not in rule["resources"], f"{d['metadata']['name']} may read secrets"
+                if d["kind"] == "ClusterRole":
+                    writes = set(rule["verbs"]) - {"get", "list", "watch"}
+                    assert not writes or rule["resources"] == ["events"], f"cluster-wide write {rule}"
+    # Every container runs as non-root with a read-only root and no privilege escalation.
+    for w in chart_workloads(docs):
+        spec = pod_spec(w)
+        assert spec["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+    # The proxy and the controller agree on the port ranges, and they are the values'.
+    ports = json.loads(json.dumps(values.get("ports", {})))
+    defaults = {"http": (5000, 10), "tcp": (10000, 25), "udp": (15000, 25)}
+    proxy = container(one(docs, "DaemonSet"), "proxy")
+    controller = container(one(docs, "Deployment", fullname(values, "controller")), "controller")
+    for kind, (start, size) in defaults.items():
+        want_start = ports.get(kind, {}).get("start", start)
+        want_size = ports.get(kind, {}).get("size", size)
+        want = f"{want_start}-{want_start + want_size - 1}"
+        assert flags(proxy)[f"{kind}-ports"] == want, (kind, flags(proxy))
+        assert flags(controller)[f"{kind}-ports"] == want, (kind, flags(controller))
+    # The proxy pulls from the controller's Service, on its API port.
+    svc = one(docs, "Service", fullname(values, "controller"))
+    api_port = svc["spec"]["ports"][0]["port"]
+    assert flags(proxy)["controller-url"] == (
+        f"http://{svc['metadata']['name']}.{NAMESPACE}.svc.{values.get('dns', {}).get('clusterDomain', 'cluster.local')}:{api_port}"
+    )
+    assert flags(controller)["api-addr"] == f"0.0.0.0:{api_port}"
+    # Probes: the proxy on its admin port, the controller on its API port.
+    admin = next(p for p in proxy["ports"] if p["name"] == "admin")["containerPort"]
+    assert flags(proxy)["admin-addr"] == f"0.0.0.0:{admin}"
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+    assert controller["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert controller["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert flags(controller)["namespace"] == NAMESPACE
+
+
+def fullname(values, component):
+    base = values.get("fullnameOverride") or RELEASE
+    return f"{base}-{component}"
+
+
+def render_set(name):
+    values = VALUE_SETS[name]
+    rendered = render(values)
+    docs = documents(rendered)
+    assert docs, "nothing rendered"
+    problems = kubernetes_validate(docs)
+    assert not problems, "\n".join(problems)
+    check_wiring(docs, values)
+    return rendered, docs
+
+
+# ---------------------------------------------------------------------------------------------
+# Lint and render
+
+
+def test_lint_default_and_every_value_set():
+    for name, values in VALUE_SETS.items():
+        report = helm_python.lint(str(CHART), values, kube_version=f"v{KUBE_VERSION}", namespace=NAMESPACE)
+        errors = report["errors"] + [m for m in report["messages"] if m["severity"] >= 2]
+        assert not errors, f"{name}: {errors}"
+
+
+def test_default_values_render_and_validate():
+    rendered, docs = render_set("default")
+    kinds = sorted({d["kind"] for _, d in docs})
+    for kind in ("Deployment", "DaemonSet", "Service", "ServiceAccount", "ClusterRole", "Role",
+                 "PodDisruptionBudget", "Job", "Pod"):
+        assert kind in kinds, f"default render has no {kind}: {kinds}"
+    ctrl = one(docs, "Deployment", "maille-controller")
+    assert ctrl["spec"]["strategy"]["type"] == "Recreate"
+    prepare = container(ctrl, "prepare")
+    assert prepare["args"][0] == "prepare", prepare["args"]
+    assert flags(prepare) == {"namespace": NAMESPACE, "cluster-domain": "cluster.local"}
+    c = container(ctrl, "controller")
+    assert flags(c)["default-mode"] == "http"
+    assert "acl" not in flags(c) and "watch-namespaces" not in flags(c)
+    assert env(c)["RUST_LOG"] == "info" and env(c)["MAILLE_LOG_FORMAT"] == "text"
+    # Scrape annotations on both pods.
+    for w, port in ((ctrl, "9000"), (one(docs, "DaemonSet"), "8081")):
+        ann = w["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == port
+    ds = one(docs, "DaemonSet")
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    assert ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    proxy = container(ds, "proxy")
+    assert proxy["resources"]["requests"] and proxy["resources"]["limits"]
+    assert ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(flags(proxy)["grace-period-seconds"])
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Nothing optional is on by default.
+    assert not find(docs, "ServiceMonitor") and not find(docs, "ConfigMap")
+    assert "ACL mode is on" not in rendered["maille/templates/NOTES.txt"]
+
+
+def test_controller_rbac_is_least_privilege():
+    _, docs = render_set("default")
+    cr = one(docs, "ClusterRole", "maille-controller-maille")
+    grants = {(g, r, v) for rule in cr["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    for res, group in (("services", ""), ("pods", ""), ("endpointslices", "discovery.k8s.io")):
+        for verb in ("get", "list", "watch"):
+            assert (group, res, verb) in grants
+    assert ("", "events", "create") in grants and ("events.k8s.io", "events", "create") in grants
+    for group, res in (("access.smi-spec.io", "traffictargets"), ("specs.smi-spec.io", "httproutegroups"),
+                       ("specs.smi-spec.io", "tcproutes"), ("split.smi-spec.io", "trafficsplits")):
+        assert {(group, res, v) for v in ("get", "list", "watch")} <= grants, res
+    # Shadow services are written in the mesh namespace only.
+    mesh_role = one(docs, "Role", "maille-controller")
+    assert mesh_role["metadata"]["namespace"] == NAMESPACE
+    assert set(mesh_role["rules"][0]["verbs"]) >= {"create", "update", "delete"}
+    # The DNS rights are in kube-system, and writes are limited to the DNS objects by name.
+    dns_role = one(docs, "Role", "maille-controller-maille")
+    assert dns_role["metadata"]["namespace"] == "kube-system"
+    for rule in dns_role["rules"]:
+        if set(rule["verbs"]) & {"update", "patch"}:
+            assert set(rule["resourceNames"]) <= {"coredns", "coredns-custom", "kube-dns"}, rule
+
+
+def test_cleanup_hook_brings_its_own_rights():
+    _, docs = render_set("default")
+    hooks = [d for _, d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "post-delete"]
+    kinds = sorted(d["kind"] for d in hooks)
+    assert kinds == ["Job", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"], kinds
+    job = one(docs, "Job")
+    weight = lambda d: int(d["metadata"]["annotations"]["helm.sh/hook-weight"])  # noqa: E731
+    for d in hooks:
+        if d is not job:
+            assert weight(d) < weight(job), f"{d['kind']} must exist before the Job runs"
+        assert "hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    c = container(job, "cleanup")
+    assert c["args"][0] == "cleanup" and flags(c)["namespace"] == NAMESPACE
+    assert pod_spec(job)["serviceAccountName"] == "maille-cleanup"
+    # The release's own controller account is gone by then: the Job must not rely on it.
+    assert pod_spec(job)["serviceAccountName"] != "maille-controller"
+
+
+def test_helm_test_calls_a_service_through_the_mesh():
+    _, docs = render_set("default")
+    pod = one(docs, "Pod")
+    svc = one(docs, "Service", "maille-test")
+    for d in (pod, svc):
+        assert d["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        assert d["metadata"]["namespace"] == "default", "the mesh never meshes its own namespace"
+    assert svc["metadata"]["annotations"]["maille.io/traffic-type"] == "http"
+    assert labels_match(svc["spec"]["selector"], pod["metadata"]["labels"])
+    c = pod["spec"]["containers"][0]
+    assert env(c)["MESH_URL"] == "http://maille-test.default.maille.mesh:8080/"
+    script = c["command"][-1]
+    assert "httpd -p 8080" in script and "wget" in script and "exit 1" in script
+
+
+def test_acl_namespaces_ports_set():
+    _, docs = render_set("acl-namespaces-ports")
+    c = container(one(docs, "Deployment", "maille-controller"), "controller")
+    f = flags(c)
+    assert f["acl"] is True
+    assert f["default-mode"] == "tcp"
+    assert f["watch-namespaces"] == "shop,web" and f["ignore-namespaces"] == "legacy"
+    assert f["http-ports"] == "6000-6003" and f["tcp-ports"] == "20000-20099" and f["udp-ports"] == "30000-30007"
+    assert f["api-addr"] == "0.0.0.0:9100"
+    proxy = container(one(docs, "DaemonSet"), "proxy")
+    assert flags(proxy)["access-log"] is True and flags(proxy)["grace-period-seconds"] == "30"
+    assert flags(proxy)["controller-url"].endswith(":9100")
+    assert env(proxy)["MAILLE_LOG_FORMAT"] == "json" and env(proxy)["RUST_LOG"] == "maille_proxy=debug,info"
+    assert one(docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+
+
+def test_observability_set():
+    rendered, docs = render_set("observability")
+    monitors = find(docs, "ServiceMonitor")
+    assert len(monitors) == 2
+    services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
+    for m in monitors:
+        assert m["metadata"]["labels"]["release"] == "kps"
+        targets = [s for s in services.values() if labels_match(m["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+                   and s["metadata"]["namespace"] in m["spec"]["namespaceSelector"]["matchNames"]]
+        assert len(targets) == 1, f"ServiceMonitor {m['metadata']['name']} selects {len(targets)} Services"
+        port_names = {p["name"] for p in targets[0]["spec"]["ports"]}
+        for ep in m["spec"]["endpoints"]:
+            assert ep["port"] in port_names and ep["path"] == "/metrics" and ep["interval"] == "15s"
+    # One headless admin Service per proxy pod for the proxies' monitor.
+    assert services["maille-proxy-admin"]["spec"]["clusterIP"] == "None"
+    maps = find(docs, "ConfigMap")
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert files and len(maps) == len(files), (len(maps), files)
+    for m in maps:
+        assert m["metadata"]["namespace"] == "monitoring"
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert m["metadata"]["annotations"] == {"grafana_folder": "Maille"}
+        [(key, text)] = m["data"].items()
+        assert json.loads(text) == json.loads((CHART / "dashboards" / key).read_text()), key
+    for w in (one(docs, "Deployment"), one(docs, "DaemonSet")):
+        assert "prometheus.io/scrape" not in (w["spec"]["template"]["metadata"].get("annotations") or {})
+    assert "Grafana dashboards" in rendered["maille/templates/NOTES.txt"]
+
+
+def test_kube_dns_set_deploys_coredns_for_the_mesh_zone():
+    _, docs = render_set("kube-dns")
+    dep = one(docs, "Deployment", "maille-coredns")
+    svc = one(docs, "Service", "maille-coredns")
+    assert sorted((p["port"], p["protocol"]) for p in svc["spec"]["ports"]) == [(53, "TCP"), (53, "UDP")]
+    corefile = one(docs, "ConfigMap", "maille-coredns")["data"]["Corefile"]
+    assert "maille.mesh:1053 {" in corefile
+    assert "{1}-6d61696c6c65-{2}.maille.svc.corp.example." in corefile
+    assert r"\.maille\.svc\.corp\.example\.$ {1}.{2}.maille.mesh." in corefile
+    assert "kubernetes corp.example" in corefile
+    assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/corefile"]
+    # The separator is the one the controller's naming.rs uses.
+    naming = (ROOT / "controller" / "src" / "naming.rs").read_text()
+    assert 'SHADOW_SEPARATOR: &str = "-6d61696c6c65-"' in naming
+    prepare = container(one(docs, "Deployment", "maille-controller"), "prepare")
+    assert flags(prepare)["cluster-domain"] == "corp.example"
+
+
+def test_dns_off_set():
+    _, docs = render_set("dns-off")
+    ctrl = one(docs, "Deployment", "maille-controller")
+    assert "initContainers" not in pod_spec(ctrl)
+    assert not find(docs, "Job") and not find(docs, "PodDisruptionBudget")
+    assert all(d["metadata"].get("namespace") != "kube-system" for _, d in docs)
+
+
+def test_scheduling_images_set():
+    _, docs = render_set("scheduling-images")
+    ctrl = one(docs, "Deployment", "mesh-controller")
+    ds = one(docs, "DaemonSet", "mesh-proxy")
+    assert container(ctrl, "controller")["image"] == "registry.example/maille-controller:v9"
+    assert container(ctrl, "prepare")["image"] == "registry.example/maille-controller:v9"
+    assert container(one(docs, "Job"), "cleanup")["image"] == "registry.example/maille-controller:v9"
+    assert container(ctrl, "controller")["imagePullPolicy"] == "Always"
+    assert container(ds, "proxy")["image"] == "registry.example/maille-proxy:v9"
+    for w in chart_workloads(docs):
+        if w["metadata"]["namespace"] != "default":
+            assert pod_spec(w)["imagePullSecrets"] == [{"name": "regcred"}], w["metadata"]["name"]
+    spec = pod_spec(ctrl)
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"} and spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["tolerations"][0]["key"] == "dedicated" and "nodeAffinity" in spec["affinity"]
+    assert pod_spec(ds)["tolerations"] == [{"operator": "Exists"}]
+    assert "--kubeconfig=/etc/kube/config" in container(ctrl, "controller")["args"]
+    assert env(container(ctrl, "controller"))["MAILLE_EXTRA"] == "1"
+    assert container(ds, "proxy")["resources"]["limits"]["memory"] == "2Gi"
+    assert one(docs, "ServiceAccount", "mesh-controller")["metadata"]["annotations"] == {"iam.example/role": "maille"}
+    assert ctrl["spec"]["template"]["metadata"]["labels"]["team"] == "net"
+
+
+def test_two_releases_do_not_collide_on_cluster_scoped_names():
+    a = documents(render({}, name="maille", namespace="mesh-a"))
+    b = documents(render({}, name="maille", namespace="mesh-b"))
+    cluster_kinds = {"ClusterRole", "ClusterRoleBinding"}
+    names = lambda docs: {(d["kind"], d["metadata"]["name"]) for _, d in docs  # noqa: E731
+                          if d["kind"] in cluster_kinds or d["metadata"].get("namespace") == "kube-system"}
+    assert names(a) and not names(a) & names(b), names(a) & names(b)
+
+
+def test_crds_validate():
+    crds = sorted((CHART / "crds").glob("*.y*ml")) if (CHART / "crds").is_dir() else []
+    if not crds:
+        raise Skip("charts/maille/crds has no CRDs yet")
+    docs = [(str(p), d) for p in crds for d in yaml.safe_load_all(p.read_text()) if d]
+    problems = kubernetes_validate(docs)
+    assert not problems, "\n".join(problems)
+    groups = {d["spec"]["group"] for _, d in docs}
+    assert {"access.smi-spec.io", "specs.smi-spec.io", "split.smi-spec.io"} <= groups, groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad values are refused, naming what is wrong
+
+
+SCHEMA_REJECTS = [
+    ({"acl": "yes"}, "acl"),
+    ({"defaultMode": "grpc"}, "defaultMode"),
+    ({"watchNamespaces": "shop,web"}, "watchNamespaces"),
+    ({"watchNamespaces": ["Shop_1"]}, "watchNamespaces"),
+    ({"ports": {"http": {"start": "5000", "size": 10}}}, "start"),
+    ({"ports": {"tcp": {"start": 10000, "size": 0}}}, "size"),
+    ({"ports": {"udp": {"start": 80, "size": 5}}}, "start"),
+    ({"log": {"format": "xml"}}, "format"),
+    ({"controller": {"replicas": 2}}, "replicas"),
+    ({"controller": {"replicas": "1"}}, "replicas"),
+    ({"controller": {"image": {"pullPolicy": "Sometimes"}}}, "pullPolicy"),
+    ({"proxy": {"adminPort": "8081"}}, "adminPort"),
+    ({"proxy": {"nodeSelector": ["linux"]}}, "nodeSelector"),
+    ({"proxy": {"tolerations": {"key": "x"}}}, "tolerations"),
+    ({"proxy": {"resources": {"limits": {"memory": ["1Gi"]}}}}, "memory"),
+    ({"metrics": {"serviceMonitor": {"enabled": "true"}}}, "enabled"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
+    ({"grafana": {"dashboards": {"labels": {"grafana_dashboard": 1}}}}, "grafana_dashboard"),
+    ({"imagePullSecrets": ["regcred"]}, "imagePullSecrets"),
+    ({"controler": {"replicas": 1}}, "controler"),
+    ({"proxy": {"gracePeriod": 10}}, "gracePeriod"),
+]
+
+
+def test_values_schema_refuses_wrong_types():
+    failures = []
+    with helm_python.Chart.load(str(CHART)) as chart:
+        chart.validate_schema({})  # the defaults pass
+        for values, needle in SCHEMA_REJECTS:
+            try:
+                chart.render(values, name=RELEASE, namespace=NAMESPACE)
+            except helm_python.HelmError as e:
+                if needle not in str(e):
+                    failures.append(f"{values}: refused, but the message does not name {needle!r}: {e}")
+                continue
+            failures.append(f"{values}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+TEMPLATE_REJECTS = [
+    ({"ports": {"tcp": {"start": 5005, "size": 25}}}, "ports.http (5000-5009) and ports.tcp (5005-5029) overlap"),
+    ({"ports": {"udp": {"start": 65530, "size": 25}}}, "goes past port 65535"),
+    ({"proxy": {"adminPort": 10003}}, "proxy.adminPort: 10003 lies inside ports.tcp"),
+    ({"watchNamespaces": ["maille"]}, "is the mesh's own namespace"),
+]
+
+
+def test_templates_refuse_inconsistent_values():
+    failures = []
+    for values, needle in TEMPLATE_REJECTS:
+        try:
+            render(values)
+        except helm_python.HelmError as e:
+            if needle not in str(e):
+                failures.append(f"{values}: refused with {e!s}, expected {needle!r}")
+            continue
+        failures.append(f"{values}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart passes only flags the binaries know
+
+
+def binary(name):
+    path = ROOT / "target" / "debug" / name
+    if not path.exists():
+        raise Skip(f"{path} not built (cargo build --workspace --bins)")
+    return path
+
+
+def help_text(path, *sub):
+    proc = subprocess.run([str(path), *sub, "--help"], capture_output=True, text=True, timeout=30)
+    if proc.returncode == 0 and not proc.stdout.strip():
+        raise Skip(f"{path.name} has no command line yet (a placeholder main)")
+    assert proc.returncode == 0, f"{path.name} {' '.join(sub)} --help failed: {proc.stderr}"
+    return proc.stdout
+
+
+def check_flags(c, text, what):
+    for a in c.get("args", []):
+        if a.startswith("--"):
+            flag = a.split("=", 1)[0]
+            assert f"{flag} " in text or f"{flag}=" in text or f"{flag}\n" in text or f"{flag}," in text, (
+                f"{what}: the chart passes {flag}, which `--help` does not list"
+            )
+
+
+def test_chart_flags_are_known_to_the_binaries():
+    proxy_bin = binary("maille-proxy")
+    controller_bin = binary("maille-controller")
+    values = VALUE_SETS["acl-namespaces-ports"]
+    docs = documents(render(values)) + documents(render(VALUE_SETS["default"]))
+    proxy_help = help_text(proxy_bin)
+    run_help = help_text(controller_bin)
+    for d in find(docs, "DaemonSet"):
+        check_flags(container(d, "proxy"), proxy_help, "maille-proxy")
+    for d in find(docs, "Deployment"):
+        if d["metadata"]["name"] != "maille-controller":
+            continue
+        check_flags(container(d, "controller"), run_help, "maille-controller")
+        prepare = container(d, "prepare")
+        check_flags(prepare, help_text(controller_bin, "prepare"), "maille-controller prepare")
+    job = one(docs, "Job")
+    check_flags(container(job, "cleanup"), help_text(controller_bin, "cleanup"), "maille-controller cleanup")
+
+
+def test_dockerfiles_build_the_binaries_the_chart_runs():
+    """CI builds no images; this keeps the Dockerfiles consistent with the crates and the chart."""
+    docs = documents(render({}))
+    for crate in ("proxy", "controller"):
+        text = (ROOT / crate / "Dockerfile").read_text()
+        cargo = (ROOT / crate / "Cargo.toml").read_text()
+        name = f"maille-{crate}"
+        assert f'name = "{name}"' in cargo, f"{crate}/Cargo.toml has no binary {name}"
+        assert f"cargo build --release --locked -p {name} --bin {name}" in text
+        assert f'ENTRYPOINT ["/usr/local/bin/{name}"]' in text
+        assert "USER 65532:65532" in text and ":nonroot" in text, "the image must run as non-root"
+        # The chart relies on the image's entrypoint: containers give args, never a command.
+        for w in chart_workloads(docs):
+            for c in pod_spec(w).get("initContainers", []) + pod_spec(w)["containers"]:
+                if name in c["image"]:
+                    assert "command" not in c, f"{c['name']} overrides the entrypoint"
+                    # ... and the uid the image runs as is the pod's.
+                    assert pod_spec(w)["securityContext"]["runAsUser"] == 65532
+
+
+if __name__ == "__main__":
+    sys.exit("run through tests/run-python")
