@@ -3,3 +3,4 @@
 //! reachable.
 
 pub mod naming;
+pub mod smi;
