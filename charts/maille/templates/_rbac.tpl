@@ -23,7 +23,7 @@
   resources: [traffictargets]
   verbs: [get, list, watch]
 - apiGroups: [specs.smi-spec.io]
-  resources: [httproutegroups, tcproutes]
+  resources: [httproutegroups, tcproutes, udproutes]
   verbs: [get, list, watch]
 - apiGroups: [split.smi-spec.io]
   resources: [trafficsplits]

@@ -490,3 +490,101 @@ fn parses_every_supported_version_and_refuses_others() {
     let doc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
     assert!(parse_manifest(&doc).is_none());
 }
+
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+#[test]
+fn chart_crds_serve_exactly_the_supported_versions_and_store_the_watched_one() {
+    use kube::Resource;
+    let mut crds = Vec::new();
+    for entry in std::fs::read_dir(repo_file("charts/maille/crds")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        crds.push(serde_yaml::from_str::<serde_json::Value>(&text).unwrap());
+    }
+    let storage = |kind: &str| match kind {
+        "TrafficTarget" => TrafficTarget::version(&()).to_string(),
+        "HTTPRouteGroup" => HTTPRouteGroup::version(&()).to_string(),
+        "TCPRoute" => TCPRoute::version(&()).to_string(),
+        "UDPRoute" => UDPRoute::version(&()).to_string(),
+        _ => TrafficSplit::version(&()).to_string(),
+    };
+    assert_eq!(crds.len(), SUPPORTED.len());
+    for (group, kind, versions) in SUPPORTED {
+        let crd = crds
+            .iter()
+            .find(|c| c["spec"]["group"] == *group && c["spec"]["names"]["kind"] == *kind)
+            .unwrap_or_else(|| panic!("no CRD for {group} {kind}"));
+        let vs = crd["spec"]["versions"].as_array().unwrap();
+        let mut served: Vec<&str> = vs
+            .iter()
+            .filter(|v| v["served"] == true)
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        served.sort();
+        assert_eq!(&served, versions, "{kind}");
+        let stored: Vec<&str> = vs
+            .iter()
+            .filter(|v| v["storage"] == true)
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(stored, [storage(kind).as_str()], "{kind}");
+    }
+}
+
+#[test]
+fn examples_translate_without_problems() {
+    let mut yaml = String::new();
+    for entry in std::fs::read_dir(repo_file("examples/smi")).unwrap() {
+        let path = entry.unwrap().path();
+        // The canary and the nested example both split `web`; the nested one is tested here.
+        if path.extension().is_some_and(|e| e == "yaml")
+            && !path.ends_with("traffic-split-canary.yaml")
+        {
+            yaml += "\n---\n";
+            yaml += &std::fs::read_to_string(&path).unwrap();
+        }
+    }
+    yaml += &[
+        pod("web-1", "web", "10.0.0.1"),
+        pod("api-1", "api", "10.0.1.1"),
+        pod("db-1", "db", "10.0.2.1"),
+        pod("dns-1", "dns", "10.0.3.1"),
+        pod("prom-1", "prometheus", "10.0.4.1"),
+    ]
+    .concat();
+    let (objs, pods) = objects(&yaml);
+    let mut services = vec![
+        http("shop", "web", 5000, &["10.0.0.1:8080"]),
+        http("shop", "web-v1", 5000, &["10.0.0.1:8080"]),
+        http("shop", "web-v2", 5000, &["10.0.0.1:8080"]),
+        http("shop", "web-v2-blue", 5000, &["10.0.0.1:8080"]),
+        http("shop", "web-v2-green", 5000, &["10.0.0.1:8080"]),
+        http("shop", "api", 5001, &["10.0.1.1:8080"]),
+        service(
+            "shop",
+            "db",
+            5432,
+            10000,
+            TrafficType::Tcp,
+            &["10.0.2.1:5432"],
+        ),
+        service("shop", "dns", 53, 15000, TrafficType::Udp, &["10.0.3.1:53"]),
+    ];
+    let problems = apply(&mut services, &objs, &pods);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let by = |n: &str| services.iter().find(|s| s.name == n).unwrap();
+    assert_eq!(
+        by("web").splits.len(),
+        2,
+        "A/B (with matches) then the 50/50"
+    );
+    assert_eq!(by("web").splits[0].name, "shop/web-ab");
+    assert_eq!(by("web-v2").splits[0].backends.len(), 2);
+    assert_eq!(by("api").access.len(), 2);
+    assert_eq!(by("db").access[0].sources, ["10.0.1.1"]);
+    assert_eq!(by("dns").access[0].sources, ["10.0.0.1", "10.0.1.1"]);
+}
