@@ -39,6 +39,7 @@ VALUE_SETS = {
         "proxy": {
             "adminPort": 9901,
             "accessLog": True,
+            "threads": 2,
             "gracePeriodSeconds": 30,
             "updateStrategy": {"maxUnavailable": "20%"},
         },
@@ -297,6 +298,11 @@ def check_wiring(docs, values):
     assert controller["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert controller["livenessProbe"]["httpGet"]["path"] == "/live"
     assert flags(controller)["namespace"] == NAMESPACE
+    # Shadow Services select exactly the proxy pods of this release.
+    selector = dict(kv.split("=", 1) for kv in flags(controller)["proxy-selector"].split(","))
+    ds = one(docs, "DaemonSet")
+    assert selector == ds["spec"]["selector"]["matchLabels"], selector
+    assert "threads" not in flags(proxy) or values.get("proxy", {}).get("threads")
 
 
 def fullname(values, component):
@@ -426,7 +432,9 @@ def test_acl_namespaces_ports_set():
     proxy = container(one(docs, "DaemonSet"), "proxy")
     assert flags(proxy)["access-log"] is True and flags(proxy)["grace-period-seconds"] == "30"
     assert flags(proxy)["controller-url"].endswith(":9100")
-    assert env(proxy)["MAILLE_LOG_FORMAT"] == "json" and env(proxy)["RUST_LOG"] == "maille_proxy=debug,info"
+    assert flags(proxy)["log-format"] == "json" and flags(proxy)["log"] == "maille_proxy=debug,info"
+    assert flags(proxy)["threads"] == "2"
+    assert env(c)["RUST_LOG"] == "maille_proxy=debug,info"
     assert one(docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
 
 
@@ -554,6 +562,7 @@ SCHEMA_REJECTS = [
     ({"imagePullSecrets": ["regcred"]}, "imagePullSecrets"),
     ({"controler": {"replicas": 1}}, "controler"),
     ({"proxy": {"gracePeriod": 10}}, "gracePeriod"),
+    ({"proxy": {"threads": 0}}, "threads"),
 ]
 
 

@@ -7,6 +7,7 @@ scraping a live local mesh.
 """
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -146,3 +147,12 @@ def test_every_query_parses():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rules)} rules found" in proc.stdout, proc.stdout
 
+
+
+def test_every_query_returns_data_from_a_live_mesh():
+    """End to end: real controller, proxy, backends and Prometheus (see e2e.py)."""
+    if os.environ.get("MAILLE_SKIP_E2E"):
+        raise Skip("MAILLE_SKIP_E2E is set")
+    import e2e
+
+    e2e.run(boards(), substitute)

@@ -63,12 +63,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://%s.%s.svc.%s:%d" (include "maille.controller.fullname" .) .Release.Namespace .Values.dns.clusterDomain (int .Values.controller.apiPort) -}}
 {{- end -}}
 
-{{/* Environment shared by both binaries: logging. */}}
+{{/* Logging of the controller (it reads the tracing filter from RUST_LOG). */}}
 {{- define "maille.logEnv" -}}
 - name: RUST_LOG
   value: {{ .Values.log.level | quote }}
 - name: MAILLE_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{/* The labels of the proxy pods, as the controller's --proxy-selector takes them: the
+     shadow Services it writes select these pods. */}}
+{{- define "maille.proxySelector" -}}
+{{- $labels := include "maille.selectorLabels" (dict "ctx" . "component" "proxy") | fromYaml -}}
+{{- $pairs := list -}}
+{{- range $k, $v := $labels -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
 
 {{/* Pod security shared by every Maille container: no root, no privileges, read-only root. */}}
