@@ -1,5 +1,6 @@
 //! Maille's per-node proxy: turns a routing table into traffic decisions, on Pingora.
 
+pub mod resilience;
 pub mod store;
 
 pub use store::TableStore;

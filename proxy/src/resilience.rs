@@ -1,0 +1,451 @@
+//! Per-service resilience: rate limits, circuit breakers, retries with a budget, whole-request
+//! deadlines and the upstream scheme (h2c, https). State is kept per [`ServiceKey`] and
+//! survives table swaps; it is rebuilt only when that service's options change. Nothing here
+//! takes a lock on the request path.
+//!
+//! The HTTP proxy calls, per request: [`Resilience::service`] and [`RequestState::admit`] in
+//! `request_filter`, [`RequestState::configure_peer`] in `upstream_peer`,
+//! [`RequestState::on_connect_failure`] / [`RequestState::on_error_while_proxy`] to decide
+//! retries, [`RequestState::error_status`] in `fail_to_proxy`, and [`RequestState::finish`]
+//! in `logging`.
+
+pub mod breaker;
+pub mod budget;
+pub mod clock;
+pub mod metrics;
+pub mod ratelimit;
+pub mod upstream;
+pub mod window;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use config_model::{Service, ServiceKey, ServiceOptions, Table, TrafficType};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+
+use breaker::{Admission, Breaker, Outcome};
+use budget::RetryBudget;
+use metrics::ServiceMetrics;
+use ratelimit::TokenBucket;
+
+pub use upstream::{load_ca_file, UpstreamTls};
+
+/// The resilience state of one service port, built from its options.
+#[derive(Debug)]
+pub struct ServiceState {
+    key: ServiceKey,
+    options: ServiceOptions,
+    rate_limit: Option<TokenBucket>,
+    breaker: Option<Breaker>,
+    budget: Option<RetryBudget>,
+    metrics: ServiceMetrics,
+}
+
+impl ServiceState {
+    fn new(svc: &Service) -> Self {
+        let metrics = ServiceMetrics::new(&svc.key);
+        let o = &svc.options;
+        ServiceState {
+            key: svc.key.clone(),
+            options: o.clone(),
+            rate_limit: o.rate_limit.map(|r| TokenBucket::new(r.average, r.burst)),
+            breaker: o.circuit_breaker.as_ref().map(|cb| {
+                Breaker::new(
+                    cb,
+                    metrics.breaker_state.clone(),
+                    metrics.breaker_trips.clone(),
+                )
+            }),
+            budget: o.retry.map(|r| RetryBudget::new(r.budget_percent)),
+            metrics,
+        }
+    }
+
+    /// The service port this state belongs to.
+    pub fn key(&self) -> &ServiceKey {
+        &self.key
+    }
+
+    /// The options it was built from.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.options
+    }
+
+    /// The circuit breaker's state, if the service has one.
+    pub fn breaker_state(&self) -> Option<breaker::State> {
+        self.breaker.as_ref().map(Breaker::state)
+    }
+}
+
+/// Whether a service's options need any per-service state.
+fn needs_state(o: &ServiceOptions) -> bool {
+    o.retry.is_some()
+        || o.timeout_ms.is_some()
+        || o.rate_limit.is_some()
+        || o.circuit_breaker.is_some()
+}
+
+type States = HashMap<ServiceKey, Arc<ServiceState>>;
+
+/// Resilience state of every service, kept in step with the routing table.
+#[derive(Debug)]
+pub struct Resilience {
+    /// The table the states were last built for (held so its address cannot be reused).
+    synced: ArcSwapOption<Table>,
+    states: ArcSwap<States>,
+    sync_lock: Mutex<()>,
+    tls: UpstreamTls,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Resilience::new(UpstreamTls::default())
+    }
+}
+
+impl Resilience {
+    /// Empty state; `tls` says which CAs verify `https` upstreams.
+    pub fn new(tls: UpstreamTls) -> Self {
+        metrics::register();
+        Resilience {
+            synced: ArcSwapOption::empty(),
+            states: ArcSwap::from_pointee(HashMap::new()),
+            sync_lock: Mutex::new(()),
+            tls,
+        }
+    }
+
+    /// The TLS settings for `https` upstreams.
+    pub fn tls(&self) -> &UpstreamTls {
+        &self.tls
+    }
+
+    /// The state of a service port of `table`, if its options need one. The first call after
+    /// a table swap brings the states in step with the new table (under a lock taken only
+    /// then); every other call is a pointer comparison and a hash lookup.
+    pub fn service(&self, table: &Arc<Table>, key: &ServiceKey) -> Option<Arc<ServiceState>> {
+        let in_step = self
+            .synced
+            .load()
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, table));
+        if !in_step {
+            self.sync(table);
+        }
+        self.states.load().get(key).cloned()
+    }
+
+    /// Brings the states in step with `table`: keeps the state of every service whose options
+    /// are unchanged, builds the others, drops those gone.
+    pub fn sync(&self, table: &Arc<Table>) {
+        let _guard = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .synced
+            .load()
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, table))
+        {
+            return;
+        }
+        let old = self.states.load_full();
+        let mut next: States = HashMap::with_capacity(old.len());
+        for svc in &table.services {
+            if svc.traffic_type != TrafficType::Http || !needs_state(&svc.options) {
+                continue;
+            }
+            let state = match old.get(&svc.key) {
+                Some(s) if s.options == svc.options => s.clone(),
+                _ => Arc::new(ServiceState::new(svc)),
+            };
+            next.insert(svc.key.clone(), state);
+        }
+        for (key, s) in old.iter() {
+            let kept_breaker = next.get(key).is_some_and(|n| n.breaker.is_some());
+            if s.breaker.is_some() && !kept_breaker {
+                ServiceMetrics::forget_breaker(key);
+            }
+        }
+        self.states.store(Arc::new(next));
+        self.synced.store(Some(table.clone()));
+    }
+}
+
+/// Why a request is answered without going upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// 429: over the rate limit; retry after this many seconds.
+    RateLimited {
+        /// Value of the `Retry-After` header.
+        retry_after_secs: u64,
+    },
+    /// 503: the circuit breaker is open.
+    CircuitOpen,
+}
+
+impl Rejection {
+    /// The status code to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::RateLimited { .. } => 429,
+            Rejection::CircuitOpen => 503,
+        }
+    }
+}
+
+/// Per-request resilience state; lives in the proxy's request context.
+#[derive(Debug, Default)]
+pub struct RequestState {
+    service: Option<Arc<ServiceState>>,
+    start_ns: u64,
+    deadline_ns: Option<u64>,
+    admission: Option<Admission>,
+    /// Upstream attempts started (1 for the first).
+    attempts: u32,
+    /// Endpoints already tried for this request, most recent last.
+    tried: Vec<SocketAddr>,
+    timed_out: bool,
+    upstream_failed: bool,
+    finished: bool,
+}
+
+/// The HTTP methods retried even after bytes were sent upstream.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+impl RequestState {
+    /// Starts tracking a request to a service (whose state may be `None`: nothing to enforce
+    /// but the upstream scheme).
+    pub fn start(service: Option<Arc<ServiceState>>) -> Self {
+        let start_ns = clock::now_ns();
+        let deadline_ns = service
+            .as_ref()
+            .and_then(|s| s.options.timeout_ms)
+            .map(|ms| start_ns.saturating_add(ms.saturating_mul(1_000_000)));
+        RequestState {
+            service,
+            start_ns,
+            deadline_ns,
+            ..RequestState::default()
+        }
+    }
+
+    /// Rate limit, then circuit breaker: `Err` when the request must be answered at once.
+    pub fn admit(&mut self) -> Result<(), Rejection> {
+        let Some(s) = self.service.clone() else {
+            return Ok(());
+        };
+        let now = clock::now_ns();
+        if let Some(bucket) = &s.rate_limit {
+            if let Err(wait) = bucket.try_acquire(now) {
+                s.metrics.ratelimited.inc();
+                return Err(Rejection::RateLimited {
+                    retry_after_secs: ratelimit::retry_after_secs(wait),
+                });
+            }
+        }
+        if let Some(b) = &s.breaker {
+            match b.admit(now) {
+                Admission::Reject => {
+                    s.metrics.breaker_rejected.inc();
+                    return Err(Rejection::CircuitOpen);
+                }
+                a => self.admission = Some(a),
+            }
+        }
+        if let Some(budget) = &s.budget {
+            budget.record_request(now);
+        }
+        Ok(())
+    }
+
+    /// Endpoints tried so far, so that a retry picks another one.
+    pub fn tried(&self) -> &[SocketAddr] {
+        &self.tried
+    }
+
+    /// Upstream attempts started so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Time left before the deadline, `None` without a timeout. Zero once expired.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline_ns
+            .map(|d| Duration::from_nanos(d.saturating_sub(clock::now_ns())))
+    }
+
+    /// Sets the peer's protocol, TLS and timeouts for this attempt (called from
+    /// `upstream_peer`, once per attempt). Fails with 504 when the deadline has passed.
+    pub fn configure_peer(
+        &mut self,
+        peer: &mut HttpPeer,
+        svc: &Service,
+        tls: &UpstreamTls,
+    ) -> pingora_error::Result<()> {
+        if let Some(left) = self.remaining() {
+            if left.is_zero() {
+                self.timed_out = true;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    "whole-request timeout expired before an upstream attempt",
+                ));
+            }
+            upstream::apply_deadline(peer, left);
+        }
+        upstream::apply_scheme(peer, svc, tls);
+        self.attempts += 1;
+        if let Some(addr) = peer._address.as_inet() {
+            self.tried.push(*addr);
+        }
+        Ok(())
+    }
+
+    fn may_retry(&mut self) -> bool {
+        let Some(s) = self.service.clone() else {
+            return false;
+        };
+        let Some(policy) = s.options.retry else {
+            return false;
+        };
+        if self.attempts > policy.attempts {
+            return false;
+        }
+        if self.remaining().is_some_and(|d| d.is_zero()) {
+            return false;
+        }
+        let budget_ok = s
+            .budget
+            .as_ref()
+            .is_none_or(|b| b.try_retry(clock::now_ns()));
+        if !budget_ok {
+            s.metrics.budget_exhausted.inc();
+            return false;
+        }
+        s.metrics.retries.inc();
+        true
+    }
+
+    fn note_timeout(&mut self, e: &Error) {
+        // A timer set from the deadline may fire a hair before it (timer wheel granularity).
+        let remaining = self.remaining();
+        let deadline_passed = remaining.is_some_and(|d| d.is_zero());
+        let near_deadline = remaining.is_some_and(|d| d < Duration::from_millis(20));
+        if self.deadline_ns.is_some()
+            && (deadline_passed
+                || near_deadline
+                    && matches!(
+                        e.etype(),
+                        ErrorType::ConnectTimedout
+                            | ErrorType::ReadTimedout
+                            | ErrorType::WriteTimedout
+                            | ErrorType::TLSHandshakeTimedout
+                    ))
+        {
+            self.timed_out = true;
+        }
+    }
+
+    /// `fail_to_connect`: nothing was sent, so a retry is always safe; it happens when the
+    /// service has retries, attempts and budget left, and time remains.
+    pub fn on_connect_failure(&mut self, e: &mut Error) {
+        self.upstream_failed = true;
+        self.note_timeout(e);
+        if self
+            .service
+            .as_ref()
+            .is_some_and(|s| s.options.retry.is_some())
+        {
+            let retry = !self.timed_out && self.may_retry();
+            e.set_retry(retry);
+        }
+    }
+
+    /// `error_while_proxy`: the request may have reached the upstream. Only idempotent
+    /// requests whose body is still buffered are retried. Without a retry policy Pingora's own
+    /// rule stays (retry once on a reused, stale keep-alive connection).
+    pub fn on_error_while_proxy(
+        &mut self,
+        e: &mut Error,
+        method: &http::Method,
+        body_buffer_truncated: bool,
+        client_reused: bool,
+    ) {
+        self.upstream_failed = true;
+        self.note_timeout(e);
+        let has_policy = self
+            .service
+            .as_ref()
+            .is_some_and(|s| s.options.retry.is_some());
+        if !is_idempotent(method) || body_buffer_truncated || self.timed_out {
+            e.set_retry(false);
+        } else if has_policy {
+            let retry = self.may_retry();
+            e.set_retry(retry);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+    }
+
+    /// The status to answer a failed request with, when resilience decides it: 504 once the
+    /// whole-request deadline is the cause.
+    pub fn error_status(&mut self, e: &Error) -> Option<u16> {
+        self.note_timeout(e);
+        if self.timed_out {
+            if let Some(s) = &self.service {
+                s.metrics.timeouts.inc();
+            }
+            self.timed_out = true;
+            return Some(504);
+        }
+        None
+    }
+
+    /// Records how the request ended (from `logging`): feeds the circuit breaker. `status` is
+    /// what the client got (0 if nothing was sent).
+    pub fn finish(&mut self, status: u16, error: Option<&Error>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let (Some(s), Some(admission)) = (&self.service, self.admission) else {
+            return;
+        };
+        let Some(b) = &s.breaker else { return };
+        let now = clock::now_ns();
+        let network_error = self.upstream_failed
+            && error.is_some_and(|e| {
+                *e.esource() == pingora_error::ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(504))
+            });
+        let status = match status {
+            0 if network_error => 502,
+            s => s,
+        };
+        b.record(
+            now,
+            admission,
+            Outcome {
+                status,
+                network_error,
+                latency_us: now.saturating_sub(self.start_ns) / 1000,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
