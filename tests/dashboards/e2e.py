@@ -43,7 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-BIN = ROOT / "target" / "debug"
+# MAILLE_BIN_DIR points at other builds of the binaries (e.g. target/release).
+BIN = pathlib.Path(os.environ.get("MAILLE_BIN_DIR", ROOT / "target" / "debug"))
 NAMESPACE = "shop"
 SCRAPE_SECONDS = 1
 RATE_INTERVAL = "1m"
@@ -342,6 +343,53 @@ def label_values_query(definition):
     return (None, m.group(1)) if m else None
 
 
+class Mesh:
+    """A controller on a manifests folder and a proxy pulling from it, on ephemeral ports."""
+
+    def __init__(self, name, source, ports, tmp, procs, controller_args):
+        self.name, self.source, self.ports = name, source, ports
+        self.manifests = tmp / f"manifests-{name}"
+        self.manifests.mkdir()
+        for f in sorted(source.glob("*.yaml")):
+            self.write_manifest(f.name)
+        self.http_start, self.tcp_start, self.udp_start = free_range(2), free_range(3), free_range(3)
+        ranges = {
+            "http": f"{self.http_start}-{self.http_start + 1}",
+            "tcp": f"{self.tcp_start}-{self.tcp_start + 2}",
+            "udp": f"{self.udp_start}-{self.udp_start + 2}",
+        }
+        flags = [f"--{k}-ports={v}" for k, v in ranges.items()]
+        self.api = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        procs.start(f"controller-{name}", [str(BIN / "maille-controller"), f"--manifests={self.manifests}",
+                                           f"--api-addr={self.api}", "--namespace=maille", *flags,
+                                           *controller_args])
+        wait_for(f"controller {name} /ready", lambda: http_get(f"http://{self.api}/ready")[0] == 200, 30, procs)
+        procs.start(f"proxy-{name}", [str(BIN / "maille-proxy"), f"--controller-url=http://{self.api}",
+                                      "--listen-ip=127.0.0.1", f"--admin-addr={self.admin}", *flags,
+                                      "--grace-period-seconds=0", "--threads=1",
+                                      f"--upgrade-sock={tmp / f'upgrade-{name}.sock'}"])
+        wait_for(f"proxy {name} /ready", lambda: http_get(f"http://{self.admin}/ready")[0] == 200, 30, procs)
+        # Mesh ports of the TCP and UDP services come from the controller's API.
+        self.services = json.loads(http_get(f"http://{self.api}/api/services")[1])
+        self.mesh_port = {s["name"]: s["meshPort"] for s in self.services}
+        errors = {s["name"]: s["errors"] for s in self.services if s.get("errors")}
+        if errors:
+            raise Failure(f"the controller found problems in the {name} test manifests: {errors}")
+
+    def write_manifest(self, name, extra=None):
+        text = (self.source / name).read_text()
+        values = dict(self.ports, **(extra or {}))
+        text = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), text)
+        tmp_file = self.manifests / f".{name}.tmp"
+        tmp_file.write_text(text)
+        tmp_file.rename(self.manifests / name)  # atomic: the controller never reads half a file
+
+
+def start_mesh(name, source, ports, tmp, procs, controller_args=()):
+    return Mesh(name, source, ports, tmp, procs, list(controller_args))
+
+
 # ---------------------------------------------------------------------------------------------
 # The check
 
@@ -366,7 +414,7 @@ def run(boards, substitute):
     try:
         _run(boards, substitute, tmp, procs, servers, prometheus)
     except Exception:
-        for name in ("controller", "proxy", "prometheus"):
+        for name in ("controller-main", "proxy-main", "controller-acl", "proxy-acl", "prometheus"):
             print(f"----- {name} log (last lines)\n{procs.tail(name)}")
         raise
     finally:
@@ -390,56 +438,23 @@ def _run(boards, substitute, tmp, procs, servers, prometheus):
         "DEAD_1": dead_port(), "DEAD_2": dead_port(), "TICK": dead_port(),
     }
 
-    # Manifests, filled in.
-    manifests = tmp / "manifests"
-    manifests.mkdir()
-
-    def write_manifest(name, extra=None):
-        text = (HERE / "manifests" / name).read_text()
-        values = dict(ports, **(extra or {}))
-        text = re.sub(r"\$\{(\w+)\}", lambda m: str(values[m.group(1)]), text)
-        tmp_file = manifests / f".{name}.tmp"
-        tmp_file.write_text(text)
-        tmp_file.rename(manifests / name)  # atomic: the controller never reads half a file
-
-    for f in sorted((HERE / "manifests").glob("*.yaml")):
-        write_manifest(f.name)
-
-    # Controller and proxy.
-    http_start, tcp_start, udp_start = free_range(2), free_range(3), free_range(3)
-    ranges = {
-        "http": f"{http_start}-{http_start + 1}",
-        "tcp": f"{tcp_start}-{tcp_start + 2}",
-        "udp": f"{udp_start}-{udp_start + 2}",
-    }
-    api = f"127.0.0.1:{free_port()}"
-    admin = f"127.0.0.1:{free_port()}"
-    env_ports = [f"--{k}-ports={v}" for k, v in ranges.items()]
-    procs.start("controller", [str(BIN / "maille-controller"), f"--manifests={manifests}",
-                               f"--api-addr={api}", "--namespace=maille", *env_ports])
-    wait_for("controller /ready", lambda: http_get(f"http://{api}/ready")[0] == 200, 30, procs)
-    procs.start("proxy", [str(BIN / "maille-proxy"), f"--controller-url=http://{api}",
-                          "--listen-ip=127.0.0.1", f"--admin-addr={admin}", *env_ports,
-                          "--grace-period-seconds=0", f"--upgrade-sock={tmp / 'upgrade.sock'}"])
-    wait_for("proxy /ready", lambda: http_get(f"http://{admin}/ready")[0] == 200, 30, procs)
-
-    # Mesh ports of the TCP and UDP services, from the controller's API.
-    services = json.loads(http_get(f"http://{api}/api/services")[1])
-    mesh_port = {s["name"]: s["meshPort"] for s in services}
-    for name in ("echo-tcp", "broken-tcp", "echo-udp"):
+    main = start_mesh("main", HERE / "manifests", ports, tmp, procs)
+    # A second mesh in ACL mode, where requests are denied, for the access-denied panel.
+    acl = start_mesh("acl", HERE / "manifests-acl", ports, tmp, procs, ["--acl"])
+    mesh_port = main.mesh_port
+    for name in ("echo-tcp", "broken-tcp", "echo-udp", "canary"):
         if name not in mesh_port:
-            raise Failure(f"{name} is not in /api/services: {services}")
-    errors = {s["name"]: s["errors"] for s in services if s.get("errors")}
-    if errors:
-        raise Failure(f"the controller found problems in the test manifests: {errors}")
+            raise Failure(f"{name} is not in /api/services: {main.services}")
+    api, admin = main.api, main.admin
+    http_start, udp_start = main.http_start, main.udp_start
 
     # Prometheus, scraping both every second.
     prom_addr = f"127.0.0.1:{free_port()}"
     config = {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
         "scrape_configs": [
-            {"job_name": "maille-proxy", "static_configs": [{"targets": [admin]}]},
-            {"job_name": "maille-controller", "static_configs": [{"targets": [api]}]},
+            {"job_name": "maille-proxy", "static_configs": [{"targets": [admin, acl.admin]}]},
+            {"job_name": "maille-controller", "static_configs": [{"targets": [api, acl.api]}]},
         ],
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -447,8 +462,8 @@ def _run(boards, substitute, tmp, procs, servers, prometheus):
                                f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address={prom_addr}",
                                "--storage.tsdb.retention.time=1h", "--log.level=warn"])
     prom = Prometheus(f"http://{prom_addr}")
-    wait_for("Prometheus to scrape both targets",
-             lambda: len([r for r in prom.query("up == 1")["data"]["result"]]) == 2, 60, procs)
+    wait_for("Prometheus to scrape every target",
+             lambda: len([r for r in prom.query("up == 1")["data"]["result"]]) == 4, 60, procs)
 
     # Traffic: bounded in count and in time.
     deadline = time.monotonic() + 60
@@ -459,7 +474,7 @@ def _run(boards, substitute, tmp, procs, servers, prometheus):
         results[service] = http_requests(http_port, service, count, deadline, pause)
 
     def tick(i):
-        write_manifest("ticker.yaml", {"TICK": dead_port()})
+        main.write_manifest("ticker.yaml", {"TICK": dead_port()})
 
     phases = [
         threading.Thread(target=http_phase, args=("web", 300, 0.01)),
@@ -468,6 +483,9 @@ def _run(boards, substitute, tmp, procs, servers, prometheus):
         threading.Thread(target=http_phase, args=("limited", 40)),
         threading.Thread(target=http_phase, args=("slow", 6)),
         threading.Thread(target=http_phase, args=("failing", 150, 0.01)),
+        threading.Thread(target=http_phase, args=("canary", 100, 0.01)),
+        threading.Thread(target=lambda: results.__setitem__(
+            "guarded", http_requests(acl.http_start, "guarded", 20, deadline))),
     ]
     for t in phases:
         t.start()
@@ -488,19 +506,25 @@ def _run(boards, substitute, tmp, procs, servers, prometheus):
         t.join(timeout=max(1, deadline - time.monotonic()))
     procs.check_alive()
 
-    # What the clients saw: the traffic did what the panels are meant to show.
+    # Wait until Prometheus has scraped the end of the traffic.
+    time.sleep(3 * SCRAPE_SECONDS)
+    scraped = "".join(http_get(f"http://{a}/metrics")[1].decode() for a in (admin, api, acl.admin, acl.api))
+    implemented = implemented_metrics(scraped)
+
+    # What the clients saw: the traffic did what the panels are meant to show (for the
+    # features that exist in the sources yet).
     codes = {k: sorted(set(v)) for k, v in results.items()}
     summary = f"status codes seen: {codes}; tcp echoes {tcp_ok}/50, udp echoes {udp_ok}/50"
     print(f"     {summary}")
     if results["web"].count(200) != len(results["web"]) or len(results["web"]) < 300:
         raise Failure(f"web did not answer 200 every time: {summary}")
-    if tcp_ok < 50 or udp_ok < 45:
-        raise Failure(f"TCP/UDP echo through the proxy failed: {summary}")
-
-    # Wait until Prometheus has scraped the end of the traffic.
-    time.sleep(3 * SCRAPE_SECONDS)
-    scraped = http_get(f"http://{admin}/metrics")[1].decode() + http_get(f"http://{api}/metrics")[1].decode()
-    implemented = implemented_metrics(scraped)
+    if "maille_proxy_tcp_connections_opened_total" in implemented and tcp_ok < 50:
+        raise Failure(f"TCP echo through the proxy failed: {summary}")
+    if "maille_proxy_udp_datagrams_received_total" in implemented and udp_ok < 45:
+        raise Failure(f"UDP echo through the proxy failed: {summary}")
+    if "maille_proxy_acl_denied_total" in implemented and set(results["guarded"]) != {403}:
+        raise Failure(f"the ACL mesh did not deny every request with 403: {summary}")
+    held_tcp.close()
 
     failures, pending, passed = [], [], 0
     for board_name, board in boards.items():
