@@ -59,7 +59,8 @@ VALUE_SETS = {
         },
     },
     "kube-dns": {
-        "dns": {"clusterDomain": "corp.example", "coredns": {"enabled": True, "replicas": 1}},
+        "dns": {"clusterDomain": "corp.example", "coredns": {"enabled": True, "replicas": 1},
+                "corednsVersion": "1.11.1", "rbac": {"configMaps": ["coredns", "rke2-coredns"]}},
     },
     "dns-off": {
         "dns": {"prepare": False, "cleanup": False},
@@ -342,7 +343,7 @@ def test_default_values_render_and_validate():
     assert ctrl["spec"]["strategy"]["type"] == "Recreate"
     prepare = container(ctrl, "prepare")
     assert prepare["args"][0] == "prepare", prepare["args"]
-    assert flags(prepare) == {"namespace": NAMESPACE, "cluster-domain": "cluster.local"}
+    assert flags(prepare) == {"namespace": NAMESPACE, "cluster-domain": "cluster.local", "dns-service": "maille-coredns"}
     c = container(ctrl, "controller")
     assert flags(c)["default-mode"] == "http"
     assert "acl" not in flags(c) and "watch-namespaces" not in flags(c)
@@ -400,6 +401,11 @@ def test_cleanup_hook_brings_its_own_rights():
         assert "hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
     c = container(job, "cleanup")
     assert c["args"][0] == "cleanup" and flags(c)["namespace"] == NAMESPACE
+    assert flags(c)["dns-service"] == "maille-coredns"
+    # cleanup may delete the kube-dns ConfigMap prepare created, and nothing else.
+    dns_role = next(d for d in hooks if d["kind"] == "Role" and d["metadata"]["namespace"] == "kube-system")
+    deletes = [r for r in dns_role["rules"] if "delete" in r["verbs"]]
+    assert deletes == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kube-dns"], "verbs": ["delete"]}]
     assert pod_spec(job)["serviceAccountName"] == "maille-cleanup"
     # The release's own controller account is gone by then: the Job must not rely on it.
     assert pod_spec(job)["serviceAccountName"] != "maille-controller"
@@ -476,13 +482,19 @@ def test_kube_dns_set_deploys_coredns_for_the_mesh_zone():
     assert "maille.mesh:1053 {" in corefile
     assert "{1}-6d61696c6c65-{2}.maille.svc.corp.example." in corefile
     assert r"\.maille\.svc\.corp\.example\.$ {1}.{2}.maille.mesh." in corefile
-    assert "kubernetes corp.example" in corefile
+    assert "kubernetes corp.example" in corefile and "rewrite stop {" in corefile
+    assert "template ANY ANY maille.mesh {\n        rcode NXDOMAIN" in corefile
     assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/corefile"]
     # The separator is the one the controller's naming.rs uses.
     naming = (ROOT / "controller" / "src" / "naming.rs").read_text()
     assert 'SHADOW_SEPARATOR: &str = "-6d61696c6c65-"' in naming
     prepare = container(one(docs, "Deployment", "maille-controller"), "prepare")
     assert flags(prepare)["cluster-domain"] == "corp.example"
+    # prepare points the kube-dns stub domain at this Service.
+    assert flags(prepare)["dns-service"] == svc["metadata"]["name"]
+    assert flags(prepare)["coredns-version"] == "1.11.1"
+    role = one(docs, "Role", "maille-controller-maille")
+    assert ["coredns", "rke2-coredns"] in [r.get("resourceNames") for r in role["rules"]]
 
 
 def test_dns_off_set():
@@ -563,6 +575,8 @@ SCHEMA_REJECTS = [
     ({"controler": {"replicas": 1}}, "controler"),
     ({"proxy": {"gracePeriod": 10}}, "gracePeriod"),
     ({"proxy": {"threads": 0}}, "threads"),
+    ({"dns": {"rbac": {"configMaps": "coredns"}}}, "configMaps"),
+    ({"dns": {"corednsVersion": "latest"}}, "corednsVersion"),
 ]
 
 

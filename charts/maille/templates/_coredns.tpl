@@ -3,12 +3,15 @@
 {{- $meshDomain := printf "%s.svc.%s" .Release.Namespace .Values.dns.clusterDomain -}}
 maille.mesh:1053 {
     errors
-    rewrite continue {
+    rewrite stop {
         name regex ^([a-z0-9-]+)\.([a-z0-9-]+)\.maille\.mesh\.$ {1}-6d61696c6c65-{2}.{{ $meshDomain }}.
         answer name ^([a-z0-9-]+)-6d61696c6c65-([a-z0-9-]+)\.{{ $meshDomain | replace "." "\\." }}\.$ {1}.{2}.maille.mesh.
     }
     kubernetes {{ .Values.dns.clusterDomain }} {
         namespaces {{ .Release.Namespace }}
+    }
+    template ANY ANY maille.mesh {
+        rcode NXDOMAIN
     }
     cache 30
     reload

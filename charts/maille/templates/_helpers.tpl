@@ -99,8 +99,12 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* The flags of `maille-controller` that prepare, run and cleanup share. */}}
+{{/* The flags of `maille-controller prepare` and `cleanup`. */}}
 {{- define "maille.dnsArgs" -}}
 - --namespace={{ .Release.Namespace }}
 - --cluster-domain={{ .Values.dns.clusterDomain }}
+- --dns-service={{ include "maille.coredns.fullname" . }}
+{{- with .Values.dns.corednsVersion }}
+- --coredns-version={{ . }}
+{{- end }}
 {{- end -}}

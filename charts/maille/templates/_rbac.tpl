@@ -37,15 +37,21 @@
   verbs: [get, list, watch, create, update, patch, delete]
 {{- end -}}
 
-{{/* prepare/cleanup: the cluster DNS configuration in kube-system. `create` cannot be limited
-     by name in Kubernetes RBAC; it is needed for kube-dns clusters without a kube-dns
-     ConfigMap. Deployments are listed to find CoreDNS by its k8s-app=kube-dns label, and only
-     coredns/kube-dns may be changed (a pod-template annotation restarts them). */}}
+{{/* prepare/cleanup: the cluster DNS configuration in kube-system. Only the ConfigMaps and
+     Deployments named in dns.rbac may be changed. `create` cannot be limited by name in
+     Kubernetes RBAC; it is needed for kube-dns clusters without a kube-dns ConfigMap, which
+     `cleanup` deletes again when `prepare` created it. Deployments are listed to find the
+     cluster DNS by its k8s-app=kube-dns label; a pod-template annotation restarts CoreDNS
+     when its Corefile changed. */}}
 {{- define "maille.rules.dns" -}}
 - apiGroups: [""]
   resources: [configmaps]
-  resourceNames: [coredns, coredns-custom, kube-dns]
+  resourceNames: {{ toJson .Values.dns.rbac.configMaps }}
   verbs: [get, update, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [kube-dns]
+  verbs: [delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create]
@@ -54,6 +60,6 @@
   verbs: [list]
 - apiGroups: [apps]
   resources: [deployments]
-  resourceNames: [coredns, kube-dns]
+  resourceNames: {{ toJson .Values.dns.rbac.deployments }}
   verbs: [get, update, patch]
 {{- end -}}
