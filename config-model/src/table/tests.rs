@@ -300,3 +300,41 @@ fn json_round_trip_tolerates_unknown_fields() {
     let back: TableSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
     assert_eq!(back, spec);
 }
+
+#[test]
+fn circuit_breaker_options_are_parsed_and_checked() {
+    let mut s = http("a", "web", 5000, &[]);
+    s.options.circuit_breaker = Some("NetworkErrorRatio() > 0.5".into());
+    let t = build(vec![s.clone()]).unwrap();
+    let cb = t.services[0].options.circuit_breaker.as_ref().unwrap();
+    assert_eq!(
+        cb.recovery_ms,
+        crate::options::DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS
+    );
+    assert_eq!(cb.expr.source, "NetworkErrorRatio() > 0.5");
+
+    s.options.circuit_breaker_recovery_ms = Some(2500);
+    let t = build(vec![s.clone()]).unwrap();
+    assert_eq!(
+        t.services[0]
+            .options
+            .circuit_breaker
+            .as_ref()
+            .unwrap()
+            .recovery_ms,
+        2500
+    );
+
+    s.options.circuit_breaker = Some("Nope() > 1".into());
+    let (svc, field, value) = field_error(build(vec![s.clone()]).unwrap_err());
+    assert_eq!(
+        (svc.as_str(), field.as_str(), value.as_str()),
+        ("a/web:80", "options.circuitBreaker", "Nope() > 1")
+    );
+
+    s.options.circuit_breaker = None;
+    assert_eq!(
+        field_error(build(vec![s]).unwrap_err()).1,
+        "options.circuitBreakerRecoveryMs"
+    );
+}
