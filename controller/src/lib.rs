@@ -2,5 +2,6 @@
 //! the routing table, serves it to the proxies, and keeps the objects that make mesh names
 //! reachable.
 
+pub mod dns;
 pub mod naming;
 pub mod smi;

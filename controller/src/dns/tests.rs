@@ -1,0 +1,628 @@
+//! `prepare` and `cleanup` against the fake API server, one test per case of issue 7.
+
+use super::fake_api::FakeApi;
+use super::*;
+use k8s_openapi::api::apps::v1::DeploymentSpec;
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ServiceSpec, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+const KS: &str = DNS_NAMESPACE;
+
+fn testdata(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/dns/testdata")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }),
+        ..Default::default()
+    }
+}
+
+fn config_volume(name: &str, configmap: &str, key: Option<&str>) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: configmap.into(),
+            items: key.map(|k| {
+                vec![KeyToPath {
+                    key: k.into(),
+                    path: k.into(),
+                    ..Default::default()
+                }]
+            }),
+            optional: (configmap == AKS_CUSTOM_CONFIGMAP).then_some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn deployment(name: &str, containers: &[(&str, &str)], volumes: Vec<Volume>) -> Deployment {
+    Deployment {
+        metadata: meta(KS, name, &[("k8s-app", "kube-dns")]),
+        spec: Some(DeploymentSpec {
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(meta(KS, "", &[("k8s-app", "kube-dns")])),
+                spec: Some(PodSpec {
+                    containers: containers
+                        .iter()
+                        .map(|(n, image)| Container {
+                            name: n.to_string(),
+                            image: Some(image.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn coredns(image: &str, configmap: &str) -> Deployment {
+    deployment(
+        "coredns",
+        &[("coredns", image)],
+        vec![config_volume(
+            "config-volume",
+            configmap,
+            Some(COREFILE_KEY),
+        )],
+    )
+}
+
+fn configmap(name: &str, data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(KS, name, &[]),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn service(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> Service {
+    Service {
+        metadata: meta(ns, name, labels),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn corefile(api: &FakeApi, name: &str) -> String {
+    let cm: ConfigMap = api.get(KS, name).expect("corefile configmap");
+    cm.data.unwrap()[COREFILE_KEY].clone()
+}
+
+fn restart_annotation(api: &FakeApi) -> Option<String> {
+    let d: Deployment = api.get(KS, "coredns").unwrap();
+    d.spec?
+        .template
+        .metadata?
+        .annotations?
+        .get(RESTART_ANNOTATION)
+        .cloned()
+}
+
+fn opts() -> DnsOptions {
+    DnsOptions::default()
+}
+
+/// prepare, prepare again, cleanup on a kubeadm-style CoreDNS of one version family.
+async fn corefile_cycle(image: &str, input: &str, golden: &str, family_version: Version) {
+    let api = FakeApi::new();
+    let original = testdata(input);
+    api.insert(&coredns(image, "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert_eq!(
+        done,
+        Prepared {
+            target: Target::Corefile {
+                configmap: "coredns".into(),
+                version: family_version
+            },
+            changed: true,
+            restarted: true
+        }
+    );
+    assert_eq!(corefile(&api, "coredns"), testdata(golden), "{image}");
+    assert_eq!(
+        api.writes(),
+        [
+            "PUT configmaps kube-system/coredns",
+            "PATCH deployments kube-system/coredns"
+        ]
+    );
+    let hash = restart_annotation(&api).expect("pods rolled by annotation");
+
+    // Idempotent: nothing written, no restart.
+    api.clear_writes();
+    let again = prepare(api.client(), &opts()).await.unwrap();
+    assert!(!again.changed && !again.restarted);
+    assert_eq!(api.writes(), Vec::<String>::new());
+    assert_eq!(restart_annotation(&api), Some(hash));
+
+    // Cleanup gives back the original byte for byte and the Deployment as it was.
+    let cleaned = cleanup(api.client(), &opts()).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), original, "{image}");
+    assert_eq!(restart_annotation(&api), None);
+    assert!(cleaned.restarted);
+    assert_eq!(cleaned.configmaps, ["kube-system/coredns"]);
+}
+
+#[tokio::test]
+async fn coredns_1_6_gets_upstream() {
+    corefile_cycle(
+        "k8s.gcr.io/coredns:1.6.7",
+        "coredns-1.6.in.Corefile",
+        "coredns-1.6.out.Corefile",
+        Version::new(1, 6, 7),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn coredns_1_7_has_no_upstream() {
+    corefile_cycle(
+        "k8s.gcr.io/coredns:1.7.0",
+        "coredns-1.7.in.Corefile",
+        "coredns-1.7.out.Corefile",
+        Version::new(1, 7, 0),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn coredns_1_11_style_corefile() {
+    corefile_cycle(
+        "registry.k8s.io/coredns/coredns:v1.11.3",
+        "coredns-1.11.in.Corefile",
+        "coredns-1.11.out.Corefile",
+        Version::new(1, 11, 3),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn corefile_configmap_is_the_one_the_deployment_mounts() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.11.in.Corefile");
+    api.insert(&coredns(
+        "602401143452.dkr.ecr.us-west-2.amazonaws.com/eks/coredns:v1.11.1-eksbuild.4",
+        "coredns-config",
+    ));
+    // A decoy with the usual name must stay untouched.
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, ".:53 {\n}\n")]));
+    api.insert(&configmap("coredns-config", &[(COREFILE_KEY, &original)]));
+    prepare(api.client(), &opts()).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), ".:53 {\n}\n");
+    assert_eq!(
+        corefile(&api, "coredns-config"),
+        testdata("coredns-1.11.out.Corefile")
+    );
+}
+
+#[tokio::test]
+async fn users_own_blocks_and_later_edits_are_kept() {
+    let api = FakeApi::new();
+    let original = testdata("user-blocks.in.Corefile");
+    api.insert(&coredns("coredns/coredns:1.8.6", "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    prepare(api.client(), &opts()).await.unwrap();
+    let prepared = corefile(&api, "coredns");
+    assert_eq!(prepared, testdata("user-blocks.out.Corefile"));
+
+    // The user adds a block after ours; cleanup removes ours only.
+    let extra = "\nlab.example:53 {\n\tforward . 10.40.0.53\n}\n";
+    api.insert(&configmap(
+        "coredns",
+        &[(COREFILE_KEY, &format!("{prepared}{extra}"))],
+    ));
+    cleanup(api.client(), &opts()).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), format!("{original}{extra}"));
+}
+
+#[tokio::test]
+async fn namespace_change_updates_the_block() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.7.in.Corefile");
+    api.insert(&coredns("coredns/coredns:1.9.3", "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    prepare(api.client(), &opts()).await.unwrap();
+    let first_hash = restart_annotation(&api).unwrap();
+
+    let moved = DnsOptions {
+        mesh_namespace: "mesh-two".into(),
+        ..opts()
+    };
+    api.clear_writes();
+    let done = prepare(api.client(), &moved).await.unwrap();
+    assert!(done.changed && done.restarted);
+    let text = corefile(&api, "coredns");
+    assert!(text.contains(".mesh-two.svc.cluster.local"), "{text}");
+    assert!(!text.contains(".maille.svc.cluster.local"), "{text}");
+    assert_eq!(text.matches(corefile::BEGIN_MARKER).count(), 1);
+    assert_ne!(restart_annotation(&api).unwrap(), first_hash);
+    assert_eq!(
+        api.writes(),
+        [
+            "PUT configmaps kube-system/coredns",
+            "PATCH deployments kube-system/coredns"
+        ]
+    );
+
+    cleanup(api.client(), &moved).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), original);
+}
+
+#[tokio::test]
+async fn aks_custom_configmap_gets_the_block() {
+    let api = FakeApi::new();
+    let corefile_text = testdata("coredns-1.11.in.Corefile");
+    api.insert(&deployment(
+        "coredns",
+        &[(
+            "coredns",
+            "mcr.microsoft.com/oss/kubernetes/coredns:v1.9.4-hotfix.20240704",
+        )],
+        vec![
+            config_volume("config-volume", "coredns", Some(COREFILE_KEY)),
+            config_volume("custom-config-volume", AKS_CUSTOM_CONFIGMAP, None),
+        ],
+    ));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &corefile_text)]));
+    let user_server = "corp.example:53 {\n    forward . 10.0.0.2\n}\n";
+    api.insert(&configmap(
+        AKS_CUSTOM_CONFIGMAP,
+        &[("corp.server", user_server)],
+    ));
+
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert_eq!(
+        done.target,
+        Target::AksCustom {
+            version: Version::new(1, 9, 4)
+        }
+    );
+    assert!(done.restarted);
+    let custom: ConfigMap = api.get(KS, AKS_CUSTOM_CONFIGMAP).unwrap();
+    let data = custom.data.unwrap();
+    assert_eq!(data["corp.server"], user_server);
+    let ours = &data[AKS_CUSTOM_KEY];
+    assert!(ours.contains("maille.mesh:53 {"), "{ours}");
+    assert!(!ours.contains("upstream"), "{ours}");
+    assert_eq!(
+        corefile(&api, "coredns"),
+        corefile_text,
+        "AKS Corefile untouched"
+    );
+    assert_eq!(
+        api.writes(),
+        [
+            "PUT configmaps kube-system/coredns-custom",
+            "PATCH deployments kube-system/coredns"
+        ]
+    );
+
+    api.clear_writes();
+    assert!(!prepare(api.client(), &opts()).await.unwrap().changed);
+    assert_eq!(api.writes(), Vec::<String>::new());
+
+    let cleaned = cleanup(api.client(), &opts()).await.unwrap();
+    assert_eq!(cleaned.configmaps, ["kube-system/coredns-custom"]);
+    assert!(cleaned.restarted);
+    let custom: ConfigMap = api.get(KS, AKS_CUSTOM_CONFIGMAP).unwrap();
+    assert_eq!(
+        custom.data.unwrap(),
+        BTreeMap::from([("corp.server".to_string(), user_server.to_string())])
+    );
+    assert_eq!(restart_annotation(&api), None);
+}
+
+fn kube_dns() -> Deployment {
+    deployment(
+        "kube-dns",
+        &[
+            ("kubedns", "gke.gcr.io/k8s-dns-kube-dns:1.23.0-gke.9"),
+            ("dnsmasq", "gke.gcr.io/k8s-dns-dnsmasq-nanny:1.23.0-gke.9"),
+            ("sidecar", "gke.gcr.io/k8s-dns-sidecar:1.23.0-gke.9"),
+        ],
+        vec![config_volume("kube-dns-config", KUBE_DNS_CONFIGMAP, None)],
+    )
+}
+
+#[tokio::test]
+async fn kube_dns_with_its_configmap() {
+    let api = FakeApi::new();
+    api.insert(&kube_dns());
+    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
+    let stubs = "{\"corp.example\": [\"10.0.0.2\"]}";
+    let upstream = "[\"8.8.8.8\"]";
+    api.insert(&configmap(
+        KUBE_DNS_CONFIGMAP,
+        &[(STUB_DOMAINS_KEY, stubs), ("upstreamNameservers", upstream)],
+    ));
+
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert_eq!(
+        done,
+        Prepared {
+            target: Target::KubeDnsStub {
+                nameserver: "10.96.0.53".into()
+            },
+            changed: true,
+            restarted: false
+        }
+    );
+    let cm: ConfigMap = api.get(KS, KUBE_DNS_CONFIGMAP).unwrap();
+    let data = cm.data.unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&data[STUB_DOMAINS_KEY]).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!({"corp.example": ["10.0.0.2"], "maille.mesh": ["10.96.0.53"]})
+    );
+    assert_eq!(data["upstreamNameservers"], upstream);
+    assert_eq!(api.writes(), ["PUT configmaps kube-system/kube-dns"]);
+
+    api.clear_writes();
+    assert!(!prepare(api.client(), &opts()).await.unwrap().changed);
+    assert_eq!(api.writes(), Vec::<String>::new());
+
+    let cleaned = cleanup(api.client(), &opts()).await.unwrap();
+    assert_eq!(cleaned.configmaps, ["kube-system/kube-dns"]);
+    assert!(!cleaned.restarted);
+    let cm: ConfigMap = api.get(KS, KUBE_DNS_CONFIGMAP).unwrap();
+    let data = cm.data.unwrap();
+    assert_eq!(data[STUB_DOMAINS_KEY], stubs, "byte for byte");
+    assert_eq!(data["upstreamNameservers"], upstream);
+}
+
+#[tokio::test]
+async fn kube_dns_without_configmap_creates_then_deletes_it() {
+    let api = FakeApi::new();
+    api.insert(&kube_dns());
+    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
+
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert!(done.changed);
+    assert_eq!(api.writes(), ["POST configmaps kube-system/kube-dns"]);
+    let cm: ConfigMap = api.get(KS, KUBE_DNS_CONFIGMAP).unwrap();
+    assert_eq!(
+        cm.data.unwrap()[STUB_DOMAINS_KEY],
+        r#"{"maille.mesh":["10.96.0.53"]}"#
+    );
+
+    api.clear_writes();
+    assert!(!prepare(api.client(), &opts()).await.unwrap().changed);
+    assert_eq!(api.writes(), Vec::<String>::new());
+
+    cleanup(api.client(), &opts()).await.unwrap();
+    assert!(api.get::<ConfigMap>(KS, KUBE_DNS_CONFIGMAP).is_none());
+    assert_eq!(api.writes(), ["DELETE configmaps kube-system/kube-dns"]);
+}
+
+#[tokio::test]
+async fn kube_dns_follows_a_reinstall_in_another_namespace() {
+    let api = FakeApi::new();
+    api.insert(&kube_dns());
+    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
+    api.insert(&service("mesh-two", "maille-dns", &[], "10.96.7.7"));
+    prepare(api.client(), &opts()).await.unwrap();
+    let moved = DnsOptions {
+        mesh_namespace: "mesh-two".into(),
+        ..opts()
+    };
+    assert!(prepare(api.client(), &moved).await.unwrap().changed);
+    let cm: ConfigMap = api.get(KS, KUBE_DNS_CONFIGMAP).unwrap();
+    assert_eq!(
+        cm.data.unwrap()[STUB_DOMAINS_KEY],
+        r#"{"maille.mesh":["10.96.7.7"]}"#
+    );
+}
+
+#[tokio::test]
+async fn kube_dns_without_the_charts_dns_service_is_a_clear_error() {
+    let api = FakeApi::new();
+    api.insert(&kube_dns());
+    let err = prepare(api.client(), &opts()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("service maille/maille-dns: not found"),
+        "{err}"
+    );
+    assert_eq!(api.writes(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn image_without_version_needs_the_flag() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.7.in.Corefile");
+    api.insert(&coredns(
+        "registry.local/coredns@sha256:0123abcd",
+        "coredns",
+    ));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    let err = prepare(api.client(), &opts()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("deployment kube-system/coredns")
+            && msg.contains("containers[coredns].image")
+            && msg.contains("registry.local/coredns@sha256:0123abcd")
+            && msg.contains("--coredns-version"),
+        "{msg}"
+    );
+    assert_eq!(api.writes(), Vec::<String>::new());
+
+    let pinned = DnsOptions {
+        coredns_version: Some(Version::new(1, 6, 7)),
+        ..opts()
+    };
+    prepare(api.client(), &pinned).await.unwrap();
+    assert!(corefile(&api, "coredns").contains("        upstream\n"));
+}
+
+#[tokio::test]
+async fn too_old_coredns_is_refused_without_writing() {
+    let api = FakeApi::new();
+    api.insert(&coredns("coredns/coredns:1.5.2", "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, ".:53 {\n}\n")]));
+    let err = prepare(api.client(), &opts()).await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("CoreDNS 1.5.2 is older than 1.6.0"),
+        "{err}"
+    );
+    assert_eq!(api.writes(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn no_cluster_dns_is_reported() {
+    let api = FakeApi::new();
+    let err = prepare(api.client(), &opts()).await.unwrap_err();
+    assert!(matches!(err, Error::NoDnsServer), "{err}");
+}
+
+#[tokio::test]
+async fn damaged_markers_stop_prepare_without_writing() {
+    let api = FakeApi::new();
+    api.insert(&coredns("coredns/coredns:1.11.1", "coredns"));
+    let damaged = format!(
+        ".:53 {{\n}}\n{}\nmaille.mesh:53 {{\n}}\n",
+        corefile::BEGIN_MARKER
+    );
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &damaged)]));
+    let err = prepare(api.client(), &opts()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("configmap kube-system/coredns: field data.Corefile: line 3"),
+        "{err}"
+    );
+    assert_eq!(api.writes(), Vec::<String>::new());
+    assert_eq!(corefile(&api, "coredns"), damaged);
+}
+
+#[tokio::test]
+async fn a_concurrent_edit_is_kept_and_ours_retried() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.7.in.Corefile");
+    api.insert(&coredns("coredns/coredns:1.10.1", "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    let theirs = "\nteam.example:53 {\n    forward . 10.5.5.5\n}\n";
+    let with_theirs = format!("{original}{theirs}");
+    let edited = with_theirs.clone();
+    api.race_next_write::<ConfigMap>(KS, "coredns", move |obj| {
+        obj["data"][COREFILE_KEY] = serde_json::Value::String(edited);
+    });
+    prepare(api.client(), &opts()).await.unwrap();
+    let text = corefile(&api, "coredns");
+    assert!(text.starts_with(&with_theirs), "{text}");
+    assert!(text.contains("maille.mesh:53 {"), "{text}");
+    assert_eq!(
+        api.writes(),
+        [
+            "PUT configmaps kube-system/coredns",
+            "PUT configmaps kube-system/coredns",
+            "PATCH deployments kube-system/coredns"
+        ]
+    );
+    cleanup(api.client(), &opts()).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), with_theirs);
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_shadow_services() {
+    let api = FakeApi::new();
+    api.insert(&coredns("coredns/coredns:1.11.1", "coredns"));
+    api.insert(&configmap(
+        "coredns",
+        &[(COREFILE_KEY, &testdata("coredns-1.11.in.Corefile"))],
+    ));
+    let managed = [(MANAGED_BY_LABEL, MANAGED_BY_VALUE)];
+    let web = naming::shadow_name("shop", "web").unwrap();
+    let db = naming::shadow_name("data", "db").unwrap();
+    api.insert(&service("maille", &web, &managed, "10.96.1.1"));
+    api.insert(&service("maille", &db, &managed, "10.96.1.2"));
+    // Labelled but not a shadow name, a shadow-looking name without the label, and a shadow
+    // in another namespace: all stay.
+    api.insert(&service("maille", "maille-dns", &managed, "10.96.0.53"));
+    api.insert(&service(
+        "maille",
+        &naming::shadow_name("x", "y").unwrap(),
+        &[],
+        "10.96.1.3",
+    ));
+    api.insert(&service("other", &web, &managed, "10.96.1.4"));
+
+    let cleaned = cleanup(api.client(), &opts()).await.unwrap();
+    let mut deleted = cleaned.services_deleted.clone();
+    deleted.sort();
+    let mut want = vec![format!("maille/{db}"), format!("maille/{web}")];
+    want.sort();
+    assert_eq!(deleted, want);
+    assert!(api.get::<Service>("maille", &web).is_none());
+    assert!(api.get::<Service>("maille", &db).is_none());
+    assert!(api.get::<Service>("maille", "maille-dns").is_some());
+    assert!(api
+        .get::<Service>("maille", &naming::shadow_name("x", "y").unwrap())
+        .is_some());
+    assert!(api.get::<Service>("other", &web).is_some());
+    // Nothing of ours in the Corefile: cleanup neither writes it nor restarts CoreDNS.
+    assert!(!cleaned.restarted);
+    assert!(api
+        .writes()
+        .iter()
+        .all(|w| w.starts_with("DELETE services maille/")));
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_before_any_call() {
+    let api = FakeApi::new();
+    for (o, flag) in [
+        (
+            DnsOptions {
+                mesh_namespace: "Mesh_NS".into(),
+                ..opts()
+            },
+            "--namespace \"Mesh_NS\"",
+        ),
+        (
+            DnsOptions {
+                cluster_domain: "cluster..local".into(),
+                ..opts()
+            },
+            "--cluster-domain",
+        ),
+    ] {
+        let err = prepare(api.client(), &o).await.unwrap_err();
+        assert!(err.to_string().starts_with(flag), "{err}");
+    }
+    assert_eq!(api.writes(), Vec::<String>::new());
+}
