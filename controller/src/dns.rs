@@ -56,7 +56,7 @@ pub struct DnsArgs {
     #[arg(long, env = "MAILLE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Service (in --namespace) of the CoreDNS the chart deploys for kube-dns clusters.
-    #[arg(long, env = "MAILLE_DNS_SERVICE", default_value = "maille-dns")]
+    #[arg(long, env = "MAILLE_DNS_SERVICE", default_value = "maille-coredns")]
     pub dns_service: String,
     /// CoreDNS version to write for, when its image tag does not say (e.g. pinned by digest).
     #[arg(long, env = "MAILLE_COREDNS_VERSION")]
@@ -96,7 +96,7 @@ impl Default for DnsOptions {
         Self {
             mesh_namespace: "maille".into(),
             cluster_domain: "cluster.local".into(),
-            dns_service: "maille-dns".into(),
+            dns_service: "maille-coredns".into(),
             coredns_version: None,
         }
     }

@@ -362,7 +362,7 @@ fn kube_dns() -> Deployment {
 async fn kube_dns_with_its_configmap() {
     let api = FakeApi::new();
     api.insert(&kube_dns());
-    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
+    api.insert(&service("maille", "maille-coredns", &[], "10.96.0.53"));
     let stubs = "{\"corp.example\": [\"10.0.0.2\"]}";
     let upstream = "[\"8.8.8.8\"]";
     api.insert(&configmap(
@@ -408,7 +408,7 @@ async fn kube_dns_with_its_configmap() {
 async fn kube_dns_without_configmap_creates_then_deletes_it() {
     let api = FakeApi::new();
     api.insert(&kube_dns());
-    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
+    api.insert(&service("maille", "maille-coredns", &[], "10.96.0.53"));
 
     let done = prepare(api.client(), &opts()).await.unwrap();
     assert!(done.changed);
@@ -432,8 +432,8 @@ async fn kube_dns_without_configmap_creates_then_deletes_it() {
 async fn kube_dns_follows_a_reinstall_in_another_namespace() {
     let api = FakeApi::new();
     api.insert(&kube_dns());
-    api.insert(&service("maille", "maille-dns", &[], "10.96.0.53"));
-    api.insert(&service("mesh-two", "maille-dns", &[], "10.96.7.7"));
+    api.insert(&service("maille", "maille-coredns", &[], "10.96.0.53"));
+    api.insert(&service("mesh-two", "maille-coredns", &[], "10.96.7.7"));
     prepare(api.client(), &opts()).await.unwrap();
     let moved = DnsOptions {
         mesh_namespace: "mesh-two".into(),
@@ -454,7 +454,7 @@ async fn kube_dns_without_the_charts_dns_service_is_a_clear_error() {
     let err = prepare(api.client(), &opts()).await.unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("service maille/maille-dns: not found"),
+            .starts_with("service maille/maille-coredns: not found"),
         "{err}"
     );
     assert_eq!(api.writes(), Vec::<String>::new());
@@ -572,7 +572,7 @@ async fn cleanup_deletes_only_shadow_services() {
     api.insert(&service("maille", &db, &managed, "10.96.1.2"));
     // Labelled but not a shadow name, a shadow-looking name without the label, and a shadow
     // in another namespace: all stay.
-    api.insert(&service("maille", "maille-dns", &managed, "10.96.0.53"));
+    api.insert(&service("maille", "maille-coredns", &managed, "10.96.0.53"));
     api.insert(&service(
         "maille",
         &naming::shadow_name("x", "y").unwrap(),
@@ -589,7 +589,7 @@ async fn cleanup_deletes_only_shadow_services() {
     assert_eq!(deleted, want);
     assert!(api.get::<Service>("maille", &web).is_none());
     assert!(api.get::<Service>("maille", &db).is_none());
-    assert!(api.get::<Service>("maille", "maille-dns").is_some());
+    assert!(api.get::<Service>("maille", "maille-coredns").is_some());
     assert!(api
         .get::<Service>("maille", &naming::shadow_name("x", "y").unwrap())
         .is_some());
