@@ -596,13 +596,34 @@ async fn prepare_coredns(
     })
     .await?;
     let (target, changed, hashed) = match aks {
-        Some(changed) => (
-            Target::AksCustom {
-                version: coredns.version,
-            },
-            changed,
-            section.clone(),
-        ),
+        Some(custom_changed) => {
+            // A section left in the main Corefile by an earlier prepare (before coredns-custom
+            // existed) would be a second `maille.mesh` server block: CoreDNS refuses to start.
+            let stale_removed = update_configmap(configmaps, &coredns.configmap, |cm| {
+                let Some(current) = data_value(cm, COREFILE_KEY) else {
+                    return Ok(Edit::Keep);
+                };
+                let next = corefile::remove(current).map_err(|source| Error::Corefile {
+                    configmap: coredns.configmap.clone(),
+                    key: COREFILE_KEY,
+                    source,
+                })?;
+                Ok(if next == current {
+                    Edit::Keep
+                } else {
+                    Edit::Replace(Box::new(with_data(cm, COREFILE_KEY, Some(next))))
+                })
+            })
+            .await?
+            .unwrap_or(false);
+            (
+                Target::AksCustom {
+                    version: coredns.version,
+                },
+                custom_changed || stale_removed,
+                section.clone(),
+            )
+        }
         None => {
             let mut written = String::new();
             let changed = update_configmap(configmaps, &coredns.configmap, |cm| {

@@ -346,6 +346,33 @@ async fn aks_custom_configmap_gets_the_block() {
     assert_eq!(restart_annotation(&api), None);
 }
 
+#[tokio::test]
+async fn aks_moves_a_section_left_in_the_corefile() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.7.in.Corefile");
+    api.insert(&coredns("coredns/coredns:1.9.4", "coredns"));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    prepare(api.client(), &opts()).await.unwrap();
+    assert_ne!(corefile(&api, "coredns"), original);
+
+    // coredns-custom appears (AKS): the block moves there, and only there.
+    api.insert(&configmap(AKS_CUSTOM_CONFIGMAP, &[]));
+    api.clear_writes();
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert!(matches!(done.target, Target::AksCustom { .. }) && done.restarted);
+    assert_eq!(corefile(&api, "coredns"), original);
+    let custom: ConfigMap = api.get(KS, AKS_CUSTOM_CONFIGMAP).unwrap();
+    assert!(custom.data.unwrap()[AKS_CUSTOM_KEY].contains("maille.mesh:53 {"));
+    assert_eq!(
+        api.writes(),
+        [
+            "PUT configmaps kube-system/coredns-custom",
+            "PUT configmaps kube-system/coredns",
+            "PATCH deployments kube-system/coredns"
+        ]
+    );
+}
+
 fn kube_dns() -> Deployment {
     deployment(
         "kube-dns",
