@@ -2,5 +2,7 @@
 
 pub mod resilience;
 pub mod store;
+pub mod tcp;
+pub mod udp;
 
 pub use store::TableStore;

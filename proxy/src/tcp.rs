@@ -1,0 +1,195 @@
+//! Raw TCP through the mesh: a Pingora `ServerApp` listening on every port of the TCP range,
+//! routing each connection by the port it arrived on.
+
+pub(crate) mod balance;
+pub mod metrics;
+pub(crate) mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use config_model::{Endpoint, ServiceKey, Table};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::services::listening::Service;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::store::TableStore;
+use relay::End;
+
+/// Default time allowed for one connect attempt to an endpoint.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of endpoints tried before a connection is given up.
+pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
+/// Default time a connection may stay without traffic either way before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How the TCP listeners treat connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Time allowed for one connect attempt.
+    pub connect_timeout: Duration,
+    /// Endpoints tried, each at most once, before the client connection is closed (≥ 1).
+    pub connect_attempts: usize,
+    /// Close a connection after this long without a byte either way; `None` never does.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        TcpSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+/// The Pingora application behind every TCP mesh port.
+pub struct TcpProxy {
+    store: Arc<TableStore>,
+    settings: TcpSettings,
+}
+
+/// A Pingora service listening on each of `listen` (e.g. `0.0.0.0:10000`), carrying TCP to the
+/// services the current table maps to those ports. All ports share one runtime.
+pub fn tcp_service(
+    store: Arc<TableStore>,
+    settings: TcpSettings,
+    listen: &[SocketAddr],
+) -> Service<TcpProxy> {
+    metrics::register();
+    let mut service = Service::new("maille tcp".to_string(), TcpProxy::new(store, settings));
+    for addr in listen {
+        service.add_tcp(&addr.to_string());
+    }
+    service
+}
+
+/// What a connection needs from the table, copied out so that a later swap cannot affect it.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) key: ServiceKey,
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+/// The route for a connection that arrived on `mesh_port`: `None` when no TCP service is
+/// mapped to it.
+pub(crate) fn route(table: &Table, mesh_port: u16, _client: Option<SocketAddr>) -> Option<Route> {
+    let svc = table.tcp_route(mesh_port)?;
+    Some(Route {
+        key: svc.key.clone(),
+        endpoints: svc.endpoints.clone(),
+    })
+}
+
+impl TcpProxy {
+    /// The application on its own, for a caller that builds its own Pingora service.
+    pub fn new(store: Arc<TableStore>, settings: TcpSettings) -> TcpProxy {
+        TcpProxy { store, settings }
+    }
+
+    async fn serve(&self, client: Stream) {
+        let digest = client.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let peer = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let Some(local) = local else {
+            warn!("TCP connection without a local address, closing");
+            return;
+        };
+        let mesh_port = local.port();
+        let Some(route) = route(&self.store.load(), mesh_port, peer) else {
+            debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
+            metrics::unrouted(mesh_port);
+            return;
+        };
+        let span = tracing::info_span!("tcp", service = %route.key, mesh_port, client = ?peer);
+        self.proxy(client, route).instrument(span).await;
+    }
+
+    async fn proxy(&self, client: Stream, route: Route) {
+        let conn = metrics::ConnMetrics::open(&route.key);
+        let Some((upstream, endpoint)) = self.connect(&route).await else {
+            conn.failed();
+            return;
+        };
+        let m = conn.metrics();
+        match relay::relay(
+            client,
+            upstream,
+            self.settings.idle_timeout,
+            &m.received,
+            &m.sent,
+        )
+        .await
+        {
+            Ok(End::Finished) => debug!(%endpoint, "TCP connection finished"),
+            Ok(End::Idle) => info!(%endpoint, "TCP connection idle too long, closed"),
+            Err(e) => debug!(%endpoint, error = %e, "TCP connection ended by an error"),
+        }
+    }
+
+    /// Connects to one endpoint, trying others (each at most once) when a connect fails:
+    /// nothing has been sent yet, so another endpoint is always safe.
+    async fn connect(&self, route: &Route) -> Option<(TcpStream, SocketAddr)> {
+        if route.endpoints.is_empty() {
+            warn!("Service has no ready endpoint, closing");
+            return None;
+        }
+        let attempts = self
+            .settings
+            .connect_attempts
+            .clamp(1, route.endpoints.len());
+        let mut tried = Vec::with_capacity(attempts);
+        while tried.len() < attempts {
+            let i = balance::pick(&route.endpoints, &tried)?;
+            tried.push(i);
+            let addr = route.endpoints[i].addr;
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    // Interactive protocols (databases, SSH) need their small writes sent now.
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, addr));
+                }
+                Ok(Err(e)) => warn!(endpoint = %addr, error = %e, "Connect to endpoint failed"),
+                Err(_) => warn!(
+                    endpoint = %addr,
+                    timeout = ?self.settings.connect_timeout,
+                    "Connect to endpoint timed out"
+                ),
+            }
+        }
+        warn!(
+            attempts = tried.len(),
+            "No endpoint could be reached, closing"
+        );
+        None
+    }
+}
+
+#[async_trait]
+impl ServerApp for TcpProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.serve(session).await;
+        // Never reused: the connection belonged to one client and one endpoint.
+        None
+    }
+}
