@@ -2,6 +2,22 @@
 //! the routing table, serves it to the proxies, and keeps the objects that make mesh names
 //! reachable.
 
+pub mod alloc;
+pub mod api;
+pub mod cli;
 pub mod dns;
+pub mod manifests;
+pub mod metrics;
 pub mod naming;
+pub mod problem;
+pub mod rebuild;
+pub mod run;
+pub mod settings;
 pub mod smi;
+pub mod snapshot;
+pub mod translate;
+
+pub use problem::{ObjectRef, Problem};
+pub use settings::{PortRange, Settings};
+pub use snapshot::Snapshot;
+pub use translate::{translate, ServiceStatus, Translation};

@@ -1,1 +1,20 @@
-fn main() {}
+//! `maille-controller`: parses flags and runs the controller (or a one-off subcommand).
+
+use clap::Parser;
+use maille_controller::cli::Cli;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        None => maille_controller::run::run(cli.run).await?,
+        Some(command) => match command {},
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The controller's HTTP API: `/api/configuration` (the table, with an ETag and a bounded
+//! long-poll on `If-None-Match`), `/api/services`, `/ready`, `/live` and `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use config_model::TableSpec;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::translate::ServiceStatus;
+
+/// Longest long-poll a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// One published table, serialised once for every client.
+#[derive(Debug)]
+pub struct Published {
+    /// Table version.
+    pub version: u64,
+    /// `"<version>"`.
+    pub etag: String,
+    /// The table as JSON.
+    pub table: Bytes,
+}
+
+/// What the API serves; the rebuild loop publishes into it.
+#[derive(Debug)]
+pub struct ApiState {
+    current: watch::Sender<Option<Arc<Published>>>,
+    /// The last table published, with version 0, to tell a real change from a rebuild that
+    /// changed nothing.
+    last: Mutex<(Option<TableSpec>, u64)>,
+    services: Mutex<Bytes>,
+    ready: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl ApiState {
+    /// A state serving nothing yet. Versions start above `first_version`, which should grow
+    /// across restarts (the start time in milliseconds does) so that a proxy never mistakes a
+    /// new table for the one it holds.
+    pub fn new(first_version: u64, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(ApiState {
+            current: watch::Sender::new(None),
+            last: Mutex::new((None, first_version)),
+            services: Mutex::new(Bytes::from_static(b"[]")),
+            ready: AtomicBool::new(false),
+            shutdown,
+        })
+    }
+
+    /// Serves this table (and service list). The version grows only when the table differs
+    /// from the one served; returns the version now served.
+    pub fn publish(&self, mut table: TableSpec, services: &[ServiceStatus]) -> u64 {
+        let services = serde_json::to_vec(services).expect("service statuses serialise");
+        *self.services.lock().expect("services lock") = Bytes::from(services);
+        table.version = 0;
+        let mut last = self.last.lock().expect("table lock");
+        if last.0.as_ref() == Some(&table) {
+            return last.1;
+        }
+        let version = last.1 + 1;
+        let mut served = table.clone();
+        served.version = version;
+        let json = serde_json::to_vec(&served).expect("table serialises");
+        *last = (Some(table), version);
+        self.current.send_replace(Some(Arc::new(Published {
+            version,
+            etag: format!("\"{version}\""),
+            table: Bytes::from(json),
+        })));
+        metrics::register().table_version.set(version as i64);
+        version
+    }
+
+    /// Marks the controller ready (first full sync done and a table published).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether `/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.current.borrow().is_some()
+    }
+
+    /// The table currently served.
+    pub fn current(&self) -> Option<Arc<Published>> {
+        self.current.borrow().clone()
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/configuration", get(configuration))
+        .route("/api/services", get(services))
+        .route("/ready", get(ready))
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/metrics", get(prometheus_metrics))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until the state's shutdown token is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Parses `?wait=`: `30s`, `500ms`, `1m` or a bare number of seconds, capped at [`MAX_WAIT`].
+pub fn parse_wait(value: Option<&str>) -> Result<Duration, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(Duration::ZERO);
+    };
+    let ms = match v.parse::<u64>() {
+        Ok(secs) => secs.saturating_mul(1000),
+        Err(_) => config_model::duration::parse_millis(v)
+            .map_err(|e| format!("query parameter wait: invalid value {v:?}: {e}"))?,
+    };
+    Ok(Duration::from_millis(ms).min(MAX_WAIT))
+}
+
+/// Whether an `If-None-Match` header names this ETag (a list, weak tags and `*` included).
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+fn table_response(p: &Published) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::ETAG,
+                HeaderValue::from_str(&p.etag).expect("etag is ascii"),
+            ),
+        ],
+        p.table.clone(),
+    )
+        .into_response()
+}
+
+fn not_modified(etag: &str) -> Response {
+    (
+        StatusCode::NOT_MODIFIED,
+        [(
+            header::ETAG,
+            HeaderValue::from_str(etag).expect("etag is ascii"),
+        )],
+    )
+        .into_response()
+}
+
+/// Counts a client in `maille_controller_longpoll_waiting` while it waits, even when the
+/// client goes away and the handler is dropped.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Self {
+        metrics::register().longpoll_waiting.inc();
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::register().longpoll_waiting.dec();
+    }
+}
+
+async fn configuration(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let wait = match parse_wait(query.get("wait").map(String::as_str)) {
+        Ok(w) => w,
+        Err(msg) => return (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response(),
+    };
+    let mut rx = state.current.subscribe();
+    let current = rx.borrow_and_update().clone();
+    // The version the client holds, if it holds the current one.
+    let held = match &current {
+        Some(p) if etag_matches(&headers, &p.etag) => Some(p.version),
+        Some(p) => return table_response(p),
+        None if wait.is_zero() => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "no table built yet\n").into_response()
+        }
+        None => None,
+    };
+    if wait.is_zero() {
+        return not_modified(&current.expect("held implies a table").etag);
+    }
+    let _waiting = Waiting::new();
+    let change = async {
+        loop {
+            if rx.changed().await.is_err() {
+                return None;
+            }
+            let p = rx.borrow_and_update().clone();
+            if let Some(p) = p {
+                if Some(p.version) != held {
+                    return Some(p);
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        p = tokio::time::timeout(wait, change) => p.ok().flatten(),
+        _ = state.shutdown.cancelled() => None,
+    };
+    match (outcome, current) {
+        (Some(p), _) => table_response(&p),
+        (None, Some(p)) => not_modified(&p.etag),
+        (None, None) => (StatusCode::SERVICE_UNAVAILABLE, "no table built yet\n").into_response(),
+    }
+}
+
+async fn services(State(state): State<Arc<ApiState>>) -> Response {
+    let body = state.services.lock().expect("services lock").clone();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first sync not done\n",
+        )
+            .into_response()
+    }
+}
+
+async fn prometheus_metrics() -> Response {
+    metrics::register();
+    let mut buf = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&prometheus::gather(), &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

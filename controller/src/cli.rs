@@ -1,0 +1,161 @@
+//! Command-line flags (clap derive; every flag also reads a `MAILLE_` environment variable).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use config_model::TrafficType;
+
+use crate::settings::{PortRange, Settings};
+
+/// `maille-controller`: flags at the top level run the controller; subcommands are one-off
+/// tasks.
+#[derive(Debug, Parser)]
+#[command(
+    name = "maille-controller",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A one-off task instead of running the controller.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of the controller itself.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// One-off tasks (the DNS set-up adds its own here).
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Flags of the running controller.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Read objects from the manifests in this folder instead of a cluster (Services,
+    /// EndpointSlices, Pods; multi-document YAML or JSON), and follow its changes.
+    #[arg(long, env = "MAILLE_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig to use instead of the in-cluster account or $KUBECONFIG.
+    #[arg(long, env = "MAILLE_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The mesh's own namespace: where shadow services live; never meshed.
+    #[arg(long, env = "MAILLE_NAMESPACE", default_value = "maille")]
+    pub namespace: String,
+    /// Address of the HTTP API (table, services, readiness, metrics).
+    #[arg(long, env = "MAILLE_API_ADDR", default_value = "0.0.0.0:9000")]
+    pub api_addr: SocketAddr,
+    /// Traffic type of services without a traffic-type annotation: http, tcp or udp.
+    #[arg(long, env = "MAILLE_DEFAULT_MODE", default_value = "http", value_parser = parse_mode)]
+    pub default_mode: TrafficType,
+    /// ACL mode: traffic is denied unless an SMI TrafficTarget allows it.
+    #[arg(long, env = "MAILLE_ACL")]
+    pub acl: bool,
+    /// Mesh only these namespaces (comma-separated); all when empty.
+    #[arg(long, env = "MAILLE_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Never mesh these namespaces (comma-separated).
+    #[arg(long, env = "MAILLE_IGNORE_NAMESPACES", value_delimiter = ',')]
+    pub ignore_namespaces: Vec<String>,
+    /// Proxy HTTP listener ports; the i-th port of a service is reached on the i-th.
+    #[arg(long, env = "MAILLE_HTTP_PORTS", default_value = "5000-5009")]
+    pub http_ports: PortRange,
+    /// Proxy TCP listener ports, one per meshed TCP service port.
+    #[arg(long, env = "MAILLE_TCP_PORTS", default_value = "10000-10024")]
+    pub tcp_ports: PortRange,
+    /// Proxy UDP listener ports, one per meshed UDP service port.
+    #[arg(long, env = "MAILLE_UDP_PORTS", default_value = "15000-15024")]
+    pub udp_ports: PortRange,
+    /// Labels of the proxy pods, which shadow services select (comma-separated key=value).
+    #[arg(
+        long,
+        env = "MAILLE_PROXY_SELECTOR",
+        default_value = "app.kubernetes.io/name=maille,app.kubernetes.io/component=proxy"
+    )]
+    pub proxy_selector: String,
+}
+
+fn parse_mode(s: &str) -> Result<TrafficType, String> {
+    s.trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|()| format!("invalid traffic type {s:?}: expected http, tcp or udp"))
+}
+
+impl RunArgs {
+    /// The translation settings these flags give.
+    pub fn settings(&self) -> Settings {
+        let set = |v: &[String]| -> BTreeSet<String> {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Settings {
+            default_mode: self.default_mode,
+            acl: self.acl,
+            mesh_namespace: self.namespace.clone(),
+            watch_namespaces: set(&self.watch_namespaces),
+            ignore_namespaces: set(&self.ignore_namespaces),
+            http_ports: self.http_ports,
+            tcp_ports: self.tcp_ports,
+            udp_ports: self.udp_ports,
+        }
+    }
+
+    /// The proxy pod labels as a map; an entry without `=` is an error naming it.
+    pub fn proxy_labels(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.proxy_selector
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| {
+                        format!("--proxy-selector: invalid value {kv:?}: expected key=value")
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_lists() {
+        let cli = Cli::try_parse_from([
+            "maille-controller",
+            "--manifests",
+            "/tmp/m",
+            "--watch-namespaces",
+            "a, b",
+            "--tcp-ports",
+            "20000-20001",
+            "--default-mode",
+            "TCP",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let s = cli.run.settings();
+        assert_eq!(s.watch_namespaces.len(), 2);
+        assert!(s.watch_namespaces.contains("b"));
+        assert_eq!(s.tcp_ports, PortRange::new(20000, 20001));
+        assert_eq!(s.http_ports, PortRange::new(5000, 5009));
+        assert_eq!(s.default_mode, TrafficType::Tcp);
+        assert_eq!(cli.run.api_addr.port(), 9000);
+        assert_eq!(cli.run.proxy_labels().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_value() {
+        let e = Cli::try_parse_from(["maille-controller", "--udp-ports", "9-1"]).unwrap_err();
+        assert!(e.to_string().contains("9-1"), "{e}");
+        let e = Cli::try_parse_from(["maille-controller", "--default-mode", "sctp"]).unwrap_err();
+        assert!(e.to_string().contains("sctp"), "{e}");
+    }
+}

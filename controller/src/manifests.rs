@@ -1,0 +1,427 @@
+//! The manifests provider: every `*.yaml`, `*.yml` and `*.json` file of a folder (multi-document
+//! YAML, the objects `kubectl apply` takes) read into a [`Snapshot`], again whenever a file
+//! changes. A file that stops parsing keeps its last good objects and is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::problem::{ObjectRef, Problem};
+use crate::snapshot::Snapshot;
+
+/// Why the folder could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The folder is missing or unreadable.
+    #[error("manifests folder {path}: {source}")]
+    Dir {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file watcher could not be set up.
+    #[error("manifests folder {path}: cannot watch for changes: {source}")]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// The notify error.
+        source: notify::Error,
+    },
+}
+
+/// `pub type Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds one object to the snapshot by its `apiVersion` and `kind`. Returns `Ok(false)` for a
+/// kind this build does not read. Further kinds (the SMI ones) are registered here.
+fn add_object(
+    snapshot: &mut Snapshot,
+    api_version: &str,
+    kind: &str,
+    value: Value,
+) -> Result<bool, serde_json::Error> {
+    match (api_version, kind) {
+        ("v1", "Service") => snapshot
+            .services
+            .push(Arc::new(serde_json::from_value(value)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => snapshot
+            .endpoint_slices
+            .push(Arc::new(serde_json::from_value(value)?)),
+        ("v1", "Pod") => snapshot.pods.push(Arc::new(serde_json::from_value(value)?)),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Parses the documents of one file into `out`. `source` names the file in problems. An
+/// object that does not parse is reported and skipped; the others are kept. Returns an error
+/// when the text is not YAML at all.
+pub fn parse_documents(text: &str, source: &str, out: &mut Snapshot) -> Result<(), String> {
+    let mut values = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| format!("{source}: document {}: not valid YAML: {e}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let json = serde_json::to_value(&value)
+            .map_err(|e| format!("{source}: document {}: not an object: {e}", i + 1))?;
+        values.push((i + 1, json));
+    }
+    while let Some((doc, mut value)) = values.pop() {
+        let api_version = value["apiVersion"].as_str().unwrap_or("").to_string();
+        let kind = value["kind"].as_str().unwrap_or("").to_string();
+        if kind == "List" || kind.ends_with("List") && value["items"].is_array() {
+            if let Value::Array(items) = value["items"].take() {
+                values.extend(items.into_iter().map(|v| (doc, v)));
+            }
+            continue;
+        }
+        let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String("default".into()));
+        }
+        let ns = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let file = ObjectRef::new("File", "", source);
+        if api_version.is_empty() || kind.is_empty() || name.is_empty() {
+            out.problems.push(Problem::new(
+                file,
+                format!(
+                    "{source}: document {doc}: an object needs apiVersion, kind and metadata.name"
+                ),
+            ));
+            continue;
+        }
+        match add_object(out, &api_version, &kind, value) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(%source, %api_version, %kind, %name, "Ignoring a kind the controller does not read");
+            }
+            Err(e) => out.problems.push(Problem::new(
+                ObjectRef::new(&kind, &ns, &name),
+                format!("{source}: {kind} {ns}/{name}: {e}"),
+            )),
+        }
+    }
+    // Documents were popped from the end; keep file order.
+    out.services.reverse();
+    out.endpoint_slices.reverse();
+    out.pods.reverse();
+    Ok(())
+}
+
+/// A file's identity for change detection.
+type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
+
+/// The manifests folder and the last good objects of each file.
+#[derive(Debug)]
+pub struct ManifestsDir {
+    dir: PathBuf,
+    last_good: BTreeMap<PathBuf, Snapshot>,
+    fingerprint: Option<Fingerprint>,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    ) && path.is_file()
+}
+
+impl ManifestsDir {
+    /// A provider for this folder; nothing is read yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestsDir {
+            dir: dir.into(),
+            last_good: BTreeMap::new(),
+            fingerprint: None,
+        }
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| Error::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_manifest(p))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    fn current_fingerprint(&self) -> Result<Fingerprint> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .map(|p| {
+                let md = std::fs::metadata(&p).ok();
+                let stamp = (
+                    md.as_ref().and_then(|m| m.modified().ok()),
+                    md.map(|m| m.len()).unwrap_or(0),
+                );
+                (p, stamp)
+            })
+            .collect())
+    }
+
+    /// Whether a file was added, removed or modified since the last [`ManifestsDir::load`].
+    pub fn changed(&self) -> bool {
+        match self.current_fingerprint() {
+            Ok(fp) => self.fingerprint.as_ref() != Some(&fp),
+            Err(_) => true,
+        }
+    }
+
+    /// Reads every file into one snapshot. A file that does not parse keeps its previous objects
+    /// (if it had any) and is reported; an object defined twice is reported and the first kept.
+    pub fn load(&mut self) -> Result<Snapshot> {
+        let fingerprint = self.current_fingerprint()?;
+        let mut out = Snapshot::default();
+        let mut problems = Vec::new();
+        let files: BTreeSet<PathBuf> = fingerprint.keys().cloned().collect();
+        self.last_good.retain(|p, _| files.contains(p));
+        for path in &files {
+            let source = path.display().to_string();
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(Problem::new(
+                        ObjectRef::new("File", "", &source),
+                        format!("{source}: cannot read: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let mut snap = Snapshot::default();
+            match parse_documents(&text, &source, &mut snap) {
+                Ok(()) => {
+                    self.last_good.insert(path.clone(), snap);
+                }
+                Err(message) => {
+                    let kept = if self.last_good.contains_key(path) {
+                        "; its previous content is still used"
+                    } else {
+                        ""
+                    };
+                    problems.push(Problem::new(
+                        ObjectRef::new("File", "", &source),
+                        format!("{message}{kept}"),
+                    ));
+                }
+            }
+            if let Some(snap) = self.last_good.get(path) {
+                out.extend_from(snap);
+            }
+        }
+        out.problems.extend(problems);
+        dedup_objects(&mut out);
+        self.fingerprint = Some(fingerprint);
+        Ok(out)
+    }
+}
+
+fn dedup_objects(s: &mut Snapshot) {
+    fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
+    }
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    s.services.retain(|o| {
+        let k = key(&o.metadata);
+        let fresh = seen.insert(k.clone());
+        if !fresh {
+            problems.push(Problem::new(
+                ObjectRef::service(&k.0, &k.1),
+                format!(
+                    "{}/{}: Service defined more than once; the first definition is used",
+                    k.0, k.1
+                ),
+            ));
+        }
+        fresh
+    });
+    let mut seen = BTreeSet::new();
+    s.endpoint_slices.retain(|o| {
+        let k = key(&o.metadata);
+        let fresh = seen.insert(k.clone());
+        if !fresh {
+            problems.push(Problem::new(
+                ObjectRef::new("EndpointSlice", &k.0, &k.1),
+                format!(
+                    "{}/{}: EndpointSlice defined more than once; the first definition is used",
+                    k.0, k.1
+                ),
+            ));
+        }
+        fresh
+    });
+    let mut seen = BTreeSet::new();
+    s.pods.retain(|o| seen.insert(key(&o.metadata)));
+    s.problems.extend(problems);
+}
+
+/// Reads the folder, publishes the snapshot, then publishes a new one after every change until
+/// `shutdown`. Changes are seen through file notifications, with a periodic check behind them
+/// (some file systems do not notify); a burst of changes gives one snapshot.
+pub async fn run(
+    dir: PathBuf,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut provider = ManifestsDir::new(&dir);
+    tx.send_replace(Some(Arc::new(provider.load()?)));
+
+    let wake = Arc::new(Notify::new());
+    let w = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            w.notify_one();
+        }
+    })
+    .map_err(|source| Error::Watch {
+        path: dir.clone(),
+        source,
+    })?;
+    notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive).map_err(
+        |source| Error::Watch {
+            path: dir.clone(),
+            source,
+        },
+    )?;
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = wake.notified() => {
+                // Let a burst of writes (an editor saving, a `cp` of several files) settle.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ = tick.tick() => {}
+        }
+        if !provider.changed() {
+            continue;
+        }
+        match provider.load() {
+            Ok(snap) => {
+                tracing::info!(dir = %dir.display(), "Manifests changed");
+                tx.send_replace(Some(Arc::new(snap)));
+            }
+            Err(err) => {
+                tracing::error!(%err, "Cannot read the manifests folder; keeping the last objects")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints: [{addresses: ["127.0.0.1"]}]
+ports: [{port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+---
+"#;
+
+    #[test]
+    fn reads_known_kinds_defaults_namespace_and_skips_others() {
+        let mut s = Snapshot::default();
+        parse_documents(DOCS, "a.yaml", &mut s).unwrap();
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.endpoint_slices.len(), 1);
+        assert_eq!(
+            s.endpoint_slices[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn bad_object_is_reported_with_file_kind_and_name() {
+        let mut s = Snapshot::default();
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: eighty}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ok}\n";
+        parse_documents(text, "b.yaml", &mut s).unwrap();
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.problems.len(), 1);
+        let p = &s.problems[0];
+        assert_eq!(p.object, ObjectRef::service("shop", "web"));
+        assert!(
+            p.message.starts_with("b.yaml: Service shop/web:"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn broken_file_keeps_last_good_objects_and_json_lists_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.yaml");
+        std::fs::write(&f, DOCS).unwrap();
+        std::fs::write(
+            dir.path().join("b.json"),
+            r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"shop"}}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let mut m = ManifestsDir::new(dir.path());
+        let s = m.load().unwrap();
+        assert_eq!(s.services.len(), 2);
+        assert!(!m.changed());
+        std::fs::write(&f, "kind: [unclosed").unwrap();
+        assert!(m.changed());
+        let s = m.load().unwrap();
+        assert_eq!(s.services.len(), 2, "a.yaml's last good objects are kept");
+        assert_eq!(s.problems.len(), 1);
+        assert!(
+            s.problems[0].message.contains("still used"),
+            "{}",
+            s.problems[0].message
+        );
+        std::fs::remove_file(&f).unwrap();
+        let s = m.load().unwrap();
+        assert_eq!(s.services.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_objects_keep_the_first() {
+        let mut s = Snapshot::default();
+        parse_documents(DOCS, "a.yaml", &mut s).unwrap();
+        parse_documents(DOCS, "b.yaml", &mut s).unwrap();
+        dedup_objects(&mut s);
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.problems.len(), 2);
+    }
+}

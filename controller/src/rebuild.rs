@@ -1,0 +1,120 @@
+//! The rebuild loop: every new snapshot from a provider is translated, published to the API
+//! and handed to the cluster writer. Snapshots arrive through a `watch` channel, so a burst of
+//! changes coalesces into one rebuild of the latest objects.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use config_model::TrafficType;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::alloc::PortAllocator;
+use crate::api::ApiState;
+use crate::metrics;
+use crate::problem::Problem;
+use crate::settings::Settings;
+use crate::snapshot::Snapshot;
+use crate::translate::{translate, Translation};
+
+/// Translation state kept between rebuilds.
+pub struct Rebuilder {
+    settings: Settings,
+    alloc: PortAllocator,
+    api: Arc<ApiState>,
+    out: watch::Sender<Option<Arc<Translation>>>,
+    reported: BTreeSet<Problem>,
+}
+
+impl Rebuilder {
+    /// A rebuilder publishing to `api`; translations are also sent on `out` (for the cluster
+    /// writer), after the table is published.
+    pub fn new(
+        settings: Settings,
+        api: Arc<ApiState>,
+        out: watch::Sender<Option<Arc<Translation>>>,
+    ) -> Self {
+        let alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+        Rebuilder {
+            settings,
+            alloc,
+            api,
+            out,
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// The port allocator, to seed it with the allocations found in the cluster before the
+    /// first rebuild.
+    pub fn allocator(&mut self) -> &mut PortAllocator {
+        &mut self.alloc
+    }
+
+    /// Translates, publishes, and returns the translation.
+    pub fn rebuild(&mut self, snapshot: &Snapshot) -> Arc<Translation> {
+        let m = metrics::register();
+        let start = Instant::now();
+        let mut t = translate(snapshot, &self.settings, &mut self.alloc);
+        let version = self.api.publish(t.table.clone(), &t.services);
+        t.table.version = version;
+        m.rebuild_duration.observe(start.elapsed().as_secs_f64());
+        m.rebuilds.inc();
+        for (kind, n) in snapshot.counts() {
+            m.objects_watched.with_label_values(&[kind]).set(n as i64);
+        }
+        for tt in [TrafficType::Http, TrafficType::Tcp, TrafficType::Udp] {
+            let n: BTreeSet<(&str, &str)> = t
+                .table
+                .services
+                .iter()
+                .filter(|s| s.traffic_type == tt)
+                .map(|s| (s.namespace.as_str(), s.name.as_str()))
+                .collect();
+            m.services_meshed
+                .with_label_values(&[tt.as_str()])
+                .set(n.len() as i64);
+        }
+        m.service_errors.set(t.problems.len() as i64);
+
+        // Log each problem once, when it appears, rather than at every rebuild.
+        let now: BTreeSet<Problem> = t.problems.iter().cloned().collect();
+        for p in now.difference(&self.reported) {
+            tracing::warn!(object = %p.object, "{}", p.message);
+        }
+        for p in self.reported.difference(&now) {
+            tracing::info!(object = %p.object, "Problem resolved: {}", p.message);
+        }
+        self.reported = now;
+        tracing::debug!(
+            version,
+            services = t.table.services.len(),
+            problems = t.problems.len(),
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "Table rebuilt"
+        );
+        let t = Arc::new(t);
+        self.out.send_replace(Some(t.clone()));
+        t
+    }
+
+    /// Rebuilds on every snapshot until `shutdown` or until the provider goes away. Marks the
+    /// API ready after the first rebuild.
+    pub async fn run(
+        mut self,
+        mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let snap = snapshots.borrow_and_update().clone();
+            if let Some(snap) = snap {
+                self.rebuild(&snap);
+                self.api.set_ready();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = snapshots.changed() => if r.is_err() { return },
+            }
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Golden tests of the translation: fixture manifests in `golden/<case>.yaml`, expected output
+//! in `golden/<case>.json` (regenerate with `MAILLE_BLESS=1` and review the diff).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use config_model::{ServiceKey, TrafficType};
+use k8s_openapi::api::core::v1::Service;
+use serde_json::json;
+
+use super::*;
+use crate::manifests::parse_documents;
+use crate::settings::PortRange;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/translate/golden")
+}
+
+fn load(case: &str) -> Snapshot {
+    let path = golden_dir().join(format!("{case}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut snap = Snapshot::default();
+    parse_documents(&text, &format!("{case}.yaml"), &mut snap).unwrap();
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    snap
+}
+
+fn render(t: &Translation) -> serde_json::Value {
+    json!({
+        "table": t.table,
+        "services": t.services,
+        "shadows": t.shadows.iter().map(|(name, s)| json!({
+            "name": name,
+            "service": format!("{}/{}", s.namespace, s.name),
+            "ports": s.ports.iter().map(|p| format!("{} {}/{} -> {} ({})", p.name, p.port, p.protocol, p.mesh_port, p.traffic_type)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "problems": t.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// Translates the case's manifests and compares with the expected output.
+fn golden(case: &str, settings: &Settings) -> Translation {
+    let snap = load(case);
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, settings, &mut alloc);
+    let got = render(&t);
+    let path = golden_dir().join(format!("{case}.json"));
+    if std::env::var_os("MAILLE_BLESS").is_some() {
+        let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with MAILLE_BLESS=1 to create it)",
+                path.display()
+            )
+        }))
+        .unwrap();
+    assert_eq!(
+        got,
+        want,
+        "translation of {case}.yaml differs from {case}.json; got:\n{}",
+        serde_json::to_string_pretty(&got).unwrap()
+    );
+    t
+}
+
+fn find<'a>(
+    t: &'a Translation,
+    ns: &str,
+    name: &str,
+    port: u16,
+) -> Option<&'a config_model::ServiceSpec> {
+    t.table
+        .services
+        .iter()
+        .find(|s| s.namespace == ns && s.name == name && s.port == port)
+}
+
+#[test]
+fn traffic_types_and_prefixes() {
+    let t = golden("traffic_types", &Settings::default());
+    assert_eq!(
+        find(&t, "shop", "web", 80).unwrap().traffic_type,
+        TrafficType::Http
+    );
+    assert_eq!(find(&t, "shop", "web", 80).unwrap().mesh_port, 5000);
+    assert_eq!(
+        find(&t, "shop", "db", 5432).unwrap().traffic_type,
+        TrafficType::Tcp
+    );
+    assert_eq!(find(&t, "shop", "db", 5432).unwrap().mesh_port, 10000);
+    let dns = find(&t, "shop", "dns", 53).unwrap();
+    assert_eq!(dns.traffic_type, TrafficType::Udp);
+    assert_eq!(dns.mesh_port, 15000);
+    // The TCP port of a udp service is not meshed.
+    assert_eq!(
+        t.table.services.iter().filter(|s| s.name == "dns").count(),
+        1
+    );
+    assert_eq!(
+        find(&t, "shop", "legacy", 6379).unwrap().traffic_type,
+        TrafficType::Tcp
+    );
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+}
+
+#[test]
+fn multi_port_named_target_ports_and_readiness() {
+    let t = golden("endpoints", &Settings::default());
+    let http = find(&t, "shop", "api", 80).unwrap();
+    assert_eq!(http.mesh_port, 5000);
+    let addrs: Vec<_> = http.endpoints.iter().map(|e| e.address.as_str()).collect();
+    // 10.0.0.3 is not ready; 10.0.0.2 has no ready condition, which means ready.
+    assert_eq!(addrs, ["10.0.0.1:8080", "10.0.0.2:8080", "[fd00::1]:8080"]);
+    let metrics = find(&t, "shop", "api", 9090).unwrap();
+    assert_eq!(metrics.mesh_port, 5001);
+    assert_eq!(metrics.endpoints[0].address, "10.0.0.1:9100");
+    let idle = find(&t, "shop", "idle", 80).expect("a service without ready endpoints is meshed");
+    assert!(idle.endpoints.is_empty());
+}
+
+#[test]
+fn namespace_lists_and_always_ignored_objects() {
+    let mut settings = Settings::default();
+    let t = golden("namespaces", &settings);
+    let names: Vec<_> = t
+        .table
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    assert_eq!(names, ["default/web", "legacy/web", "shop/web"]);
+
+    settings.ignore_namespaces.insert("legacy".into());
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&load("namespaces"), &settings, &mut alloc);
+    let names: Vec<_> = t
+        .table
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    assert_eq!(names, ["default/web", "shop/web"]);
+
+    settings.watch_namespaces.insert("shop".into());
+    let t = translate(&load("namespaces"), &settings, &mut alloc);
+    let names: Vec<_> = t
+        .table
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    assert_eq!(names, ["shop/web"]);
+}
+
+#[test]
+fn bad_annotations_stay_on_their_service() {
+    let t = golden("bad_annotations", &Settings::default());
+    // The good service is served as if the others did not exist.
+    assert!(find(&t, "shop", "good", 80).is_some());
+    // A bad traffic type keeps the service out, with its error in /api/services.
+    assert!(find(&t, "shop", "bad-type", 80).is_none());
+    let st = t.services.iter().find(|s| s.name == "bad-type").unwrap();
+    assert_eq!(st.mesh_port, None);
+    assert!(
+        st.errors[0].contains("maille.io/traffic-type") && st.errors[0].contains("\"sctp\""),
+        "{:?}",
+        st.errors
+    );
+    // A bad option turns off that option only; the service is still meshed.
+    let opt = find(&t, "shop", "bad-option", 80).unwrap();
+    assert_eq!(opt.options.retry_attempts, None);
+    assert_eq!(opt.options.timeout_ms, Some(2000));
+    let st = t.services.iter().find(|s| s.name == "bad-option").unwrap();
+    assert_eq!(st.mesh_port, Some(5000));
+    assert!(
+        st.errors[0].starts_with("shop/bad-option: annotation maille.io/retry-attempts"),
+        "{:?}",
+        st.errors
+    );
+    // A name too long for a shadow service is reported on that service.
+    let long = t
+        .problems
+        .iter()
+        .find(|p| p.object.name.starts_with("a-service-name"))
+        .unwrap();
+    assert!(long.message.contains("over the 63"), "{long}");
+}
+
+#[test]
+fn table_level_conflicts_drop_only_the_culprit() {
+    // Two services with the same ClusterIP would claim the same HTTP host: the second goes.
+    let mut snap = Snapshot::default();
+    for name in ["a", "b", "c"] {
+        let ip = if name == "c" {
+            "10.96.0.9"
+        } else {
+            "10.96.0.1"
+        };
+        snap.services
+            .push(svc("shop", name, json!({}), ip, json!([{"port": 80}])));
+    }
+    let settings = Settings::default();
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    let names: Vec<_> = t.table.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!(t.problems[0].object, ObjectRef::service("shop", "b"));
+    assert!(
+        t.problems[0].message.contains("10.96.0.1"),
+        "{}",
+        t.problems[0]
+    );
+    config_model::Table::try_from(&t.table).expect("the served table is valid");
+}
+
+fn svc(
+    ns: &str,
+    name: &str,
+    annotations: serde_json::Value,
+    ip: &str,
+    ports: serde_json::Value,
+) -> Arc<Service> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "annotations": annotations},
+            "spec": {"clusterIP": ip, "ports": ports},
+        }))
+        .unwrap(),
+    )
+}
+
+fn tcp(name: &str) -> Arc<Service> {
+    svc(
+        "shop",
+        name,
+        json!({"maille.io/traffic-type": "tcp"}),
+        "None",
+        json!([{"port": 7000}, {"name": "b", "port": 7001}]),
+    )
+}
+
+fn mesh_ports(t: &Translation) -> Vec<(String, u16, u16)> {
+    t.table
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.port, s.mesh_port))
+        .collect()
+}
+
+#[test]
+fn tcp_ports_are_stable_across_rebuilds_and_restarts_and_reused() {
+    let settings = Settings {
+        tcp_ports: PortRange::new(10000, 10004),
+        ..Settings::default()
+    };
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let mut snap = Snapshot {
+        services: vec![tcp("m"), tcp("t")],
+        ..Snapshot::default()
+    };
+    let t1 = translate(&snap, &settings, &mut alloc);
+    assert_eq!(
+        mesh_ports(&t1),
+        [
+            ("m".into(), 7000, 10000),
+            ("m".into(), 7001, 10001),
+            ("t".into(), 7000, 10002),
+            ("t".into(), 7001, 10003)
+        ]
+    );
+    // A service sorting first arrives: nobody moves; it gets what is left and is told the
+    // range is exhausted for its second port.
+    snap.services.push(tcp("a"));
+    let t2 = translate(&snap, &settings, &mut alloc);
+    assert_eq!(
+        mesh_ports(&t2),
+        [
+            ("a".into(), 7000, 10004),
+            ("m".into(), 7000, 10000),
+            ("m".into(), 7001, 10001),
+            ("t".into(), 7000, 10002),
+            ("t".into(), 7001, 10003)
+        ]
+    );
+    assert_eq!(t2.problems.len(), 1);
+    assert!(
+        t2.problems[0]
+            .message
+            .contains("tcp port range 10000-10004 is exhausted"),
+        "{}",
+        t2.problems[0]
+    );
+    let st = t2
+        .services
+        .iter()
+        .find(|s| s.name == "a" && s.port == 7001)
+        .unwrap();
+    assert_eq!(st.mesh_port, None);
+    assert_eq!(st.errors.len(), 1);
+    // "m" goes away: its ports are free again and "a" gets one.
+    snap.services
+        .retain(|s| s.metadata.name.as_deref() != Some("m"));
+    let t3 = translate(&snap, &settings, &mut alloc);
+    assert_eq!(
+        mesh_ports(&t3),
+        [
+            ("a".into(), 7000, 10004),
+            ("a".into(), 7001, 10000),
+            ("t".into(), 7000, 10002),
+            ("t".into(), 7001, 10003)
+        ]
+    );
+    assert!(t3.problems.is_empty());
+    // A restarted controller seeded from the shadow services gives the same ports.
+    let mut fresh = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    for s in &t3.table.services {
+        let key = ServiceKey {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            port: s.port,
+        };
+        assert!(fresh.seed(s.traffic_type, key, s.mesh_port));
+    }
+    let t4 = translate(&snap, &settings, &mut fresh);
+    assert_eq!(mesh_ports(&t4), mesh_ports(&t3));
+    // Without the seed, ports would have come out in name order instead.
+    let mut unseeded = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    assert_ne!(
+        mesh_ports(&translate(&snap, &settings, &mut unseeded)),
+        mesh_ports(&t3)
+    );
+}
+
+#[test]
+fn http_range_too_small_is_reported_per_service() {
+    let settings = Settings {
+        http_ports: PortRange::new(5000, 5000),
+        ..Settings::default()
+    };
+    let snap = Snapshot {
+        services: vec![
+            svc(
+                "shop",
+                "two",
+                json!({}),
+                "None",
+                json!([{"name": "a", "port": 80}, {"name": "b", "port": 81}]),
+            ),
+            svc("shop", "one", json!({}), "None", json!([{"port": 80}])),
+        ],
+        ..Snapshot::default()
+    };
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    assert_eq!(
+        mesh_ports(&t),
+        [("one".into(), 80, 5000), ("two".into(), 80, 5000)]
+    );
+    assert_eq!(t.problems.len(), 1);
+    assert!(
+        t.problems[0]
+            .message
+            .contains("HTTP port range 5000-5000 has only 1 ports"),
+        "{}",
+        t.problems[0]
+    );
+}
+
+#[test]
+fn shadow_ports_map_service_ports_to_mesh_ports() {
+    let snap = Snapshot {
+        services: vec![tcp("db")],
+        ..Snapshot::default()
+    };
+    let settings = Settings::default();
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    let shadow = &t.shadows["db-6d61696c6c65-shop"];
+    assert_eq!(shadow.ports.len(), 2);
+    assert_eq!(
+        (shadow.ports[0].port, shadow.ports[0].mesh_port),
+        (7000, 10000)
+    );
+    assert_eq!(shadow.ports[0].name, "tcp-7000");
+    assert_eq!(shadow.ports[1].name, "b");
+}
