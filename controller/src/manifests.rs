@@ -40,22 +40,30 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Adds one object to the snapshot by its `apiVersion` and `kind`. Returns `Ok(false)` for a
-/// kind this build does not read. Further kinds (the SMI ones) are registered here.
+/// kind this build does not read; an error message for an object of a known kind that does not
+/// have its shape.
 fn add_object(
     snapshot: &mut Snapshot,
     api_version: &str,
     kind: &str,
     value: Value,
-) -> Result<bool, serde_json::Error> {
+) -> Result<bool, String> {
+    let e = |e: serde_json::Error| e.to_string();
     match (api_version, kind) {
         ("v1", "Service") => snapshot
             .services
-            .push(Arc::new(serde_json::from_value(value)?)),
+            .push(Arc::new(serde_json::from_value(value).map_err(e)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => snapshot
             .endpoint_slices
-            .push(Arc::new(serde_json::from_value(value)?)),
-        ("v1", "Pod") => snapshot.pods.push(Arc::new(serde_json::from_value(value)?)),
-        _ => return Ok(false),
+            .push(Arc::new(serde_json::from_value(value).map_err(e)?)),
+        ("v1", "Pod") => snapshot
+            .pods
+            .push(Arc::new(serde_json::from_value(value).map_err(e)?)),
+        _ => match crate::smi::parse_manifest(&value) {
+            Some(Ok(obj)) => snapshot.smi.insert(obj),
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Ok(false),
+        },
     }
     Ok(true)
 }
@@ -108,10 +116,14 @@ pub fn parse_documents(text: &str, source: &str, out: &mut Snapshot) -> Result<(
             Ok(false) => {
                 tracing::debug!(%source, %api_version, %kind, %name, "Ignoring a kind the controller does not read");
             }
-            Err(e) => out.problems.push(Problem::new(
-                ObjectRef::new(&kind, &ns, &name),
-                format!("{source}: {kind} {ns}/{name}: {e}"),
-            )),
+            Err(e) => {
+                let prefix = format!("{kind} {ns}/{name}: ");
+                let e = e.strip_prefix(&prefix).unwrap_or(&e);
+                out.problems.push(Problem::new(
+                    ObjectRef::new(&kind, &ns, &name),
+                    format!("{source}: {prefix}{e}"),
+                ))
+            }
         }
     }
     // Documents were popped from the end; keep file order.

@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::problem::Problem;
+use crate::smi::SmiObjects;
 
 /// The current objects, shared with the provider's stores (hence `Arc`).
 ///
-/// The SMI kinds are added here as further fields by the SMI support, next to the core kinds.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Services of every namespace (translation applies the namespace filters).
@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Pods (their IPs and service accounts identify clients in ACL mode).
     pub pods: Vec<Arc<Pod>>,
+    /// The SMI resources (TrafficTarget, HTTPRouteGroup, TCPRoute, UDPRoute, TrafficSplit).
+    pub smi: SmiObjects,
     /// Problems the provider found while reading objects (e.g. a manifests file that does not
     /// parse); translation reports them with its own.
     pub problems: Vec<Problem>,
@@ -31,6 +33,11 @@ impl Snapshot {
             ("Service", self.services.len()),
             ("EndpointSlice", self.endpoint_slices.len()),
             ("Pod", self.pods.len()),
+            ("TrafficTarget", self.smi.traffic_targets.len()),
+            ("HTTPRouteGroup", self.smi.http_route_groups.len()),
+            ("TCPRoute", self.smi.tcp_routes.len()),
+            ("UDPRoute", self.smi.udp_routes.len()),
+            ("TrafficSplit", self.smi.traffic_splits.len()),
         ]
     }
 }
@@ -43,6 +50,14 @@ impl Snapshot {
         self.endpoint_slices
             .extend(other.endpoint_slices.iter().cloned());
         self.pods.extend(other.pods.iter().cloned());
+        let (smi, o) = (&mut self.smi, &other.smi);
+        smi.traffic_targets
+            .extend(o.traffic_targets.iter().cloned());
+        smi.http_route_groups
+            .extend(o.http_route_groups.iter().cloned());
+        smi.tcp_routes.extend(o.tcp_routes.iter().cloned());
+        smi.udp_routes.extend(o.udp_routes.iter().cloned());
+        smi.traffic_splits.extend(o.traffic_splits.iter().cloned());
         self.problems.extend(other.problems.iter().cloned());
     }
 }

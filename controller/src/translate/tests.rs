@@ -388,3 +388,32 @@ fn shadow_ports_map_service_ports_to_mesh_ports() {
     assert_eq!(shadow.ports[0].name, "tcp-7000");
     assert_eq!(shadow.ports[1].name, "b");
 }
+
+#[test]
+fn smi_objects_from_manifests_reach_the_table() {
+    let mut snap = Snapshot::default();
+    for f in ["00-services.yaml", "traffic-split-canary.yaml"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/smi")
+            .join(f);
+        parse_documents(&std::fs::read_to_string(&path).unwrap(), f, &mut snap).unwrap();
+    }
+    assert_eq!(snap.smi.traffic_splits.len(), 1);
+    let settings = Settings::default();
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    let web = t
+        .table
+        .services
+        .iter()
+        .find(|s| s.namespace == "shop" && s.name == "web")
+        .unwrap();
+    assert_eq!(web.splits.len(), 1);
+    let weights: Vec<_> = web.splits[0]
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.weight))
+        .collect();
+    assert_eq!(weights, [("web-v1", 90), ("web-v2", 10)]);
+    config_model::Table::try_from(&t.table).unwrap();
+}
