@@ -13,6 +13,7 @@ pub mod split;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use config_model::{HttpMatchSpec, ServiceSpec, TrafficType};
 use k8s_openapi::api::core::v1::Pod;
@@ -74,27 +75,50 @@ pub enum SmiObject {
 #[derive(Clone, Debug, Default)]
 pub struct SmiObjects {
     /// TrafficTargets.
-    pub traffic_targets: Vec<TrafficTarget>,
+    pub traffic_targets: Vec<Arc<TrafficTarget>>,
     /// HTTPRouteGroups.
-    pub http_route_groups: Vec<HTTPRouteGroup>,
+    pub http_route_groups: Vec<Arc<HTTPRouteGroup>>,
     /// TCPRoutes.
-    pub tcp_routes: Vec<TCPRoute>,
+    pub tcp_routes: Vec<Arc<TCPRoute>>,
     /// UDPRoutes.
-    pub udp_routes: Vec<UDPRoute>,
+    pub udp_routes: Vec<Arc<UDPRoute>>,
     /// TrafficSplits.
-    pub traffic_splits: Vec<TrafficSplit>,
+    pub traffic_splits: Vec<Arc<TrafficSplit>>,
 }
 
 impl SmiObjects {
     /// Adds one object.
     pub fn insert(&mut self, obj: SmiObject) {
         match obj {
-            SmiObject::TrafficTarget(o) => self.traffic_targets.push(o),
-            SmiObject::HTTPRouteGroup(o) => self.http_route_groups.push(o),
-            SmiObject::TCPRoute(o) => self.tcp_routes.push(o),
-            SmiObject::UDPRoute(o) => self.udp_routes.push(o),
-            SmiObject::TrafficSplit(o) => self.traffic_splits.push(o),
+            SmiObject::TrafficTarget(o) => self.traffic_targets.push(Arc::new(o)),
+            SmiObject::HTTPRouteGroup(o) => self.http_route_groups.push(Arc::new(o)),
+            SmiObject::TCPRoute(o) => self.tcp_routes.push(Arc::new(o)),
+            SmiObject::UDPRoute(o) => self.udp_routes.push(Arc::new(o)),
+            SmiObject::TrafficSplit(o) => self.traffic_splits.push(Arc::new(o)),
         }
+    }
+
+    /// Appends the objects of `other`.
+    pub fn extend_from(&mut self, other: &SmiObjects) {
+        self.traffic_targets
+            .extend(other.traffic_targets.iter().cloned());
+        self.http_route_groups
+            .extend(other.http_route_groups.iter().cloned());
+        self.tcp_routes.extend(other.tcp_routes.iter().cloned());
+        self.udp_routes.extend(other.udp_routes.iter().cloned());
+        self.traffic_splits
+            .extend(other.traffic_splits.iter().cloned());
+    }
+
+    /// Object counts per kind, for the `maille_controller_objects_watched` gauge.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("TrafficTarget", self.traffic_targets.len()),
+            ("HTTPRouteGroup", self.http_route_groups.len()),
+            ("TCPRoute", self.tcp_routes.len()),
+            ("UDPRoute", self.udp_routes.len()),
+            ("TrafficSplit", self.traffic_splits.len()),
+        ]
     }
 
     /// Whether there is no SMI object at all.
@@ -233,7 +257,11 @@ fn problem(kind: &'static str, obj: &impl ResourceExt, message: impl Into<String
 /// could not be honoured. `pods` identify clients (by `status.podIP`) and the destinations of
 /// TrafficTargets (by `spec.serviceAccountName`). Deterministic: the same inputs give the same
 /// table, whatever the order of the objects.
-pub fn apply(services: &mut [ServiceSpec], objects: &SmiObjects, pods: &[Pod]) -> Vec<Problem> {
+pub fn apply(
+    services: &mut [ServiceSpec],
+    objects: &SmiObjects,
+    pods: &[Arc<Pod>],
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let routes = Routes::new(objects, &mut problems);
     split::apply(services, objects, &routes, &mut problems);
@@ -276,17 +304,25 @@ impl<'a> Routes<'a> {
                     Ok(()) => matches.push(spec),
                     Err(reason) => problems.push(problem(
                         "HTTPRouteGroup",
-                        g,
+                        &**g,
                         format!("spec.matches[{i}] ({:?}): {reason}; match left out", m.name),
                     )),
                 }
             }
-            http.insert(key(g), matches);
+            http.insert(key(&**g), matches);
         }
         Routes {
             http,
-            tcp: objects.tcp_routes.iter().map(|r| (key(r), r)).collect(),
-            udp: objects.udp_routes.iter().map(|r| (key(r), r)).collect(),
+            tcp: objects
+                .tcp_routes
+                .iter()
+                .map(|r| (key(&**r), &**r))
+                .collect(),
+            udp: objects
+                .udp_routes
+                .iter()
+                .map(|r| (key(&**r), &**r))
+                .collect(),
         }
     }
 
@@ -382,7 +418,7 @@ pub(crate) struct PodInfo {
 }
 
 impl PodIndex {
-    fn new(pods: &[Pod]) -> Self {
+    fn new(pods: &[Arc<Pod>]) -> Self {
         let mut by_ip = HashMap::new();
         for pod in pods {
             let status = pod.status.as_ref();

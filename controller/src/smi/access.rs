@@ -29,7 +29,7 @@ pub(crate) fn apply(
     pods: &PodIndex,
     problems: &mut Vec<Problem>,
 ) {
-    let mut targets: Vec<&TrafficTarget> = objects.traffic_targets.iter().collect();
+    let mut targets: Vec<&TrafficTarget> = objects.traffic_targets.iter().map(|t| &**t).collect();
     targets.sort_by_key(|t| (t.namespace(), t.name_any()));
     for tt in targets {
         translate(tt, services, routes, pods, problems);

@@ -23,7 +23,7 @@ pub(crate) fn apply(
         by_port.insert((&s.namespace, &s.name, s.port), i);
         by_name.entry((&s.namespace, &s.name)).or_default().push(i);
     }
-    let mut splits: Vec<&TrafficSplit> = objects.traffic_splits.iter().collect();
+    let mut splits: Vec<&TrafficSplit> = objects.traffic_splits.iter().map(|s| &**s).collect();
     splits.sort_by_key(|s| (s.namespace(), s.name_any()));
 
     // Accepted split edges root → backend, to refuse the split that would close a cycle.

@@ -9,12 +9,12 @@ use serde_json::json;
 use super::*;
 
 /// Pods and SMI objects from one YAML text.
-fn objects(yaml: &str) -> (SmiObjects, Vec<Pod>) {
+fn objects(yaml: &str) -> (SmiObjects, Vec<Arc<Pod>>) {
     let mut pods = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let v = serde_json::Value::deserialize(doc).unwrap();
         if v.get("kind").and_then(|k| k.as_str()) == Some("Pod") {
-            pods.push(serde_json::from_value(v).unwrap());
+            pods.push(Arc::new(serde_json::from_value(v).unwrap()));
         }
     }
     (SmiObjects::from_yaml(yaml).unwrap(), pods)

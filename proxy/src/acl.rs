@@ -1,0 +1,143 @@
+//! ACL mode: whether a client may reach a service port, from the table's access rules (SMI
+//! TrafficTargets). Clients are identified by their IP address.
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use config_model::{Service, Table};
+use prometheus::{register_int_counter_vec, IntCounterVec};
+
+use crate::split::RequestView;
+
+/// Denials, by service port and client address.
+pub static ACL_DENIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maille_proxy_acl_denied_total",
+        "Requests (403), TCP connections (closed) and UDP datagrams (dropped) that no TrafficTarget allowed, by service port and client address.",
+        &["namespace", "service", "port", "source"]
+    )
+    .expect("register maille_proxy_acl_denied_total")
+});
+
+/// Registers the ACL metrics (idempotent).
+pub fn register() {
+    LazyLock::force(&ACL_DENIED);
+}
+
+/// Whether `client` may send this HTTP request to `service`. Always true outside ACL mode.
+pub fn admits_request(
+    table: &Table,
+    service: &Service,
+    client: IpAddr,
+    request: &RequestView<'_>,
+) -> bool {
+    !table.acl
+        || service.access.iter().any(|rule| {
+            rule.admits(client)
+                && rule
+                    .http
+                    .as_ref()
+                    .is_none_or(|ms| ms.iter().any(|m| request.fits(m)))
+        })
+}
+
+/// Whether `client` may open a TCP connection or send a UDP datagram to `service`. Always
+/// true outside ACL mode. Rules restricted to HTTP requests do not open a connection.
+pub fn admits_connection(table: &Table, service: &Service, client: IpAddr) -> bool {
+    !table.acl
+        || service
+            .access
+            .iter()
+            .any(|rule| rule.admits(client) && rule.http.is_none())
+}
+
+/// Counts a denial and logs it.
+pub fn count_denied(service: &Service, client: IpAddr) {
+    let k = &service.key;
+    ACL_DENIED
+        .with_label_values(&[
+            k.namespace.as_str(),
+            k.name.as_str(),
+            &k.port.to_string(),
+            &client.to_string(),
+        ])
+        .inc();
+    tracing::debug!(service = %k, %client, "Denied: no TrafficTarget allows it");
+}
+
+/// The body of a 403: short, naming the client and the service port.
+pub fn denied_body(service: &Service, client: IpAddr) -> String {
+    format!(
+        "maille: access denied: no TrafficTarget allows {client} to reach {}\n",
+        service.key
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use config_model::testing::{http, service, table};
+    use config_model::{AccessRuleSpec, HttpMatchSpec, TrafficType};
+
+    use super::*;
+
+    fn rule(sources: &[&str], http: Option<Vec<HttpMatchSpec>>) -> AccessRuleSpec {
+        AccessRuleSpec {
+            name: "shop/tt".into(),
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            http,
+        }
+    }
+
+    #[test]
+    fn http_rules_need_the_source_and_a_fitting_match() {
+        let mut web = http("shop", "web", 5000, &["10.0.0.1:80"]);
+        web.access.push(rule(
+            &["127.0.0.2"],
+            Some(vec![HttpMatchSpec {
+                path_regex: Some("/api".into()),
+                methods: vec!["*".into()],
+                ..Default::default()
+            }]),
+        ));
+        let mut db = service(
+            "shop",
+            "db",
+            5432,
+            10000,
+            TrafficType::Tcp,
+            &["10.0.0.2:5432"],
+        );
+        db.access.push(rule(&["127.0.0.2"], None));
+        let mut spec = table(1, vec![web, db]);
+        spec.acl = true;
+        let t = Table::try_from(&spec).unwrap();
+        let h = http::HeaderMap::new();
+        let req = |path| RequestView {
+            method: "POST",
+            path,
+            headers: &h,
+        };
+        let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let v4_mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert!(admits_request(&t, &t.services[0], a, &req("/api")));
+        assert!(admits_request(&t, &t.services[0], v4_mapped, &req("/api")));
+        assert!(!admits_request(&t, &t.services[0], a, &req("/")));
+        assert!(!admits_request(&t, &t.services[0], b, &req("/api")));
+        assert!(
+            !admits_connection(&t, &t.services[0], a),
+            "HTTP-only rule opens no raw connection"
+        );
+        assert!(admits_connection(&t, &t.services[1], a));
+        assert!(!admits_connection(&t, &t.services[1], b));
+        assert_eq!(
+            denied_body(&t.services[1], b),
+            "maille: access denied: no TrafficTarget allows 127.0.0.3 to reach shop/db:5432\n"
+        );
+        spec.acl = false;
+        let open = Table::try_from(&spec).unwrap();
+        assert!(
+            admits_connection(&open, &open.services[1], b),
+            "ACL off: everything passes"
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Traffic-split selection: which service port's endpoints serve a request (or a TCP
+//! connection) addressed to a root service port, by weight, following nested splits.
+
+use std::sync::LazyLock;
+
+use config_model::{HttpMatch, Split, Table};
+use prometheus::{register_int_counter_vec, IntCounterVec};
+use rand::Rng;
+
+/// The parts of an HTTP request that split and access matches look at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// Method, e.g. `GET`.
+    pub method: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+impl<'a> RequestView<'a> {
+    /// Whether the request fits an HTTP match (a header with several values is judged by its
+    /// first).
+    pub fn fits(&self, m: &HttpMatch) -> bool {
+        let headers = self.headers;
+        m.matches(self.method, self.path, |name| {
+            headers.get(name).and_then(|v| v.to_str().ok())
+        })
+    }
+}
+
+/// Where a request goes after the splits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The service port (index in `table.services`) whose endpoints serve it.
+    Service(usize),
+    /// A split that applies has only zero weights: the request gets no backend (503).
+    NoTraffic {
+        /// `namespace/name` of the TrafficSplit.
+        split: String,
+        /// Index of the service port the split is rooted at.
+        root: usize,
+    },
+}
+
+/// Splits chosen, by root service port and backend service (`namespace/name`).
+pub static SPLIT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maille_proxy_split_requests_total",
+        "Requests (HTTP) or connections (TCP) sent by a traffic split to a backend, by root service port and backend service (namespace/name).",
+        &["namespace", "service", "port", "backend"]
+    )
+    .expect("register maille_proxy_split_requests_total")
+});
+
+/// Registers the split metrics (idempotent).
+pub fn register() {
+    LazyLock::force(&SPLIT_REQUESTS);
+}
+
+/// Follows the splits from `service`: at each service port the first split whose matches fit
+/// (all splits fit when `request` is `None`, except those with matches) picks a backend by
+/// weight, until a service port with no applicable split. Validation refuses split cycles, so
+/// this ends; the loop is bounded by the table size anyway.
+pub fn select(
+    table: &Table,
+    service: usize,
+    request: Option<&RequestView<'_>>,
+    rng: &mut impl Rng,
+) -> Selection {
+    let mut current = service;
+    for _ in 0..=table.services.len() {
+        let svc = &table.services[current];
+        let Some(split) = svc.splits.iter().find(|s| applies(s, request)) else {
+            return Selection::Service(current);
+        };
+        let total = split.total_weight();
+        if total == 0 {
+            return Selection::NoTraffic {
+                split: split.name.clone(),
+                root: current,
+            };
+        }
+        let mut ticket = rng.random_range(0..total);
+        let mut next = split.backends[split.backends.len() - 1].service;
+        for b in &split.backends {
+            let w = u64::from(b.weight);
+            if ticket < w {
+                next = b.service;
+                break;
+            }
+            ticket -= w;
+        }
+        SPLIT_REQUESTS
+            .with_label_values(&[
+                svc.key.namespace.as_str(),
+                svc.key.name.as_str(),
+                &svc.key.port.to_string(),
+                &format!(
+                    "{}/{}",
+                    table.services[next].key.namespace, table.services[next].key.name
+                ),
+            ])
+            .inc();
+        current = next;
+    }
+    Selection::Service(current)
+}
+
+fn applies(split: &Split, request: Option<&RequestView<'_>>) -> bool {
+    if split.matches.is_empty() {
+        return true;
+    }
+    request.is_some_and(|r| split.matches.iter().any(|m| r.fits(m)))
+}
+
+#[cfg(test)]
+mod tests {
+    use config_model::testing::{http, service, table};
+    use config_model::{SplitBackendSpec, SplitSpec, TrafficType};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn backend(name: &str, weight: u32) -> SplitBackendSpec {
+        SplitBackendSpec {
+            namespace: "shop".into(),
+            name: name.into(),
+            port: 80,
+            weight,
+        }
+    }
+
+    fn table_with(splits: Vec<(usize, SplitSpec)>) -> Table {
+        let mut services = vec![
+            http("shop", "web", 5000, &["10.0.0.1:80"]),
+            http("shop", "v1", 5000, &["10.0.0.2:80"]),
+            http("shop", "v2", 5000, &["10.0.0.3:80"]),
+            http("shop", "v3", 5000, &["10.0.0.4:80"]),
+        ];
+        for (i, s) in splits {
+            services[i].splits.push(s);
+        }
+        Table::try_from(table(1, services)).unwrap()
+    }
+
+    fn count(t: &Table, request: Option<&RequestView<'_>>, n: usize) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut hits = vec![0; t.services.len()];
+        for _ in 0..n {
+            match select(t, 0, request, &mut rng) {
+                Selection::Service(i) => hits[i] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        hits
+    }
+
+    #[test]
+    fn spreads_by_weight_and_follows_nested_splits() {
+        let t = table_with(vec![
+            (
+                0,
+                SplitSpec {
+                    name: "shop/a".into(),
+                    matches: vec![],
+                    backends: vec![backend("v1", 90), backend("v2", 10)],
+                },
+            ),
+            (
+                2,
+                SplitSpec {
+                    name: "shop/b".into(),
+                    matches: vec![],
+                    backends: vec![backend("v3", 1)],
+                },
+            ),
+        ]);
+        let hits = count(&t, None, 10_000);
+        assert_eq!(hits[0] + hits[2], 0, "roots never serve: {hits:?}");
+        assert!((8_700..=9_300).contains(&hits[1]), "{hits:?}");
+        assert!((700..=1_300).contains(&hits[3]), "{hits:?}");
+    }
+
+    #[test]
+    fn matches_restrict_and_zero_weights_send_nothing() {
+        let m = config_model::HttpMatchSpec {
+            headers: [("x-canary".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        };
+        let t = table_with(vec![(
+            0,
+            SplitSpec {
+                name: "shop/ab".into(),
+                matches: vec![m],
+                backends: vec![backend("v1", 0), backend("v2", 0)],
+            },
+        )]);
+        let mut headers = http::HeaderMap::new();
+        let plain = RequestView {
+            method: "GET",
+            path: "/",
+            headers: &headers,
+        };
+        assert_eq!(
+            count(&t, Some(&plain), 10),
+            [10, 0, 0, 0],
+            "no match: the root serves"
+        );
+        assert_eq!(
+            count(&t, None, 10),
+            [10, 0, 0, 0],
+            "TCP: a split with matches never applies"
+        );
+        headers.insert("x-canary", "true".parse().unwrap());
+        let canary = RequestView {
+            method: "GET",
+            path: "/",
+            headers: &headers,
+        };
+        assert_eq!(
+            select(&t, 0, Some(&canary), &mut rand::rng()),
+            Selection::NoTraffic {
+                split: "shop/ab".into(),
+                root: 0
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_splits_pick_by_weight() {
+        let mut root = service(
+            "db",
+            "pg",
+            5432,
+            10000,
+            TrafficType::Tcp,
+            &["10.0.0.1:5432"],
+        );
+        root.splits.push(SplitSpec {
+            name: "db/move".into(),
+            matches: vec![],
+            backends: vec![SplitBackendSpec {
+                namespace: "db".into(),
+                name: "pg-new".into(),
+                port: 5432,
+                weight: 1,
+            }],
+        });
+        let new = service(
+            "db",
+            "pg-new",
+            5432,
+            10001,
+            TrafficType::Tcp,
+            &["10.0.0.2:5432"],
+        );
+        let t = Table::try_from(table(1, vec![root, new])).unwrap();
+        assert_eq!(select(&t, 0, None, &mut rand::rng()), Selection::Service(1));
+    }
+}
