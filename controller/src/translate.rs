@@ -271,9 +271,7 @@ pub fn translate(
     // Post-passes that add to the services (SMI splits and access rules), before the table is
     // validated as a whole.
     if !snapshot.smi.is_empty() {
-        let pods: Vec<k8s_openapi::api::core::v1::Pod> =
-            snapshot.pods.iter().map(|p| p.as_ref().clone()).collect();
-        for p in crate::smi::apply(&mut specs, &snapshot.smi, &pods) {
+        for p in crate::smi::apply(&mut specs, &snapshot.smi, &snapshot.pods) {
             problems.push(Problem::new(
                 ObjectRef::new(p.kind, &p.namespace, &p.name),
                 format!("{}/{}: {}", p.namespace, p.name, p.message),
