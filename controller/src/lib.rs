@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod dns;
+pub mod kubernetes;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;
@@ -16,6 +17,7 @@ pub mod settings;
 pub mod smi;
 pub mod snapshot;
 pub mod translate;
+pub mod writer;
 
 pub use problem::{ObjectRef, Problem};
 pub use settings::{PortRange, Settings};

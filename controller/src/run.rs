@@ -25,6 +25,9 @@ pub enum Error {
     /// The manifests provider failed.
     #[error(transparent)]
     Manifests(#[from] manifests::Error),
+    /// The Kubernetes provider failed.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::Error),
     /// A flag has a bad value.
     #[error("{0}")]
     Flag(String),
@@ -80,15 +83,27 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
             r.map_err(Error::from)
         }
         None => {
-            let _ = (
-                args.proxy_labels().map_err(Error::Flag)?,
-                rebuilder,
-                out_rx,
-                snap_tx,
-            );
-            Err(Error::Flag(
-                "the Kubernetes provider is not built in yet: give --manifests DIR".into(),
-            ))
+            let proxy_labels = args.proxy_labels().map_err(Error::Flag)?;
+            let client = crate::kubernetes::client(args.kubeconfig.as_deref()).await?;
+            let provider =
+                crate::kubernetes::Provider::start(client.clone(), &settings, shutdown.clone())
+                    .await;
+            tokio::select! {
+                r = provider.wait_synced() => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            let mut rebuilder = rebuilder;
+            let recovered = provider.seed_allocations(rebuilder.allocator(), &settings);
+            tracing::info!(recovered, "Port allocations recovered from shadow services");
+            let writer =
+                crate::writer::Writer::new(client, settings.mesh_namespace.clone(), proxy_labels);
+            let writes = tokio::spawn(writer.run(out_rx, provider.shadows(), shutdown.clone()));
+            let rebuild = tokio::spawn(rebuilder.run(snap_rx, shutdown.clone()));
+            let r = provider.run(snap_tx).await;
+            shutdown.cancel();
+            let _ = rebuild.await;
+            let _ = writes.await;
+            r.map_err(Error::from)
         }
     };
     shutdown.cancel();
