@@ -47,13 +47,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     .expect("register maille_controller_objects_watched"),
     services_meshed: register_int_gauge_vec!(
         "maille_controller_services_meshed",
-        "Services with at least one port in the table, by traffic type.",
+        "Service ports in the current table, by traffic type.",
         &["traffic_type"]
     )
     .expect("register maille_controller_services_meshed"),
     service_errors: register_int_gauge!(
         "maille_controller_service_errors",
-        "Problems found on objects at the last rebuild (bad annotations, exhausted ranges, ...)."
+        "Objects with at least one problem at the last rebuild (bad annotation, port range exhausted, ...)."
     )
     .expect("register maille_controller_service_errors"),
     longpoll_waiting: register_int_gauge!(

@@ -64,18 +64,19 @@ impl Rebuilder {
             m.objects_watched.with_label_values(&[kind]).set(n as i64);
         }
         for tt in [TrafficType::Http, TrafficType::Tcp, TrafficType::Udp] {
-            let n: BTreeSet<(&str, &str)> = t
+            let ports = t
                 .table
                 .services
                 .iter()
                 .filter(|s| s.traffic_type == tt)
-                .map(|s| (s.namespace.as_str(), s.name.as_str()))
-                .collect();
+                .count();
             m.services_meshed
                 .with_label_values(&[tt.as_str()])
-                .set(n.len() as i64);
+                .set(ports as i64);
         }
-        m.service_errors.set(t.problems.len() as i64);
+        let faulty: BTreeSet<&crate::problem::ObjectRef> =
+            t.problems.iter().map(|p| &p.object).collect();
+        m.service_errors.set(faulty.len() as i64);
 
         // Log each problem once, when it appears, rather than at every rebuild.
         let now: BTreeSet<Problem> = t.problems.iter().cloned().collect();
