@@ -103,15 +103,12 @@ struct SmiStores {
     traffic_splits: Option<Store<TrafficSplit>>,
 }
 
-fn cloned<K>(store: &Option<Store<K>>) -> Vec<K>
+fn state<K>(store: &Option<Store<K>>) -> Vec<Arc<K>>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store
-        .as_ref()
-        .map(|s| s.state().iter().map(|o| o.as_ref().clone()).collect())
-        .unwrap_or_default()
+    store.as_ref().map(Store::state).unwrap_or_default()
 }
 
 /// Starts a reflector for one kind; every event wakes `changed`.
@@ -245,11 +242,11 @@ impl Provider {
             endpoint_slices: self.slices.state(),
             pods: self.pods.state(),
             smi: SmiObjects {
-                traffic_targets: cloned(&self.smi.traffic_targets),
-                http_route_groups: cloned(&self.smi.http_route_groups),
-                tcp_routes: cloned(&self.smi.tcp_routes),
-                udp_routes: cloned(&self.smi.udp_routes),
-                traffic_splits: cloned(&self.smi.traffic_splits),
+                traffic_targets: state(&self.smi.traffic_targets),
+                http_route_groups: state(&self.smi.http_route_groups),
+                tcp_routes: state(&self.smi.tcp_routes),
+                udp_routes: state(&self.smi.udp_routes),
+                traffic_splits: state(&self.smi.traffic_splits),
             },
             problems: Vec::new(),
         }

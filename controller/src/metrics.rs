@@ -27,7 +27,8 @@ pub struct Metrics {
     pub api_writes: IntCounterVec,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     rebuilds: register_int_counter!(
         "maille_controller_rebuilds_total",
         "Routing table rebuilds (a burst of object changes gives one)."
@@ -72,6 +73,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["kind", "result"]
     )
     .expect("register maille_controller_api_writes_total"),
+}
 });
 
 /// Registers the controller's metrics (idempotent) and returns them.
