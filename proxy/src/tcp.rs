@@ -63,6 +63,8 @@ pub fn tcp_service(
     listen: &[SocketAddr],
 ) -> Service<TcpProxy> {
     metrics::register();
+    crate::acl::register();
+    crate::split::register();
     let mut service = Service::new("maille tcp".to_string(), TcpProxy::new(store, settings));
     for addr in listen {
         service.add_tcp(&addr.to_string());
@@ -77,12 +79,44 @@ pub(crate) struct Route {
     pub(crate) endpoints: Vec<Endpoint>,
 }
 
-/// The route for a connection that arrived on `mesh_port`: `None` when no TCP service is
-/// mapped to it.
-pub(crate) fn route(table: &Table, mesh_port: u16, _client: Option<SocketAddr>) -> Option<Route> {
-    let svc = table.tcp_route(mesh_port)?;
-    Some(Route {
-        key: svc.key.clone(),
+/// Why a connection is closed without being proxied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// No TCP service is mapped to the mesh port.
+    Unrouted,
+    /// ACL mode and no TrafficTarget allows the client (counted in the ACL metrics).
+    Denied,
+    /// A traffic split that applies has only zero weights.
+    NoTraffic(String),
+}
+
+/// The route for a connection that arrived on `mesh_port` from `client`: the service mapped
+/// to the port, or the backend its traffic splits pick; refused when no service is mapped, or
+/// in ACL mode when no access rule of the serving service port admits the client.
+pub(crate) fn route(
+    table: &Table,
+    mesh_port: u16,
+    client: Option<SocketAddr>,
+) -> Result<Route, Refused> {
+    let root = table.tcp_route(mesh_port).ok_or(Refused::Unrouted)?;
+    let root_idx = table.index_of(&root.key).ok_or(Refused::Unrouted)?;
+    let svc = match crate::split::select(table, root_idx, None, &mut rand::rng()) {
+        crate::split::Selection::Service(i) => &table.services[i],
+        crate::split::Selection::NoTraffic { split, .. } => return Err(Refused::NoTraffic(split)),
+    };
+    if table.acl {
+        // A client without a known address cannot be admitted by any rule.
+        let admitted = client.is_some_and(|c| crate::acl::admits_connection(table, svc, c.ip()));
+        if !admitted {
+            let ip = client.map(|c| c.ip()).unwrap_or([0u8; 4].into());
+            crate::acl::count_denied(svc, ip);
+            return Err(Refused::Denied);
+        }
+    }
+    Ok(Route {
+        // Connection metrics go to the service port the client called; the endpoints are
+        // those of the backend a split picked.
+        key: root.key.clone(),
         endpoints: svc.endpoints.clone(),
     })
 }
@@ -110,10 +144,21 @@ impl TcpProxy {
             return;
         };
         let mesh_port = local.port();
-        let Some(route) = route(&self.store.load(), mesh_port, peer) else {
-            debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
-            metrics::unrouted(mesh_port);
-            return;
+        let route = match route(&self.store.load(), mesh_port, peer) {
+            Ok(r) => r,
+            Err(Refused::Unrouted) => {
+                debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
+                metrics::unrouted(mesh_port);
+                return;
+            }
+            Err(Refused::Denied) => {
+                info!(mesh_port, client = ?peer, "No TrafficTarget allows this client, closing");
+                return;
+            }
+            Err(Refused::NoTraffic(split)) => {
+                info!(mesh_port, client = ?peer, %split, "Traffic split sends no traffic (all weights are 0), closing");
+                return;
+            }
         };
         let span = tracing::info_span!("tcp", service = %route.key, mesh_port, client = ?peer);
         self.proxy(client, route).instrument(span).await;

@@ -111,6 +111,7 @@ impl UdpProxy {
         listen: &[SocketAddr],
     ) -> Result<UdpProxy> {
         metrics::register();
+        crate::acl::register();
         let mut sockets = Vec::with_capacity(listen.len());
         let mut local_addrs = Vec::with_capacity(listen.len());
         for &addr in listen {

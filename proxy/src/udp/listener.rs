@@ -62,7 +62,10 @@ impl Entry {
         }
         let s = &self.session;
         let ok = table.udp_route(mesh_port).is_some_and(|svc| {
-            svc.key == s.key && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
+            svc.key == s.key
+                && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
+                // A removed TrafficTarget ends the sessions it allowed.
+                && crate::acl::admits_connection(table, svc, s.client.ip())
         });
         if ok {
             self.checked = Arc::downgrade(table);
@@ -167,6 +170,12 @@ impl Listener {
             return None;
         };
         let m = ServiceMetrics::new(&svc.key);
+        if !crate::acl::admits_connection(&table, svc, client.ip()) {
+            debug!(service = %svc.key, %client, "No TrafficTarget allows this client, dropping");
+            crate::acl::count_denied(svc, client.ip());
+            m.dropped(DropReason::Denied);
+            return None;
+        }
         let Some(i) = balance::pick(&svc.endpoints, &[]) else {
             debug!(service = %svc.key, "UDP service has no ready endpoint, dropping");
             m.dropped(DropReason::NoEndpoint);

@@ -86,6 +86,8 @@ pub(crate) enum DropReason {
     UpstreamError,
     /// The reply could not be sent back to the client.
     ClientError,
+    /// ACL mode and no TrafficTarget allows the client.
+    Denied,
 }
 
 impl DropReason {
@@ -96,6 +98,7 @@ impl DropReason {
             DropReason::SessionLimit => "session_limit",
             DropReason::UpstreamError => "upstream_error",
             DropReason::ClientError => "client_error",
+            DropReason::Denied => "denied",
         }
     }
 }
