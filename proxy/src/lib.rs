@@ -1,10 +1,22 @@
 //! Maille's per-node proxy: turns a routing table into traffic decisions, on Pingora.
 
 pub mod acl;
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod resilience;
+pub mod server;
+pub mod source;
 pub mod split;
 pub mod store;
 pub mod tcp;
 pub mod udp;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
+pub use config::Config;
+pub use server::ProxyServer;
 pub use store::TableStore;

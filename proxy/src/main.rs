@@ -1,1 +1,19 @@
-fn main() {}
+use clap::Parser;
+use maille_proxy::{logging, Config, ProxyServer};
+use pingora_core::server::RunArgs;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    logging::init(&config.log, config.log_format);
+    tracing::info!(
+        http_ports = %config.http_ports,
+        tcp_ports = %config.tcp_ports,
+        udp_ports = %config.udp_ports,
+        admin = %config.admin_addr,
+        "Starting maille-proxy"
+    );
+    let proxy = ProxyServer::build(config)?;
+    proxy.run(RunArgs::default());
+    tracing::info!("maille-proxy stopped");
+    Ok(())
+}

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use config_model::Table;
 
+use crate::metrics;
+
 /// Holds the table every listener (HTTP, TCP, UDP) routes with.
 #[derive(Debug)]
 pub struct TableStore {
@@ -41,9 +43,18 @@ impl TableStore {
     }
 
     /// Replaces the table whole and marks the store ready. Returns the previous table.
+    /// Updates the table gauges and the swap counter.
     pub fn store(&self, table: Table) -> Arc<Table> {
+        let version = table.version;
         let old = self.current.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
+        metrics::TABLE_SWAPS.inc();
+        metrics::TABLE_VERSION.set(i64::try_from(version).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        metrics::TABLE_LAST_SWAP.set(i64::try_from(now).unwrap_or(i64::MAX));
         old
     }
 

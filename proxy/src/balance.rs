@@ -1,0 +1,413 @@
+//! Endpoint selection: weighted power-of-two-choices over peak-EWMA latency (as Linkerd does),
+//! with weighted round robin while latency data is missing. Latency state is kept per endpoint
+//! address, so it survives table swaps.
+//!
+//! How a pick works (mode [`Balancer::PeakEwma`](crate::config::Balancer::PeakEwma)):
+//! 1. Two candidates are drawn at random, each with probability proportional to its weight.
+//! 2. If neither has a latency sample yet, weighted round robin decides. If one has none, it
+//!    is taken (so that it gets measured).
+//! 3. Otherwise each candidate's cost is its peak-EWMA round-trip time times (requests in
+//!    flight + 1). The cheaper one wins, unless the costs are within [`TIE_RATIO`] (or
+//!    [`TIE_SLACK`]) of each other: then a fair coin decides.
+//!
+//! With weighted draws and a fair coin on near-ties, endpoints of equal latency receive traffic
+//! in proportion to their weights (P(i) = p_i² + 2·p_i·(1-p_i)·½ = p_i); a clearly slower or
+//! busier endpoint receives less, down to p_i² of its share.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use config_model::Table;
+use rand::Rng;
+
+use crate::config::Balancer as Mode;
+
+/// Time constant of the EWMA: a sample's influence falls to 1/e after this long, and an
+/// unmeasured endpoint's estimate decays toward zero at the same pace.
+pub const DECAY: Duration = Duration::from_secs(2);
+/// Costs within this ratio of each other count as a tie.
+pub const TIE_RATIO: f64 = 1.25;
+/// Costs within this absolute difference count as a tie.
+pub const TIE_SLACK: Duration = Duration::from_micros(500);
+/// Round-trip time charged to an endpoint that failed to connect or answer.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// Latency and load of one endpoint address.
+#[derive(Debug)]
+pub struct EndpointStats {
+    /// Peak-EWMA round-trip time in nanoseconds, as `f64` bits; 0 = no sample yet.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated, in nanoseconds since the balancer's epoch.
+    stamp_ns: AtomicU64,
+    /// Requests sent and not yet answered.
+    pending: AtomicI64,
+    epoch: Instant,
+}
+
+impl EndpointStats {
+    fn new(epoch: Instant) -> Self {
+        EndpointStats {
+            ewma_ns: AtomicU64::new(0f64.to_bits()),
+            stamp_ns: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
+            epoch,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a latency sample was ever recorded.
+    pub fn has_sample(&self) -> bool {
+        f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) > 0.0
+    }
+
+    /// The estimate decayed to now, in nanoseconds.
+    pub fn estimate_ns(&self) -> f64 {
+        let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let since = self
+            .now_ns()
+            .saturating_sub(self.stamp_ns.load(Ordering::Relaxed));
+        ewma * (-(since as f64) / DECAY.as_nanos() as f64).exp()
+    }
+
+    /// Requests in flight.
+    pub fn pending(&self) -> i64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn cost(&self) -> f64 {
+        self.estimate_ns() * (self.pending().max(0) as f64 + 1.0)
+    }
+
+    /// Records a round-trip time: a higher value replaces the estimate at once (the "peak"),
+    /// a lower one is blended in according to the time since the last sample.
+    pub fn observe(&self, rtt: Duration) {
+        let rtt = (rtt.as_nanos() as f64).max(1.0);
+        let now = self.now_ns();
+        let last = self.stamp_ns.swap(now, Ordering::Relaxed);
+        let elapsed = now.saturating_sub(last) as f64;
+        let decay = (-elapsed / DECAY.as_nanos() as f64).exp();
+        let mut cur = self.ewma_ns.load(Ordering::Relaxed);
+        loop {
+            let old = f64::from_bits(cur);
+            let new = if old <= 0.0 || rtt > old {
+                rtt
+            } else {
+                old * decay + rtt * (1.0 - decay)
+            };
+            match self.ewma_ns.compare_exchange_weak(
+                cur,
+                new.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// One endpoint chosen for one attempt. Counts as in flight until dropped.
+#[derive(Debug)]
+pub struct Pick {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    stats: Arc<EndpointStats>,
+    started: Instant,
+}
+
+impl Pick {
+    fn new(addr: SocketAddr, stats: Arc<EndpointStats>) -> Self {
+        stats.pending.fetch_add(1, Ordering::Relaxed);
+        Pick {
+            addr,
+            stats,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records the time from the pick to now as a round-trip sample (call when the response
+    /// header arrives).
+    pub fn observe_response(&self) {
+        self.stats.observe(self.started.elapsed());
+    }
+
+    /// Charges the endpoint a failure (connect refused, reset before a response).
+    pub fn observe_failure(&self) {
+        self.stats.observe(FAILURE_PENALTY);
+    }
+
+    /// The endpoint's statistics.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-service selection data derived from one table.
+#[derive(Debug)]
+struct ServicePlan {
+    stats: Vec<Arc<EndpointStats>>,
+    /// Cumulative weights: endpoint i owns `[cumulative[i-1], cumulative[i])`.
+    cumulative: Vec<u64>,
+    /// A step coprime with the total weight, so that `counter * stride mod total` visits
+    /// every slot once per round while interleaving endpoints.
+    stride: u64,
+    rr: AtomicU64,
+}
+
+impl ServicePlan {
+    fn total(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    fn slot_owner(&self, slot: u64) -> usize {
+        self.cumulative.partition_point(|c| *c <= slot)
+    }
+
+    fn weighted_random(&self, rng: &mut impl Rng) -> usize {
+        self.slot_owner(rng.random_range(0..self.total()))
+    }
+
+    fn round_robin(&self) -> usize {
+        let n = self.rr.fetch_add(1, Ordering::Relaxed);
+        let slot = (u128::from(n) * u128::from(self.stride) % u128::from(self.total())) as u64;
+        self.slot_owner(slot)
+    }
+}
+
+#[derive(Debug)]
+struct Plan {
+    table: Arc<Table>,
+    services: Vec<ServicePlan>,
+}
+
+/// Picks endpoints for every service of the current table. One per proxy, shared by all
+/// listeners that want it.
+#[derive(Debug)]
+pub struct Balancer {
+    mode: Mode,
+    epoch: Instant,
+    plan: ArcSwapOption<Plan>,
+    /// Only the (rare) plan rebuild takes this lock; requests never wait on it.
+    registry: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
+}
+
+impl Balancer {
+    /// A balancer with no state yet.
+    pub fn new(mode: Mode) -> Self {
+        Balancer {
+            mode,
+            epoch: Instant::now(),
+            plan: ArcSwapOption::empty(),
+            registry: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The selection mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Chooses an endpoint of `table.services[service]`, avoiding the addresses in `exclude`
+    /// when another endpoint is left. `None` when the service has no endpoint.
+    pub fn pick(&self, table: &Arc<Table>, service: usize, exclude: &[SocketAddr]) -> Option<Pick> {
+        let svc = table.services.get(service)?;
+        if svc.endpoints.is_empty() {
+            return None;
+        }
+        let plan = self.plan_for(table);
+        let Some(plan) = plan else {
+            // Another thread is building the plan for this table: pick without state.
+            return Some(self.stateless_pick(table, service, exclude));
+        };
+        let sp = &plan.services[service];
+        let eps = &svc.endpoints;
+        let mut rng = rand::rng();
+        let usable = |i: usize| !exclude.contains(&eps[i].addr);
+        let idx = if eps.len() == 1 {
+            0
+        } else if self.mode == Mode::RoundRobin {
+            retry_until(|| sp.round_robin(), usable, eps.len())
+        } else {
+            let a = retry_until(|| sp.weighted_random(&mut rng), usable, eps.len());
+            let b = retry_until(|| sp.weighted_random(&mut rng), usable, eps.len());
+            choose(sp, a, b, &mut rng, usable)
+        };
+        Some(Pick::new(eps[idx].addr, sp.stats[idx].clone()))
+    }
+
+    /// Latency statistics of an address, if the balancer has seen it in a table.
+    pub fn stats(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
+        self.registry
+            .lock()
+            .expect("balancer registry poisoned")
+            .get(addr)
+            .cloned()
+    }
+
+    fn stateless_pick(&self, table: &Arc<Table>, service: usize, exclude: &[SocketAddr]) -> Pick {
+        let eps = &table.services[service].endpoints;
+        let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
+        let mut rng = rand::rng();
+        let mut idx = 0;
+        for _ in 0..eps.len().max(4) {
+            let mut slot = rng.random_range(0..total);
+            idx = eps
+                .iter()
+                .position(|e| {
+                    let w = u64::from(e.weight);
+                    if slot < w {
+                        true
+                    } else {
+                        slot -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            if !exclude.contains(&eps[idx].addr) {
+                break;
+            }
+        }
+        let addr = eps[idx].addr;
+        Pick::new(addr, Arc::new(EndpointStats::new(self.epoch)))
+    }
+
+    /// The plan of this table, building it if this thread can; `None` while another thread
+    /// builds it.
+    fn plan_for(&self, table: &Arc<Table>) -> Option<Arc<Plan>> {
+        if let Some(p) = &*self.plan.load() {
+            if Arc::ptr_eq(&p.table, table) {
+                return Some(p.clone());
+            }
+        }
+        let mut registry = self.registry.try_lock().ok()?;
+        // Re-check: the plan may have been built while we waited for the lock.
+        if let Some(p) = &*self.plan.load() {
+            if Arc::ptr_eq(&p.table, table) {
+                return Some(p.clone());
+            }
+        }
+        let mut next: HashMap<SocketAddr, Arc<EndpointStats>> = HashMap::new();
+        let mut rng = rand::rng();
+        let services = table
+            .services
+            .iter()
+            .map(|svc| {
+                let stats: Vec<_> = svc
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let s = registry
+                            .get(&e.addr)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(EndpointStats::new(self.epoch)));
+                        next.insert(e.addr, s.clone());
+                        s
+                    })
+                    .collect();
+                let mut acc = 0u64;
+                let cumulative: Vec<u64> = svc
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        acc += u64::from(e.weight);
+                        acc
+                    })
+                    .collect();
+                let stride = coprime_stride(acc);
+                ServicePlan {
+                    stats,
+                    cumulative,
+                    stride,
+                    rr: AtomicU64::new(if acc > 0 { rng.random_range(0..acc) } else { 0 }),
+                }
+            })
+            .collect();
+        *registry = next;
+        let plan = Arc::new(Plan {
+            table: table.clone(),
+            services,
+        });
+        self.plan.store(Some(plan.clone()));
+        Some(plan)
+    }
+}
+
+/// Draws with `draw` until `ok` accepts, at most a few times (then takes the last draw).
+fn retry_until(mut draw: impl FnMut() -> usize, ok: impl Fn(usize) -> bool, n: usize) -> usize {
+    let mut i = draw();
+    for _ in 0..(2 * n).min(16) {
+        if ok(i) {
+            break;
+        }
+        i = draw();
+    }
+    i
+}
+
+fn choose(
+    sp: &ServicePlan,
+    a: usize,
+    b: usize,
+    rng: &mut impl Rng,
+    usable: impl Fn(usize) -> bool,
+) -> usize {
+    let (sa, sb) = (&sp.stats[a], &sp.stats[b]);
+    match (sa.has_sample(), sb.has_sample()) {
+        (false, false) => return retry_until(|| sp.round_robin(), &usable, sp.stats.len()),
+        _ if a == b => return a,
+        (false, true) => return a,
+        (true, false) => return b,
+        (true, true) => {}
+    }
+    let (ca, cb) = (sa.cost(), sb.cost());
+    let (lo, hi) = if ca <= cb { (ca, cb) } else { (cb, ca) };
+    let tie = hi <= lo * TIE_RATIO || hi - lo <= TIE_SLACK.as_nanos() as f64;
+    if tie {
+        if rng.random_bool(0.5) {
+            a
+        } else {
+            b
+        }
+    } else if ca < cb {
+        a
+    } else {
+        b
+    }
+}
+
+/// A stride near total/φ that shares no factor with `total`.
+fn coprime_stride(total: u64) -> u64 {
+    if total <= 2 {
+        return 1;
+    }
+    let mut s = ((total as f64) * 0.618_033_988_75) as u64;
+    s = s.max(1);
+    while gcd(s, total) != 1 {
+        s += 1;
+    }
+    s
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests;

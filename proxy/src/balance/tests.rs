@@ -1,0 +1,190 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_model::testing::{http, table};
+use config_model::{EndpointSpec, Table};
+
+use super::*;
+
+fn weighted(eps: &[(&str, u32)]) -> Arc<Table> {
+    let mut svc = http("default", "web", 5000, &[]);
+    svc.endpoints = eps
+        .iter()
+        .map(|(a, w)| EndpointSpec {
+            address: a.to_string(),
+            weight: *w,
+        })
+        .collect();
+    Arc::new(Table::try_from(table(1, vec![svc])).unwrap())
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn share(counts: &HashMap<SocketAddr, u32>, a: &str, n: u32) -> f64 {
+    f64::from(*counts.get(&addr(a)).unwrap_or(&0)) / f64::from(n)
+}
+
+#[test]
+fn round_robin_is_exact_per_round_and_interleaved() {
+    let b = Balancer::new(Mode::RoundRobin);
+    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
+    let mut counts = HashMap::new();
+    let mut seq = Vec::new();
+    for _ in 0..4000 {
+        let p = b.pick(&t, 0, &[]).unwrap();
+        *counts.entry(p.addr).or_insert(0u32) += 1;
+        seq.push(p.addr);
+    }
+    assert_eq!(counts[&addr("10.0.0.1:80")], 1000);
+    assert_eq!(counts[&addr("10.0.0.2:80")], 3000);
+    // Interleaved: the weight-1 endpoint never gets two picks in a row.
+    assert!(seq
+        .windows(2)
+        .all(|w| w[0] != w[1] || w[0] == addr("10.0.0.2:80")));
+}
+
+#[test]
+fn without_latency_data_peak_ewma_falls_back_to_round_robin() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[("10.0.0.1:80", 2), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+    let mut counts = HashMap::new();
+    for _ in 0..400 {
+        // Picks are dropped unanswered: no sample is ever recorded.
+        let p = b.pick(&t, 0, &[]).unwrap();
+        *counts.entry(p.addr).or_insert(0u32) += 1;
+    }
+    assert_eq!(counts[&addr("10.0.0.1:80")], 200);
+    assert_eq!(counts[&addr("10.0.0.2:80")], 100);
+    assert_eq!(counts[&addr("10.0.0.3:80")], 100);
+}
+
+#[test]
+fn equal_latency_spreads_by_weight_within_two_points() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
+    // Seed both with the same latency.
+    for a in ["10.0.0.1:80", "10.0.0.2:80"] {
+        b.pick(&t, 0, &[]);
+        b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
+    }
+    let n = 20_000;
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let p = b.pick(&t, 0, &[]).unwrap();
+        p.stats().observe(Duration::from_millis(1));
+        *counts.entry(p.addr).or_insert(0u32) += 1;
+    }
+    let s = share(&counts, "10.0.0.1:80", n);
+    // Expected 0.25; binomial standard deviation at n = 20000 is 0.003.
+    assert!((0.23..0.27).contains(&s), "share of weight-1 endpoint {s}");
+}
+
+#[test]
+fn a_slow_endpoint_gets_less_traffic() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t, 0, &[]);
+    let n = 4000;
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let p = b.pick(&t, 0, &[]).unwrap();
+        let rtt = if p.addr == addr("10.0.0.1:80") { 20 } else { 1 };
+        p.stats().observe(Duration::from_millis(rtt));
+        *counts.entry(p.addr).or_insert(0u32) += 1;
+    }
+    // Equal weights would give 0.5; the slow one only wins when drawn twice: ~0.25.
+    let s = share(&counts, "10.0.0.1:80", n);
+    assert!(s < 0.32, "share of slow endpoint {s}");
+}
+
+#[test]
+fn busy_endpoint_gets_less_traffic() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t, 0, &[]);
+    for a in ["10.0.0.1:80", "10.0.0.2:80"] {
+        b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
+    }
+    // Ten requests stuck on the first endpoint.
+    let stuck: Vec<_> = (0..100)
+        .filter_map(|_| b.pick(&t, 0, &[]))
+        .filter(|p| p.addr == addr("10.0.0.1:80"))
+        .take(10)
+        .collect();
+    assert_eq!(stuck.len(), 10);
+    let picks: Vec<_> = (0..200).map(|_| b.pick(&t, 0, &[]).unwrap().addr).collect();
+    let busy = picks.iter().filter(|a| **a == addr("10.0.0.1:80")).count();
+    assert!(busy < 80, "busy endpoint picked {busy} of 200");
+}
+
+#[test]
+fn latency_state_survives_a_table_swap() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t1 = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t1, 0, &[]);
+    b.stats(&addr("10.0.0.1:80"))
+        .unwrap()
+        .observe(Duration::from_millis(7));
+    let t2 = weighted(&[("10.0.0.1:80", 5), ("10.0.0.3:80", 1)]);
+    b.pick(&t2, 0, &[]);
+    let kept = b.stats(&addr("10.0.0.1:80")).unwrap();
+    assert!(kept.has_sample());
+    assert!(kept.estimate_ns() > 1_000_000.0);
+    // Addresses gone from the table are forgotten.
+    assert!(b.stats(&addr("10.0.0.2:80")).is_none());
+    assert!(!b.stats(&addr("10.0.0.3:80")).unwrap().has_sample());
+}
+
+#[test]
+fn excluded_endpoints_are_avoided_while_others_remain() {
+    for mode in [Mode::PeakEwma, Mode::RoundRobin] {
+        let b = Balancer::new(mode);
+        let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+        for _ in 0..200 {
+            let p = b
+                .pick(&t, 0, &[addr("10.0.0.1:80"), addr("10.0.0.2:80")])
+                .unwrap();
+            assert_eq!(p.addr, addr("10.0.0.3:80"), "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn pending_counts_follow_picks() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[("10.0.0.1:80", 1)]);
+    let p = b.pick(&t, 0, &[]).unwrap();
+    let q = b.pick(&t, 0, &[]).unwrap();
+    assert_eq!(p.stats().pending(), 2);
+    drop(p);
+    assert_eq!(q.stats().pending(), 1);
+    drop(q);
+    assert_eq!(b.stats(&addr("10.0.0.1:80")).unwrap().pending(), 0);
+}
+
+#[test]
+fn no_endpoints_means_no_pick() {
+    let b = Balancer::new(Mode::PeakEwma);
+    let t = weighted(&[]);
+    assert!(b.pick(&t, 0, &[]).is_none());
+    assert!(b.pick(&t, 7, &[]).is_none());
+}
+
+#[test]
+fn peak_then_decay() {
+    let s = EndpointStats::new(Instant::now());
+    s.observe(Duration::from_millis(1));
+    s.observe(Duration::from_millis(50));
+    assert!(
+        s.estimate_ns() > 40e6,
+        "a peak replaces the estimate at once"
+    );
+    s.observe(Duration::from_millis(1));
+    assert!(
+        s.estimate_ns() > 40e6,
+        "a low sample right after blends in slowly"
+    );
+}

@@ -1,0 +1,361 @@
+//! Command-line flags of `maille-proxy` (each also settable by a `MAILLE_` environment
+//! variable) and the port lists they carry.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Parser, ValueEnum};
+
+/// Why a flag value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A port list that is not `a-b`, `a,b,c` or a mix of both.
+    #[error("port list {value:?}: {reason}")]
+    PortList {
+        /// The whole flag value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two listener flags name the same port.
+    #[error("port {port} appears in both {first} and {second}")]
+    PortClash {
+        /// The port.
+        port: u16,
+        /// One flag.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+}
+
+/// `pub type Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An ordered list of listener ports: ranges (`5000-5009`), comma lists (`41000,41007`) or
+/// both mixed (`5000-5003,6000`). The i-th entry is the listener of the i-th mesh port.
+/// `none` (or an empty string) means no listener at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+impl PortList {
+    /// The ports, in order.
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+
+    /// Whether there is no port.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u16>> for PortList {
+    fn from(v: Vec<u16>) -> Self {
+        PortList(v)
+    }
+}
+
+impl FromStr for PortList {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self> {
+        let err = |reason: String| Error::PortList {
+            value: value.to_string(),
+            reason,
+        };
+        let trimmed = value.trim();
+        if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("none") {
+            return Ok(PortList::default());
+        }
+        let port = |s: &str| -> Result<u16> {
+            match s.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(err(format!("{:?} is not a port from 1 to 65535", s.trim()))),
+                Ok(p) => Ok(p),
+            }
+        };
+        let mut ports = Vec::new();
+        for part in trimmed.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(err(format!("range {a}-{b} runs backwards")));
+                    }
+                    ports.extend(a..=b);
+                }
+                None => ports.push(port(part)?),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &ports {
+            if !seen.insert(*p) {
+                return Err(err(format!("port {p} is listed twice")));
+            }
+        }
+        Ok(PortList(ports))
+    }
+}
+
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How the proxy picks an endpoint among a service's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Balancer {
+    /// Power of two choices over peak-EWMA latency, candidates drawn by weight; weighted
+    /// round robin while an endpoint has no latency sample yet.
+    #[default]
+    PeakEwma,
+    /// Weighted round robin only.
+    RoundRobin,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `maille-proxy`.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "maille-proxy",
+    version,
+    about = "Maille's per-node proxy, on Pingora."
+)]
+pub struct Config {
+    /// HTTP listener ports: ranges and comma lists, e.g. `5000-5009` or `5000-5003,6000`.
+    #[arg(long, env = "MAILLE_HTTP_PORTS", default_value = "5000-5009")]
+    pub http_ports: PortList,
+    /// TCP listener ports (same syntax; `none` for no listener).
+    #[arg(long, env = "MAILLE_TCP_PORTS", default_value = "10000-10024")]
+    pub tcp_ports: PortList,
+    /// UDP listener ports (same syntax; `none` for no listener).
+    #[arg(long, env = "MAILLE_UDP_PORTS", default_value = "15000-15024")]
+    pub udp_ports: PortList,
+    /// Address the traffic listeners bind to.
+    #[arg(long, env = "MAILLE_LISTEN_IP", default_value = "0.0.0.0")]
+    pub listen_ip: IpAddr,
+    /// Address of the admin endpoints (`/ready`, `/live`, `/metrics`).
+    #[arg(long, env = "MAILLE_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    pub admin_addr: SocketAddr,
+    /// Pull the routing table from the controller at this base URL (long-poll).
+    #[arg(long, env = "MAILLE_CONTROLLER_URL", conflicts_with = "config")]
+    pub controller_url: Option<String>,
+    /// Load the routing table from this JSON file, and reload it when it changes.
+    #[arg(long, env = "MAILLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// On SIGTERM, keep serving in-flight requests this long before stopping.
+    #[arg(long, env = "MAILLE_GRACE_PERIOD_SECONDS", default_value_t = 10)]
+    pub grace_period_seconds: u64,
+    /// After the grace period, give the runtimes this long to finish.
+    #[arg(
+        long,
+        env = "MAILLE_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS",
+        default_value_t = 5
+    )]
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Take the listening sockets over from a running proxy (then send it SIGQUIT).
+    #[arg(short = 'u', long, env = "MAILLE_UPGRADE")]
+    pub upgrade: bool,
+    /// Unix socket old and new process use to hand the listeners over during an upgrade.
+    #[arg(
+        long,
+        env = "MAILLE_UPGRADE_SOCK",
+        default_value = "/tmp/maille-proxy-upgrade.sock"
+    )]
+    pub upgrade_sock: PathBuf,
+    /// Worker threads per listener group (HTTP, admin, ...); default: one per CPU.
+    #[arg(long, env = "MAILLE_THREADS")]
+    pub threads: Option<usize>,
+    /// Endpoint selection.
+    #[arg(long, env = "MAILLE_LOAD_BALANCER", value_enum, default_value_t = Balancer::PeakEwma)]
+    pub load_balancer: Balancer,
+    /// Write one structured line per HTTP request on the `access` log target.
+    #[arg(long, env = "MAILLE_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `info,maille_proxy=debug`.
+    #[arg(long, env = "MAILLE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "MAILLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    /// The defaults of every flag, ignoring the environment.
+    fn default() -> Self {
+        Config {
+            http_ports: "5000-5009".parse().expect("default port list"),
+            tcp_ports: "10000-10024".parse().expect("default port list"),
+            udp_ports: "15000-15024".parse().expect("default port list"),
+            listen_ip: IpAddr::from([0, 0, 0, 0]),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            controller_url: None,
+            config: None,
+            grace_period_seconds: 10,
+            graceful_shutdown_timeout_seconds: 5,
+            upgrade: false,
+            upgrade_sock: PathBuf::from("/tmp/maille-proxy-upgrade.sock"),
+            threads: None,
+            load_balancer: Balancer::PeakEwma,
+            access_log: false,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot: the TCP and HTTP listeners must not share a port (UDP may
+    /// reuse a TCP port number, it is another protocol).
+    pub fn validate(&self) -> Result<()> {
+        let http: std::collections::HashSet<u16> = self.http_ports.0.iter().copied().collect();
+        if let Some(p) = self.tcp_ports.0.iter().find(|p| http.contains(p)) {
+            return Err(Error::PortClash {
+                port: *p,
+                first: "--http-ports",
+                second: "--tcp-ports",
+            });
+        }
+        if http.contains(&self.admin_addr.port()) {
+            return Err(Error::PortClash {
+                port: self.admin_addr.port(),
+                first: "--http-ports",
+                second: "--admin-addr",
+            });
+        }
+        Ok(())
+    }
+
+    /// Worker threads per listener group.
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1)
+    }
+
+    /// Listener addresses of the HTTP ports.
+    pub fn http_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_addrs(&self.http_ports)
+    }
+
+    /// Listener addresses of the TCP ports.
+    pub fn tcp_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_addrs(&self.tcp_ports)
+    }
+
+    /// Listener addresses of the UDP ports.
+    pub fn udp_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen_addrs(&self.udp_ports)
+    }
+
+    fn listen_addrs(&self, ports: &PortList) -> Vec<SocketAddr> {
+        ports
+            .0
+            .iter()
+            .map(|p| SocketAddr::new(self.listen_ip, *p))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_accept_ranges_lists_and_mixes() {
+        let p: PortList = "5000-5003".parse().unwrap();
+        assert_eq!(p.0, vec![5000, 5001, 5002, 5003]);
+        let p: PortList = "41000,41007,41013".parse().unwrap();
+        assert_eq!(p.0, vec![41000, 41007, 41013]);
+        let p: PortList = "5000-5002, 6000".parse().unwrap();
+        assert_eq!(p.0, vec![5000, 5001, 5002, 6000]);
+        assert!("none".parse::<PortList>().unwrap().is_empty());
+        assert!("".parse::<PortList>().unwrap().is_empty());
+        assert_eq!(p.to_string(), "5000,5001,5002,6000");
+    }
+
+    #[test]
+    fn port_lists_name_the_bad_part() {
+        let e = "5000-49x".parse::<PortList>().unwrap_err().to_string();
+        assert!(e.contains("\"49x\""), "{e}");
+        let e = "5009-5000".parse::<PortList>().unwrap_err().to_string();
+        assert!(e.contains("backwards"), "{e}");
+        let e = "5000,5000".parse::<PortList>().unwrap_err().to_string();
+        assert!(e.contains("5000 is listed twice"), "{e}");
+        let e = "0".parse::<PortList>().unwrap_err().to_string();
+        assert!(e.contains("not a port"), "{e}");
+        let e = "70000".parse::<PortList>().unwrap_err().to_string();
+        assert!(e.contains("not a port"), "{e}");
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_env_names() {
+        let c = Config::try_parse_from(["maille-proxy"]).unwrap();
+        assert_eq!(c.http_ports.0.len(), 10);
+        assert_eq!(c.tcp_ports.0.first(), Some(&10000));
+        assert_eq!(c.udp_ports.0.last(), Some(&15024));
+        assert_eq!(c.admin_addr.port(), 8081);
+        assert_eq!(c.grace_period_seconds, 10);
+        let c = Config::try_parse_from([
+            "maille-proxy",
+            "--http-ports",
+            "41000,41007",
+            "--tcp-ports",
+            "none",
+            "--config",
+            "/tmp/t.json",
+            "-u",
+        ])
+        .unwrap();
+        assert_eq!(c.http_ports.0, vec![41000, 41007]);
+        assert!(c.tcp_ports.is_empty());
+        assert!(c.upgrade);
+        assert!(Config::try_parse_from([
+            "maille-proxy",
+            "--config",
+            "x",
+            "--controller-url",
+            "http://c"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn clashing_ports_are_refused() {
+        let c = Config {
+            http_ports: "5000-5009".parse().unwrap(),
+            tcp_ports: "5009-5010".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "port 5009 appears in both --http-ports and --tcp-ports"
+        );
+        assert!(Config::default().validate().is_ok());
+    }
+}

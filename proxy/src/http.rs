@@ -1,0 +1,345 @@
+//! The HTTP data plane: a Pingora `ProxyHttp` that routes each request by listener port and
+//! Host through the current table, and the listening service that carries it.
+//!
+//! Hook bodies stay small and delegate: routing steps live in [`route`], endpoint choice in
+//! [`crate::balance`], bookkeeping in [`log_request`]. Per-request state is [`RequestCtx`].
+
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use config_model::Table;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::services::listening::Service;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{HttpProxy, ProxyHttp, Session};
+
+use crate::balance::{Balancer, Pick};
+use crate::metrics;
+use crate::store::TableStore;
+
+pub use route::Denied;
+
+/// Per-request state shared by the hooks of [`MeshProxy`].
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the request header was read.
+    pub start: Instant,
+    /// Listener port the request arrived on.
+    pub mesh_port: u16,
+    /// The table this request routes with (the same one for every attempt).
+    pub table: Option<Arc<Table>>,
+    /// Index in `table.services` of the service port the Host matched (metrics labels).
+    pub service: Option<usize>,
+    /// Index of the service port whose endpoints serve the request (differs from `service`
+    /// when a traffic split sent it elsewhere).
+    pub backend: Option<usize>,
+    /// Upstream attempts so far (1 on the first `upstream_peer` call).
+    pub attempts: u32,
+    /// The endpoint of the current attempt; counted in flight while held.
+    pub pick: Option<Pick>,
+    /// Endpoints that failed during this request, avoided by later attempts.
+    pub failed: Vec<SocketAddr>,
+    /// Status the proxy answered itself (404, 503, ...), if it did.
+    pub local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    /// The service port the request was routed to, if any.
+    pub fn service(&self) -> Option<&config_model::Service> {
+        Some(&self.table.as_ref()?.services[self.service?])
+    }
+
+    /// The service port whose endpoints serve the request, if any.
+    pub fn backend(&self) -> Option<&config_model::Service> {
+        Some(&self.table.as_ref()?.services[self.backend?])
+    }
+
+    /// The endpoint of the current attempt.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.pick.as_ref().map(|p| p.addr)
+    }
+}
+
+/// The mesh's `ProxyHttp`: one per proxy, shared by every HTTP listener.
+pub struct MeshProxy {
+    store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
+    access_log: bool,
+}
+
+impl MeshProxy {
+    /// A proxy routing through `store`, picking endpoints with `balancer`.
+    pub fn new(store: Arc<TableStore>, balancer: Arc<Balancer>, access_log: bool) -> Self {
+        MeshProxy {
+            store,
+            balancer,
+            access_log,
+        }
+    }
+
+    /// Answers the request locally with a short plain-text body.
+    async fn answer(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: String) {
+        ctx.local_status = Some(status);
+        if let Err(e) = write_plain(session, status, body).await {
+            tracing::debug!(error = %e, status, "Could not write local answer");
+        }
+    }
+}
+
+async fn write_plain(session: &mut Session, status: u16, body: String) -> Result<()> {
+    let body = Bytes::from(body);
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::SERVER, "maille-proxy")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl ProxyHttp for MeshProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            mesh_port: 0,
+            table: None,
+            service: None,
+            backend: None,
+            attempts: 0,
+            pick: None,
+            failed: Vec::new(),
+            local_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.mesh_port = route::listener_port(session);
+        let table = self.store.current();
+        let host = route::request_host(session).unwrap_or("");
+        let Some(service) = route::lookup(&table, ctx.mesh_port, host) else {
+            let body = format!(
+                "maille: no mesh route matches host {host:?} on port {}\n",
+                ctx.mesh_port
+            );
+            ctx.table = Some(table);
+            Self::answer(session, ctx, 404, body).await;
+            return Ok(true);
+        };
+        ctx.service = Some(service);
+        if let Err(denied) = route::check_access(&table, service, session) {
+            ctx.table = Some(table);
+            Self::answer(session, ctx, denied.status, denied.body).await;
+            return Ok(true);
+        }
+        let backend = route::resolve_split(&table, service, session);
+        ctx.backend = Some(backend);
+        let svc = &table.services[backend];
+        if svc.endpoints.is_empty() {
+            let body = format!("maille: service {} has no ready endpoints\n", svc.key);
+            ctx.table = Some(table);
+            Self::answer(session, ctx, 503, body).await;
+            return Ok(true);
+        }
+        ctx.table = Some(table);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        let (Some(table), Some(backend)) = (ctx.table.as_ref(), ctx.backend) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer called without a route",
+            ));
+        };
+        // Release the previous attempt's in-flight count before taking a new one.
+        ctx.pick = None;
+        let pick = self
+            .balancer
+            .pick(table, backend, &ctx.failed)
+            .ok_or_else(|| {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("service {} has no endpoints", table.services[backend].key),
+                );
+                e.esource = ErrorSource::Upstream;
+                e
+            })?;
+        let peer = route::peer_for(&table.services[backend], pick.addr);
+        ctx.pick = Some(pick);
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(pick) = &ctx.pick {
+            pick.observe_failure();
+            ctx.failed.push(pick.addr);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(pick) = &ctx.pick {
+            pick.observe_response();
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.pick = None;
+        log_request(session, e, ctx, self.access_log);
+    }
+}
+
+/// The status code a request ended with, for metrics and the access log: the response sent,
+/// else 502 for an upstream failure, 499 when the client went away, 500 otherwise.
+pub fn final_status(session: &Session, e: Option<&Error>, ctx: &RequestCtx) -> u16 {
+    if let Some(resp) = session.response_written() {
+        return resp.status.as_u16();
+    }
+    if let Some(s) = ctx.local_status {
+        return s;
+    }
+    match e.map(|e| (e.etype(), e.esource())) {
+        Some((ErrorType::HTTPStatus(code), _)) => *code,
+        Some((_, ErrorSource::Upstream)) => 502,
+        Some((_, ErrorSource::Downstream)) => 499,
+        _ => 500,
+    }
+}
+
+/// Counts the request in the metrics and writes its access-log line.
+pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, access_log: bool) {
+    let status = final_status(session, e, ctx);
+    let elapsed = ctx.start.elapsed();
+    let mut port_buf = itoa::Buffer::new();
+    let mut code_buf = itoa::Buffer::new();
+    let code = code_buf.format(status);
+    let (ns, name, port) = match ctx.service() {
+        Some(s) => (
+            s.key.namespace.as_str(),
+            s.key.name.as_str(),
+            port_buf.format(s.key.port),
+        ),
+        None => ("", "", port_buf.format(ctx.mesh_port)),
+    };
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[ns, name, port, code])
+        .inc();
+    if ctx.service.is_some() {
+        metrics::HTTP_DURATION
+            .with_label_values(&[ns, name, port])
+            .observe(elapsed.as_secs_f64());
+    }
+    if access_log {
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            mesh_port = ctx.mesh_port,
+            method = %req.method,
+            host = route::request_host(session).unwrap_or(""),
+            path = %req.uri.path(),
+            status,
+            namespace = ns,
+            service = name,
+            port,
+            upstream = %ctx.endpoint().map(|a| a.to_string()).unwrap_or_default(),
+            attempts = ctx.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = %e.map(|e| e.to_string()).unwrap_or_default(),
+        );
+    }
+}
+
+/// Wraps Pingora's HTTP proxy app to count open client connections.
+pub struct CountingApp<A> {
+    inner: Arc<A>,
+}
+
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::HTTP_CONNECTIONS_OPEN.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::HTTP_CONNECTIONS_OPEN.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountingApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = OpenConnection::new();
+        // Keep-alive loop here instead of in the listener, so that the connection is counted
+        // from accept to close.
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// The HTTP listening service: every address of `listen` (HTTP/1.1 and h2c on each).
+pub fn service(
+    conf: &Arc<pingora::server::configuration::ServerConf>,
+    proxy: MeshProxy,
+    listen: &[SocketAddr],
+    threads: usize,
+) -> Service<CountingApp<HttpProxy<MeshProxy>>> {
+    let mut app = pingora_proxy::http_proxy(conf, proxy);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    let mut svc = Service::new(
+        "maille HTTP".to_string(),
+        CountingApp {
+            inner: Arc::new(app),
+        },
+    );
+    for addr in listen {
+        svc.add_tcp(&addr.to_string());
+    }
+    svc.threads = Some(threads);
+    svc
+}

@@ -1,0 +1,155 @@
+//! Assembles the Pingora server of a proxy: HTTP listeners, admin endpoints and the table
+//! source, all sharing one `Arc<TableStore>`. Other listener kinds add their service with one
+//! call (see [`ProxyServer::build`]).
+
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::ServiceWithDependents;
+
+use crate::balance::Balancer;
+use crate::config::Config;
+use crate::source::controller::ControllerSource;
+use crate::source::file::FileSource;
+use crate::store::TableStore;
+use crate::{admin, http, metrics};
+
+/// Why the proxy could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag value is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// The controller URL is wrong.
+    #[error(transparent)]
+    Controller(#[from] crate::source::controller::Error),
+    /// Pingora refused its configuration.
+    #[error("pingora server configuration: {0}")]
+    Pingora(String),
+}
+
+/// `pub type Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A proxy ready to run: the Pingora server with its services, the shared table store and the
+/// balancer.
+pub struct ProxyServer {
+    server: Server,
+    config: Config,
+    store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
+}
+
+impl ProxyServer {
+    /// The whole proxy: HTTP listeners, admin endpoints and the table source of `config`.
+    /// TCP and UDP listeners plug in here, one call each, sharing [`Self::store`].
+    pub fn build(config: Config) -> Result<ProxyServer> {
+        let mut proxy = ProxyServer::new(config)?;
+        proxy.add_http();
+        proxy.add_admin();
+        proxy.add_table_source()?;
+        Ok(proxy)
+    }
+
+    /// A server with no service yet, its store empty (not ready).
+    pub fn new(config: Config) -> Result<ProxyServer> {
+        config.validate()?;
+        metrics::register();
+        let conf = ServerConf {
+            threads: config.worker_threads(),
+            grace_period_seconds: Some(config.grace_period_seconds),
+            graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout_seconds),
+            upgrade_sock: config.upgrade_sock.display().to_string(),
+            ..ServerConf::default()
+        }
+        .validate()
+        .map_err(|e| Error::Pingora(e.to_string()))?;
+        let opt = Opt {
+            upgrade: config.upgrade,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        server.bootstrap();
+        let balancer = Arc::new(Balancer::new(config.load_balancer));
+        Ok(ProxyServer {
+            server,
+            config,
+            store: TableStore::new(),
+            balancer,
+        })
+    }
+
+    /// The table every listener routes with.
+    pub fn store(&self) -> &Arc<TableStore> {
+        &self.store
+    }
+
+    /// The endpoint balancer (latency state per endpoint address).
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        &self.balancer
+    }
+
+    /// The flags the proxy was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Pingora's configuration (for services that need it to build themselves).
+    pub fn server_conf(&self) -> &Arc<ServerConf> {
+        &self.server.configuration
+    }
+
+    /// Adds a service to the server.
+    pub fn add_service(&mut self, service: impl ServiceWithDependents + 'static) {
+        self.server.add_service(service);
+    }
+
+    /// The HTTP listeners (`--http-ports` on `--listen-ip`), if any port is configured.
+    pub fn add_http(&mut self) {
+        let addrs = self.config.http_listen_addrs();
+        if addrs.is_empty() {
+            return;
+        }
+        let proxy = http::MeshProxy::new(
+            self.store.clone(),
+            self.balancer.clone(),
+            self.config.access_log,
+        );
+        let svc = http::service(
+            &self.server.configuration,
+            proxy,
+            &addrs,
+            self.config.worker_threads(),
+        );
+        self.server.add_service(svc);
+    }
+
+    /// The admin endpoints on `--admin-addr`.
+    pub fn add_admin(&mut self) {
+        let svc = admin::service(self.store.clone(), self.config.admin_addr);
+        self.server.add_service(svc);
+    }
+
+    /// The table source: `--config` file or `--controller-url`; neither means the table only
+    /// changes through [`Self::store`] (tests).
+    pub fn add_table_source(&mut self) -> Result<()> {
+        if let Some(path) = &self.config.config {
+            let src = FileSource::new(path.clone(), self.store.clone());
+            self.server
+                .add_service(background_service("table file", src));
+        } else if let Some(url) = &self.config.controller_url {
+            let src = ControllerSource::new(url, self.store.clone())?;
+            self.server
+                .add_service(background_service("controller client", src));
+        }
+        Ok(())
+    }
+
+    /// Runs until a shutdown signal (SIGTERM: graceful, SIGINT: fast, SIGQUIT: hand the
+    /// listeners to a new process started with `--upgrade`).
+    pub fn run(self, args: RunArgs) {
+        self.server.run(args)
+    }
+}

@@ -1,0 +1,69 @@
+//! Where the routing table comes from: a JSON file watched for changes ([`file`]) or the
+//! controller's long-poll API ([`controller`]). Both go through [`apply_json`], which refuses a
+//! table that does not parse or validate and keeps the last good one.
+
+pub mod controller;
+pub mod file;
+
+use config_model::table::JsonError;
+use config_model::Table;
+
+use crate::metrics;
+use crate::store::TableStore;
+
+/// Parses and validates a JSON table from `origin` (a path or URL, for the logs) and swaps it
+/// in. On failure, logs the reason (which names service, field and value), counts a refusal
+/// and leaves the current table in place. Returns the version of the table swapped in.
+pub fn apply_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, JsonError> {
+    match Table::from_json(bytes) {
+        Ok(table) => {
+            let version = table.version;
+            let services = table.services.len();
+            let previous = store.store(table);
+            tracing::info!(
+                origin,
+                version,
+                previous = previous.version,
+                services,
+                "Routing table swapped in"
+            );
+            Ok(version)
+        }
+        Err(e) => {
+            metrics::TABLE_REFUSALS.inc();
+            tracing::error!(
+                origin,
+                error = %e,
+                kept_version = store.load().version,
+                "Routing table refused; keeping the last good one"
+            );
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use config_model::testing::{http, table};
+
+    use super::*;
+
+    #[test]
+    fn a_bad_table_is_refused_and_the_good_one_stays() {
+        let store = TableStore::new();
+        let good =
+            serde_json::to_vec(&table(3, vec![http("a", "web", 5000, &["10.0.0.1:80"])])).unwrap();
+        assert_eq!(apply_json(&store, &good, "test").unwrap(), 3);
+        let before = metrics::TABLE_REFUSALS.get();
+        let bad =
+            serde_json::to_vec(&table(4, vec![http("a", "web", 5000, &["10.0.0.1"])])).unwrap();
+        let e = apply_json(&store, &bad, "test").unwrap_err().to_string();
+        assert!(e.contains("a/web:80"), "{e}");
+        assert!(e.contains("endpoints[0].address"), "{e}");
+        assert!(e.contains("10.0.0.1"), "{e}");
+        assert!(apply_json(&store, b"{not json", "test").is_err());
+        assert!(metrics::TABLE_REFUSALS.get() >= before + 2);
+        assert_eq!(store.load().version, 3);
+        assert!(store.load().http_route(5000, "web.a.maille.mesh").is_some());
+    }
+}
