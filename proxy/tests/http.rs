@@ -163,12 +163,15 @@ async fn peak_ewma_spreads_by_weight_within_tolerance() {
             .unwrap();
         assert_eq!(r.status, 200);
     }
-    // Both backends are alike, so latency differences are noise: the weight-1 endpoint should
-    // get 25%. Stated tolerance: ±12 points (latency noise on a loaded machine moves traffic
-    // toward whichever endpoint is momentarily faster).
+    // Candidates are drawn by weight (p = 1/4 for the weight-1 endpoint) and latency decides
+    // between two different ones. Whatever the latencies do, its share stays between p² (it
+    // only wins when drawn twice) and 1-(1-p)² (it wins whenever drawn): 6.25% to 43.75%.
+    // With alike backends it is near 25% (the balancer's unit tests check ±2 points with
+    // equal latencies; here latency noise from other tests on the machine moves it).
+    // Stated tolerance: [0.05, 0.45].
     let share = a.hits() as f64 / n as f64;
     assert!(
-        (0.13..=0.37).contains(&share),
+        (0.05..=0.45).contains(&share),
         "weight-1 endpoint got {share:.3} of the traffic (a={}, b={})",
         a.hits(),
         b.hits()
