@@ -13,9 +13,9 @@ pub mod source;
 pub mod split;
 pub mod store;
 pub mod tcp;
-pub mod udp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod udp;
 
 pub use config::Config;
 pub use server::ProxyServer;

@@ -49,6 +49,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_table_is_valid() {
+        let store = TableStore::new();
+        let json = include_bytes!("../../examples/proxy-table.json");
+        assert_eq!(
+            apply_json(&store, json, "examples/proxy-table.json").unwrap(),
+            1
+        );
+        assert!(store
+            .load()
+            .http_route(5000, "web.shop.maille.mesh")
+            .is_some());
+    }
+
+    #[test]
     fn a_bad_table_is_refused_and_the_good_one_stays() {
         let store = TableStore::new();
         let good =
