@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -199,6 +200,40 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "MAILLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Time allowed for one TCP connect attempt to an endpoint (e.g. `5s`, `500ms`).
+    #[arg(long, env = "MAILLE_TCP_CONNECT_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub tcp_connect_timeout: Duration,
+    /// Endpoints tried, each at most once, before a TCP client connection is closed.
+    #[arg(long, env = "MAILLE_TCP_CONNECT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tcp_connect_attempts: u16,
+    /// Close a TCP connection after this long without a byte either way; `0` never does.
+    #[arg(long, env = "MAILLE_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    pub tcp_idle_timeout: Duration,
+    /// Close a UDP session (and its upstream socket) after this long without a datagram
+    /// either way.
+    #[arg(long, env = "MAILLE_UDP_SESSION_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub udp_session_idle_timeout: Duration,
+    /// UDP sessions open at once, over all UDP ports; a datagram needing one more is dropped.
+    #[arg(long, env = "MAILLE_UDP_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub udp_max_sessions: u32,
+}
+
+/// A duration flag: `250ms`, `5s`, `2m`, `1h`, `1m30s`, or `0`.
+fn duration(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    config_model::duration::parse_millis(s)
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
+/// A duration flag that must be above zero.
+fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: expected a duration above zero, e.g. 5s")),
+        d => Ok(d),
+    }
 }
 
 impl Default for Config {
@@ -221,6 +256,11 @@ impl Default for Config {
             access_log: false,
             log: "info".into(),
             log_format: LogFormat::Text,
+            tcp_connect_timeout: Duration::from_secs(5),
+            tcp_connect_attempts: 3,
+            tcp_idle_timeout: Duration::from_secs(3600),
+            udp_session_idle_timeout: Duration::from_secs(60),
+            udp_max_sessions: 10_000,
         }
     }
 }
@@ -343,6 +383,41 @@ mod tests {
             "http://c"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn tcp_and_udp_flags_parse_durations_and_bounds() {
+        let c = Config::try_parse_from(["maille-proxy"]).unwrap();
+        assert_eq!(c.tcp_connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.tcp_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.udp_session_idle_timeout, Duration::from_secs(60));
+        assert_eq!((c.tcp_connect_attempts, c.udp_max_sessions), (3, 10_000));
+        let c = Config::try_parse_from([
+            "maille-proxy",
+            "--tcp-connect-timeout",
+            "250ms",
+            "--tcp-idle-timeout",
+            "0",
+            "--udp-session-idle-timeout",
+            "1m30s",
+            "--udp-max-sessions",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(c.tcp_connect_timeout, Duration::from_millis(250));
+        assert!(c.tcp_idle_timeout.is_zero());
+        assert_eq!(c.udp_session_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.udp_max_sessions, 7);
+        for bad in [
+            ["--tcp-connect-timeout", "0"],
+            ["--tcp-connect-timeout", "5"],
+            ["--udp-session-idle-timeout", "0s"],
+            ["--tcp-connect-attempts", "0"],
+            ["--udp-max-sessions", "0"],
+        ] {
+            let e = Config::try_parse_from(["maille-proxy", bad[0], bad[1]]).unwrap_err();
+            assert!(e.to_string().contains(bad[0]), "{bad:?}: {e}");
+        }
     }
 
     #[test]

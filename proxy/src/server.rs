@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::source::controller::ControllerSource;
 use crate::source::file::FileSource;
 use crate::store::TableStore;
-use crate::{admin, http, metrics};
+use crate::tcp::TcpSettings;
+use crate::udp::{UdpHandle, UdpSettings};
+use crate::{admin, http, metrics, tcp, udp};
 
 /// Why the proxy could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,9 @@ pub enum Error {
     /// The controller URL is wrong.
     #[error(transparent)]
     Controller(#[from] crate::source::controller::Error),
+    /// A UDP listener port could not be bound.
+    #[error(transparent)]
+    Udp(#[from] crate::udp::Error),
     /// Pingora refused its configuration.
     #[error("pingora server configuration: {0}")]
     Pingora(String),
@@ -48,6 +53,8 @@ impl ProxyServer {
     pub fn build(config: Config) -> Result<ProxyServer> {
         let mut proxy = ProxyServer::new(config)?;
         proxy.add_http();
+        proxy.add_tcp();
+        proxy.add_udp()?;
         proxy.add_admin();
         proxy.add_table_source()?;
         Ok(proxy)
@@ -124,6 +131,35 @@ impl ProxyServer {
             self.config.worker_threads(),
         );
         self.server.add_service(svc);
+    }
+
+    /// The TCP listeners (`--tcp-ports` on `--listen-ip`), if any port is configured.
+    pub fn add_tcp(&mut self) {
+        let addrs = self.config.tcp_listen_addrs();
+        if addrs.is_empty() {
+            return;
+        }
+        let settings = TcpSettings::from_config(&self.config);
+        let svc = tcp::service(self.store.clone(), self.balancer.clone(), settings, &addrs);
+        self.server.add_service(svc);
+    }
+
+    /// The UDP listeners (`--udp-ports` on `--listen-ip`), bound now; `None` without ports.
+    pub fn add_udp(&mut self) -> Result<Option<UdpHandle>> {
+        let addrs = self.config.udp_listen_addrs();
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let settings = UdpSettings::from_config(&self.config);
+        let (svc, handle) = udp::service(
+            self.store.clone(),
+            self.balancer.clone(),
+            settings,
+            &addrs,
+            self.config.worker_threads(),
+        )?;
+        self.server.add_service(svc);
+        Ok(Some(handle))
     }
 
     /// The admin endpoints on `--admin-addr`.

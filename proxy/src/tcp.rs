@@ -4,13 +4,15 @@
 pub(crate) mod balance;
 pub mod metrics;
 pub(crate) mod relay;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use config_model::{Endpoint, ServiceKey, Table};
+use config_model::{ServiceKey, Table};
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -18,6 +20,8 @@ use pingora::services::listening::Service;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::balance::{Balancer, Pick};
+use crate::config::Config;
 use crate::store::TableStore;
 use relay::End;
 
@@ -39,6 +43,17 @@ pub struct TcpSettings {
     pub idle_timeout: Option<Duration>,
 }
 
+impl TcpSettings {
+    /// The settings given by the proxy's flags.
+    pub fn from_config(c: &Config) -> TcpSettings {
+        TcpSettings {
+            connect_timeout: c.tcp_connect_timeout,
+            connect_attempts: usize::from(c.tcp_connect_attempts.max(1)),
+            idle_timeout: (!c.tcp_idle_timeout.is_zero()).then_some(c.tcp_idle_timeout),
+        }
+    }
+}
+
 impl Default for TcpSettings {
     fn default() -> Self {
         TcpSettings {
@@ -52,31 +67,27 @@ impl Default for TcpSettings {
 /// The Pingora application behind every TCP mesh port.
 pub struct TcpProxy {
     store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
     settings: TcpSettings,
 }
 
 /// A Pingora service listening on each of `listen` (e.g. `0.0.0.0:10000`), carrying TCP to the
 /// services the current table maps to those ports. All ports share one runtime.
-pub fn tcp_service(
+pub fn service(
     store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
     settings: TcpSettings,
     listen: &[SocketAddr],
 ) -> Service<TcpProxy> {
     metrics::register();
     crate::acl::register();
     crate::split::register();
-    let mut service = Service::new("maille tcp".to_string(), TcpProxy::new(store, settings));
+    let app = TcpProxy::new(store, balancer, settings);
+    let mut service = Service::new("maille tcp".to_string(), app);
     for addr in listen {
         service.add_tcp(&addr.to_string());
     }
     service
-}
-
-/// What a connection needs from the table, copied out so that a later swap cannot affect it.
-#[derive(Debug, Clone)]
-pub(crate) struct Route {
-    pub(crate) key: ServiceKey,
-    pub(crate) endpoints: Vec<Endpoint>,
 }
 
 /// Why a connection is closed without being proxied.
@@ -90,6 +101,16 @@ pub(crate) enum Refused {
     NoTraffic(String),
 }
 
+/// Where a connection goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    /// The service port the client called (the metrics' labels).
+    pub(crate) key: ServiceKey,
+    /// Index in [`Table::services`] of the service whose endpoints serve it: the called one,
+    /// or the backend its traffic splits picked.
+    pub(crate) service: usize,
+}
+
 /// The route for a connection that arrived on `mesh_port` from `client`: the service mapped
 /// to the port, or the backend its traffic splits pick; refused when no service is mapped, or
 /// in ACL mode when no access rule of the serving service port admits the client.
@@ -100,10 +121,11 @@ pub(crate) fn route(
 ) -> Result<Route, Refused> {
     let root = table.tcp_route(mesh_port).ok_or(Refused::Unrouted)?;
     let root_idx = table.index_of(&root.key).ok_or(Refused::Unrouted)?;
-    let svc = match crate::split::select(table, root_idx, None, &mut rand::rng()) {
-        crate::split::Selection::Service(i) => &table.services[i],
+    let service = match crate::split::select(table, root_idx, None, &mut rand::rng()) {
+        crate::split::Selection::Service(i) => i,
         crate::split::Selection::NoTraffic { split, .. } => return Err(Refused::NoTraffic(split)),
     };
+    let svc = &table.services[service];
     if table.acl {
         // A client without a known address cannot be admitted by any rule.
         let admitted = client.is_some_and(|c| crate::acl::admits_connection(table, svc, c.ip()));
@@ -114,17 +136,27 @@ pub(crate) fn route(
         }
     }
     Ok(Route {
-        // Connection metrics go to the service port the client called; the endpoints are
-        // those of the backend a split picked.
         key: root.key.clone(),
-        endpoints: svc.endpoints.clone(),
+        service,
     })
+}
+
+/// The endpoint a connection is relayed to. The balancer's pick, when there is one, stays
+/// alive with the connection so that the endpoint counts it as load.
+struct Upstream {
+    stream: TcpStream,
+    addr: SocketAddr,
+    _pick: Option<Pick>,
 }
 
 impl TcpProxy {
     /// The application on its own, for a caller that builds its own Pingora service.
-    pub fn new(store: Arc<TableStore>, settings: TcpSettings) -> TcpProxy {
-        TcpProxy { store, settings }
+    pub fn new(store: Arc<TableStore>, balancer: Arc<Balancer>, settings: TcpSettings) -> TcpProxy {
+        TcpProxy {
+            store,
+            balancer,
+            settings,
+        }
     }
 
     async fn serve(&self, client: Stream) {
@@ -144,7 +176,8 @@ impl TcpProxy {
             return;
         };
         let mesh_port = local.port();
-        let route = match route(&self.store.load(), mesh_port, peer) {
+        let table = self.store.current();
+        let route = match route(&table, mesh_port, peer) {
             Ok(r) => r,
             Err(Refused::Unrouted) => {
                 debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
@@ -161,19 +194,23 @@ impl TcpProxy {
             }
         };
         let span = tracing::info_span!("tcp", service = %route.key, mesh_port, client = ?peer);
-        self.proxy(client, route).instrument(span).await;
+        self.proxy(client, table, route).instrument(span).await;
     }
 
-    async fn proxy(&self, client: Stream, route: Route) {
+    async fn proxy(&self, client: Stream, table: Arc<Table>, route: Route) {
         let conn = metrics::ConnMetrics::open(&route.key);
-        let Some((upstream, endpoint)) = self.connect(&route).await else {
+        let upstream = self.connect(&table, route.service).await;
+        // From here on the connection holds no table: swaps cannot touch it.
+        drop(table);
+        let Some(upstream) = upstream else {
             conn.failed();
             return;
         };
         let m = conn.metrics();
+        let endpoint = upstream.addr;
         match relay::relay(
             client,
-            upstream,
+            upstream.stream,
             self.settings.idle_timeout,
             &m.received,
             &m.sent,
@@ -186,29 +223,44 @@ impl TcpProxy {
         }
     }
 
-    /// Connects to one endpoint, trying others (each at most once) when a connect fails:
-    /// nothing has been sent yet, so another endpoint is always safe.
-    async fn connect(&self, route: &Route) -> Option<(TcpStream, SocketAddr)> {
-        if route.endpoints.is_empty() {
+    /// Connects to one endpoint of `table.services[idx]`, trying others (each at most once)
+    /// when a connect fails: nothing has been sent yet, so another endpoint is always safe.
+    async fn connect(&self, table: &Arc<Table>, idx: usize) -> Option<Upstream> {
+        let endpoints = &table.services[idx].endpoints;
+        if endpoints.is_empty() {
             warn!("Service has no ready endpoint, closing");
             return None;
         }
-        let attempts = self
-            .settings
-            .connect_attempts
-            .clamp(1, route.endpoints.len());
-        let mut tried = Vec::with_capacity(attempts);
+        let attempts = self.settings.connect_attempts.clamp(1, endpoints.len());
+        let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
         while tried.len() < attempts {
-            let i = balance::pick(&route.endpoints, &tried)?;
-            tried.push(i);
-            let addr = route.endpoints[i].addr;
+            let (addr, pick) = match self.balancer.pick(table, idx, &tried) {
+                Some(p) if !tried.contains(&p.addr) => (p.addr, Some(p)),
+                // The balancer avoids excluded endpoints only probabilistically; finish the
+                // round with a plain weighted choice among those not tried yet.
+                _ => {
+                    let tried_idx: Vec<usize> = (0..endpoints.len())
+                        .filter(|i| tried.contains(&endpoints[*i].addr))
+                        .collect();
+                    let i = balance::pick(endpoints, &tried_idx)?;
+                    (endpoints[i].addr, None)
+                }
+            };
+            tried.push(addr);
             match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
                 .await
             {
                 Ok(Ok(stream)) => {
+                    if let Some(p) = &pick {
+                        p.observe_response();
+                    }
                     // Interactive protocols (databases, SSH) need their small writes sent now.
                     let _ = stream.set_nodelay(true);
-                    return Some((stream, addr));
+                    return Some(Upstream {
+                        stream,
+                        addr,
+                        _pick: pick,
+                    });
                 }
                 Ok(Err(e)) => warn!(endpoint = %addr, error = %e, "Connect to endpoint failed"),
                 Err(_) => warn!(
@@ -216,6 +268,9 @@ impl TcpProxy {
                     timeout = ?self.settings.connect_timeout,
                     "Connect to endpoint timed out"
                 ),
+            }
+            if let Some(p) = &pick {
+                p.observe_failure();
             }
         }
         warn!(

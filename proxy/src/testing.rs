@@ -22,6 +22,8 @@ use config_model::{Table, TableSpec};
 use pingora_core::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
+pub use crate::tcp::testing::TcpBackend;
+pub use crate::udp::testing::UdpBackend;
 pub use backend::HttpBackend;
 
 use crate::balance::Balancer;
@@ -79,6 +81,8 @@ pub struct TestProxyOptions {
     pub controller_url: Option<String>,
     /// Worker threads per listener group.
     pub threads: usize,
+    /// Last word on the flags (e.g. TCP and UDP timeouts), after the options above.
+    pub configure: fn(&mut Config),
 }
 
 impl Default for TestProxyOptions {
@@ -92,6 +96,7 @@ impl Default for TestProxyOptions {
             config_file: None,
             controller_url: None,
             threads: 2,
+            configure: |_| {},
         }
     }
 }
@@ -151,7 +156,7 @@ impl TestProxy {
             tcp: tcp.to_vec(),
             udp: free_udp_ports(opts.udp_ports),
         };
-        let config = Config {
+        let mut config = Config {
             http_ports: PortList(ports.http.clone()),
             tcp_ports: PortList(ports.tcp.clone()),
             udp_ports: PortList(ports.udp.clone()),
@@ -168,6 +173,7 @@ impl TestProxy {
                 .join(format!("maille-test-upgrade-{admin_port}.sock")),
             ..Config::default()
         };
+        (opts.configure)(&mut config);
         Self::start_config(config, ports)
     }
 
@@ -212,6 +218,9 @@ impl TestProxy {
         for addr in wait_for {
             wait_listening(addr, Duration::from_secs(20));
         }
+        for addr in &proxy.tcp {
+            wait_tcp_listening(*addr, Duration::from_secs(20));
+        }
         proxy
     }
 
@@ -252,6 +261,26 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) {
     let start = Instant::now();
     loop {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("nothing listens on {addr} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocks until the proxy accepts on TCP listener `addr`, and has closed the probe connection
+/// (no table yet routes it), so that the probe cannot reach a backend of the test's table.
+pub fn wait_tcp_listening(addr: SocketAddr, limit: Duration) {
+    use std::io::Read;
+    let start = Instant::now();
+    loop {
+        if let Ok(mut probe) =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        {
+            let _ = probe.set_read_timeout(Some(limit));
+            let _ = probe.read(&mut [0u8; 1]);
             return;
         }
         if start.elapsed() > limit {

@@ -4,6 +4,8 @@
 
 mod listener;
 pub mod metrics;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::error;
 
+use crate::balance::Balancer;
+use crate::config::Config;
 use crate::store::TableStore;
 
 /// Default time a session lives on without a datagram either way.
@@ -35,6 +39,16 @@ pub struct UdpSettings {
     pub session_idle_timeout: Duration,
     /// Sessions open at once, over all UDP mesh ports; a datagram needing one more is dropped.
     pub max_sessions: usize,
+}
+
+impl UdpSettings {
+    /// The settings given by the proxy's flags.
+    pub fn from_config(c: &Config) -> UdpSettings {
+        UdpSettings {
+            session_idle_timeout: c.udp_session_idle_timeout,
+            max_sessions: c.udp_max_sessions as usize,
+        }
+    }
 }
 
 impl Default for UdpSettings {
@@ -66,6 +80,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// starts the background service.
 pub struct UdpProxy {
     store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
     settings: UdpSettings,
     sockets: Mutex<Vec<std::net::UdpSocket>>,
     local_addrs: Vec<SocketAddr>,
@@ -91,15 +106,20 @@ impl UdpHandle {
     }
 }
 
-/// Binds every address of `listen` and wraps the proxy in a Pingora background service.
-pub fn udp_service(
+/// Binds every address of `listen` and wraps the proxy in a Pingora background service run
+/// on `threads` threads.
+pub fn service(
     store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
     settings: UdpSettings,
     listen: &[SocketAddr],
+    threads: usize,
 ) -> Result<(GenBackgroundService<UdpProxy>, UdpHandle)> {
-    let proxy = UdpProxy::bind(store, settings, listen)?;
+    let proxy = UdpProxy::bind(store, balancer, settings, listen)?;
     let handle = proxy.handle();
-    Ok((background_service("maille udp", proxy), handle))
+    let mut service = background_service("maille udp", proxy);
+    service.threads = Some(threads.max(1));
+    Ok((service, handle))
 }
 
 impl UdpProxy {
@@ -107,6 +127,7 @@ impl UdpProxy {
     /// port 0 resolves to a known port before the server runs.
     pub fn bind(
         store: Arc<TableStore>,
+        balancer: Arc<Balancer>,
         settings: UdpSettings,
         listen: &[SocketAddr],
     ) -> Result<UdpProxy> {
@@ -125,6 +146,7 @@ impl UdpProxy {
         }
         Ok(UdpProxy {
             store,
+            balancer,
             settings,
             sockets: Mutex::new(sockets),
             local_addrs,
@@ -175,6 +197,7 @@ impl BackgroundService for UdpProxy {
                 Arc::new(socket),
                 addr.port(),
                 self.store.clone(),
+                self.balancer.clone(),
                 self.settings.clone(),
                 self.sessions.clone(),
                 shutdown.clone(),

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use config_model::testing::table;
 use config_model::{AccessRuleSpec, SplitBackendSpec, SplitSpec, TableSpec, TrafficType};
-use maille_proxy::tcp::TcpSettings;
-use maille_proxy::udp::UdpSettings;
+use maille_proxy::tcp::testing::{connect as tcp_connect, echo as tcp_echo};
+use maille_proxy::testing::{TcpBackend, UdpBackend};
+use maille_proxy::udp::testing::ask as udp_ask;
 use tcp_udp_support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -61,7 +62,7 @@ fn acl(mut spec: TableSpec) -> TableSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_route_admits_its_sources_and_closes_others_until_the_target_goes() {
     let backend = TcpBackend::start("pg").await;
-    let p = Proxy::start(1, 0, TcpSettings::default(), UdpSettings::default()).await;
+    let p = proxy(1, 0, |_| {});
     let mut db = service(
         "acl-tcp",
         "db",
@@ -112,8 +113,8 @@ async fn tcp_route_admits_its_sources_and_closes_others_until_the_target_goes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_from_unlisted_sources_are_dropped() {
     let backend = UdpBackend::start("resolver").await;
-    let p = Proxy::start(0, 1, TcpSettings::default(), UdpSettings::default()).await;
-    let mesh = p.udp.local_addrs()[0];
+    let p = proxy(0, 1, |_| {});
+    let mesh = p.udp[0];
     let mut dns = service(
         "acl-udp",
         "dns",
@@ -169,7 +170,7 @@ async fn tcp_split_spreads_connections_by_weight() {
         TcpBackend::start("v2").await,
         TcpBackend::start("root").await,
     );
-    let p = Proxy::start(3, 0, TcpSettings::default(), UdpSettings::default()).await;
+    let p = proxy(3, 0, |_| {});
     let mut root = service(
         "split-tcp",
         "pg",

@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 
 use super::metrics::{self, DropReason, ServiceMetrics};
 use super::{UdpSettings, MAX_DATAGRAM};
+use crate::balance::{Balancer, Pick};
 use crate::store::TableStore;
-use crate::tcp::balance;
 use crate::tcp::relay::Activity;
 
 /// Replies forwarded per wake-up of a session before it yields to the others.
@@ -43,6 +43,8 @@ struct Session {
     activity: Activity,
     /// Set when the session's task has ended (idle or endpoint unreachable).
     closed: AtomicBool,
+    /// Keeps the session counted as load on its endpoint by the balancer.
+    _pick: Pick,
 }
 
 /// The listener's record of a session.
@@ -78,6 +80,7 @@ pub(super) struct Listener {
     socket: Arc<UdpSocket>,
     mesh_port: u16,
     store: Arc<TableStore>,
+    balancer: Arc<Balancer>,
     settings: UdpSettings,
     open: Arc<AtomicUsize>,
     shutdown: ShutdownWatch,
@@ -92,6 +95,7 @@ impl Listener {
         socket: Arc<UdpSocket>,
         mesh_port: u16,
         store: Arc<TableStore>,
+        balancer: Arc<Balancer>,
         settings: UdpSettings,
         open: Arc<AtomicUsize>,
         shutdown: ShutdownWatch,
@@ -101,6 +105,7 @@ impl Listener {
             socket,
             mesh_port,
             store,
+            balancer,
             settings,
             open,
             shutdown,
@@ -164,11 +169,12 @@ impl Listener {
             debug!(%client, "UDP session no longer routed by the table, reopening");
             self.close(entry);
         }
-        let Some(svc) = table.udp_route(self.mesh_port) else {
+        let Some(idx) = route(&table, self.mesh_port, client) else {
             debug!(mesh_port = self.mesh_port, %client, "No UDP service on this port, dropping");
             metrics::dropped_unrouted(self.mesh_port);
             return None;
         };
+        let svc = &table.services[idx];
         let m = ServiceMetrics::new(&svc.key);
         if !crate::acl::admits_connection(&table, svc, client.ip()) {
             debug!(service = %svc.key, %client, "No TrafficTarget allows this client, dropping");
@@ -176,11 +182,11 @@ impl Listener {
             m.dropped(DropReason::Denied);
             return None;
         }
-        let Some(i) = balance::pick(&svc.endpoints, &[]) else {
+        if svc.endpoints.is_empty() {
             debug!(service = %svc.key, "UDP service has no ready endpoint, dropping");
             m.dropped(DropReason::NoEndpoint);
             return None;
-        };
+        }
         let max = self.settings.max_sessions;
         if self
             .open
@@ -193,7 +199,12 @@ impl Listener {
             m.dropped(DropReason::SessionLimit);
             return None;
         }
-        let endpoint = svc.endpoints[i].addr;
+        let Some(pick) = self.balancer.pick(&table, idx, &[]) else {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            m.dropped(DropReason::NoEndpoint);
+            return None;
+        };
+        let endpoint = pick.addr;
         let upstream = match connect_upstream(endpoint) {
             Ok(s) => s,
             Err(e) => {
@@ -214,6 +225,7 @@ impl Listener {
             metrics: m,
             activity: Activity::new(),
             closed: AtomicBool::new(false),
+            _pick: pick,
         });
         debug!(%client, service = %session.key, %endpoint, "UDP session opened");
         let task = tokio::spawn(replies(
@@ -253,6 +265,13 @@ impl Listener {
         entry.session.metrics.sessions.dec();
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The service (index in [`Table::services`]) that a datagram arriving on `mesh_port` from
+/// `client` goes to; `None` drops it. Access rules belong here.
+pub(crate) fn route(table: &Table, mesh_port: u16, _client: SocketAddr) -> Option<usize> {
+    let svc = table.udp_route(mesh_port)?;
+    table.index_of(&svc.key)
 }
 
 /// Sends one datagram without waiting: straight to the kernel, which fails with `WouldBlock`
