@@ -6,8 +6,8 @@ pub mod corefile;
 pub mod stub;
 pub mod version;
 
-#[cfg(test)]
-mod fake_api;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake_api;
 #[cfg(test)]
 mod tests;
 

@@ -2,13 +2,20 @@
 //! the calls `prepare` and `cleanup` make as the real one does: GET, list with label selectors,
 //! POST, PUT with resourceVersion checks, JSON merge PATCH, DELETE with preconditions, 404s
 //! and 409s. It records every write so tests can assert what changed, and what did not.
+//! In-process through `client()` (unit tests), or over loopback HTTP through `serve()` (tests
+//! of the `maille-controller` binary; feature `testing`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
+#[cfg(test)]
+use http::{Request, Response};
+#[cfg(test)]
 use kube::client::Body;
-use kube::{Client, Resource};
+#[cfg(test)]
+use kube::Client;
+use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -197,7 +204,8 @@ impl FakeApi {
             .insert(key, Box::new(change));
     }
 
-    /// A client whose requests this server answers.
+    /// A client whose requests this server answers, in-process.
+    #[cfg(test)]
     pub fn client(&self) -> Client {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api = self.clone();
@@ -215,6 +223,43 @@ impl FakeApi {
             }
         });
         Client::new(service, "default")
+    }
+
+    /// Serves the fake over HTTP on an ephemeral loopback port, for binaries under test; the
+    /// server stops when the returned task is aborted or dropped with the runtime.
+    pub async fn serve(
+        &self,
+    ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let api = self.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method,
+                  uri: http::Uri,
+                  headers: http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let api = api.clone();
+                async move {
+                    let (code, value) = api.answer(&method, &uri, &headers, &body);
+                    (
+                        code,
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        serde_json::to_vec(&value).unwrap_or_default(),
+                    )
+                }
+            },
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((addr, task))
+    }
+
+    /// A kubeconfig that points at a server from [`FakeApi::serve`].
+    pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
+        )
     }
 
     fn answer(

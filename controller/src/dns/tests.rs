@@ -653,3 +653,36 @@ async fn bad_options_are_refused_before_any_call() {
     }
     assert_eq!(api.writes(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn over_http_with_a_kubeconfig_file() {
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.11.in.Corefile");
+    api.insert(&coredns(
+        "registry.k8s.io/coredns/coredns:v1.11.1",
+        "coredns",
+    ));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    let (addr, server) = api.serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, FakeApi::kubeconfig(addr)).unwrap();
+
+    let client = kube_client(Some(&path)).await.unwrap();
+    let done = prepare(client.clone(), &opts()).await.unwrap();
+    assert!(done.changed && done.restarted);
+    assert_eq!(
+        corefile(&api, "coredns"),
+        testdata("coredns-1.11.out.Corefile")
+    );
+    cleanup(client, &opts()).await.unwrap();
+    assert_eq!(corefile(&api, "coredns"), original);
+    server.abort();
+
+    let missing = dir.path().join("nope");
+    let Err(err) = kube_client(Some(&missing)).await else {
+        panic!("a missing kubeconfig must fail");
+    };
+    assert!(err.to_string().starts_with("kubeconfig: "), "{err}");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
