@@ -29,7 +29,13 @@ pub struct Cli {
 
 /// One-off tasks (the DNS set-up adds its own here).
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Make `<service>.<namespace>.maille.mesh` resolve through the cluster DNS (CoreDNS
+    /// Corefile, AKS coredns-custom or a kube-dns stub domain); idempotent. See docs/dns.md.
+    Prepare(crate::dns::DnsArgs),
+    /// Remove what `prepare` added to the cluster DNS, and the shadow services.
+    Cleanup(crate::dns::DnsArgs),
+}
 
 /// Flags of the running controller.
 #[derive(Debug, Clone, Args)]

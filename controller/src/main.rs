@@ -1,7 +1,8 @@
 //! `maille-controller`: parses flags and runs the controller (or a one-off subcommand).
 
 use clap::Parser;
-use maille_controller::cli::Cli;
+use maille_controller::cli::{Cli, Command};
+use maille_controller::dns;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,7 +15,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         None => maille_controller::run::run(cli.run).await?,
-        Some(command) => match command {},
+        Some(Command::Prepare(args)) => {
+            let client = dns::kube_client(args.kubeconfig.as_deref()).await?;
+            dns::prepare(client, &args.options()).await?;
+        }
+        Some(Command::Cleanup(args)) => {
+            let client = dns::kube_client(args.kubeconfig.as_deref()).await?;
+            dns::cleanup(client, &args.options()).await?;
+        }
     }
     Ok(())
 }
