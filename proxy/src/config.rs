@@ -216,6 +216,10 @@ pub struct Config {
     /// UDP sessions open at once, over all UDP ports; a datagram needing one more is dropped.
     #[arg(long, env = "MAILLE_UDP_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub udp_max_sessions: u32,
+    /// PEM bundle of the CAs that verify `scheme: https` upstreams (e.g. the cluster's
+    /// internal CA). Default: the system trust store.
+    #[arg(long, env = "MAILLE_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// A duration flag: `250ms`, `5s`, `2m`, `1h`, `1m30s`, or `0`.
@@ -261,6 +265,7 @@ impl Default for Config {
             tcp_idle_timeout: Duration::from_secs(3600),
             udp_session_idle_timeout: Duration::from_secs(60),
             udp_max_sessions: 10_000,
+            upstream_ca_file: None,
         }
     }
 }

@@ -20,10 +20,11 @@ use pingora::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{HttpProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::balance::{Balancer, Pick};
 use crate::metrics;
+use crate::resilience::{Rejection, RequestState, Resilience};
 use crate::store::TableStore;
 
 pub use route::Denied;
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     pub failed: Vec<SocketAddr>,
     /// Status the proxy answered itself (404, 503, ...), if it did.
     pub local_status: Option<u16>,
+    /// Rate limit, breaker, retry and deadline bookkeeping of this request.
+    pub resilience: RequestState,
 }
 
 impl RequestCtx {
@@ -74,6 +77,7 @@ pub struct MeshProxy {
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
     access_log: bool,
+    resilience: Arc<Resilience>,
 }
 
 impl MeshProxy {
@@ -83,21 +87,47 @@ impl MeshProxy {
             store,
             balancer,
             access_log,
+            resilience: Arc::new(Resilience::default()),
         }
+    }
+
+    /// Uses this resilience state (shared with the server, which owns the TLS settings).
+    pub fn with_resilience(mut self, resilience: Arc<Resilience>) -> Self {
+        self.resilience = resilience;
+        self
     }
 
     /// Answers the request locally with a short plain-text body.
     async fn answer(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: String) {
+        Self::answer_with(session, ctx, status, body, None).await
+    }
+
+    /// Same, with one extra header (e.g. `Retry-After`).
+    async fn answer_with(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        body: String,
+        header: Option<(http::HeaderName, String)>,
+    ) {
         ctx.local_status = Some(status);
-        if let Err(e) = write_plain(session, status, body).await {
+        if let Err(e) = write_plain(session, status, body, header).await {
             tracing::debug!(error = %e, status, "Could not write local answer");
         }
     }
 }
 
-async fn write_plain(session: &mut Session, status: u16, body: String) -> Result<()> {
+async fn write_plain(
+    session: &mut Session,
+    status: u16,
+    body: String,
+    header: Option<(http::HeaderName, String)>,
+) -> Result<()> {
     let body = Bytes::from(body);
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    if let Some((name, value)) = header {
+        resp.insert_header(name, value)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::SERVER, "maille-proxy")?;
@@ -120,6 +150,7 @@ impl ProxyHttp for MeshProxy {
             pick: None,
             failed: Vec::new(),
             local_status: None,
+            resilience: RequestState::default(),
         }
     }
 
@@ -151,6 +182,13 @@ impl ProxyHttp for MeshProxy {
             Self::answer(session, ctx, 503, body).await;
             return Ok(true);
         }
+        ctx.resilience = RequestState::start(self.resilience.service(&table, &svc.key));
+        if let Err(rejection) = ctx.resilience.admit() {
+            let key = svc.key.to_string();
+            ctx.table = Some(table);
+            Self::reject(session, ctx, rejection, &key).await;
+            return Ok(true);
+        }
         ctx.table = Some(table);
         Ok(false)
     }
@@ -180,7 +218,10 @@ impl ProxyHttp for MeshProxy {
                 e.esource = ErrorSource::Upstream;
                 e
             })?;
-        let peer = route::peer_for(&table.services[backend], pick.addr);
+        let svc = &table.services[backend];
+        let mut peer = route::peer_for(svc, pick.addr);
+        ctx.resilience
+            .configure_peer(&mut peer, svc, self.resilience.tls())?;
         ctx.pick = Some(pick);
         Ok(peer)
     }
@@ -190,13 +231,57 @@ impl ProxyHttp for MeshProxy {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pick) = &ctx.pick {
             pick.observe_failure();
             ctx.failed.push(pick.addr);
         }
+        ctx.resilience.on_connect_failure(&mut e);
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A stale pooled connection says nothing about the endpoint; anything else does.
+        if !client_reused {
+            if let Some(pick) = &ctx.pick {
+                ctx.failed.push(pick.addr);
+            }
+        }
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let method = session.req_header().method.clone();
+        ctx.resilience
+            .on_error_while_proxy(&mut e, &method, truncated, client_reused);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match ctx.resilience.error_status(e) {
+            Some(code) => code,
+            None => default_error_status(e),
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, status = code, "Could not write error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_response_filter(
@@ -213,7 +298,42 @@ impl ProxyHttp for MeshProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.pick = None;
+        let status = final_status(session, e, ctx);
+        ctx.resilience.finish(status, e);
         log_request(session, e, ctx, self.access_log);
+    }
+}
+
+impl MeshProxy {
+    /// Answers a request refused by the rate limit (429) or an open circuit breaker (503).
+    async fn reject(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection, key: &str) {
+        match rejection {
+            Rejection::RateLimited { retry_after_secs } => {
+                let body = format!("maille: rate limit of service {key} exceeded\n");
+                let header = (http::header::RETRY_AFTER, retry_after_secs.to_string());
+                Self::answer_with(session, ctx, 429, body, Some(header)).await;
+            }
+            Rejection::CircuitOpen => {
+                let body = format!("maille: circuit breaker of service {key} is open\n");
+                Self::answer(session, ctx, rejection.status(), body).await;
+            }
+        }
+    }
+}
+
+/// Pingora's own mapping of a proxy error to the status the client gets: the status the
+/// error carries, 502 for an upstream failure, 400 for a bad request, 0 (nothing to send) when
+/// the client is gone, 500 otherwise.
+fn default_error_status(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
     }
 }
 

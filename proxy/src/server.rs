@@ -11,6 +11,7 @@ use pingora_core::services::ServiceWithDependents;
 
 use crate::balance::Balancer;
 use crate::config::Config;
+use crate::resilience::{Resilience, UpstreamTls};
 use crate::source::controller::ControllerSource;
 use crate::source::file::FileSource;
 use crate::store::TableStore;
@@ -30,6 +31,9 @@ pub enum Error {
     /// A UDP listener port could not be bound.
     #[error(transparent)]
     Udp(#[from] crate::udp::Error),
+    /// `--upstream-ca-file` cannot be used.
+    #[error(transparent)]
+    UpstreamCa(#[from] crate::resilience::upstream::CaError),
     /// Pingora refused its configuration.
     #[error("pingora server configuration: {0}")]
     Pingora(String),
@@ -45,6 +49,7 @@ pub struct ProxyServer {
     config: Config,
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
+    resilience: Arc<Resilience>,
 }
 
 impl ProxyServer {
@@ -80,11 +85,16 @@ impl ProxyServer {
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
         let balancer = Arc::new(Balancer::new(config.load_balancer));
+        let tls = match &config.upstream_ca_file {
+            Some(path) => UpstreamTls::from_pem_file(path)?,
+            None => UpstreamTls::default(),
+        };
         Ok(ProxyServer {
             server,
             config,
             store: TableStore::new(),
             balancer,
+            resilience: Arc::new(Resilience::new(tls)),
         })
     }
 
@@ -96,6 +106,11 @@ impl ProxyServer {
     /// The endpoint balancer (latency state per endpoint address).
     pub fn balancer(&self) -> &Arc<Balancer> {
         &self.balancer
+    }
+
+    /// Per-service resilience state (rate limits, breakers, retry budgets).
+    pub fn resilience(&self) -> &Arc<Resilience> {
+        &self.resilience
     }
 
     /// The flags the proxy was built from.
@@ -123,7 +138,8 @@ impl ProxyServer {
             self.store.clone(),
             self.balancer.clone(),
             self.config.access_log,
-        );
+        )
+        .with_resilience(self.resilience.clone());
         let svc = http::service(
             &self.server.configuration,
             proxy,

@@ -83,6 +83,8 @@ pub struct TestProxyOptions {
     pub threads: usize,
     /// Last word on the flags (e.g. TCP and UDP timeouts), after the options above.
     pub configure: fn(&mut Config),
+    /// `--upstream-ca-file`: CAs that verify https upstreams.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 impl Default for TestProxyOptions {
@@ -97,6 +99,7 @@ impl Default for TestProxyOptions {
             controller_url: None,
             threads: 2,
             configure: |_| {},
+            upstream_ca_file: None,
         }
     }
 }
@@ -169,6 +172,7 @@ impl TestProxy {
             threads: Some(opts.threads),
             load_balancer: opts.balancer,
             access_log: opts.access_log,
+            upstream_ca_file: opts.upstream_ca_file.clone(),
             upgrade_sock: std::env::temp_dir()
                 .join(format!("maille-test-upgrade-{admin_port}.sock")),
             ..Config::default()
