@@ -253,6 +253,7 @@ impl ProxyHttp for MeshProxy {
         // A stale pooled connection says nothing about the endpoint; anything else does.
         if !client_reused {
             if let Some(pick) = &ctx.pick {
+                pick.observe_failure();
                 ctx.failed.push(pick.addr);
             }
         }

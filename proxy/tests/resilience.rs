@@ -199,7 +199,11 @@ async fn retries_go_to_another_endpoint() {
             1,
             vec![with_options(
                 http(NS, "api", p.http[0], &[&dead.addr_str(), &good.addr_str()]),
-                retries(1),
+                OptionsSpec {
+                    // A budget that never binds here: this test is about where retries go.
+                    retry_budget_percent: Some(100),
+                    ..retries(1)
+                },
             )],
         )
     });
