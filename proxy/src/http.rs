@@ -168,12 +168,20 @@ impl ProxyHttp for MeshProxy {
             return Ok(true);
         };
         ctx.service = Some(service);
-        if let Err(denied) = route::check_access(&table, service, session) {
+        let backend = match route::resolve_split(&table, service, session) {
+            Ok(b) => b,
+            Err(refused) => {
+                ctx.table = Some(table);
+                Self::answer(session, ctx, refused.status, refused.body).await;
+                return Ok(true);
+            }
+        };
+        // The access rules of the service port whose pods are reached (the split's pick).
+        if let Err(denied) = route::check_access(&table, backend, session) {
             ctx.table = Some(table);
             Self::answer(session, ctx, denied.status, denied.body).await;
             return Ok(true);
         }
-        let backend = route::resolve_split(&table, service, session);
         ctx.backend = Some(backend);
         let svc = &table.services[backend];
         if svc.endpoints.is_empty() {

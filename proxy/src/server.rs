@@ -69,6 +69,8 @@ impl ProxyServer {
     pub fn new(config: Config) -> Result<ProxyServer> {
         config.validate()?;
         metrics::register();
+        crate::acl::register();
+        crate::split::register();
         let conf = ServerConf {
             threads: config.worker_threads(),
             grace_period_seconds: Some(config.grace_period_seconds),

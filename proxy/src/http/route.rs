@@ -1,12 +1,15 @@
 //! The routing steps of an HTTP request, each its own function so that later features extend
-//! one step: route lookup → access check → split resolution → (endpoint pick, in
+//! one step: route lookup → split resolution → access check → (endpoint pick, in
 //! [`crate::balance`]) → upstream peer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use config_model::{Service, Table};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::Session;
+
+use crate::acl;
+use crate::split::{self, RequestView, Selection};
 
 /// A request the access check refused, with the answer to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +45,58 @@ pub fn lookup(table: &Table, mesh_port: u16, host: &str) -> Option<usize> {
     Some(service_index(table, svc))
 }
 
-/// Step 2: whether the client may reach the service port. The table's access rules (ACL mode)
-/// are enforced by the SMI access-control step; this data plane step admits every request.
-pub fn check_access(_table: &Table, _service: usize, _session: &Session) -> Result<(), Denied> {
-    Ok(())
+/// The method, path (without query) and headers that split and access matches look at.
+fn request_view(session: &Session) -> RequestView<'_> {
+    let req = session.req_header();
+    RequestView {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        headers: &req.headers,
+    }
 }
 
-/// Step 3: the service port whose endpoints serve the request. Without a traffic split that
-/// applies, it is the routed service port itself.
-pub fn resolve_split(_table: &Table, service: usize, _session: &Session) -> usize {
-    service
+/// Step 2: the service port whose endpoints serve the request: the routed one, or the backend
+/// its traffic splits pick (nested splits followed). A split that applies with only zero
+/// weights sends the request nowhere: 503.
+pub fn resolve_split(table: &Table, service: usize, session: &Session) -> Result<usize, Denied> {
+    if table.services[service].splits.is_empty() {
+        return Ok(service);
+    }
+    match split::select(
+        table,
+        service,
+        Some(&request_view(session)),
+        &mut rand::rng(),
+    ) {
+        Selection::Service(i) => Ok(i),
+        Selection::NoTraffic { split, .. } => Err(Denied {
+            status: 503,
+            body: format!("maille: traffic split {split} sends no traffic (all weights are 0)\n"),
+        }),
+    }
+}
+
+/// Step 3: in ACL mode, whether the client may send this request to the service port that
+/// serves it (whose pods it reaches): 403 when no access rule (TrafficTarget) admits it.
+pub fn check_access(table: &Table, service: usize, session: &Session) -> Result<(), Denied> {
+    if !table.acl {
+        return Ok(());
+    }
+    let svc = &table.services[service];
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        // Without a client address no rule can admit the request.
+        .unwrap_or(IpAddr::from([0u8; 4]));
+    if acl::admits_request(table, svc, client, &request_view(session)) {
+        return Ok(());
+    }
+    acl::count_denied(svc, client);
+    Err(Denied {
+        status: 403,
+        body: acl::denied_body(svc, client),
+    })
 }
 
 /// Step 5: how to reach an endpoint of `service`: plain HTTP/1.1 with keep-alive (Pingora
