@@ -1,0 +1,234 @@
+//! End to end: the real `maille-controller` on a manifests folder, the real `maille-proxy`
+//! pulling from it, real backends on loopback. Edits to the folder must reach the traffic
+//! within a second.
+//!
+//! `scripts/test-all` builds every binary before the tests; the proxy binary is looked up next
+//! to this test's own target directory.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the child when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn proxy_binary() -> PathBuf {
+    // .../target/debug/deps/e2e-<hash> → .../target/debug/maille-proxy
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let proxy = dir.join("maille-proxy");
+    assert!(
+        proxy.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test-all does)",
+        proxy.display()
+    );
+    proxy
+}
+
+/// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
+fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let close = head.contains("connection: close");
+                        buf.drain(..end + 4);
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if conn.write_all(reply.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One request on a fresh connection; returns (status, body).
+fn get(port: u16, host: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what}: not seen within {within:?}");
+}
+
+fn service(traffic_type: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n    maille.io/traffic-type: {traffic_type}\nspec:\n  clusterIP: 10.96.0.20\n  ports:\n    - name: http\n      port: 80\n      targetPort: http\n"
+    )
+}
+
+fn slice(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: {port}\n    protocol: TCP\n"
+    )
+}
+
+/// Replaces a manifest atomically, so the controller never reads half a file.
+fn write(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
+}
+
+#[test]
+fn routing_follows_manifest_edits_within_a_second() {
+    let (one, two, three) = (backend("one"), backend("two"), backend("three"));
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "service.yaml", &service("http"));
+    write(dir.path(), "slice-1.yaml", &slice("web-1", one));
+    write(dir.path(), "slice-2.yaml", &slice("web-2", two));
+
+    let (api, http, tcp, udp, admin) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let range = |flag: &str, p: u16| [format!("--{flag}"), format!("{p}-{p}")];
+    let _controller = Proc(
+        Command::new(env!("CARGO_BIN_EXE_maille-controller"))
+            .arg("--manifests")
+            .arg(dir.path())
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(range("http-ports", http))
+            .args(range("tcp-ports", tcp))
+            .args(range("udp-ports", udp))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start maille-controller"),
+    );
+    let _proxy = Proc(
+        Command::new(proxy_binary())
+            .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
+            .args([
+                "--listen-ip",
+                "127.0.0.1",
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args([
+                "--http-ports",
+                &http.to_string(),
+                "--tcp-ports",
+                &tcp.to_string(),
+            ])
+            .args(["--udp-ports", &udp.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start maille-proxy"),
+    );
+    let host = "web.shop.maille.mesh";
+    let bodies = |n: usize| -> Vec<String> {
+        (0..n)
+            .filter_map(|_| get(http, host))
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+            .collect()
+    };
+
+    // Both endpoints serve through the mesh name (and the ClusterIP as Host).
+    wait_for("first table at the proxy", Duration::from_secs(30), || {
+        get(http, host).is_some_and(|(s, _)| s == 200)
+    });
+    let seen = bodies(40);
+    assert_eq!(seen.len(), 40, "every request through the mesh succeeds");
+    assert!(
+        seen.iter().any(|b| b == "one") && seen.iter().any(|b| b == "two"),
+        "{seen:?}"
+    );
+    assert_eq!(get(http, "10.96.0.20:80").map(|(s, _)| s), Some(200));
+    assert_eq!(
+        get(http, "nope.shop.maille.mesh").map(|(s, _)| s),
+        Some(404)
+    );
+
+    // A new endpoint is used within a second.
+    write(dir.path(), "slice-3.yaml", &slice("web-3", three));
+    wait_for("new endpoint in rotation", Duration::from_secs(1), || {
+        bodies(6).iter().any(|b| b == "three")
+    });
+
+    // Removing an endpoint takes it out of rotation.
+    std::fs::remove_file(dir.path().join("slice-1.yaml")).unwrap();
+    wait_for(
+        "removed endpoint out of rotation",
+        Duration::from_secs(1),
+        || {
+            let seen = bodies(12);
+            seen.len() == 12 && !seen.iter().any(|b| b == "one")
+        },
+    );
+
+    // Changing the traffic type moves the service from the HTTP port to the TCP port.
+    write(dir.path(), "service.yaml", &service("tcp"));
+    wait_for(
+        "service leaves the HTTP listener",
+        Duration::from_secs(1),
+        || get(http, host).is_some_and(|(s, _)| s == 404),
+    );
+    wait_for(
+        "service reachable on its TCP port",
+        Duration::from_secs(1),
+        || get(tcp, "anything").is_some_and(|(s, b)| s == 200 && (b == "two" || b == "three")),
+    );
+
+    // Removing the service removes its route.
+    std::fs::remove_file(dir.path().join("service.yaml")).unwrap();
+    wait_for("TCP route gone", Duration::from_secs(1), || {
+        get(tcp, "anything").is_none()
+    });
+}
