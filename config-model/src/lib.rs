@@ -17,7 +17,8 @@ pub mod wire;
 
 pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
 pub use table::{
-    AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split, SplitBackend, Table,
+    is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split,
+    SplitBackend, Table,
 };
 pub use wire::{
     AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,

@@ -326,7 +326,9 @@ fn invalid(
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// Whether `s` is an RFC 1123 DNS label, as Kubernetes requires of namespaces and Service
+/// names: lower-case letters, digits and `-`, at most 63, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -244,26 +244,17 @@ pub struct CleanedUp {
     pub services_deleted: Vec<String>,
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 impl DnsOptions {
     /// Refuses values that would produce a broken regex or name.
     pub fn validate(&self) -> Result<()> {
-        if !is_dns_label(&self.mesh_namespace) {
+        if !config_model::is_dns_label(&self.mesh_namespace) {
             return Err(Error::BadOption {
                 flag: "namespace",
                 value: self.mesh_namespace.clone(),
                 expected: "a namespace name: lowercase letters, digits and '-', at most 63",
             });
         }
-        if !is_dns_label(&self.dns_service) {
+        if !config_model::is_dns_label(&self.dns_service) {
             return Err(Error::BadOption {
                 flag: "dns-service",
                 value: self.dns_service.clone(),
@@ -271,7 +262,7 @@ impl DnsOptions {
             });
         }
         let domain = self.cluster_domain.trim_end_matches('.');
-        if domain.len() > 253 || !domain.split('.').all(is_dns_label) {
+        if domain.len() > 253 || !domain.split('.').all(config_model::is_dns_label) {
             return Err(Error::BadOption {
                 flag: "cluster-domain",
                 value: self.cluster_domain.clone(),
