@@ -7,12 +7,7 @@ use maille_controller::dns;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    cli.init_logging()?;
     match cli.command {
         None => maille_controller::run::run(cli.run).await?,
         Some(Command::Prepare(args)) => {

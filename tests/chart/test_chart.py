@@ -348,7 +348,7 @@ def test_default_values_render_and_validate():
     c = container(ctrl, "controller")
     assert flags(c)["default-mode"] == "http"
     assert "acl" not in flags(c) and "watch-namespaces" not in flags(c)
-    assert env(c)["RUST_LOG"] == "info" and env(c)["MAILLE_LOG_FORMAT"] == "text"
+    assert env(c)["MAILLE_LOG"] == "info" and env(c)["MAILLE_LOG_FORMAT"] == "text"
     # Scrape annotations on both pods.
     for w, port in ((ctrl, "9000"), (one(docs, "DaemonSet"), "8081")):
         ann = w["spec"]["template"]["metadata"]["annotations"]
@@ -443,7 +443,7 @@ def test_acl_namespaces_ports_set():
     assert flags(proxy)["controller-url"].endswith(":9100")
     assert flags(proxy)["log-format"] == "json" and flags(proxy)["log"] == "maille_proxy=debug,info"
     assert flags(proxy)["threads"] == "2"
-    assert env(c)["RUST_LOG"] == "maille_proxy=debug,info"
+    assert env(c)["MAILLE_LOG"] == "maille_proxy=debug,info"
     assert one(docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
 
 

@@ -63,9 +63,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://%s.%s.svc.%s:%d" (include "maille.controller.fullname" .) .Release.Namespace .Values.dns.clusterDomain (int .Values.controller.apiPort) -}}
 {{- end -}}
 
-{{/* Logging of the controller (it reads the tracing filter from RUST_LOG). */}}
+{{/* Logging of the controller (--log and --log-format, as environment variables so that the
+     prepare and cleanup steps read them too). */}}
 {{- define "maille.logEnv" -}}
-- name: RUST_LOG
+- name: MAILLE_LOG
   value: {{ .Values.log.level | quote }}
 - name: MAILLE_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
