@@ -27,8 +27,13 @@ pub struct Metrics {
     pub api_writes: IntCounterVec,
 }
 
+/// The `kind` label values of `maille_controller_api_writes_total`.
+pub const API_WRITE_KINDS: [&str; 2] = ["Service", "Event"];
+/// The `result` label values of `maille_controller_api_writes_total`.
+pub const API_WRITE_RESULTS: [&str; 2] = ["ok", "error"];
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    Metrics {
+    let m = Metrics {
     rebuilds: register_int_counter!(
         "maille_controller_rebuilds_total",
         "Routing table rebuilds (a burst of object changes gives one)."
@@ -73,10 +78,40 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["kind", "result"]
     )
     .expect("register maille_controller_api_writes_total"),
-}
+    };
+    // Every series exists from the start, at zero: a controller that has written nothing (the
+    // manifests provider, or a cluster with nothing to shadow yet) shows 0 writes and 0 errors
+    // rather than no data, and `rate()`/`increase()` see the first write.
+    for kind in API_WRITE_KINDS {
+        for result in API_WRITE_RESULTS {
+            m.api_writes.with_label_values(&[kind, result]);
+        }
+    }
+    m
 });
 
 /// Registers the controller's metrics (idempotent) and returns them.
 pub fn register() -> &'static Metrics {
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_write_series_exist_at_zero_before_any_write() {
+        register();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&prometheus::gather())
+            .expect("encode");
+        for kind in API_WRITE_KINDS {
+            for result in API_WRITE_RESULTS {
+                let line = format!(
+                    "maille_controller_api_writes_total{{kind=\"{kind}\",result=\"{result}\"}}"
+                );
+                assert!(text.contains(&line), "{line} missing from:\n{text}");
+            }
+        }
+    }
 }
