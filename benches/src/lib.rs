@@ -1,6 +1,6 @@
-//! Maille's benchmarks: table fixtures for the criterion micro-benches, and the pieces the load
-//! bench runs (a fixed-response backend, a forward-only Pingora proxy, a TCP load generator,
-//! and a counting allocator for memory figures).
+//! Maille's benchmarks: table fixtures and the Kubernetes objects behind them for the criterion
+//! micro-benches, and the pieces the load bench runs (a fixed-response backend, a forward-only
+//! Pingora proxy, a TCP load generator, and a counting allocator for memory figures).
 //!
 //! The criterion benches live in `benches/`, the load bench driver in `load/run`; see
 //! `README.md` for how to run each and how to read the figures.
@@ -9,4 +9,5 @@ pub mod alloc_count;
 pub mod backend;
 pub mod fixtures;
 pub mod floor;
+pub mod objects;
 pub mod tcp_load;

@@ -53,9 +53,12 @@ pub fn lookup<'a>(
     annotations: &'a BTreeMap<String, String>,
     name: &str,
 ) -> Option<(&'a str, &'a str)> {
+    // Compares in place rather than formatting each candidate key: the controller calls this
+    // for every annotation name of every Service at every rebuild.
     PREFIXES.iter().find_map(|prefix| {
         annotations
-            .get_key_value(&format!("{prefix}{name}"))
+            .iter()
+            .find(|(k, _)| k.strip_prefix(prefix) == Some(name))
             .map(|(k, v)| (k.as_str(), v.as_str()))
     })
 }

@@ -9,7 +9,7 @@ use config_model::annotations;
 use config_model::{
     EndpointSpec, ServiceKey, ServiceSpec, Table, TableSpec, TrafficType, SCHEMA_VERSION,
 };
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
@@ -116,30 +116,31 @@ pub fn translate(
     for svc in &services {
         let ns = meta_ns(svc);
         let name = meta_name(svc);
-        let obj = ObjectRef::service(ns, name);
-        let annotations = svc.metadata.annotations.clone().unwrap_or_default();
-        let spec = svc.spec.clone().unwrap_or_default();
-        let ports = spec.ports.clone().unwrap_or_default();
+        // Built only when there is a problem to report: most services have none.
+        let obj = || ObjectRef::service(ns, name);
+        let no_annotations = BTreeMap::new();
+        let annotations = svc.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+        let spec = svc.spec.as_ref();
+        let ports: &[ServicePort] = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
 
-        let explicit = match annotations::traffic_type(&annotations) {
+        let explicit = match annotations::traffic_type(annotations) {
             Ok(tt) => tt,
             Err(e) => {
-                problems.push(Problem::new(obj.clone(), format!("{ns}/{name}: {e}")));
-                for p in &ports {
+                problems.push(Problem::new(obj(), format!("{ns}/{name}: {e}")));
+                for p in ports {
                     statuses.push(status(ns, name, p, None, 0));
                 }
                 continue;
             }
         };
         let tt = explicit.unwrap_or(settings.default_mode);
-        let (options, errors) = annotations::options(&annotations, tt);
+        let (options, errors) = annotations::options(annotations, tt);
         for e in errors {
-            problems.push(Problem::new(obj.clone(), format!("{ns}/{name}: {e}")));
+            problems.push(Problem::new(obj(), format!("{ns}/{name}: {e}")));
         }
         let want_protocol = if tt == TrafficType::Udp { "UDP" } else { "TCP" };
         let cluster_ip = spec
-            .cluster_ip
-            .as_deref()
+            .and_then(|s| s.cluster_ip.as_deref())
             .filter(|ip| ip.parse::<IpAddr>().is_ok())
             .map(str::to_string);
 
@@ -152,7 +153,7 @@ pub fn translate(
             meshed_any = true;
             let Ok(port) = u16::try_from(p.port) else {
                 problems.push(Problem::new(
-                    obj.clone(),
+                    obj(),
                     format!(
                         "{ns}/{name}: field spec.ports[{i}].port: invalid value {}: expected a port from 1 to 65535",
                         p.port
@@ -173,7 +174,7 @@ pub fn translate(
                     Some(mp) => mp,
                     None => {
                         problems.push(Problem::new(
-                            obj.clone(),
+                            obj(),
                             format!(
                                 "{ns}/{name}: port {port} is port number {} of the service but the HTTP port range {} has only {} ports; widen --http-ports",
                                 i + 1,
@@ -212,11 +213,11 @@ pub fn translate(
             });
         }
         if !meshed_any && explicit.is_some() {
-            for p in &ports {
+            for p in ports {
                 statuses.push(status(ns, name, p, Some(tt), 0));
             }
             problems.push(Problem::new(
-                obj.clone(),
+                obj(),
                 format!(
                     "{ns}/{name}: annotation traffic-type is {tt} but the service has no {want_protocol} port; nothing is meshed"
                 ),
@@ -289,11 +290,11 @@ pub fn translate(
     }
     problems.sort();
     problems.dedup();
-    let mut errors: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut errors: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for p in &problems {
         if p.object.kind == "Service" {
             errors
-                .entry((p.object.namespace.clone(), p.object.name.clone()))
+                .entry((&p.object.namespace, &p.object.name))
                 .or_default()
                 .push(p.message.clone());
         }
@@ -302,7 +303,7 @@ pub fn translate(
         st.mesh_port = meshed
             .get(&(st.namespace.as_str(), st.name.as_str(), st.port))
             .copied();
-        if let Some(e) = errors.get(&(st.namespace.clone(), st.name.clone())) {
+        if let Some(e) = errors.get(&(st.namespace.as_str(), st.name.as_str())) {
             st.errors = e.clone();
         }
     }
@@ -318,7 +319,7 @@ pub fn translate(
 fn status(
     ns: &str,
     name: &str,
-    p: &k8s_openapi::api::core::v1::ServicePort,
+    p: &ServicePort,
     tt: Option<TrafficType>,
     endpoints: usize,
 ) -> ServiceStatus {
@@ -438,23 +439,19 @@ fn endpoints_for(
 /// Checks the table as a whole; a service port the table refuses (duplicate route, bad split)
 /// is dropped with a problem and the rest is checked again, so one bad service never takes the
 /// table down.
-fn validate_table(
-    mut specs: Vec<ServiceSpec>,
-    acl: bool,
-    problems: &mut Vec<Problem>,
-) -> TableSpec {
+fn validate_table(specs: Vec<ServiceSpec>, acl: bool, problems: &mut Vec<Problem>) -> TableSpec {
     let mut table = TableSpec {
         schema_version: SCHEMA_VERSION,
         version: 0,
         acl,
-        services: Vec::new(),
+        services: specs,
     };
-    for _ in 0..=specs.len() {
-        table.services = specs.clone();
+    for _ in 0..=table.services.len() {
         let err = match Table::try_from(&table) {
             Ok(_) => return table,
             Err(e) => e,
         };
+        let specs = &mut table.services;
         let culprit = match &err {
             config_model::Error::InvalidField { service, .. } => service.clone(),
             config_model::Error::DuplicateHttpRoute { second, .. } => second.clone(),
