@@ -34,7 +34,9 @@ pub fn host(i: usize) -> String {
     format!("{}.{}.{}", name(i), namespace(i), config_model::MESH_DOMAIN)
 }
 
-fn ip(n: usize, first: u8) -> String {
+/// The `n`-th address of the `first.0.0.0/8` block the fixtures draw from (`10.` for
+/// ClusterIPs, `11.` for endpoints).
+pub fn ip(n: usize, first: u8) -> String {
     format!(
         "{first}.{}.{}.{}",
         (n >> 16) & 0xff,

@@ -14,19 +14,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use maille_controller::translate::SERVICE_NAME_LABEL;
 use maille_controller::Snapshot;
 
-use crate::fixtures::{name, namespace, tcp_slot};
+use crate::fixtures::{ip, name, namespace, tcp_slot};
 
 /// The port the fixture's backends listen on (the slices' resolved target port).
 pub const TARGET_PORT: i32 = 8080;
-
-fn ip(n: usize, first: u8) -> String {
-    format!(
-        "{first}.{}.{}.{}",
-        (n >> 16) & 0xff,
-        (n >> 8) & 0xff,
-        n & 0xff
-    )
-}
 
 fn annotations(i: usize) -> BTreeMap<String, String> {
     let mut a = BTreeMap::new();
