@@ -34,6 +34,18 @@ struct Seen {
     unreadable: bool,
 }
 
+impl Seen {
+    /// The file cannot be read (now): warns once until it can be again, and forgets its stamp
+    /// so that the next poll reads it afresh. The current table stays.
+    fn cannot_read(&mut self, origin: &str, e: &std::io::Error) {
+        if !self.unreadable {
+            tracing::warn!(path = %origin, error = %e, "Cannot read table file; keeping the current table");
+            self.unreadable = true;
+        }
+        self.stamp = None;
+    }
+}
+
 impl FileSource {
     /// A source reading `path` into `store`.
     pub fn new(path: PathBuf, store: Arc<TableStore>) -> Self {
@@ -45,14 +57,7 @@ impl FileSource {
         let origin = self.path.display().to_string();
         let meta = match tokio::fs::metadata(&self.path).await {
             Ok(m) => m,
-            Err(e) => {
-                if !seen.unreadable {
-                    tracing::warn!(path = %origin, error = %e, "Cannot read table file; keeping the current table");
-                    seen.unreadable = true;
-                }
-                seen.stamp = None;
-                return;
-            }
+            Err(e) => return seen.cannot_read(&origin, &e),
         };
         let stamp = Stamp {
             modified: meta.modified().ok(),
@@ -69,14 +74,7 @@ impl FileSource {
         }
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,
-            Err(e) => {
-                if !seen.unreadable {
-                    tracing::warn!(path = %origin, error = %e, "Cannot read table file; keeping the current table");
-                    seen.unreadable = true;
-                }
-                seen.stamp = None;
-                return;
-            }
+            Err(e) => return seen.cannot_read(&origin, &e),
         };
         seen.unreadable = false;
         seen.stamp = Some(stamp);
