@@ -162,6 +162,10 @@ pub struct Config {
     /// Pull the routing table from the controller at this base URL (long-poll).
     #[arg(long, env = "MAILLE_CONTROLLER_URL", conflicts_with = "config")]
     pub controller_url: Option<String>,
+    /// Refuse a controller answer larger than this (bytes, or with a `KiB`/`MiB`/`GiB`
+    /// suffix); it is read frame by frame and dropped as soon as it passes the bound.
+    #[arg(long, env = "MAILLE_CONTROLLER_MAX_TABLE_BYTES", default_value = "64MiB", value_parser = byte_size)]
+    pub controller_max_table_bytes: u64,
     /// Load the routing table from this JSON file, and reload it when it changes.
     #[arg(long, env = "MAILLE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -232,6 +236,33 @@ fn duration(s: &str) -> std::result::Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A size flag: `1048576`, `512KiB`, `64MiB`, `1GiB`; above zero.
+fn byte_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?}, expected bytes or KiB, MiB, GiB"
+            ))
+        }
+    };
+    match digits.parse::<u64>() {
+        Ok(0) => Err(format!("{s:?}: expected a size above zero, e.g. 64MiB")),
+        Ok(n) => n
+            .checked_mul(1 << shift)
+            .ok_or_else(|| format!("{s:?}: too large")),
+        Err(_) => Err(format!("{s:?}: expected a size such as 64MiB or 1048576")),
+    }
+}
+
 /// A duration flag that must be above zero.
 fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
     match duration(s)? {
@@ -250,6 +281,7 @@ impl Default for Config {
             listen_ip: IpAddr::from([0, 0, 0, 0]),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             controller_url: None,
+            controller_max_table_bytes: 64 << 20,
             config: None,
             grace_period_seconds: 10,
             graceful_shutdown_timeout_seconds: 5,
@@ -422,6 +454,27 @@ mod tests {
         ] {
             let e = Config::try_parse_from(["maille-proxy", bad[0], bad[1]]).unwrap_err();
             assert!(e.to_string().contains(bad[0]), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_controller_answer_bound_takes_sizes() {
+        let c = Config::try_parse_from(["maille-proxy"]).unwrap();
+        assert_eq!(c.controller_max_table_bytes, 64 << 20);
+        for (flag, bytes) in [
+            ("1048576", 1 << 20),
+            ("512KiB", 512 << 10),
+            ("2GiB", 2 << 30),
+        ] {
+            let c = Config::try_parse_from(["maille-proxy", "--controller-max-table-bytes", flag])
+                .unwrap();
+            assert_eq!(c.controller_max_table_bytes, bytes, "{flag}");
+        }
+        for bad in ["0", "12MB", "x", "99999999999GiB"] {
+            let e = Config::try_parse_from(["maille-proxy", "--controller-max-table-bytes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
         }
     }
 

@@ -194,7 +194,8 @@ impl ProxyServer {
             self.server
                 .add_service(background_service("table file", src));
         } else if let Some(url) = &self.config.controller_url {
-            let src = ControllerSource::new(url, self.store.clone())?;
+            let src = ControllerSource::new(url, self.store.clone())?
+                .max_table_bytes(self.config.controller_max_table_bytes);
             self.server
                 .add_service(background_service("controller client", src));
         }

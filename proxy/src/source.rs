@@ -15,6 +15,19 @@ use crate::store::TableStore;
 /// in. On failure, logs the reason (which names service, field and value), counts a refusal
 /// and leaves the current table in place. Returns the version of the table swapped in.
 pub fn apply_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, JsonError> {
+    swap_json(store, bytes, origin).inspect_err(|e| {
+        tracing::error!(
+            origin,
+            error = %e,
+            kept_version = store.load().version,
+            "Routing table refused; keeping the last good one"
+        );
+    })
+}
+
+/// [`apply_json`] without the refusal log line, for sources that rate-limit their own logs
+/// (a controller may send the same bad table on every poll). Still counts the refusal.
+pub fn swap_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, JsonError> {
     match Table::from_json(bytes) {
         Ok(table) => {
             let version = table.version;
@@ -31,12 +44,6 @@ pub fn apply_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64,
         }
         Err(e) => {
             metrics::TABLE_REFUSALS.inc();
-            tracing::error!(
-                origin,
-                error = %e,
-                kept_version = store.load().version,
-                "Routing table refused; keeping the last good one"
-            );
             Err(e)
         }
     }

@@ -1,15 +1,19 @@
 //! A table from the controller: `GET {url}/api/configuration?wait=30s` with
 //! `If-None-Match: <etag>`. The controller answers 200 with a new table (and its `ETag`) as soon
-//! as one exists, or 304 after the wait; the proxy asks again at once. On errors it keeps the
-//! last good table and retries with capped exponential backoff.
+//! as one exists, or 304 after the wait; the proxy asks again at once. On errors, refused or
+//! oversized tables and answers without an `ETag` it keeps the last good table and asks again
+//! after a growing, jittered, capped delay; a failure that repeats is logged once per
+//! [`FAILURE_LOG_INTERVAL`]. The body is read frame by frame and refused past
+//! `--controller-max-table-bytes`, so a hostile answer cannot make the proxy buffer it whole.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -25,6 +29,11 @@ pub const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Default bound on a table answer's body (`--controller-max-table-bytes`): far above a real
+/// table (10,000 services with endpoints take a few MiB), far below what would hurt a node.
+pub const DEFAULT_MAX_TABLE_BYTES: u64 = 64 << 20;
+/// A failure that repeats (same message) is logged at most once per this interval.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +62,16 @@ pub enum Error {
         /// The status received.
         status: StatusCode,
     },
+    /// The answer's body is larger than `--controller-max-table-bytes`; it was not read further.
+    #[error("GET {uri}: table answer larger than the limit of {limit} bytes (--controller-max-table-bytes){}", declared.map(|n| format!("; Content-Length {n}")).unwrap_or_default())]
+    TooLarge {
+        /// The request URI.
+        uri: String,
+        /// The bound in bytes.
+        limit: u64,
+        /// The `Content-Length` the controller declared, if any.
+        declared: Option<u64>,
+    },
     /// The table was received but refused.
     #[error("GET {uri}: table refused: {reason}")]
     Refused {
@@ -78,6 +97,7 @@ pub struct ControllerSource {
     store: Arc<TableStore>,
     client: Client<HttpConnector, Empty<Bytes>>,
     wait: Duration,
+    max_table_bytes: u64,
 }
 
 impl ControllerSource {
@@ -124,7 +144,14 @@ impl ControllerSource {
             store,
             client,
             wait: Duration::from_secs(wait_s),
+            max_table_bytes: DEFAULT_MAX_TABLE_BYTES,
         })
+    }
+
+    /// Refuses table answers larger than `bytes` (`--controller-max-table-bytes`).
+    pub fn max_table_bytes(mut self, bytes: u64) -> Self {
+        self.max_table_bytes = bytes;
+        self
     }
 
     /// The URI polled.
@@ -164,19 +191,22 @@ impl ControllerSource {
                     .get(header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let body = tokio::time::timeout(deadline, resp.into_body().collect())
-                    .await
-                    .map_err(|_| Error::Transport {
-                        uri: uri.clone(),
-                        reason: "body not received in time".into(),
-                    })?
-                    .map_err(|e| Error::Transport {
-                        uri: uri.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .to_bytes();
+                let declared = resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let body = tokio::time::timeout(
+                    deadline,
+                    read_bounded(resp.into_body(), declared, self.max_table_bytes, &uri),
+                )
+                .await
+                .map_err(|_| Error::Transport {
+                    uri: uri.clone(),
+                    reason: "body not received in time".into(),
+                })??;
                 *etag = new_tag;
-                super::apply_json(&self.store, &body, &uri)
+                super::swap_json(&self.store, &body, &uri)
                     .map(Poll::Swapped)
                     .map_err(|e| Error::Refused {
                         uri,
@@ -190,33 +220,48 @@ impl ControllerSource {
     /// Polls until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let mut etag = None;
-        let mut backoff = BACKOFF_MIN;
-        let mut failing = false;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut failures = FailureLog::new(FAILURE_LOG_INTERVAL);
         loop {
-            let delay = tokio::select! {
-                r = self.poll_once(&mut etag) => match r {
-                    Ok(_) | Err(Error::Refused { .. }) => {
-                        if failing {
-                            tracing::info!(uri = %self.uri, "Controller reachable again");
-                        }
-                        failing = false;
-                        backoff = BACKOFF_MIN;
-                        None
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "Cannot get the routing table from the controller; keeping the last good one and retrying");
-                        } else {
-                            tracing::debug!(error = %e, ?backoff, "Controller still unreachable");
-                        }
-                        failing = true;
-                        let jitter = rand::rng().random_range(0.8..1.2);
-                        let d = backoff.mul_f64(jitter);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        Some(d)
-                    }
-                },
+            let polled = tokio::select! {
+                r = self.poll_once(&mut etag) => r,
                 _ = shutdown.changed() => return,
+            };
+            let delay = match polled {
+                Ok(Poll::Swapped(_)) if etag.is_none() => {
+                    // Without an ETag the next long-poll would be answered at once with the
+                    // same table: a busy loop against a controller that ignores the contract.
+                    let delay = backoff.next_delay();
+                    if let Some(repeats) = failures.failed("answer without ETag", Instant::now()) {
+                        tracing::warn!(uri = %self.uri, ?delay, repeats, "Controller answered without an ETag; backing off before asking again");
+                    }
+                    Some(delay)
+                }
+                Ok(_) => {
+                    if failures.recovered() {
+                        tracing::info!(uri = %self.uri, "Controller answers again");
+                    }
+                    backoff.reset();
+                    None
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    let message = e.to_string();
+                    match failures.failed(&message, Instant::now()) {
+                        Some(repeats)
+                            if matches!(e, Error::Refused { .. } | Error::TooLarge { .. }) =>
+                        {
+                            tracing::error!(error = %message, kept_version = self.store.load().version, ?delay, repeats, "Routing table refused; keeping the last good one");
+                        }
+                        Some(repeats) => {
+                            tracing::warn!(error = %message, ?delay, repeats, "Cannot get the routing table from the controller; keeping the last good one and retrying");
+                        }
+                        None => {
+                            tracing::debug!(error = %message, ?delay, "Controller failure repeats");
+                        }
+                    }
+                    Some(delay)
+                }
             };
             if let Some(d) = delay {
                 tokio::select! {
@@ -225,6 +270,117 @@ impl ControllerSource {
                 }
             }
         }
+    }
+}
+
+/// Reads a table answer's body frame by frame, refusing it as soon as it passes `limit` bytes
+/// (or at once when its declared length does), so a hostile answer is never held whole.
+async fn read_bounded(
+    mut body: Incoming,
+    declared: Option<u64>,
+    limit: u64,
+    uri: &str,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::TooLarge {
+        uri: uri.to_string(),
+        limit,
+        declared,
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    // A declared length is a hint, not a promise: reserve no more than 1 MiB up front.
+    let reserve = declared.unwrap_or(0).min(limit).min(1 << 20);
+    let mut buf = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::Transport {
+            uri: uri.to_string(),
+            reason: error_chain(&e),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            let len = u64::try_from(buf.len() + data.len()).unwrap_or(u64::MAX);
+            if len > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// Retry delays: doubling from `min` up to `max`, each drawn within ±20 % so that the proxies
+/// of a cluster do not all ask again in the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Delays from `min` up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The delay before the next attempt; the one after grows.
+    pub fn next_delay(&mut self) -> Duration {
+        let jitter = rand::rng().random_range(0.8..1.2);
+        let delay = self.current.mul_f64(jitter).min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the shortest delay after a success.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Decides which failures are logged: a new failure at once, the same one again only after
+/// `interval` (with how often it repeated meanwhile), so a controller failing on every poll
+/// gives one line a minute, not one per fetch.
+#[derive(Debug)]
+pub struct FailureLog {
+    interval: Duration,
+    last: Option<(String, Instant)>,
+    repeats: u64,
+}
+
+impl FailureLog {
+    /// Identical failures logged at most once per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        FailureLog {
+            interval,
+            last: None,
+            repeats: 0,
+        }
+    }
+
+    /// A failure with this message happened at `now`: `Some(times it repeated unlogged since
+    /// the last line)` when it should be logged, `None` when it should not.
+    pub fn failed(&mut self, message: &str, now: Instant) -> Option<u64> {
+        match &mut self.last {
+            Some((last, at)) if last == message && now.duration_since(*at) < self.interval => {
+                self.repeats += 1;
+                None
+            }
+            _ => {
+                let repeats = std::mem::take(&mut self.repeats);
+                self.last = Some((message.to_string(), now));
+                Some(repeats)
+            }
+        }
+    }
+
+    /// A success: whether failures had been reported (so that the recovery is worth a line).
+    pub fn recovered(&mut self) -> bool {
+        self.repeats = 0;
+        self.last.take().is_some()
     }
 }
 

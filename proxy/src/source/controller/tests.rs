@@ -207,3 +207,246 @@ fn bad_urls_are_refused_with_the_reason() {
         .to_string();
     assert!(e.contains("https"), "{e}");
 }
+
+/// A hostile controller on raw sockets: accepts connections and lets `answer` write whatever
+/// it likes on each. Returns its address and the number of connections accepted.
+async fn start_raw<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(answer(stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads a request head (up to the blank line), so the answer follows a whole request.
+async fn read_head(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_refused_once_past_the_bound_without_buffering_it() {
+    use tokio::io::AsyncWriteExt;
+    let written = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, _) = start_raw({
+        let written = written.clone();
+        move |mut stream| {
+            let (written, done_tx) = (written.clone(), done_tx.clone());
+            async move {
+                read_head(&mut stream).await;
+                let head = "HTTP/1.1 200 OK\r\nETag: \"big\"\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                // Chunks of 64 KiB for as long as the proxy reads (at most 1 GiB).
+                let chunk = [b'['; 64 << 10];
+                let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+                frame.extend_from_slice(&chunk);
+                frame.extend_from_slice(b"\r\n");
+                for _ in 0..(1 << 14) {
+                    if stream.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                    written.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                }
+                let _ = done_tx.send(());
+            }
+        }
+    })
+    .await;
+    let store = TableStore::new();
+    crate::source::apply_json(&store, &spec_json(5, "10.0.0.5:80"), "seed").unwrap();
+    let src = ControllerSource::with_wait(
+        &format!("http://{addr}"),
+        store.clone(),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .max_table_bytes(1 << 20);
+    let mut etag = None;
+    let e = src.poll_once(&mut etag).await.unwrap_err();
+    assert!(matches!(e, Error::TooLarge { limit: 1048576, .. }), "{e}");
+    assert!(
+        e.to_string().contains("--controller-max-table-bytes"),
+        "{e}"
+    );
+    // The proxy dropped the connection: the controller's writes fail soon after the bound,
+    // long before its 1 GiB are out.
+    tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+        .await
+        .expect("the proxy kept reading past the bound");
+    let sent = written.load(Ordering::Relaxed);
+    assert!(sent < 64 << 20, "{sent} bytes were read before refusing");
+    assert_eq!(store.load().version, 5, "the last good table stays");
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_bound_is_refused_before_the_body() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _) = start_raw(|mut stream| async move {
+        read_head(&mut stream).await;
+        let head = "HTTP/1.1 200 OK\r\nETag: \"huge\"\r\nContent-Length: 536870912\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes()).await;
+        // No body at all: only the declared length can refuse it in time.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    let src = ControllerSource::with_wait(
+        &format!("http://{addr}"),
+        TableStore::new(),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .max_table_bytes(1 << 20);
+    let e = tokio::time::timeout(Duration::from_secs(5), src.poll_once(&mut None))
+        .await
+        .expect("waited for a body the bound already refuses")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Content-Length 536870912"), "{e}");
+}
+
+/// Runs `src` for `period` and returns how many connections/requests the controller saw.
+async fn requests_during(src: ControllerSource, period: Duration, seen: &AtomicU64) -> u64 {
+    let (stop, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(async move { src.run(stop_rx).await });
+    tokio::time::sleep(period).await;
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    seen.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_controller_that_ignores_etags_is_asked_with_growing_delays() {
+    use tokio::io::AsyncWriteExt;
+    let body = spec_json(4, "10.0.0.4:80");
+    let requests = Arc::new(AtomicU64::new(0));
+    let (addr, _) = start_raw({
+        let requests = requests.clone();
+        move |mut stream| {
+            let (body, requests) = (body.clone(), requests.clone());
+            async move {
+                // Keep-alive: every request on the connection gets the same table, no ETag.
+                loop {
+                    read_head(&mut stream).await;
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let store = TableStore::new();
+    let src = ControllerSource::new(&format!("http://{addr}"), store.clone()).unwrap();
+    // Delays of about 0.1, 0.2, 0.4, 0.8 s: about 5 requests in 2 s (hundreds without them).
+    let n = requests_during(src, Duration::from_secs(2), &requests).await;
+    assert!((2..=10).contains(&n), "{n} requests in 2 s");
+    assert_eq!(store.load().version, 4, "the answer's table is still used");
+}
+
+#[tokio::test]
+async fn repeated_refusals_are_asked_again_with_growing_delays() {
+    use tokio::io::AsyncWriteExt;
+    let body = spec_json(9, "not-an-address");
+    let requests = Arc::new(AtomicU64::new(0));
+    let (addr, _) = start_raw({
+        let requests = requests.clone();
+        move |mut stream| {
+            let (body, requests) = (body.clone(), requests.clone());
+            async move {
+                loop {
+                    read_head(&mut stream).await;
+                    // A new ETag every time, and every table is invalid.
+                    let n = requests.fetch_add(1, Ordering::Relaxed);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nETag: \"bad-{n}\"\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let store = TableStore::new();
+    crate::source::apply_json(&store, &spec_json(3, "10.0.0.3:80"), "seed").unwrap();
+    let src = ControllerSource::new(&format!("http://{addr}"), store.clone()).unwrap();
+    let n = requests_during(src, Duration::from_secs(2), &requests).await;
+    assert!((2..=10).contains(&n), "{n} requests in 2 s");
+    assert_eq!(store.load().version, 3, "the last good table stays");
+}
+
+#[test]
+fn identical_failures_are_logged_once_per_interval() {
+    let mut log = FailureLog::new(Duration::from_secs(60));
+    let t0 = Instant::now();
+    assert_eq!(log.failed("refused: x", t0), Some(0));
+    for i in 1..=100 {
+        assert_eq!(
+            log.failed("refused: x", t0 + Duration::from_millis(i * 100)),
+            None
+        );
+    }
+    // Another failure is news: logged at once.
+    assert_eq!(
+        log.failed("connection refused", t0 + Duration::from_secs(11)),
+        Some(100)
+    );
+    assert_eq!(
+        log.failed("connection refused", t0 + Duration::from_secs(12)),
+        None
+    );
+    // The same one, an interval later: logged again, with how often it repeated meanwhile.
+    assert_eq!(
+        log.failed("connection refused", t0 + Duration::from_secs(72)),
+        Some(1)
+    );
+    assert!(log.recovered());
+    assert!(!log.recovered(), "nothing to report twice");
+    assert_eq!(
+        log.failed("connection refused", t0 + Duration::from_secs(73)),
+        Some(0)
+    );
+}
+
+#[test]
+fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut nominal = Duration::from_millis(100);
+    for _ in 0..12 {
+        let d = b.next_delay();
+        assert!(
+            d >= nominal.mul_f64(0.8) && d <= nominal.mul_f64(1.2).min(Duration::from_secs(10)),
+            "{d:?} vs {nominal:?}"
+        );
+        nominal = (nominal * 2).min(Duration::from_secs(10));
+    }
+    assert!(b.next_delay() <= Duration::from_secs(10));
+    b.reset();
+    assert!(b.next_delay() <= Duration::from_millis(120));
+}
