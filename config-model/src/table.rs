@@ -117,15 +117,15 @@ pub struct HttpMatch {
 
 impl HttpMatch {
     /// Whether a request fits this match. `header` returns the value of a header by its
-    /// lower-case name.
+    /// lower-case name. Methods compare exactly: RFC 9110 methods are case-sensitive, so
+    /// `get` does not fit a `GET` rule.
     pub fn matches<'a>(
         &self,
         method: &str,
         path: &str,
         header: impl Fn(&str) -> Option<&'a str>,
     ) -> bool {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
-        {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
             return false;
         }
         if let Some(re) = &self.path {

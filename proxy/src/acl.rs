@@ -123,6 +123,17 @@ mod tests {
         assert!(admits_request(&t, &t.services[0], v4_mapped, &req("/api")));
         assert!(!admits_request(&t, &t.services[0], a, &req("/")));
         assert!(!admits_request(&t, &t.services[0], b, &req("/api")));
+        // Methods are case-sensitive (RFC 9110): `post` does not fit a `POST` rule.
+        let mut only_post = spec.clone();
+        only_post.services[0].access[0].http.as_mut().unwrap()[0].methods = vec!["POST".into()];
+        let t2 = Table::try_from(&only_post).unwrap();
+        assert!(admits_request(&t2, &t2.services[0], a, &req("/api")));
+        let lower = RequestView {
+            method: "post",
+            path: "/api",
+            headers: &h,
+        };
+        assert!(!admits_request(&t2, &t2.services[0], a, &lower));
         assert!(
             !admits_connection(&t, &t.services[0], a),
             "HTTP-only rule opens no raw connection"

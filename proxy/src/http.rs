@@ -4,6 +4,8 @@
 //! Hook bodies stay small and delegate: routing steps live in [`route`], endpoint choice in
 //! [`crate::balance`], bookkeeping in [`log_request`]. Per-request state is [`RequestCtx`].
 
+pub mod path;
+pub mod request;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -156,6 +158,14 @@ impl ProxyHttp for MeshProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.mesh_port = route::listener_port(session);
+        // Before anything looks at Host or path: matches, rules and the upstream all see the
+        // normalised request, or none does.
+        if let Err(bad) = request::check_and_normalise(session.req_header_mut()) {
+            // The body's framing may be what is wrong: do not read another request after it.
+            session.set_keepalive(None);
+            Self::answer(session, ctx, 400, bad.body()).await;
+            return Ok(true);
+        }
         let table = self.store.current();
         let host = route::request_host(session).unwrap_or("");
         let Some(service) = route::lookup(&table, ctx.mesh_port, host) else {

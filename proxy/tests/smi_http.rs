@@ -194,6 +194,38 @@ async fn split_with_match_nested_split_and_all_zero_weights() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_matches_see_the_normalised_path() {
+    let b = backends().await;
+    let canary = HttpMatchSpec {
+        path_regex: Some("/canary(/.*)?".into()),
+        methods: vec!["GET".into()],
+        ..Default::default()
+    };
+    let proxy = TestProxy::start(|p| {
+        with_splits(
+            &b,
+            p.http[0],
+            vec![(0, split("canary", &[("web-v1", 1)], vec![canary]))],
+        )
+    });
+    let to = proxy.http[0];
+    let local = [127, 0, 0, 1];
+    for (path, want) in [
+        ("/canary/x", "v1"),
+        ("/x/../canary/y", "v1"),
+        ("/%63anary", "v1"),
+        ("//canary", "v1"),
+        ("/canary/../x", "root"),
+        ("/canary/%2e%2e/x", "root"),
+    ] {
+        let (status, backend, _) = request(local, to, WEB, path, &[]).await;
+        assert_eq!((status, backend.as_str()), (200, want), "{path}");
+    }
+    let (status, _, body) = request(local, to, WEB, "/canary/..;/x", &[]).await;
+    assert_eq!(status, 400, "{body}");
+}
+
 fn guarded(b: &Backends, port: u16, rules: Vec<AccessRuleSpec>) -> TableSpec {
     let mut s = services(b, port);
     s[0].access = rules;
