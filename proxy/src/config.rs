@@ -179,7 +179,8 @@ pub struct Config {
         default_value_t = 5
     )]
     pub graceful_shutdown_timeout_seconds: u64,
-    /// Take the listening sockets over from a running proxy (then send it SIGQUIT).
+    /// Take the listening sockets and the routing table over from a running proxy (then send
+    /// it SIGQUIT); it lets go once this process serves.
     #[arg(short = 'u', long, env = "MAILLE_UPGRADE")]
     pub upgrade: bool,
     /// Unix socket old and new process use to hand the listeners over during an upgrade.
@@ -333,6 +334,17 @@ impl Config {
                     .unwrap_or(1)
             })
             .max(1)
+    }
+
+    /// The addresses of the listening sockets handed over on upgrade (HTTP, TCP, admin), in
+    /// the form Pingora keys them by. UDP sockets are not handed over (`SO_REUSEPORT`).
+    pub fn handover_addrs(&self) -> std::collections::HashSet<String> {
+        self.http_listen_addrs()
+            .into_iter()
+            .chain(self.tcp_listen_addrs())
+            .chain(std::iter::once(self.admin_addr))
+            .map(|a| a.to_string())
+            .collect()
     }
 
     /// Listener addresses of the HTTP ports.

@@ -10,7 +10,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -169,6 +169,13 @@ impl ProxyHttp for MeshProxy {
         let table = self.store.current();
         let host = route::request_host(session).unwrap_or("");
         let Some(service) = route::lookup(&table, ctx.mesh_port, host) else {
+            if !self.store.is_ready() {
+                // Not "no such route": the proxy cannot know yet.
+                ctx.table = Some(table);
+                let body = "maille: no routing table yet (the proxy is starting); retry shortly\n";
+                Self::answer(session, ctx, 503, body.to_string()).await;
+                return Ok(true);
+            }
             let body = format!(
                 "maille: no mesh route matches host {host:?} on port {}\n",
                 ctx.mesh_port
@@ -420,6 +427,8 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
 /// Wraps Pingora's HTTP proxy app to count open client connections.
 pub struct CountingApp<A> {
     inner: Arc<A>,
+    /// How long idle keep-alive connections stay open once the listeners have stopped.
+    drain_idle: Duration,
 }
 
 struct OpenConnection;
@@ -455,6 +464,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountingApp<A> {
     }
 
     async fn cleanup(&self) {
+        // The listeners have stopped (SIGTERM, or an upgrade's new process took over). The
+        // inner cleanup drops idle keep-alive connections at once, and a request a client sends
+        // on one at that moment is lost. Wait first: meanwhile every request that arrives on
+        // an open connection is still served, with `Connection: close` (HTTP/2 gets GOAWAY).
+        if !self.drain_idle.is_zero() {
+            tokio::time::sleep(self.drain_idle).await;
+        }
         self.inner.cleanup().await
     }
 }
@@ -470,10 +486,14 @@ pub fn service(
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     app.server_options = Some(options);
+    // Idle keep-alive connections are closed half-way through the grace period: a client that
+    // sent nothing for that long is told by the close itself.
+    let drain_idle = Duration::from_secs(conf.grace_period_seconds.unwrap_or(0)) / 2;
     let mut svc = Service::new(
         "maille HTTP".to_string(),
         CountingApp {
             inner: Arc::new(app),
+            drain_idle,
         },
     );
     for addr in listen {

@@ -16,6 +16,7 @@ pub mod tcp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod udp;
+pub mod upgrade;
 
 pub use config::Config;
 pub use server::ProxyServer;

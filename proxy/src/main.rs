@@ -1,6 +1,5 @@
 use clap::Parser;
 use maille_proxy::{logging, Config, ProxyServer};
-use pingora_core::server::RunArgs;
 
 /// mimalloc rather than glibc's malloc: Pingora allocates several times per request, and glibc's
 /// malloc/free took about a tenth of the proxy's CPU; mimalloc cut the CPU per request to about
@@ -19,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         "Starting maille-proxy"
     );
     let proxy = ProxyServer::build(config)?;
-    proxy.run(RunArgs::default());
+    proxy.run_until_signal();
     tracing::info!("maille-proxy stopped");
     Ok(())
 }

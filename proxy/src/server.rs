@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{RunArgs, Server};
+use pingora_core::server::{ListenFds, RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::ServiceWithDependents;
 
@@ -17,7 +17,8 @@ use crate::source::file::FileSource;
 use crate::store::TableStore;
 use crate::tcp::TcpSettings;
 use crate::udp::{UdpHandle, UdpSettings};
-use crate::{admin, http, metrics, tcp, udp};
+use crate::upgrade::{Confirm, Handover, Signals, WithFds};
+use crate::{admin, http, metrics, tcp, udp, upgrade};
 
 /// Why the proxy could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum Error {
     /// `--upstream-ca-file` cannot be used.
     #[error(transparent)]
     UpstreamCa(#[from] crate::resilience::upstream::CaError),
+    /// `--upgrade`: the running proxy's listeners could not be taken over.
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::Error),
     /// Pingora refused its configuration.
     #[error("pingora server configuration: {0}")]
     Pingora(String),
@@ -50,6 +54,10 @@ pub struct ProxyServer {
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
     resilience: Arc<Resilience>,
+    /// Maille's listening sockets (handed over on upgrade; see [`crate::upgrade`]).
+    fds: ListenFds,
+    /// With `--upgrade`: the old process, to be told once this one serves.
+    handover: Option<Handover>,
 }
 
 impl ProxyServer {
@@ -62,10 +70,13 @@ impl ProxyServer {
         proxy.add_udp()?;
         proxy.add_admin();
         proxy.add_table_source()?;
+        proxy.add_upgrade_confirm();
         Ok(proxy)
     }
 
-    /// A server with no service yet, its store empty (not ready).
+    /// A server with no service yet, its store empty (not ready). With `--upgrade`, first
+    /// takes the listening sockets and the table over from the running proxy (blocking until
+    /// it sends them); [`Self::add_upgrade_confirm`] then lets it go.
     pub fn new(config: Config) -> Result<ProxyServer> {
         config.validate()?;
         metrics::register();
@@ -80,10 +91,9 @@ impl ProxyServer {
         }
         .validate()
         .map_err(|e| Error::Pingora(e.to_string()))?;
-        let opt = Opt {
-            upgrade: config.upgrade,
-            ..Opt::default()
-        };
+        // Maille hands the sockets over itself (crate::upgrade): Pingora's own hand-over is
+        // limited to 32 of them.
+        let opt = Opt::default();
         let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
         let balancer = Arc::new(Balancer::new(config.load_balancer));
@@ -91,12 +101,43 @@ impl ProxyServer {
             Some(path) => UpstreamTls::from_pem_file(path)?,
             None => UpstreamTls::default(),
         };
+        let store = TableStore::new();
+        let fds = upgrade::new_fds();
+        let handover = if config.upgrade {
+            let h = upgrade::receive(
+                &config.upgrade_sock,
+                &config.handover_addrs(),
+                &fds,
+                config.controller_max_table_bytes,
+                upgrade::WAIT_FOR_OLD,
+            )?;
+            tracing::info!(
+                listeners = h.listeners,
+                table_bytes = h.table.as_ref().map(Vec::len),
+                "Listeners taken over from the running proxy"
+            );
+            if !h.not_handed_over.is_empty() {
+                tracing::warn!(addrs = ?h.not_handed_over, "The running proxy did not listen on these; binding them afresh");
+            }
+            match &h.table {
+                // Routes from its first request on; the table source then brings newer ones.
+                Some(json) => {
+                    let _ = crate::source::apply_json(&store, json, "the running proxy");
+                }
+                None => tracing::warn!("The running proxy had no routing table to hand over"),
+            }
+            Some(h)
+        } else {
+            None
+        };
         Ok(ProxyServer {
             server,
             config,
-            store: TableStore::new(),
+            store,
             balancer,
             resilience: Arc::new(Resilience::new(tls)),
+            fds,
+            handover,
         })
     }
 
@@ -148,7 +189,7 @@ impl ProxyServer {
             &addrs,
             self.config.worker_threads(),
         );
-        self.server.add_service(svc);
+        self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
 
     /// The TCP listeners (`--tcp-ports` on `--listen-ip`), if any port is configured.
@@ -159,7 +200,7 @@ impl ProxyServer {
         }
         let settings = TcpSettings::from_config(&self.config);
         let svc = tcp::service(self.store.clone(), self.balancer.clone(), settings, &addrs);
-        self.server.add_service(svc);
+        self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
 
     /// The UDP listeners (`--udp-ports` on `--listen-ip`), bound now; `None` without ports.
@@ -183,7 +224,7 @@ impl ProxyServer {
     /// The admin endpoints on `--admin-addr`.
     pub fn add_admin(&mut self) {
         let svc = admin::service(self.store.clone(), self.config.admin_addr);
-        self.server.add_service(svc);
+        self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
 
     /// The table source: `--config` file or `--controller-url`; neither means the table only
@@ -202,8 +243,30 @@ impl ProxyServer {
         Ok(())
     }
 
+    /// With `--upgrade`: tells the old process, once the services run, that it may stop
+    /// accepting and drain.
+    pub fn add_upgrade_confirm(&mut self) {
+        if let Some(h) = self.handover.take() {
+            self.server
+                .add_service(background_service("upgrade confirm", Confirm::new(h)));
+        }
+    }
+
     /// Runs until a shutdown signal (SIGTERM: graceful, SIGINT: fast, SIGQUIT: hand the
-    /// listeners to a new process started with `--upgrade`).
+    /// listeners and the table to a new process started with `--upgrade`, see
+    /// [`crate::upgrade::Signals`]).
+    pub fn run_until_signal(self) {
+        let signals = Signals::new(
+            self.config.upgrade_sock.clone(),
+            self.fds.clone(),
+            self.store.clone(),
+        );
+        self.run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        })
+    }
+
+    /// Runs until `args`' shutdown signal.
     pub fn run(self, args: RunArgs) {
         self.server.run(args)
     }

@@ -5,6 +5,8 @@
 pub mod controller;
 pub mod file;
 
+use std::sync::Arc;
+
 use config_model::table::JsonError;
 use config_model::Table;
 
@@ -32,7 +34,7 @@ pub fn swap_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, 
         Ok(table) => {
             let version = table.version;
             let services = table.services.len();
-            let previous = store.store(table);
+            let previous = store.store_json(table, Arc::from(bytes));
             tracing::info!(
                 origin,
                 version,

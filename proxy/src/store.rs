@@ -2,7 +2,7 @@
 //! whole on every update and read without locks on the request path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 use config_model::Table;
@@ -14,6 +14,8 @@ use crate::metrics;
 pub struct TableStore {
     current: ArcSwap<Table>,
     ready: AtomicBool,
+    /// The JSON the current table was built from, handed to a new process on upgrade.
+    json: Mutex<Option<Arc<[u8]>>>,
 }
 
 impl Default for TableStore {
@@ -21,6 +23,7 @@ impl Default for TableStore {
         TableStore {
             current: ArcSwap::new(Table::empty()),
             ready: AtomicBool::new(false),
+            json: Mutex::new(None),
         }
     }
 }
@@ -42,9 +45,31 @@ impl TableStore {
         self.current.load_full()
     }
 
+    /// Replaces the table whole with one built from `json` (the whole table, in the wire
+    /// form), which is kept to hand over to a new process on upgrade. Returns the previous
+    /// table.
+    pub fn store_json(&self, table: Table, json: Arc<[u8]>) -> Arc<Table> {
+        let old = self.swap(table);
+        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+        old
+    }
+
     /// Replaces the table whole and marks the store ready. Returns the previous table.
-    /// Updates the table gauges and the swap counter.
+    /// A table stored this way has no JSON form: an upgrade hands none over (the new process
+    /// then waits for its source); sources use [`Self::store_json`].
     pub fn store(&self, table: Table) -> Arc<Table> {
+        let old = self.swap(table);
+        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        old
+    }
+
+    /// The JSON of the current table, when it came with one ([`Self::store_json`]).
+    pub fn json(&self) -> Option<Arc<[u8]>> {
+        self.json.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Updates the table gauges and the swap counter.
+    fn swap(&self, table: Table) -> Arc<Table> {
         let version = table.version;
         let old = self.current.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
