@@ -370,15 +370,21 @@ async fn ready_only_once_a_table_is_held() {
     assert_eq!(r.status, 503);
     let r = client::get_url(&proxy.admin_url("/live")).await.unwrap();
     assert_eq!(r.status, 200);
-    // Before a table, every host is unknown.
+    // Before a table the proxy cannot tell an unknown host from one it will route: 503.
     let r = client::get(proxy.http[0], "web.shop.maille.mesh", "/")
         .await
         .unwrap();
-    assert_eq!(r.status, 404);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("no routing table yet"), "{}", r.body);
     proxy.set_table(&table(5, vec![]));
     let r = client::get_url(&proxy.admin_url("/ready")).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "ready: table version 5\n");
+    // With one, an unknown host is 404.
+    let r = client::get(proxy.http[0], "web.shop.maille.mesh", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
