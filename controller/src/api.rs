@@ -42,6 +42,8 @@ pub struct ApiState {
     last: Mutex<(Option<TableSpec>, u64)>,
     services: Mutex<Bytes>,
     ready: AtomicBool,
+    /// Lines appended to `/ready`: watch health and leadership.
+    detail: Mutex<String>,
     shutdown: CancellationToken,
 }
 
@@ -55,6 +57,7 @@ impl ApiState {
             last: Mutex::new((None, first_version)),
             services: Mutex::new(Bytes::from_static(b"[]")),
             ready: AtomicBool::new(false),
+            detail: Mutex::new(String::new()),
             shutdown,
         })
     }
@@ -86,6 +89,11 @@ impl ApiState {
     /// Marks the controller ready (first full sync done and a table published).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Sets the lines `/ready` shows after its first line (watch health, leadership).
+    pub fn set_detail(&self, detail: String) {
+        *self.detail.lock().expect("detail lock") = detail;
     }
 
     /// Whether `/ready` answers 200.
@@ -243,12 +251,13 @@ async fn services(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let detail = state.detail.lock().expect("detail lock").clone();
     if state.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+        (StatusCode::OK, format!("ready\n{detail}")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first sync not done\n",
+            format!("not ready: first sync not done\n{detail}"),
         )
             .into_response()
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::PortAllocator;
+use crate::metrics;
 use crate::naming::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_NAMESPACE_LABEL, SOURCE_NAME_LABEL,
 };
@@ -82,6 +84,150 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 /// Shadow services found in the mesh namespace, by name.
 pub type Shadows = BTreeMap<String, Arc<Service>>;
 
+/// How often the watches retry: a failing watch backs off from `backoff_min`, doubling, up to
+/// a cap that depends on why it fails. A `410 Gone` relists at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchTiming {
+    /// First retry delay after an error.
+    pub backoff_min: Duration,
+    /// Cap for errors that should pass (API server restarting, network): the view is stale
+    /// for at most about this long after the API server is back.
+    pub backoff_max: Duration,
+    /// Cap for an optional kind whose CRD is not installed (404): how soon a CRD installed
+    /// later is noticed.
+    pub absent_recheck: Duration,
+    /// Cap for a kind the controller may not list (403): a permission granted later is
+    /// noticed within this.
+    pub forbidden_recheck: Duration,
+}
+
+impl Default for WatchTiming {
+    fn default() -> Self {
+        WatchTiming {
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(4),
+            absent_recheck: Duration::from_secs(15),
+            forbidden_recheck: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the watch of one kind is doing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchState {
+    /// The first list has not been answered yet.
+    Starting,
+    /// Listed, and watching for changes.
+    Synced,
+    /// The last list or watch failed; the objects held are those of the last sync.
+    Failing {
+        /// The last error.
+        error: String,
+        /// When the watch started failing.
+        since: std::time::Instant,
+    },
+    /// An optional kind whose resource the API server does not serve (CRD not installed).
+    NotInstalled,
+    /// The controller may not list this kind (403).
+    Forbidden {
+        /// The API server's message.
+        error: String,
+    },
+}
+
+/// The health of one kind's watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindHealth {
+    /// Whether readiness waits for this kind (Services, EndpointSlices, Pods); the SMI kinds
+    /// are optional.
+    pub required: bool,
+    /// What the watch is doing.
+    pub state: WatchState,
+    /// Whether the watch has listed its objects at least once.
+    pub synced_once: bool,
+}
+
+impl KindHealth {
+    /// Whether the first sync is over for readiness: a required kind has listed its objects,
+    /// an optional one has either listed them or found out that it cannot.
+    pub fn settled(&self) -> bool {
+        self.synced_once || (!self.required && self.state != WatchState::Starting)
+    }
+}
+
+/// Watch health of every kind, by kind.
+pub type Health = BTreeMap<&'static str, KindHealth>;
+
+/// One line per kind, for `/ready`: `Service: synced`, `UDPRoute: forbidden (...)`.
+pub fn describe_health(health: &Health) -> String {
+    let mut out = String::new();
+    for (kind, h) in health {
+        let optional = if h.required { "" } else { " (optional)" };
+        let what = match &h.state {
+            WatchState::Starting => "starting".to_string(),
+            WatchState::Synced => "synced".to_string(),
+            WatchState::Failing { error, since } => format!(
+                "STALE: failing for {}s: {}",
+                since.elapsed().as_secs(),
+                cut(error)
+            ),
+            WatchState::NotInstalled => "not installed (CRD absent; rechecked)".to_string(),
+            WatchState::Forbidden { error } => {
+                format!("forbidden, skipped (rechecked): {}", cut(error))
+            }
+        };
+        out.push_str(&format!("{kind}{optional}: {what}\n"));
+    }
+    out
+}
+
+/// An error message cut to a bounded length for `/ready` and logs.
+fn cut(s: &str) -> String {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Why a watch error happened, which sets how long to wait before retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// `410 Gone`: the resume point was compacted; relist now.
+    Expired,
+    /// 404 on the list: the resource is not served.
+    Absent,
+    /// 403.
+    Forbidden,
+    /// Anything else.
+    Other,
+}
+
+fn classify(err: &watcher::Error) -> Failure {
+    let code = match err {
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        _ => None,
+    };
+    match code {
+        Some(410) => Failure::Expired,
+        Some(404) => Failure::Absent,
+        Some(403) => Failure::Forbidden,
+        _ => Failure::Other,
+    }
+}
+
+/// The resourceVersion of an object as a number (etcd's revision): cluster-wide and growing.
+fn revision<K: Resource>(obj: &K) -> u64 {
+    obj.meta()
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The watches and their stores.
 pub struct Provider {
     services: Store<Service>,
@@ -91,164 +237,273 @@ pub struct Provider {
     changed: Arc<Notify>,
     mesh_namespace: String,
     shadows: watch::Sender<Shadows>,
+    health: watch::Sender<Health>,
+    revision: Arc<AtomicU64>,
     shutdown: CancellationToken,
 }
 
-#[derive(Default)]
 struct SmiStores {
-    traffic_targets: Option<Store<TrafficTarget>>,
-    http_route_groups: Option<Store<HTTPRouteGroup>>,
-    tcp_routes: Option<Store<TCPRoute>>,
-    udp_routes: Option<Store<UDPRoute>>,
-    traffic_splits: Option<Store<TrafficSplit>>,
+    traffic_targets: Store<TrafficTarget>,
+    http_route_groups: Store<HTTPRouteGroup>,
+    tcp_routes: Store<TCPRoute>,
+    udp_routes: Store<UDPRoute>,
+    traffic_splits: Store<TrafficSplit>,
 }
 
-fn state<K>(store: &Option<Store<K>>) -> Vec<Arc<K>>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.as_ref().map(Store::state).unwrap_or_default()
+/// What every watch task shares.
+#[derive(Clone)]
+struct Shared {
+    changed: Arc<Notify>,
+    health: watch::Sender<Health>,
+    revision: Arc<AtomicU64>,
+    timing: WatchTiming,
+    shutdown: CancellationToken,
 }
 
-/// Starts a reflector for one kind; every event wakes `changed`.
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+impl Shared {
+    fn set_state(&self, kind: &'static str, state: WatchState) {
+        self.health.send_if_modified(|h| match h.get_mut(kind) {
+            Some(k) if k.state != state => {
+                // Keep when the failure started across repeated errors.
+                if let (WatchState::Failing { since: old, .. }, WatchState::Failing { error, .. }) =
+                    (&k.state, &state)
+                {
+                    k.state = WatchState::Failing {
+                        error: error.clone(),
+                        since: *old,
+                    };
+                } else {
+                    k.synced_once |= state == WatchState::Synced;
+                    k.state = state;
+                }
+                true
+            }
+            _ => false,
+        });
+    }
+}
+
+/// Starts a reflector for one kind. Every change wakes `changed`; errors back off (see
+/// [`WatchTiming`]) and are logged once per change of state; the kind's health is kept in
+/// `shared.health`.
+fn reflect<K>(api: Api<K>, required: bool, shared: &Shared) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let kind = K::kind(&Default::default()).to_string();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let kind: &'static str = Box::leak(K::kind(&Default::default()).to_string().into_boxed_str());
+    shared.health.send_modify(|h| {
+        h.insert(
+            kind,
+            KindHealth {
+                required,
+                state: WatchState::Starting,
+                synced_once: false,
+            },
+        );
+    });
+    let stream = watcher(api, watcher::Config::default()).reflect(writer);
+    let shared = shared.clone();
+    let m = metrics::register();
+    m.watch_up.with_label_values(&[kind]).set(0);
+    m.watch_errors.with_label_values(&[kind]);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut delay = shared.timing.backoff_min;
+        let mut last_failure = None;
+        let mut synced_once = false;
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = stream.next() => match ev {
-                    Some(Ok(_)) => changed.notify_one(),
-                    Some(Err(err)) => tracing::warn!(%kind, %err, "Watch failed; retrying"),
-                    None => return,
-                },
+            // A watch resumed after an error gives no event until something changes: when the
+            // retry has not failed within a few backoff steps, the watch is up again.
+            let quiet = shared.timing.backoff_min * 4;
+            let recovering = last_failure.is_some() && synced_once;
+            let ev = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                ev = stream.next() => ev,
+                _ = tokio::time::sleep(quiet), if recovering => {
+                    tracing::info!(kind, "Watch recovered");
+                    last_failure = None;
+                    shared.set_state(kind, WatchState::Synced);
+                    m.watch_up.with_label_values(&[kind]).set(1);
+                    continue;
+                }
+            };
+            let err = match ev {
+                None => return,
+                Some(Ok(ev)) => {
+                    if !matches!(ev, watcher::Event::Init) {
+                        // Progress (an Init also follows every failed list).
+                        delay = shared.timing.backoff_min;
+                    }
+                    let rev = match &ev {
+                        watcher::Event::Apply(o)
+                        | watcher::Event::Delete(o)
+                        | watcher::Event::InitApply(o) => revision(o),
+                        _ => 0,
+                    };
+                    shared.revision.fetch_max(rev, Ordering::AcqRel);
+                    match ev {
+                        watcher::Event::InitDone => {
+                            synced_once = true;
+                            if last_failure.take().is_some() {
+                                tracing::info!(kind, "Watch recovered");
+                            }
+                            shared.set_state(kind, WatchState::Synced);
+                            m.watch_up.with_label_values(&[kind]).set(1);
+                            shared.changed.notify_one();
+                        }
+                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                            shared.changed.notify_one();
+                        }
+                        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                    }
+                    continue;
+                }
+                Some(Err(err)) => err,
+            };
+            let failure = classify(&err);
+            m.watch_errors.with_label_values(&[kind]).inc();
+            if failure == Failure::Expired {
+                // The resume point is gone: the watcher relists at its next poll, now.
+                tracing::info!(kind, "Watch expired (410 Gone); relisting");
+                continue;
             }
+            m.watch_up.with_label_values(&[kind]).set(0);
+            let (state, cap) = match failure {
+                Failure::Absent if !required => {
+                    (WatchState::NotInstalled, shared.timing.absent_recheck)
+                }
+                Failure::Forbidden if !required => (
+                    WatchState::Forbidden {
+                        error: err.to_string(),
+                    },
+                    shared.timing.forbidden_recheck,
+                ),
+                _ => (
+                    WatchState::Failing {
+                        error: err.to_string(),
+                        since: std::time::Instant::now(),
+                    },
+                    if failure == Failure::Forbidden {
+                        shared.timing.forbidden_recheck
+                    } else {
+                        shared.timing.backoff_max
+                    },
+                ),
+            };
+            if last_failure != Some(failure) {
+                match &state {
+                    WatchState::NotInstalled => tracing::warn!(
+                        kind,
+                        recheck_s = cap.as_secs(),
+                        "SMI resource not installed; skipping it until its CRD appears"
+                    ),
+                    WatchState::Forbidden { .. } => tracing::warn!(
+                        kind,
+                        %err,
+                        "Not allowed to list this optional SMI resource; skipping it (grant list and watch to use it)"
+                    ),
+                    _ => {
+                        tracing::warn!(kind, %err, "Watch failed; serving the last view while retrying")
+                    }
+                }
+                last_failure = Some(failure);
+            } else {
+                tracing::debug!(kind, %err, retry_in_ms = delay.as_millis() as u64, "Watch still failing");
+            }
+            shared.set_state(kind, state);
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(cap);
         }
     });
     reader
 }
 
-/// Whether the API server serves this custom resource (the SMI CRDs are optional).
-async fn served<K>(api: &Api<K>) -> bool
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.list(&kube::api::ListParams::default().limit(1)).await {
-        Ok(_) => true,
-        Err(kube::Error::Api(e)) if e.code == 404 => false,
-        Err(err) => {
-            tracing::warn!(%err, "Cannot list an SMI resource; watching it anyway");
-            true
-        }
-    }
-}
-
 impl Provider {
-    /// Starts the watches. SMI kinds whose CRD is not installed are skipped (with a warning).
+    /// Starts the watches, with the default [`WatchTiming`].
     pub async fn start(client: Client, settings: &Settings, shutdown: CancellationToken) -> Self {
-        let changed = Arc::new(Notify::new());
-        let services = reflect(
-            Api::<Service>::all(client.clone()),
-            changed.clone(),
-            shutdown.clone(),
-        );
-        let slices = reflect(
-            Api::<EndpointSlice>::all(client.clone()),
-            changed.clone(),
-            shutdown.clone(),
-        );
-        let pods = reflect(
-            Api::<Pod>::all(client.clone()),
-            changed.clone(),
-            shutdown.clone(),
-        );
-        let mut smi = SmiStores::default();
-        macro_rules! smi_kind {
-            ($field:ident, $ty:ty) => {{
-                let api = Api::<$ty>::all(client.clone());
-                if served(&api).await {
-                    smi.$field = Some(reflect(api, changed.clone(), shutdown.clone()));
-                } else {
-                    tracing::warn!(kind = %<$ty>::kind(&()), "SMI resource not installed; not watching it");
-                }
-            }};
-        }
-        smi_kind!(traffic_targets, TrafficTarget);
-        smi_kind!(http_route_groups, HTTPRouteGroup);
-        smi_kind!(tcp_routes, TCPRoute);
-        smi_kind!(udp_routes, UDPRoute);
-        smi_kind!(traffic_splits, TrafficSplit);
+        Self::start_with(client, settings, WatchTiming::default(), shutdown)
+    }
+
+    /// Starts the watches. The SMI kinds are optional: one that is not installed or not
+    /// allowed is skipped (and rechecked) without holding up readiness.
+    pub fn start_with(
+        client: Client,
+        settings: &Settings,
+        timing: WatchTiming,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let shared = Shared {
+            changed: Arc::new(Notify::new()),
+            health: watch::Sender::new(Health::new()),
+            revision: Arc::new(AtomicU64::new(0)),
+            timing,
+            shutdown: shutdown.clone(),
+        };
+        let services = reflect(Api::<Service>::all(client.clone()), true, &shared);
+        let slices = reflect(Api::<EndpointSlice>::all(client.clone()), true, &shared);
+        let pods = reflect(Api::<Pod>::all(client.clone()), true, &shared);
+        let smi = SmiStores {
+            traffic_targets: reflect(Api::all(client.clone()), false, &shared),
+            http_route_groups: reflect(Api::all(client.clone()), false, &shared),
+            tcp_routes: reflect(Api::all(client.clone()), false, &shared),
+            udp_routes: reflect(Api::all(client.clone()), false, &shared),
+            traffic_splits: reflect(Api::all(client.clone()), false, &shared),
+        };
         Provider {
             services,
             slices,
             pods,
             smi,
-            changed,
+            changed: shared.changed,
             mesh_namespace: settings.mesh_namespace.clone(),
             shadows: watch::Sender::new(Shadows::new()),
+            health: shared.health,
+            revision: shared.revision,
             shutdown,
         }
     }
 
-    /// Waits until every watch has listed its objects once.
+    /// Waits until every required watch has listed its objects once, and every optional one
+    /// has listed them or found that it cannot.
     pub async fn wait_synced(&self) -> Result<()> {
-        self.services
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Sync { kind: "Service" })?;
-        self.slices
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Sync {
-                kind: "EndpointSlice",
-            })?;
-        self.pods
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::Sync { kind: "Pod" })?;
-        macro_rules! wait {
-            ($field:ident, $kind:literal) => {
-                if let Some(s) = &self.smi.$field {
-                    s.wait_until_ready()
-                        .await
-                        .map_err(|_| Error::Sync { kind: $kind })?;
-                }
-            };
+        let mut rx = self.health.subscribe();
+        let settled = rx.wait_for(|h| h.values().all(KindHealth::settled)).await;
+        if settled.is_err() {
+            return Err(Error::Sync { kind: "Service" });
         }
-        wait!(traffic_targets, "TrafficTarget");
-        wait!(http_route_groups, "HTTPRouteGroup");
-        wait!(tcp_routes, "TCPRoute");
-        wait!(udp_routes, "UDPRoute");
-        wait!(traffic_splits, "TrafficSplit");
+        drop(settled);
         self.shadows.send_replace(self.current_shadows());
         tracing::info!(services = self.services.len(), "Watches synced");
         Ok(())
     }
 
+    /// The health of every watch, kept current.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
     /// The objects the stores hold now.
     pub fn snapshot(&self) -> Snapshot {
+        // Read before the stores: the snapshot holds at least what this revision says.
+        let revision = self.revision.load(Ordering::Acquire);
         Snapshot {
             services: self.services.state(),
             endpoint_slices: self.slices.state(),
             pods: self.pods.state(),
             smi: SmiObjects {
-                traffic_targets: state(&self.smi.traffic_targets),
-                http_route_groups: state(&self.smi.http_route_groups),
-                tcp_routes: state(&self.smi.tcp_routes),
-                udp_routes: state(&self.smi.udp_routes),
-                traffic_splits: state(&self.smi.traffic_splits),
+                traffic_targets: self.smi.traffic_targets.state(),
+                http_route_groups: self.smi.http_route_groups.state(),
+                tcp_routes: self.smi.tcp_routes.state(),
+                udp_routes: self.smi.udp_routes.state(),
+                traffic_splits: self.smi.traffic_splits.state(),
             },
             problems: Vec::new(),
+            revision,
         }
     }
 
@@ -277,7 +532,7 @@ impl Provider {
     }
 
     /// Publishes a snapshot now and after every burst of changes, until shutdown.
-    pub async fn run(self, tx: watch::Sender<Option<Arc<Snapshot>>>) -> Result<()> {
+    pub async fn run(&self, tx: watch::Sender<Option<Arc<Snapshot>>>) -> Result<()> {
         loop {
             tx.send_replace(Some(Arc::new(self.snapshot())));
             let shadows = self.current_shadows();
@@ -354,3 +609,6 @@ pub fn seed_from_shadows<'a>(
     }
     n
 }
+
+#[cfg(test)]
+mod tests;

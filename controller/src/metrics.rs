@@ -25,6 +25,12 @@ pub struct Metrics {
     pub table_version: IntGauge,
     /// `maille_controller_api_writes_total{kind,result}`.
     pub api_writes: IntCounterVec,
+    /// `maille_controller_watch_up{kind}`.
+    pub watch_up: IntGaugeVec,
+    /// `maille_controller_watch_errors_total{kind}`.
+    pub watch_errors: IntCounterVec,
+    /// `maille_controller_leader`.
+    pub leader: IntGauge,
 }
 
 /// The `kind` label values of `maille_controller_api_writes_total`.
@@ -78,6 +84,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["kind", "result"]
     )
     .expect("register maille_controller_api_writes_total"),
+    watch_up: register_int_gauge_vec!(
+        "maille_controller_watch_up",
+        "1 while the watch of this kind is synced and running; 0 while it fails (the view of this kind is stale), is skipped (forbidden, CRD not installed) or has not synced yet.",
+        &["kind"]
+    )
+    .expect("register maille_controller_watch_up"),
+    watch_errors: register_int_counter_vec!(
+        "maille_controller_watch_errors_total",
+        "List and watch errors, by kind (410 Gone included: each one is a relist).",
+        &["kind"]
+    )
+    .expect("register maille_controller_watch_errors_total"),
+    leader: register_int_gauge!(
+        "maille_controller_leader",
+        "1 while this replica holds the leader Lease and writes shadow services and Events."
+    )
+    .expect("register maille_controller_leader"),
     };
     // Every series exists from the start, at zero: a controller that has written nothing (the
     // manifests provider, or a cluster with nothing to shadow yet) shows 0 writes and 0 errors

@@ -88,6 +88,20 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
             let provider =
                 crate::kubernetes::Provider::start(client.clone(), &settings, shutdown.clone())
                     .await;
+            let mut health = provider.health();
+            let api = api_state.clone();
+            tokio::spawn(async move {
+                loop {
+                    let text = crate::kubernetes::describe_health(&health.borrow_and_update());
+                    api.set_detail(text);
+                    // Also refreshes how long a failing watch has been failing.
+                    let tick = tokio::time::sleep(std::time::Duration::from_secs(1));
+                    tokio::select! {
+                        r = health.changed() => if r.is_err() { return },
+                        _ = tick => {}
+                    }
+                }
+            });
             tokio::select! {
                 r = provider.wait_synced() => r?,
                 _ = shutdown.cancelled() => return Ok(()),

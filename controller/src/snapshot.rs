@@ -24,6 +24,11 @@ pub struct Snapshot {
     /// Problems the provider found while reading objects (e.g. a manifests file that does not
     /// parse); translation reports them with its own.
     pub problems: Vec<Problem>,
+    /// The highest resourceVersion (etcd revision) among the objects and deletions the provider
+    /// had seen when it took the snapshot; 0 without a cluster. The same on every controller
+    /// replica for the same cluster state, so table versions derived from it compare across
+    /// replicas.
+    pub revision: u64,
 }
 
 impl Snapshot {
@@ -59,5 +64,6 @@ impl Snapshot {
         smi.udp_routes.extend(o.udp_routes.iter().cloned());
         smi.traffic_splits.extend(o.traffic_splits.iter().cloned());
         self.problems.extend(other.problems.iter().cloned());
+        self.revision = self.revision.max(other.revision);
     }
 }
