@@ -136,6 +136,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Wire protocol of the OTLP span export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP POST to `<endpoint>/v1/traces` (port 4318 by convention).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP gRPC (port 4317 by convention).
+    Grpc,
+}
+
 /// Flags of `maille-proxy`.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -225,6 +235,32 @@ pub struct Config {
     /// internal CA). Default: the system trust store.
     #[arg(long, env = "MAILLE_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// OpenTelemetry collector to export spans to (OTLP), e.g. `http://otel-collector:4318`;
+    /// tracing is on when this or `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is set.
+    #[arg(long, env = "MAILLE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol; default: `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else `http/protobuf`.
+    #[arg(long, env = "MAILLE_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Share of new traces sampled, 0 to 1, parent-based (a request that carries a sampling
+    /// decision keeps it); default: `OTEL_TRACES_SAMPLER`(`_ARG`), else every trace.
+    #[arg(long, env = "MAILLE_TRACE_SAMPLING_RATIO", value_parser = ratio)]
+    pub trace_sampling_ratio: Option<f64>,
+    /// Finished spans held for export at most; more are dropped (and counted) while the
+    /// collector is slow or down. Default: `OTEL_BSP_MAX_QUEUE_SIZE`, else 2048.
+    #[arg(long, env = "MAILLE_TRACE_QUEUE_SIZE", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trace_queue_size: Option<u32>,
+    /// Longest wait before queued spans are sent. Default: `OTEL_BSP_SCHEDULE_DELAY`, else 5s.
+    #[arg(long, env = "MAILLE_TRACE_BATCH_DELAY", value_parser = positive_duration)]
+    pub trace_batch_delay: Option<Duration>,
+}
+
+/// A ratio flag: a number from 0 to 1.
+fn ratio(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?}: expected a number from 0 to 1, e.g. 0.01")),
+    }
 }
 
 /// A duration flag: `250ms`, `5s`, `2m`, `1h`, `1m30s`, or `0`.
@@ -299,6 +335,11 @@ impl Default for Config {
             udp_session_idle_timeout: Duration::from_secs(60),
             udp_max_sessions: 10_000,
             upstream_ca_file: None,
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            trace_sampling_ratio: None,
+            trace_queue_size: None,
+            trace_batch_delay: None,
         }
     }
 }
@@ -487,6 +528,49 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tracing_flags_parse_and_refuse_bad_values() {
+        let c = Config::try_parse_from(["maille-proxy"]).unwrap();
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.trace_sampling_ratio, None);
+        let c = Config::try_parse_from([
+            "maille-proxy",
+            "--otlp-endpoint",
+            "http://otel-collector:4317",
+            "--otlp-protocol",
+            "grpc",
+            "--trace-sampling-ratio",
+            "0.01",
+            "--trace-queue-size",
+            "100",
+            "--trace-batch-delay",
+            "200ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://otel-collector:4317")
+        );
+        assert_eq!(c.otlp_protocol, Some(OtlpProtocol::Grpc));
+        assert_eq!(c.trace_sampling_ratio, Some(0.01));
+        assert_eq!(c.trace_queue_size, Some(100));
+        assert_eq!(c.trace_batch_delay, Some(Duration::from_millis(200)));
+        let c = Config::try_parse_from(["maille-proxy", "--otlp-protocol", "http/protobuf"]);
+        assert_eq!(c.unwrap().otlp_protocol, Some(OtlpProtocol::HttpProtobuf));
+        for bad in [
+            ["--trace-sampling-ratio", "1.5"],
+            ["--trace-sampling-ratio", "-0.1"],
+            ["--trace-sampling-ratio", "most"],
+            ["--trace-queue-size", "0"],
+            ["--otlp-protocol", "http/json"],
+            ["--trace-batch-delay", "0"],
+        ] {
+            let arg = format!("{}={}", bad[0], bad[1]);
+            let e = Config::try_parse_from(["maille-proxy", &arg]).unwrap_err();
+            assert!(e.to_string().contains(bad[1]), "{bad:?}: {e}");
         }
     }
 

@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub local_status: Option<u16>,
     /// Rate limit, breaker, retry and deadline bookkeeping of this request.
     pub resilience: RequestState,
+    /// The request's span, when tracing is on ([`crate::trace`]).
+    pub trace: Option<crate::trace::HttpSpan>,
 }
 
 impl RequestCtx {
@@ -80,6 +82,7 @@ pub struct MeshProxy {
     balancer: Arc<Balancer>,
     access_log: bool,
     resilience: Arc<Resilience>,
+    tracing: crate::trace::Tracing,
 }
 
 impl MeshProxy {
@@ -90,7 +93,14 @@ impl MeshProxy {
             balancer,
             access_log,
             resilience: Arc::new(Resilience::default()),
+            tracing: crate::trace::Tracing::off(),
         }
+    }
+
+    /// Traces requests with `tracing` (off by default).
+    pub fn with_tracing(mut self, tracing: crate::trace::Tracing) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// Uses this resilience state (shared with the server, which owns the TLS settings).
@@ -153,10 +163,12 @@ impl ProxyHttp for MeshProxy {
             failed: Vec::new(),
             local_status: None,
             resilience: RequestState::default(),
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.trace = self.tracing.start_http(session);
         ctx.mesh_port = route::listener_port(session);
         // Before anything looks at Host or path: matches, rules and the upstream all see the
         // normalised request, or none does.
@@ -310,6 +322,18 @@ impl ProxyHttp for MeshProxy {
         }
     }
 
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut pingora_http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(span) = &ctx.trace {
+            span.inject(upstream_request);
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -323,6 +347,9 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(span) = ctx.trace.take() {
+            span.finish(session, e, ctx);
+        }
         ctx.pick = None;
         let status = final_status(session, e, ctx);
         ctx.resilience.finish(status, e);

@@ -15,6 +15,7 @@ pub mod store;
 pub mod tcp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;
 pub mod udp;
 pub mod upgrade;
 

@@ -32,6 +32,9 @@ pub enum Error {
     /// A UDP listener port could not be bound.
     #[error(transparent)]
     Udp(#[from] crate::udp::Error),
+    /// Tracing (`--otlp-endpoint`, `OTEL_*`) cannot be set up.
+    #[error("tracing: {0}")]
+    Tracing(#[from] crate::trace::Error),
     /// `--upstream-ca-file` cannot be used.
     #[error(transparent)]
     UpstreamCa(#[from] crate::resilience::upstream::CaError),
@@ -58,6 +61,7 @@ pub struct ProxyServer {
     fds: ListenFds,
     /// With `--upgrade`: the old process, to be told once this one serves.
     handover: Option<Handover>,
+    tracing: crate::trace::Tracing,
 }
 
 impl ProxyServer {
@@ -101,6 +105,7 @@ impl ProxyServer {
             Some(path) => UpstreamTls::from_pem_file(path)?,
             None => UpstreamTls::default(),
         };
+        let tracing = crate::trace::Tracing::from_config(&config)?;
         let store = TableStore::new();
         let fds = upgrade::new_fds();
         let handover = if config.upgrade {
@@ -138,6 +143,7 @@ impl ProxyServer {
             resilience: Arc::new(Resilience::new(tls)),
             fds,
             handover,
+            tracing,
         })
     }
 
@@ -154,6 +160,11 @@ impl ProxyServer {
     /// Per-service resilience state (rate limits, breakers, retry budgets).
     pub fn resilience(&self) -> &Arc<Resilience> {
         &self.resilience
+    }
+
+    /// The proxy's tracing (off unless an OTLP endpoint is configured).
+    pub fn tracing(&self) -> &crate::trace::Tracing {
+        &self.tracing
     }
 
     /// The flags the proxy was built from.
@@ -182,7 +193,8 @@ impl ProxyServer {
             self.balancer.clone(),
             self.config.access_log,
         )
-        .with_resilience(self.resilience.clone());
+        .with_resilience(self.resilience.clone())
+        .with_tracing(self.tracing.clone());
         let svc = http::service(
             &self.server.configuration,
             proxy,
@@ -199,7 +211,13 @@ impl ProxyServer {
             return;
         }
         let settings = TcpSettings::from_config(&self.config);
-        let svc = tcp::service(self.store.clone(), self.balancer.clone(), settings, &addrs);
+        let svc = tcp::service(
+            self.store.clone(),
+            self.balancer.clone(),
+            settings,
+            &addrs,
+            self.tracing.clone(),
+        );
         self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
 
@@ -268,6 +286,9 @@ impl ProxyServer {
 
     /// Runs until `args`' shutdown signal.
     pub fn run(self, args: RunArgs) {
-        self.server.run(args)
+        let tracing = self.tracing.clone();
+        self.server.run(args);
+        // Spans of the last requests go out before the process ends.
+        tracing.shutdown();
     }
 }

@@ -69,6 +69,7 @@ pub struct TcpProxy {
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
     settings: TcpSettings,
+    tracing: crate::trace::Tracing,
 }
 
 /// A Pingora service listening on each of `listen` (e.g. `0.0.0.0:10000`), carrying TCP to the
@@ -78,11 +79,12 @@ pub fn service(
     balancer: Arc<Balancer>,
     settings: TcpSettings,
     listen: &[SocketAddr],
+    tracing: crate::trace::Tracing,
 ) -> Service<TcpProxy> {
     metrics::register();
     crate::acl::register();
     crate::split::register();
-    let app = TcpProxy::new(store, balancer, settings);
+    let app = TcpProxy::new(store, balancer, settings).with_tracing(tracing);
     let mut service = Service::new("maille tcp".to_string(), app);
     for addr in listen {
         service.add_tcp(&addr.to_string());
@@ -156,7 +158,14 @@ impl TcpProxy {
             store,
             balancer,
             settings,
+            tracing: crate::trace::Tracing::off(),
         }
+    }
+
+    /// Traces connections with `tracing` (off by default).
+    pub fn with_tracing(mut self, tracing: crate::trace::Tracing) -> TcpProxy {
+        self.tracing = tracing;
+        self
     }
 
     async fn serve(&self, client: Stream) {
@@ -176,36 +185,60 @@ impl TcpProxy {
             return;
         };
         let mesh_port = local.port();
+        let mut trace = self.tracing.start_tcp(mesh_port, peer);
         let table = self.store.current();
         let route = match route(&table, mesh_port, peer) {
             Ok(r) => r,
-            Err(Refused::Unrouted) => {
-                debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
-                metrics::unrouted(mesh_port);
-                return;
-            }
-            Err(Refused::Denied) => {
-                info!(mesh_port, client = ?peer, "No TrafficTarget allows this client, closing");
-                return;
-            }
-            Err(Refused::NoTraffic(split)) => {
-                info!(mesh_port, client = ?peer, %split, "Traffic split sends no traffic (all weights are 0), closing");
-                return;
-            }
+            Err(refused) => return self.refuse(refused, mesh_port, peer, &mut trace),
         };
+        trace.routed(&route.key);
         let span = tracing::info_span!("tcp", service = %route.key, mesh_port, client = ?peer);
-        self.proxy(client, table, route).instrument(span).await;
+        self.proxy(client, table, route, &mut trace)
+            .instrument(span)
+            .await;
     }
 
-    async fn proxy(&self, client: Stream, table: Arc<Table>, route: Route) {
+    fn refuse(
+        &self,
+        refused: Refused,
+        mesh_port: u16,
+        peer: Option<SocketAddr>,
+        trace: &mut crate::trace::TcpSpan,
+    ) {
+        match refused {
+            Refused::Unrouted => {
+                trace.ended("no_route", true);
+                debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
+                metrics::unrouted(mesh_port);
+            }
+            Refused::Denied => {
+                trace.ended("access_denied", true);
+                info!(mesh_port, client = ?peer, "No TrafficTarget allows this client, closing");
+            }
+            Refused::NoTraffic(split) => {
+                trace.ended("no_traffic", true);
+                info!(mesh_port, client = ?peer, %split, "Traffic split sends no traffic (all weights are 0), closing");
+            }
+        }
+    }
+
+    async fn proxy(
+        &self,
+        client: Stream,
+        table: Arc<Table>,
+        route: Route,
+        trace: &mut crate::trace::TcpSpan,
+    ) {
         let conn = metrics::ConnMetrics::open(&route.key);
         let upstream = self.connect(&table, route.service).await;
         // From here on the connection holds no table: swaps cannot touch it.
         drop(table);
         let Some(upstream) = upstream else {
             conn.failed();
+            trace.ended("no_endpoint_reachable", true);
             return;
         };
+        trace.endpoint(upstream.addr);
         let m = conn.metrics();
         let endpoint = upstream.addr;
         match relay::relay(
@@ -217,9 +250,18 @@ impl TcpProxy {
         )
         .await
         {
-            Ok(End::Finished) => debug!(%endpoint, "TCP connection finished"),
-            Ok(End::Idle) => info!(%endpoint, "TCP connection idle too long, closed"),
-            Err(e) => debug!(%endpoint, error = %e, "TCP connection ended by an error"),
+            Ok(End::Finished) => {
+                trace.ended("finished", false);
+                debug!(%endpoint, "TCP connection finished")
+            }
+            Ok(End::Idle) => {
+                trace.ended("idle", false);
+                info!(%endpoint, "TCP connection idle too long, closed")
+            }
+            Err(e) => {
+                trace.ended("error", true);
+                debug!(%endpoint, error = %e, "TCP connection ended by an error")
+            }
         }
     }
 

@@ -151,6 +151,11 @@ impl TestProxy {
 
     /// Starts a proxy with these options and no table given by the test.
     pub fn start_with(opts: TestProxyOptions) -> TestProxy {
+        Self::start_with_config(opts, |_| {})
+    }
+
+    /// Same, and `edit` (which may capture, unlike `configure`) has the last word on the flags.
+    pub fn start_with_config(opts: TestProxyOptions, edit: impl FnOnce(&mut Config)) -> TestProxy {
         let http = free_tcp_ports(opts.http_ports + opts.tcp_ports + 1);
         let (tcp, rest) = http[opts.http_ports..].split_at(opts.tcp_ports);
         let admin_port = rest[0];
@@ -178,6 +183,7 @@ impl TestProxy {
             ..Config::default()
         };
         (opts.configure)(&mut config);
+        edit(&mut config);
         Self::start_config(config, ports)
     }
 

@@ -59,6 +59,11 @@ VALUE_SETS = {
             }
         },
     },
+    "tracing": {
+        "tracing": {"otlpEndpoint": "http://otel-collector.observability:4317", "protocol": "grpc",
+                    "samplingRatio": 0},
+        "proxy": {"extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "edge"}]},
+    },
     "kube-dns": {
         "dns": {"clusterDomain": "corp.example", "coredns": {"enabled": True, "replicas": 1},
                 "corednsVersion": "1.11.1", "rbac": {"configMaps": ["coredns", "rke2-coredns"]}},
@@ -476,6 +481,24 @@ def test_observability_set():
     assert "Grafana dashboards" in rendered["maille/templates/NOTES.txt"]
 
 
+def test_tracing_set():
+    _, docs = render_set("tracing")
+    proxy = container(one(docs, "DaemonSet"), "proxy")
+    f = flags(proxy)
+    assert f["otlp-endpoint"] == "http://otel-collector.observability:4317"
+    assert f["otlp-protocol"] == "grpc"
+    assert f["trace-sampling-ratio"] == "0", "a ratio of 0 is a value, not unset"
+    assert env(proxy)["OTEL_SERVICE_NAME"] == "edge"
+    proxy = container(one(documents(render({"tracing": {"otlpEndpoint": "http://c:4318"}})), "DaemonSet"), "proxy")
+    assert flags(proxy)["otlp-protocol"] == "http/protobuf" and "trace-sampling-ratio" not in flags(proxy)
+    # Off by default: no tracing flag at all.
+    _, docs = render_set("default")
+    assert not [k for k in flags(container(one(docs, "DaemonSet"), "proxy")) if "otlp" in k or "trace" in k]
+    if (ROOT / "target" / "debug" / "maille-proxy").exists():
+        check_flags(container(one(documents(render(VALUE_SETS["tracing"])), "DaemonSet"), "proxy"),
+                    help_text(binary("maille-proxy")), "maille-proxy")
+
+
 def test_kube_dns_set_deploys_coredns_for_the_mesh_zone():
     _, docs = render_set("kube-dns")
     dep = one(docs, "Deployment", "maille-coredns")
@@ -576,6 +599,9 @@ SCHEMA_REJECTS = [
     ({"grafana": {"dashboards": {"labels": {"grafana_dashboard": 1}}}}, "grafana_dashboard"),
     ({"imagePullSecrets": ["regcred"]}, "imagePullSecrets"),
     ({"controler": {"replicas": 1}}, "controler"),
+    ({"tracing": {"otlpEndpoint": "https://collector:4318"}}, "otlpEndpoint"),
+    ({"tracing": {"protocol": "http/json"}}, "protocol"),
+    ({"tracing": {"samplingRatio": 1.5}}, "samplingRatio"),
     ({"proxy": {"gracePeriod": 10}}, "gracePeriod"),
     ({"proxy": {"threads": 0}}, "threads"),
     ({"dns": {"rbac": {"configMaps": "coredns"}}}, "configMaps"),

@@ -1,0 +1,407 @@
+//! OpenTelemetry tracing: a span per proxied HTTP request (W3C or B3 parent continued, the
+//! proxy's span sent upstream as parent) and per TCP connection, exported over OTLP off the
+//! request path. Off (nothing done per request) unless a collector endpoint is configured.
+//!
+//! Settings: [`settings`]; headers: [`headers`]; export queue and its metrics: [`export`].
+
+pub mod export;
+pub mod headers;
+pub mod settings;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, Span,
+};
+use opentelemetry_sdk::Resource;
+use pingora_error::{Error as PError, ErrorType};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use crate::config::{Config, OtlpProtocol};
+use crate::http::RequestCtx;
+use headers::B3;
+pub use settings::TraceSettings;
+
+/// Longest request value (path, host, user agent) copied into a span attribute.
+pub const ATTRIBUTE_MAX: usize = 256;
+
+/// Why tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or `OTEL_*` variable is unusable.
+    #[error(transparent)]
+    Settings(#[from] settings::Error),
+    /// The exporter could not be built.
+    #[error("OTLP exporter for {endpoint}: {reason}")]
+    Exporter {
+        /// Where spans would go.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// `pub type Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The proxy's tracing: cheap to clone, and a no-op when off.
+#[derive(Clone, Default)]
+pub struct Tracing {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tracer: SdkTracer,
+    provider: SdkTracerProvider,
+    /// The configured sampler, also asked for B3 parents that left the decision to us.
+    sampler: Sampler,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.inner.is_some() {
+            "Tracing(on)"
+        } else {
+            "Tracing(off)"
+        })
+    }
+}
+
+impl Tracing {
+    /// Tracing that does nothing.
+    pub fn off() -> Tracing {
+        Tracing::default()
+    }
+
+    /// The tracing of `config` and the process environment (`OTEL_*`); off when no endpoint
+    /// is set. Unusable `OTEL_*` values (other than endpoints) are logged and replaced by
+    /// their defaults.
+    pub fn from_config(config: &Config) -> Result<Tracing> {
+        let mut warnings = Vec::new();
+        let resolved = settings::resolve(config, &|k| std::env::var(k).ok(), &mut warnings);
+        for w in &warnings {
+            tracing::warn!(setting = %w, "Unusable tracing setting; using the default");
+        }
+        match resolved? {
+            Some(s) => Tracing::start(&s),
+            None => Ok(Tracing::off()),
+        }
+    }
+
+    /// Tracing to the collector of `s`, with its export thread running.
+    pub fn start(s: &TraceSettings) -> Result<Tracing> {
+        let resource = resource();
+        let endpoint = s.endpoint.clone();
+        let protocol = s.protocol;
+        let batching = export::Batching {
+            queue_size: s.queue_size,
+            batch_size: s.batch_size,
+            delay: s.batch_delay,
+            timeout: s.export_timeout,
+        };
+        let processor = export::QueueProcessor::start(batching, resource.clone(), move || {
+            let built = match protocol {
+                OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(endpoint)
+                    .build(),
+                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .build(),
+            };
+            built.map_err(|e| e.to_string())
+        })
+        .map_err(|reason| Error::Exporter {
+            endpoint: s.endpoint.clone(),
+            reason,
+        })?;
+        let sampler = s.sampler.sampler();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(sampler.clone())
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("maille-proxy");
+        tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, sampler = ?s.sampler, "Tracing on");
+        Ok(Tracing {
+            inner: Some(Arc::new(Inner {
+                tracer,
+                provider,
+                sampler,
+            })),
+        })
+    }
+
+    /// Whether spans are made at all.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Sends the spans finished so far (waits at most a few seconds).
+    pub fn flush(&self) {
+        if let Some(i) = &self.inner {
+            if let Err(e) = i.provider.force_flush() {
+                tracing::debug!(error = %e, "Span flush");
+            }
+        }
+    }
+
+    /// Exports the spans still queued and stops the export (waits at most 5 s).
+    pub fn shutdown(&self) {
+        if let Some(i) = &self.inner {
+            if let Err(e) = i.provider.shutdown() {
+                tracing::debug!(error = %e, "Span export shutdown");
+            }
+        }
+    }
+
+    /// Starts the span of an HTTP request, continuing the trace its headers carry.
+    pub fn start_http(&self, session: &Session) -> Option<HttpSpan> {
+        let inner = self.inner.as_ref()?;
+        let req = session.req_header();
+        let mut incoming = headers::extract(req);
+        if incoming.deferred {
+            incoming.parent = inner.decide(incoming.parent);
+        }
+        let span = inner
+            .tracer
+            .span_builder(req.method.as_str().to_string())
+            .with_kind(SpanKind::Server)
+            .start_with_context(&inner.tracer, &incoming.parent);
+        Some(HttpSpan {
+            span,
+            b3: incoming.b3,
+        })
+    }
+
+    /// Starts the span of a TCP connection (a new trace: TCP carries no trace context).
+    pub fn start_tcp(&self, mesh_port: u16, client: Option<SocketAddr>) -> TcpSpan {
+        let Some(inner) = self.inner.as_ref() else {
+            return TcpSpan(None);
+        };
+        let mut span = inner
+            .tracer
+            .span_builder("tcp")
+            .with_kind(SpanKind::Server)
+            .start(&inner.tracer);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("network.transport", "tcp"));
+            span.set_attribute(KeyValue::new("server.port", i64::from(mesh_port)));
+            if let Some(c) = client {
+                span.set_attribute(KeyValue::new("client.address", c.ip().to_string()));
+                span.set_attribute(KeyValue::new("client.port", i64::from(c.port())));
+            }
+        }
+        TcpSpan(Some(span))
+    }
+}
+
+impl Inner {
+    /// A B3 parent without a sampling decision gets the one this proxy would take for a new
+    /// trace with the same trace id.
+    fn decide(&self, parent: Context) -> Context {
+        let sc = parent.span().span_context().clone();
+        let result =
+            self.sampler
+                .should_sample(None, sc.trace_id(), "", &SpanKind::Server, &[], &[]);
+        let flags = match result.decision {
+            SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
+            _ => TraceFlags::default(),
+        };
+        let sc = SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            flags,
+            true,
+            sc.trace_state().clone(),
+        );
+        Context::new().with_remote_span_context(sc)
+    }
+}
+
+/// `service.name` from `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`, else `maille-proxy`.
+fn resource() -> Resource {
+    let r = Resource::builder().build();
+    let named = r
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    if named {
+        r
+    } else {
+        Resource::builder()
+            .with_service_name("maille-proxy")
+            .build()
+    }
+}
+
+/// The span of one HTTP request.
+#[derive(Debug)]
+pub struct HttpSpan {
+    span: Span,
+    b3: Option<B3>,
+}
+
+impl HttpSpan {
+    /// Makes this span the parent of the upstream request (every attempt).
+    pub fn inject(&self, upstream: &mut RequestHeader) {
+        headers::inject(self.span.span_context(), self.b3, upstream);
+    }
+
+    /// The span's context (trace and span id).
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// Ends the span with the request's outcome. Attributes are only built for a sampled span.
+    pub fn finish(mut self, session: &Session, e: Option<&PError>, ctx: &RequestCtx) {
+        let span = &mut self.span;
+        if !span.is_recording() {
+            return;
+        }
+        let status = crate::http::final_status(session, e, ctx);
+        let req = session.req_header();
+        let method = req.method.as_str();
+        let mut attrs = Vec::with_capacity(16);
+        attrs.push(KeyValue::new("http.request.method", method.to_string()));
+        attrs.push(KeyValue::new("url.path", cut(req.uri.path())));
+        attrs.push(KeyValue::new("url.scheme", "http"));
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if let Some(host) = crate::http::route::request_host(session) {
+            attrs.push(KeyValue::new("server.address", cut(host)));
+        }
+        attrs.push(KeyValue::new("server.port", i64::from(ctx.mesh_port)));
+        if let Some(c) = session.client_addr().and_then(|a| a.as_inet()) {
+            attrs.push(KeyValue::new("client.address", c.ip().to_string()));
+            attrs.push(KeyValue::new("client.port", i64::from(c.port())));
+        }
+        let version = match req.version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        attrs.push(KeyValue::new("network.protocol.version", version));
+        if let Some(ua) = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            attrs.push(KeyValue::new("user_agent.original", cut(ua)));
+        }
+        if let Some(s) = ctx.service() {
+            attrs.push(KeyValue::new("maille.service", s.key.to_string()));
+            span.update_name(format!("{method} {}", s.key));
+        }
+        if let (Some(b), Some(s)) = (ctx.backend, ctx.service) {
+            if b != s {
+                if let Some(backend) = ctx.backend() {
+                    attrs.push(KeyValue::new("maille.backend", backend.key.to_string()));
+                }
+            }
+        }
+        if let Some(ep) = ctx.endpoint() {
+            attrs.push(KeyValue::new("maille.endpoint", ep.to_string()));
+        }
+        if ctx.attempts > 0 {
+            attrs.push(KeyValue::new("maille.retries", i64::from(ctx.attempts - 1)));
+        }
+        if let Some(reason) = local_reason(ctx, e, status) {
+            attrs.push(KeyValue::new("maille.local_reason", reason));
+        }
+        if status >= 500 {
+            attrs.push(KeyValue::new("error.type", status.to_string()));
+            span.set_status(Status::error(Cow::Owned(
+                e.map(|e| cut(&e.to_string())).unwrap_or_default(),
+            )));
+        }
+        span.set_attributes(attrs);
+        span.end();
+    }
+}
+
+/// Why the proxy answered a request itself, when it did: the status says which rule, the
+/// routing state which of the rules that share a status.
+pub fn local_reason(ctx: &RequestCtx, e: Option<&PError>, status: u16) -> Option<&'static str> {
+    if let Some(s) = ctx.local_status {
+        return Some(match s {
+            404 => "no_route",
+            403 => "access_denied",
+            429 => "rate_limited",
+            // A split with only zero weights refuses before a backend is chosen.
+            503 if ctx.backend.is_none() => "no_traffic",
+            503 if ctx.backend().is_some_and(|b| b.endpoints.is_empty()) => "no_endpoints",
+            503 => "circuit_open",
+            _ => "local_answer",
+        });
+    }
+    let e = e?;
+    Some(match (e.etype(), status) {
+        (_, 504) => "timeout",
+        (ErrorType::HTTPStatus(503), _) => "no_endpoints",
+        (_, 502) => "upstream_failed",
+        _ => return None,
+    })
+}
+
+/// The span of one TCP connection; ends when dropped. All methods are no-ops when tracing is
+/// off or the span is not sampled.
+#[derive(Debug)]
+pub struct TcpSpan(Option<Span>);
+
+impl TcpSpan {
+    fn recording(&mut self) -> Option<&mut Span> {
+        self.0.as_mut().filter(|s| s.is_recording())
+    }
+
+    /// The service port the connection was routed to.
+    pub fn routed(&mut self, service: &config_model::ServiceKey) {
+        if let Some(s) = self.recording() {
+            s.update_name(format!("tcp {service}"));
+            s.set_attribute(KeyValue::new("maille.service", service.to_string()));
+        }
+    }
+
+    /// The endpoint the connection is relayed to.
+    pub fn endpoint(&mut self, addr: SocketAddr) {
+        if let Some(s) = self.recording() {
+            s.set_attribute(KeyValue::new("maille.endpoint", addr.to_string()));
+        }
+    }
+
+    /// How the connection ended (`finished`, `idle`, ...) or why it was refused
+    /// (`no_route`, `access_denied`, `no_traffic`, `no_endpoint_reachable`); refusals and
+    /// errors mark the span as failed.
+    pub fn ended(&mut self, reason: &'static str, failed: bool) {
+        if let Some(s) = self.recording() {
+            s.set_attribute(KeyValue::new("maille.end_reason", reason));
+            if failed {
+                s.set_status(Status::error(reason));
+            }
+        }
+    }
+}
+
+/// `value` cut to [`ATTRIBUTE_MAX`] bytes (at a character boundary).
+fn cut(value: &str) -> String {
+    if value.len() <= ATTRIBUTE_MAX {
+        return value.to_string();
+    }
+    let mut end = ATTRIBUTE_MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
+}
