@@ -337,9 +337,12 @@ impl HttpSpan {
 pub fn local_reason(ctx: &RequestCtx, e: Option<&PError>, status: u16) -> Option<&'static str> {
     if let Some(s) = ctx.local_status {
         return Some(match s {
+            400 => "bad_request",
             404 => "no_route",
             403 => "access_denied",
             429 => "rate_limited",
+            // Before the first table nothing routes.
+            503 if ctx.service.is_none() => "no_table",
             // A split with only zero weights refuses before a backend is chosen.
             503 if ctx.backend.is_none() => "no_traffic",
             503 if ctx.backend().is_some_and(|b| b.endpoints.is_empty()) => "no_endpoints",

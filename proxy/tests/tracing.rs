@@ -447,10 +447,18 @@ async fn local_answers_carry_their_reason() {
             "no_endpoints",
             "7777777777777777eeeeeeeeeeeeeeee",
         ),
+        // An encoded slash in the path: refused before routing.
+        (
+            "web.shop.maille.mesh",
+            400,
+            "bad_request",
+            "8888888888888888ffffffffffffffff",
+        ),
     ];
     for (host, status, reason, trace) in cases {
         let tp = format!("00-{trace}-{CLIENT_SPAN}-01");
-        let (got_status, _) = send(proxy.http[0], host, "/", &[("traceparent", &tp)]).await;
+        let path = if status == 400 { "/a%2Fb" } else { "/" };
+        let (got_status, _) = send(proxy.http[0], host, path, &[("traceparent", &tp)]).await;
         assert_eq!(got_status, status, "{host}");
         let got = collector.wait_trace(trace).await;
         assert_eq!(
