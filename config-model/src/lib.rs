@@ -7,9 +7,11 @@
 //! This crate does no I/O.
 
 pub mod annotations;
+pub mod cut;
 pub mod duration;
 pub mod expr;
 pub mod options;
+pub mod split_graph;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use regex::Regex;
 
+use crate::cut::{cut_display, cut_message};
 use crate::expr;
 use crate::options::{
     CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions,
     DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS, DEFAULT_RETRY_BUDGET_PERCENT,
 };
+use crate::split_graph::{self, MAX_SPLIT_DEPTH};
 use crate::wire::{
     AccessRuleSpec, HttpMatchSpec, OptionsSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType,
 };
@@ -32,7 +34,8 @@ pub enum Error {
         /// Version this build reads.
         expected: u32,
     },
-    /// A field of a service has a value that is not allowed.
+    /// A field of a service has a value that is not allowed. The value is cut to a bounded
+    /// length ([`crate::cut::cut`]).
     #[error("service {service}: field {field}: invalid value {value:?}: {reason}")]
     InvalidField {
         /// `namespace/name:port`.
@@ -321,7 +324,7 @@ fn invalid(
     Error::InvalidField {
         service: service.to_string(),
         field: field.into(),
-        value: value.to_string(),
+        value: cut_display(value),
         reason: reason.into(),
     }
 }
@@ -844,43 +847,92 @@ impl TryFrom<&TableSpec> for Table {
                 table.services[idx].splits = splits;
             }
         }
-        check_split_cycles(&table)?;
+        check_split_graph(&table)?;
         Ok(table)
     }
 }
 
-/// Refuses split graphs with a cycle, which would make a request loop between services.
-fn check_split_cycles(table: &Table) -> Result<()> {
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut state = vec![0u8; table.services.len()];
-    fn visit(t: &Table, i: usize, state: &mut [u8]) -> Result<()> {
-        match state[i] {
-            1 => {
-                let s = &t.services[i];
-                return Err(invalid(
-                    &s.key.to_string(),
-                    "splits",
-                    s.splits.first().map(|x| x.name.clone()).unwrap_or_default(),
-                    "traffic splits form a cycle through this service",
-                ));
-            }
-            2 => return Ok(()),
-            _ => {}
+/// Refuses split graphs with a cycle, which would make a request loop between services, and
+/// chains of nested splits deeper than [`MAX_SPLIT_DEPTH`]; the error names the first split
+/// at fault. One linear pass, no recursion (see [`split_graph`]).
+fn check_split_graph(table: &Table) -> Result<()> {
+    let mut edges = Vec::new();
+    for (i, s) in table.services.iter().enumerate() {
+        for split in &s.splits {
+            edges.extend(split.backends.iter().map(|b| (i, b.service)));
         }
-        state[i] = 1;
-        for split in &t.services[i].splits {
-            for b in &split.backends {
-                visit(t, b.service, state)?;
+    }
+    let report = split_graph::check(table.services.len(), &edges);
+    let name = |i: usize| table.services[i].key.to_string();
+    // The split of `at` that sends traffic to `to`, as field path and split name.
+    let split_to = |at: usize, to: usize| -> (String, String) {
+        for (i, split) in table.services[at].splits.iter().enumerate() {
+            if let Some(j) = split.backends.iter().position(|b| b.service == to) {
+                return (format!("splits[{i}].backends[{j}]"), split.name.clone());
             }
         }
-        state[i] = 2;
-        Ok(())
+        ("splits".into(), String::new())
+    };
+    if let Some(cycle) = report.cycles.first() {
+        let (field, split) = split_to(cycle[0], cycle[1]);
+        let path = cycle
+            .iter()
+            .map(|&i| name(i))
+            .collect::<Vec<_>>()
+            .join(" → ");
+        return Err(invalid(
+            &name(cycle[0]),
+            field,
+            split,
+            format!(
+                "traffic splits form a cycle ({})",
+                cut_message(&path, MAX_PATH_IN_ERROR)
+            ),
+        ));
     }
-    for i in 0..table.services.len() {
-        visit(table, i, &mut state)?;
+    // The shallowest node over the limit: its deepest backend sits exactly at the limit.
+    let Some(at) = report
+        .too_deep()
+        .min_by_key(|&i| report.height(i).unwrap_or(u32::MAX))
+    else {
+        return Ok(());
+    };
+    // Down the deepest path: at most MAX_SPLIT_DEPTH + 2 services, since `at` is the shallowest.
+    let mut chain = vec![at];
+    let mut n = at;
+    while let Some(h) = report.height(n).filter(|&h| h > 0) {
+        let Some(next) = table.services[n]
+            .splits
+            .iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| b.service)
+            .find(|&b| report.height(b) == Some(h - 1))
+        else {
+            break;
+        };
+        chain.push(next);
+        n = next;
     }
-    Ok(())
+    let (field, split) = split_to(at, chain[1]);
+    let path = chain
+        .iter()
+        .map(|&i| name(i))
+        .collect::<Vec<_>>()
+        .join(" → ");
+    Err(invalid(
+        &name(at),
+        field,
+        split,
+        format!(
+            "requests would pass through {} nested splits ({}); at most {MAX_SPLIT_DEPTH}",
+            report.height(at).unwrap_or_default(),
+            cut_message(&path, MAX_PATH_IN_ERROR)
+        ),
+    ))
 }
+
+/// Longest service path quoted in a split error, in bytes.
+const MAX_PATH_IN_ERROR: usize = 1024;
 
 #[cfg(test)]
 mod tests;

@@ -89,4 +89,52 @@ mod tests {
         assert_eq!(store.load().version, 3);
         assert!(store.load().http_route(5000, "web.a.maille.mesh").is_some());
     }
+
+    #[test]
+    fn a_chain_of_ten_thousand_nested_splits_is_refused_and_the_good_table_stays() {
+        use config_model::{SplitBackendSpec, SplitSpec};
+        let store = TableStore::new();
+        let good =
+            serde_json::to_vec(&table(3, vec![http("a", "web", 5000, &["10.0.0.1:80"])])).unwrap();
+        apply_json(&store, &good, "test").unwrap();
+        let services = (0..10_000)
+            .map(|i| {
+                let mut s = http("a", &format!("s{i}"), 5000, &["10.0.0.1:80"]);
+                if i < 9_999 {
+                    s.splits = vec![SplitSpec {
+                        name: format!("a/split{i}"),
+                        matches: vec![],
+                        backends: vec![SplitBackendSpec {
+                            namespace: "a".into(),
+                            name: format!("s{}", i + 1),
+                            port: 80,
+                            weight: 1,
+                        }],
+                    }];
+                }
+                s
+            })
+            .collect();
+        let deep = serde_json::to_vec(&table(4, services)).unwrap();
+        // A thread with a small stack, as a Pingora worker's: the check must not recurse.
+        let e = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || apply_json(&store, &deep, "test").map(|_| store))
+            .unwrap()
+            .join()
+            .unwrap();
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("nested splits"), "{e}");
+        assert!(e.contains("a/split9982"), "{e}");
+    }
+
+    #[test]
+    fn a_megabyte_value_is_cut_in_the_refusal() {
+        let store = TableStore::new();
+        let huge = "9".repeat(1 << 20);
+        let bad = serde_json::to_vec(&table(4, vec![http("a", "web", 5000, &[&huge])])).unwrap();
+        let e = apply_json(&store, &bad, "test").unwrap_err().to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
+        assert!(e.contains("[1048576 bytes]"), "{e}");
+    }
 }

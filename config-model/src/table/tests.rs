@@ -338,3 +338,59 @@ fn circuit_breaker_options_are_parsed_and_checked() {
         "options.circuitBreakerRecoveryMs"
     );
 }
+
+/// `n` HTTP services `s0 → s1 → … → s(n-1)`, each split to the next (namespace `a`).
+fn split_chain(n: usize) -> Vec<ServiceSpec> {
+    (0..n)
+        .map(|i| {
+            let mut s = http("a", &format!("s{i}"), 5000, &["10.0.0.1:80"]);
+            if i + 1 < n {
+                s.splits = vec![split_to(
+                    &format!("split{i}"),
+                    &[(&format!("s{}", i + 1), 1)],
+                )];
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_of_ten_thousand_nested_splits_is_refused_without_overflowing_the_stack() {
+    let e = build(split_chain(10_000)).unwrap_err();
+    let text = e.to_string();
+    let (service, field, value) = field_error(e);
+    // The shallowest service over the limit is named, with the split that goes too deep.
+    let at = 10_000 - 2 - MAX_SPLIT_DEPTH as usize;
+    assert_eq!(service, format!("a/s{at}:80"));
+    assert_eq!(field, "splits[0].backends[0]");
+    assert_eq!(value, format!("a/split{at}"));
+    assert!(text.contains("17 nested splits"), "{text}");
+    assert!(text.len() < 2_000, "{} bytes", text.len());
+    // Closed into a cycle, it is refused as one, with a bounded message.
+    let mut looped = split_chain(10_000);
+    looped[9_999].splits = vec![split_to("back", &[("s0", 1)])];
+    let e = build(looped).unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
+    assert!(e.to_string().len() < 2_000);
+}
+
+#[test]
+fn nested_splits_up_to_the_depth_limit_are_accepted() {
+    let n = MAX_SPLIT_DEPTH as usize + 1;
+    let t = build(split_chain(n)).unwrap();
+    assert_eq!(t.services[0].splits.len(), 1);
+    let e = build(split_chain(n + 1)).unwrap_err();
+    assert_eq!(field_error(e).0, "a/s0:80");
+}
+
+#[test]
+fn a_megabyte_value_is_quoted_cut() {
+    let mut s = http("a", "x", 5000, &[]);
+    s.cluster_ip = Some("1".repeat(1 << 20));
+    let e = build(vec![s]).unwrap_err();
+    let text = e.to_string();
+    assert!(text.len() < 400, "{} bytes", text.len());
+    assert!(text.contains("…[1048576 bytes]"), "{text}");
+    assert!(text.contains("clusterIp"), "{text}");
+}

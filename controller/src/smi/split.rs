@@ -1,8 +1,10 @@
 //! TrafficSplit → the `splits` of root service ports, leaving out what cannot be honoured:
 //! backends without the root's port, unknown route groups, and splits that would close a cycle.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
+use config_model::cut::cut_message;
+use config_model::split_graph::{self, MAX_SPLIT_DEPTH};
 use config_model::table::MAX_WEIGHT;
 use config_model::{ServiceSpec, SplitBackendSpec, SplitSpec, TrafficType};
 use kube::ResourceExt;
@@ -11,12 +13,14 @@ use super::{problem, Problem, Routes, SmiObjects, TrafficSplit};
 
 const KIND: &str = "TrafficSplit";
 
+/// Adds the TrafficSplits to their roots' `splits`; returns the work units of the graph check
+/// (for tests that prove it linear).
 pub(crate) fn apply(
     services: &mut [ServiceSpec],
     objects: &SmiObjects,
     routes: &Routes<'_>,
     problems: &mut Vec<Problem>,
-) {
+) -> usize {
     let mut by_port: HashMap<(&str, &str, u16), usize> = HashMap::new();
     let mut by_name: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for (i, s) in services.iter().enumerate() {
@@ -26,40 +30,33 @@ pub(crate) fn apply(
     let mut splits: Vec<&TrafficSplit> = objects.traffic_splits.iter().map(|s| &**s).collect();
     splits.sort_by_key(|s| (s.namespace(), s.name_any()));
 
-    // Accepted split edges root → backend, to refuse the split that would close a cycle.
-    let mut graph: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    let mut accepted: Vec<(usize, SplitSpec)> = Vec::new();
-    for ts in splits {
-        let Some(candidate) = translate(ts, services, &by_port, &by_name, routes, problems) else {
-            continue;
-        };
-        let mark = graph.clone();
-        for (root, spec) in &candidate {
-            graph.entry(*root).or_default().extend(
-                spec.backends
-                    .iter()
-                    .map(|b| by_port[&(b.namespace.as_str(), b.name.as_str(), b.port)]),
-            );
+    let candidates: Vec<(&TrafficSplit, Vec<(usize, SplitSpec)>)> = splits
+        .into_iter()
+        .filter_map(|ts| {
+            translate(ts, services, &by_port, &by_name, routes, problems).map(|c| (ts, c))
+        })
+        .collect();
+    // Split edges root → backend, each owned by the candidate (index, in name order) that
+    // brings it.
+    let mut edges: Vec<(usize, usize, usize)> = Vec::new();
+    for (k, (_, entries)) in candidates.iter().enumerate() {
+        for (root, spec) in entries {
+            for b in &spec.backends {
+                edges.push((
+                    *root,
+                    by_port[&(b.namespace.as_str(), b.name.as_str(), b.port)],
+                    k,
+                ));
+            }
         }
-        if let Some(cycle) = candidate
-            .iter()
-            .find_map(|(root, _)| find_cycle(&graph, *root))
-        {
-            let path = cycle
-                .iter()
-                .map(|&i| services[i].display_name())
-                .collect::<Vec<_>>()
-                .join(" → ");
-            problems.push(problem(
-                KIND,
-                ts,
-                format!("its backends form a cycle of splits ({path}); split left out"),
-            ));
-            graph = mark;
-            continue;
-        }
-        accepted.extend(candidate);
     }
+    let left_out = check_graph(services, &candidates, &edges, problems);
+    let left_out_steps = left_out.steps;
+    let accepted = candidates
+        .into_iter()
+        .zip(left_out.kept)
+        .filter(|(_, keep)| *keep)
+        .flat_map(|((_, entries), _)| entries);
     for (root, spec) in accepted {
         services[root].splits.push(spec);
     }
@@ -68,6 +65,7 @@ pub(crate) fn apply(
         // then by name.
         s.splits.sort_by_key(|x| x.matches.is_empty());
     }
+    left_out_steps
 }
 
 /// The split entries of one TrafficSplit (one per port of its root), or `None` when it is left
@@ -254,31 +252,119 @@ fn local_name<'a>(service: &'a str, namespace: &str) -> Result<&'a str, String> 
     Ok(name)
 }
 
-/// A cycle reachable from `start`, as the list of service indices (first repeated at the end).
-fn find_cycle(graph: &BTreeMap<usize, Vec<usize>>, start: usize) -> Option<Vec<usize>> {
-    fn visit(
-        g: &BTreeMap<usize, Vec<usize>>,
-        n: usize,
-        path: &mut Vec<usize>,
-        done: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        if let Some(pos) = path.iter().position(|&p| p == n) {
-            let mut cycle = path[pos..].to_vec();
-            cycle.push(n);
-            return Some(cycle);
+/// What the split-graph check kept, and the work it did.
+pub(crate) struct GraphOutcome {
+    /// Per candidate (name order): kept or left out.
+    pub kept: Vec<bool>,
+    /// Units of work of the config-model check, summed over its passes.
+    pub steps: usize,
+}
+
+/// Passes of the cycle check that each leave out the last split (in name order) of every cycle
+/// found; what still forms a cycle after them is left out whole.
+const CYCLE_PASSES: usize = 4;
+
+/// Leaves out the splits that close a cycle (the last of each cycle in name order) and those
+/// that nest deeper than [`MAX_SPLIT_DEPTH`], with the config-model check: a few linear passes
+/// whatever the number of splits or the shape of their graph.
+fn check_graph(
+    services: &[ServiceSpec],
+    candidates: &[(&TrafficSplit, Vec<(usize, SplitSpec)>)],
+    edges: &[(usize, usize, usize)],
+    problems: &mut Vec<Problem>,
+) -> GraphOutcome {
+    let mut kept = vec![true; candidates.len()];
+    let mut steps = 0;
+    let kept_edges = |kept: &[bool]| -> Vec<(usize, usize)> {
+        edges
+            .iter()
+            .filter(|e| kept[e.2])
+            .map(|&(a, b, _)| (a, b))
+            .collect()
+    };
+    let name = |i: usize| services[i].display_name();
+    let mut report = split_graph::check(services.len(), &kept_edges(&kept));
+    steps += report.steps;
+    for pass in 0..=CYCLE_PASSES {
+        if report.cycles.is_empty() {
+            break;
         }
-        if done.contains(&n) {
-            return None;
-        }
-        path.push(n);
-        for &next in g.get(&n).map(Vec::as_slice).unwrap_or(&[]) {
-            if let Some(c) = visit(g, next, path, done) {
-                return Some(c);
+        if pass == CYCLE_PASSES {
+            // Still cyclic after several passes: leave out every split between nodes that
+            // reach a cycle.
+            for &(a, b, k) in edges {
+                if kept[k] && report.height(a).is_none() && report.height(b).is_none() {
+                    kept[k] = false;
+                    problems.push(problem(
+                        KIND,
+                        candidates[k].0,
+                        format!(
+                            "its backends are entangled in cycles of splits (through {} → {}); split left out",
+                            name(a),
+                            name(b)
+                        ),
+                    ));
+                }
+            }
+        } else {
+            let mut owners: HashMap<(usize, usize), usize> = HashMap::new();
+            for &(a, b, k) in edges {
+                if kept[k] {
+                    let o = owners.entry((a, b)).or_insert(k);
+                    *o = (*o).max(k);
+                }
+            }
+            for cycle in &report.cycles {
+                // The edge of the last split in name order closes the cycle.
+                let Some((pos, k)) = cycle
+                    .windows(2)
+                    .enumerate()
+                    .filter_map(|(pos, w)| owners.get(&(w[0], w[1])).map(|&k| (pos, k)))
+                    .max_by_key(|&(_, k)| k)
+                else {
+                    continue;
+                };
+                steps += cycle.len();
+                if !kept[k] {
+                    continue;
+                }
+                kept[k] = false;
+                let len = cycle.len() - 1;
+                let path = (0..=len)
+                    .map(|i| name(cycle[(pos + i) % len]))
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                problems.push(problem(
+                    KIND,
+                    candidates[k].0,
+                    format!(
+                        "its backends form a cycle of splits ({}); split left out",
+                        cut_message(&path, 512)
+                    ),
+                ));
             }
         }
-        path.pop();
-        done.push(n);
-        None
+        report = split_graph::check(services.len(), &kept_edges(&kept));
+        steps += report.steps;
     }
-    visit(graph, start, &mut Vec::new(), &mut Vec::new())
+    // Depth: a split whose backend already has MAX_SPLIT_DEPTH splits below it would make the
+    // chain too deep. Heights only shrink when splits are left out, so one pass suffices.
+    for &(a, b, k) in edges {
+        let Some(below) = report.height(b) else {
+            continue;
+        };
+        if kept[k] && below >= MAX_SPLIT_DEPTH {
+            kept[k] = false;
+            problems.push(problem(
+                KIND,
+                candidates[k].0,
+                format!(
+                    "backend {} is the root of {below} levels of nested splits; with root {} that is more than {MAX_SPLIT_DEPTH}; split left out",
+                    name(b),
+                    name(a)
+                ),
+            ));
+        }
+    }
+    GraphOutcome { kept, steps }
 }

@@ -588,3 +588,124 @@ fn examples_translate_without_problems() {
     assert_eq!(by("db").access[0].sources, ["10.0.1.1"]);
     assert_eq!(by("dns").access[0].sources, ["10.0.0.1", "10.0.1.1"]);
 }
+
+/// TrafficSplits `split-<i>`: `s<i> → s<i+1>` over `n` HTTP services `s<i>` (zero-padded, so
+/// name order is index order).
+fn split_chain(n: usize, order: impl Fn(usize) -> usize) -> (Vec<ServiceSpec>, SmiObjects) {
+    let services = (0..n)
+        .map(|i| http("shop", &format!("s{i:05}"), 5000, &["10.0.0.1:80"]))
+        .collect();
+    let mut objs = SmiObjects::default();
+    for i in 0..n - 1 {
+        let mut ts = TrafficSplit::new(
+            &format!("split-{:05}", order(i)),
+            crd::TrafficSplitSpec {
+                service: format!("s{i:05}"),
+                backends: vec![crd::TrafficSplitBackend {
+                    service: format!("s{:05}", i + 1),
+                    weight: 1,
+                }],
+                ..Default::default()
+            },
+        );
+        ts.metadata.namespace = Some("shop".into());
+        objs.insert(SmiObject::TrafficSplit(ts));
+    }
+    (services, objs)
+}
+
+#[test]
+fn ten_thousand_nested_splits_keep_the_deepest_allowed_chain_and_report_the_rest() {
+    let (mut services, objs) = split_chain(10_000, |i| i);
+    let problems = apply(&mut services, &objs, &[]);
+    let depth = config_model::split_graph::MAX_SPLIT_DEPTH as usize;
+    // The last MAX_SPLIT_DEPTH splits of the chain stay; every one above is reported.
+    let kept: Vec<usize> = (0..10_000)
+        .filter(|&i| !services[i].splits.is_empty())
+        .collect();
+    assert_eq!(kept, (9_999 - depth..9_999).collect::<Vec<_>>());
+    assert_eq!(problems.len(), 9_999 - depth);
+    assert!(
+        problems[0].message.contains("levels of nested splits"),
+        "{}",
+        problems[0]
+    );
+    Table::try_from(&table(1, services)).expect("the proxy accepts what is left");
+}
+
+#[test]
+fn five_thousand_splits_are_checked_in_linear_work() {
+    let n = 5_000;
+    // Name order top-down, bottom-up (the order that made the old check cubic), and the chain
+    // closed into one cycle.
+    for (case, order) in [
+        ("top-down", Box::new(|i| i) as Box<dyn Fn(usize) -> usize>),
+        ("bottom-up", Box::new(move |i| n - i)),
+    ] {
+        for close in [false, true] {
+            let (mut services, mut objs) = split_chain(n, &order);
+            if close {
+                let mut ts = TrafficSplit::new(
+                    "split-close",
+                    crd::TrafficSplitSpec {
+                        service: format!("s{:05}", n - 1),
+                        backends: vec![crd::TrafficSplitBackend {
+                            service: "s00000".into(),
+                            weight: 1,
+                        }],
+                        ..Default::default()
+                    },
+                );
+                ts.metadata.namespace = Some("shop".into());
+                objs.insert(SmiObject::TrafficSplit(ts));
+            }
+            let mut problems = Vec::new();
+            let routes = Routes::new(&objs, &mut problems);
+            let steps = split::apply(&mut services, &objs, &routes, &mut problems);
+            assert!(
+                steps <= 40 * n,
+                "{case} closed={close}: {steps} steps for {n} splits"
+            );
+            if close {
+                assert!(problems.iter().any(|p| p.message.contains("cycle")));
+            }
+            Table::try_from(&table(1, services)).expect("the proxy accepts what is left");
+        }
+    }
+}
+
+#[test]
+fn many_disjoint_split_cycles_each_lose_their_last_split() {
+    let services: Vec<ServiceSpec> = (0..2_000)
+        .map(|i| http("shop", &format!("s{i:05}"), 5000, &["10.0.0.1:80"]))
+        .collect();
+    let mut objs = SmiObjects::default();
+    for k in 0..1_000 {
+        for (name, root, backend) in [
+            (format!("a{k:05}"), 2 * k, 2 * k + 1),
+            (format!("b{k:05}"), 2 * k + 1, 2 * k),
+        ] {
+            let mut ts = TrafficSplit::new(
+                &name,
+                crd::TrafficSplitSpec {
+                    service: format!("s{root:05}"),
+                    backends: vec![crd::TrafficSplitBackend {
+                        service: format!("s{backend:05}"),
+                        weight: 1,
+                    }],
+                    ..Default::default()
+                },
+            );
+            ts.metadata.namespace = Some("shop".into());
+            objs.insert(SmiObject::TrafficSplit(ts));
+        }
+    }
+    let mut services = services;
+    let problems = apply(&mut services, &objs, &[]);
+    assert_eq!(problems.len(), 1_000);
+    assert!(problems.iter().all(|p| p.name.starts_with('b')));
+    assert_eq!(
+        services.iter().filter(|s| !s.splits.is_empty()).count(),
+        1_000
+    );
+}
