@@ -12,6 +12,11 @@ use config_model::testing::{http, table};
 use maille_proxy::testing::client::{self, HttpClient};
 use maille_proxy::testing::{free_tcp_ports, wait_listening, HttpBackend};
 
+/// The tests of this file run one at a time: each picks free ports, releases them and lets a
+/// child process bind them, so a test running alongside could be handed the same ports in
+/// between and talk to another test's proxy.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `maille-proxy` child process, killed when dropped.
 struct ProxyProcess {
     child: Child,
@@ -103,6 +108,7 @@ async fn wait_ready(admin: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits() {
+    let _serial = SERIAL.lock().await;
     let slow = HttpBackend::start_with_delay("slow", Duration::from_millis(1500)).await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(2);
@@ -156,6 +162,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_upgrade_hands_over_the_listeners_without_failures() {
+    let _serial = SERIAL.lock().await;
     let web = HttpBackend::start("web").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(2);
@@ -359,17 +366,87 @@ async fn client_loop(addr: SocketAddr, fresh: bool, stop: Arc<AtomicBool>) -> St
     stats
 }
 
-/// `keep_alive` keep-alive clients and `fresh` new-connection clients on `addr`, until the
-/// returned flag is set; the handle sums their stats.
+/// An h2c client sending `GET /` continuously on one connection; when the proxy sends
+/// `GOAWAY` (drain), it finishes its request there and opens a new connection.
+async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> Stats {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut stats = Stats::default();
+    let mut sender: Option<hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>> = None;
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) && n < 100_000 {
+        n += 1;
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            if sender.take().is_some() {
+                stats.told_to_close += 1;
+            }
+            let Ok(stream) = TcpStream::connect(addr).await else {
+                stats.refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+            {
+                Ok((s, conn)) => {
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                Err(e) => {
+                    stats.lost_fresh.push(format!("h2c handshake: {e}"));
+                    continue;
+                }
+            }
+        }
+        let s = sender.as_mut().unwrap();
+        if s.ready().await.is_err() {
+            // GOAWAY arrived: nothing was sent on this connection.
+            continue;
+        }
+        let req = http::Request::get("http://web.bin.maille.mesh/")
+            .body(Empty::new())
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            let resp = s.send_request(req).await.map_err(|e| format!("{e:?}"))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+        match outcome {
+            Ok((200, body)) if body == "web" => stats.answered += 1,
+            // A stream above a GOAWAY's last stream id was not processed and may be sent again
+            // (RFC 9113 §6.8): the client was told, as a draining proxy should tell it.
+            Err(e) if e.contains("GoAway") => {
+                stats.told_to_close += 1;
+                sender = None;
+            }
+            other => stats.lost.push(format!("h2c: {other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stats
+}
+
+/// `keep_alive` keep-alive clients, `fresh` new-connection clients and `h2c` HTTP/2 clients
+/// on `addr`, until the returned flag is set; the handle sums their stats.
 fn start_load(
     addr: SocketAddr,
     keep_alive: usize,
     fresh: usize,
+    h2c: usize,
 ) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Stats>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..keep_alive + fresh)
+    let mut tasks: Vec<_> = (0..keep_alive + fresh)
         .map(|i| tokio::spawn(client_loop(addr, i >= keep_alive, stop.clone())))
         .collect();
+    tasks.extend((0..h2c).map(|_| tokio::spawn(h2c_loop(addr, stop.clone()))));
     let all = tokio::spawn(async move {
         let mut sum = Stats::default();
         for t in tasks {
@@ -392,6 +469,7 @@ async fn wait_exit(mut p: ProxyProcess, limit: Duration) -> ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_with_the_default_listener_count_under_load_then_sigterm_loses_no_request() {
+    let _serial = SERIAL.lock().await;
     // The default flags open 10 HTTP, 25 TCP and the admin listener: 36 sockets to hand over,
     // more than Pingora's 32 per message. The literal default port numbers may be taken on a
     // test machine, so the test uses free ports in the same numbers.
@@ -425,8 +503,9 @@ async fn upgrade_with_the_default_listener_count_under_load_then_sigterm_loses_n
     wait_listening(addr, Duration::from_secs(30));
     wait_ready(admin_addr).await;
 
-    // Four keep-alive clients and one new-connection-per-request client, throughout.
-    let (stop, load) = start_load(addr, 4, 1);
+    // Four HTTP/1 keep-alive clients, one new-connection-per-request client and two h2c
+    // clients, throughout.
+    let (stop, load) = start_load(addr, 4, 1, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let new = ProxyProcess::spawn(admin, &sock, &[&args[..], &["--upgrade"]].concat());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -446,8 +525,8 @@ async fn upgrade_with_the_default_listener_count_under_load_then_sigterm_loses_n
     assert_eq!(s.refused, 0, "refused connections: {s:?}");
     assert!(s.answered > 100, "{s:?}");
     assert!(
-        s.told_to_close >= 4,
-        "each keep-alive client is told to close by the draining process: {s:?}"
+        s.told_to_close >= 6,
+        "each keep-alive client is told to close (GOAWAY on h2c) by the draining process: {s:?}"
     );
     let mut new = new;
     assert!(new.child.try_wait().unwrap().is_none(), "new proxy exited");
@@ -460,7 +539,7 @@ async fn upgrade_with_the_default_listener_count_under_load_then_sigterm_loses_n
 
     // SIGTERM with keep-alive clients: every request sent on an open connection is answered
     // (with `Connection: close`); only new connections are refused once the listeners stop.
-    let (stop, load) = start_load(addr, 4, 0);
+    let (stop, load) = start_load(addr, 4, 0, 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     new.signal("TERM");
     let status = wait_exit(new, Duration::from_secs(20)).await;
@@ -477,6 +556,7 @@ async fn upgrade_with_the_default_listener_count_under_load_then_sigterm_loses_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_with_a_hundred_listeners() {
+    let _serial = SERIAL.lock().await;
     let web = HttpBackend::start("web").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(100);
@@ -504,7 +584,7 @@ async fn upgrade_with_a_hundred_listeners() {
     let addr = SocketAddr::from(([127, 0, 0, 1], http[59]));
     wait_listening(addr, Duration::from_secs(30));
     wait_ready(SocketAddr::from(([127, 0, 0, 1], admin))).await;
-    let (stop, load) = start_load(addr, 1, 1);
+    let (stop, load) = start_load(addr, 1, 1, 0);
     let mut new = ProxyProcess::spawn(admin, &sock, &[&args[..], &["--upgrade"]].concat());
     tokio::time::sleep(Duration::from_millis(300)).await;
     old.signal("QUIT");
@@ -588,6 +668,7 @@ impl FakeController {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_while_the_controller_is_down_routes_with_the_handed_over_table() {
+    let _serial = SERIAL.lock().await;
     let web = HttpBackend::start("web").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(2);
@@ -623,7 +704,7 @@ async fn an_upgrade_while_the_controller_is_down_routes_with_the_handed_over_tab
         TcpStream::connect(controller.addr).await.is_err(),
         "controller still up"
     );
-    let (stop, load) = start_load(addr, 2, 1);
+    let (stop, load) = start_load(addr, 2, 1, 1);
     let mut new = ProxyProcess::spawn(ports[1], &sock, &[&args[..], &["--upgrade"]].concat());
     tokio::time::sleep(Duration::from_millis(300)).await;
     old.signal("QUIT");
@@ -650,6 +731,7 @@ async fn an_upgrade_while_the_controller_is_down_routes_with_the_handed_over_tab
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_without_a_table_answers_503_and_closes_tcp() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(4);
     // Nothing listens on the controller's port.
@@ -687,6 +769,7 @@ async fn a_proxy_without_a_table_answers_503_and_closes_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_process_keeps_serving_when_the_new_one_does_not_confirm() {
+    let _serial = SERIAL.lock().await;
     let web = HttpBackend::start("web").await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_tcp_ports(2);
