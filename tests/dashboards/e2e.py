@@ -398,18 +398,18 @@ def start_mesh(name, source, ports, tmp, procs, controller_args=()):
 
 
 def run(boards, substitute):
-    from runner import Skip
+    import pytest
 
     for name in ("maille-controller", "maille-proxy"):
         path = BIN / name
         if not path.exists():
-            raise Skip(f"{path} not built (cargo build --workspace --bins)")
+            pytest.skip(f"{path} not built (cargo build --workspace --bins)")
         out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
         if not out.stdout.strip():
-            raise Skip(f"{name} has no command line yet (a placeholder main)")
+            pytest.skip(f"{name} has no command line yet (a placeholder main)")
     prometheus = shutil.which("prometheus")
     if not prometheus:
-        raise Skip("no prometheus binary (scripts/install-deps installs the Debian package)")
+        pytest.skip("no prometheus binary (scripts/install-deps installs the Debian package)")
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="maille-dashboards-"))
     procs = Processes(tmp)

@@ -1,8 +1,8 @@
 """Checks of the Grafana dashboards shipped with the chart.
 
-Static: the committed JSON is what generate.py writes, the panels are well formed, every query
-parses (promtool), and every metric a query uses is one of the agreed names and is documented
-in docs/metrics.md. End to end (e2e.py): every query returns data from a real Prometheus
+Static: the committed JSON is what charts/maille/dashboards/generate.py writes, the panels are
+well formed, every query parses (promtool), and every metric a query uses is one of the agreed
+names and is documented in docs/metrics.md. End to end (e2e.py): every query returns data from a real Prometheus
 scraping a live local mesh.
 """
 
@@ -16,14 +16,14 @@ import tempfile
 
 import yaml
 
-from runner import Skip
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DASHBOARDS = ROOT / "charts" / "maille" / "dashboards"
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(DASHBOARDS))
 
-import generate  # noqa: E402
+import generate  # noqa: E402  (charts/maille/dashboards/generate.py)
 
 # The metric names the team agreed on (COMMON.md); dashboards use no others.
 AGREED = {
@@ -83,7 +83,7 @@ def test_committed_dashboards_are_what_generate_writes():
     for name, build in (("maille-overview.json", generate.overview), ("maille-service.json", generate.service),
                         ("maille-proxies.json", generate.proxies), ("maille-controller.json", generate.controller)):
         committed = json.loads((DASHBOARDS / name).read_text())
-        assert committed == build().json(), f"{name} differs from generate.py; run python3 tests/dashboards/generate.py"
+        assert committed == build().json(), f"{name} differs from generate.py; run python3 charts/maille/dashboards/generate.py"
 
 
 def test_panels_are_well_formed():
@@ -134,7 +134,7 @@ def test_every_query_uses_agreed_and_documented_metrics():
 def test_every_query_parses():
     """promtool parses each query (variables substituted) as a recording rule."""
     if subprocess.run(["which", "promtool"], capture_output=True).returncode != 0:
-        raise Skip("promtool not installed (scripts/install-deps installs the prometheus package)")
+        pytest.skip("promtool not installed (scripts/install-deps installs the prometheus package)")
     rules = []
     for name, b in boards().items():
         for i, (title, expr) in enumerate(queries(b)):
@@ -152,7 +152,7 @@ def test_every_query_parses():
 def test_every_query_returns_data_from_a_live_mesh():
     """End to end: real controller, proxy, backends and Prometheus (see e2e.py)."""
     if os.environ.get("MAILLE_SKIP_E2E"):
-        raise Skip("MAILLE_SKIP_E2E is set")
+        pytest.skip("MAILLE_SKIP_E2E is set")
     import e2e
 
     e2e.run(boards(), substitute)

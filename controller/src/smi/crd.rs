@@ -4,11 +4,15 @@
 //! controller watches; the chart's CRDs serve every version with `conversion: None`, so the API
 //! server hands out older objects under it unchanged). Fields that only some versions have are
 //! optional, so an object written for any supported version deserializes into the same type.
-//! [`SUPPORTED`] lists the versions accepted from a manifests folder.
+//! [`SUPPORTED`] lists the versions accepted from a manifests folder. The chart's CRDs are
+//! generated from these types ([`definitions`], written by the `crdgen` binary).
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceConversion, CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +39,20 @@ pub const SUPPORTED: &[(&str, &str, &[&str])] = &[
     group = "access.smi-spec.io",
     version = "v1alpha3",
     kind = "TrafficTarget",
-    namespaced
+    namespaced,
+    shortname = "tt",
+    label("app.kubernetes.io/part-of", "maille"),
+    doc = "Lets the pods of the source ServiceAccounts reach the pods of the destination ServiceAccount, on the traffic its rules describe.",
+    printcolumn(
+        name = "Destination",
+        type_ = "string",
+        json_path = ".spec.destination.name"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficTargetSpec {
@@ -54,14 +71,17 @@ pub struct TrafficTargetSpec {
 #[serde(rename_all = "camelCase")]
 pub struct IdentityBindingSubject {
     /// Always `ServiceAccount`.
+    #[schemars(extend("enum" = ["ServiceAccount"]))]
     pub kind: String,
     /// ServiceAccount name.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// ServiceAccount namespace; defaults to the TrafficTarget's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Destination only (v1alpha2; accepted in v1alpha3 too): the pod port allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
 }
 
@@ -70,8 +90,10 @@ pub struct IdentityBindingSubject {
 #[serde(rename_all = "camelCase")]
 pub struct TrafficTargetRule {
     /// `HTTPRouteGroup`, `TCPRoute` or `UDPRoute`.
+    #[schemars(extend("enum" = ["HTTPRouteGroup", "TCPRoute", "UDPRoute"]))]
     pub kind: String,
     /// Name of the route resource, in the TrafficTarget's namespace.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// HTTPRouteGroup only: names of the matches allowed; empty means all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -84,7 +106,10 @@ pub struct TrafficTargetRule {
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "HTTPRouteGroup",
-    namespaced
+    namespaced,
+    shortname = "htr",
+    label("app.kubernetes.io/part-of", "maille"),
+    doc = "Named HTTP request matches; a request fits the group when it fits one of them."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteGroupSpec {
@@ -98,6 +123,7 @@ pub struct HTTPRouteGroupSpec {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     /// The match's name, referenced by TrafficTarget rules.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Regex the path must match, anchored at both ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +134,7 @@ pub struct HttpRouteMatch {
     /// Header name → value regex. Written as a map (the spec's documents) or a list of maps
     /// (the published v1alpha4 CRD schema); both are read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "either_header_shape")]
     pub headers: Option<HttpHeaders>,
 }
 
@@ -119,6 +146,12 @@ pub enum HttpHeaders {
     Map(BTreeMap<String, String>),
     /// `headers: [{user-agent: ".*Firefox.*"}]`
     List(Vec<BTreeMap<String, String>>),
+}
+
+/// The CRD schema of `headers`: a map or a list of maps, which a structural schema cannot
+/// express as one type, so the API server keeps the field as written and the controller checks it.
+fn either_header_shape(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
 impl HttpHeaders {
@@ -141,7 +174,10 @@ impl HttpHeaders {
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "TCPRoute",
-    namespaced
+    namespaced,
+    shortname = "tr",
+    label("app.kubernetes.io/part-of", "maille"),
+    doc = "Raw TCP traffic to the listed pod ports, or to any port."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TCPRouteSpec {
@@ -156,7 +192,10 @@ pub struct TCPRouteSpec {
     group = "specs.smi-spec.io",
     version = "v1alpha4",
     kind = "UDPRoute",
-    namespaced
+    namespaced,
+    shortname = "ur",
+    label("app.kubernetes.io/part-of", "maille"),
+    doc = "UDP traffic to the listed pod ports, or to any port."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UDPRouteSpec {
@@ -174,6 +213,7 @@ pub struct PortMatches {
     pub name: Option<String>,
     /// Pod ports; empty means all ports.
     #[serde(default)]
+    #[schemars(inner(range(min = 1)))]
     pub ports: Vec<u16>,
 }
 
@@ -183,11 +223,21 @@ pub struct PortMatches {
     group = "split.smi-spec.io",
     version = "v1alpha4",
     kind = "TrafficSplit",
-    namespaced
+    namespaced,
+    shortname = "ts",
+    label("app.kubernetes.io/part-of", "maille"),
+    doc = "Spreads the traffic of the root service over backend services by weight.",
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSplitSpec {
     /// The root service clients call, in the split's namespace.
+    #[schemars(length(min = 1))]
     pub service: String,
     /// HTTPRouteGroups whose matches restrict the requests split (merged, ORed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -205,8 +255,10 @@ pub struct TrafficSplitMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_group: Option<String>,
     /// `HTTPRouteGroup`.
+    #[schemars(extend("enum" = ["HTTPRouteGroup"]))]
     pub kind: String,
     /// Name of the HTTPRouteGroup.
+    #[schemars(length(min = 1))]
     pub name: String,
 }
 
@@ -215,7 +267,63 @@ pub struct TrafficSplitMatch {
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSplitBackend {
     /// Backend service name.
+    #[schemars(length(min = 1))]
     pub service: String,
     /// Relative weight, a non-negative integer.
+    #[schemars(range(min = 0))]
     pub weight: i64,
 }
+
+/// The CustomResourceDefinitions of every kind in [`SUPPORTED`], generated from the types
+/// above. The type's version is the stored one; every other supported version is served with
+/// the same schema and `conversion: None`, so objects of any of them read back unchanged.
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    [
+        TrafficTarget::crd(),
+        HTTPRouteGroup::crd(),
+        TCPRoute::crd(),
+        UDPRoute::crd(),
+        TrafficSplit::crd(),
+    ]
+    .into_iter()
+    .map(serve_every_supported_version)
+    .collect()
+}
+
+fn serve_every_supported_version(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let versions = SUPPORTED
+        .iter()
+        .find(|(group, kind, _)| *group == crd.spec.group && *kind == crd.spec.names.kind)
+        .map(|(_, _, versions)| *versions)
+        .unwrap_or_default();
+    let stored = crd.spec.versions[0].clone();
+    for version in versions.iter().rev().filter(|v| **v != stored.name) {
+        crd.spec.versions.push(CustomResourceDefinitionVersion {
+            name: version.to_string(),
+            storage: false,
+            ..stored.clone()
+        });
+    }
+    crd.spec.conversion = Some(CustomResourceConversion {
+        strategy: "None".to_string(),
+        webhook: None,
+    });
+    crd
+}
+
+/// The chart's `crds/` folder as it must be: one `(file name, YAML text)` per definition.
+/// `crdgen` writes it; a test checks that the chart's copy matches.
+pub fn chart_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    definitions()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
+            let text = format!("{CHART_FILE_HEADER}{}", serde_yaml::to_string(&crd)?);
+            Ok((name, text))
+        })
+        .collect()
+}
+
+/// First line of every generated chart file.
+pub const CHART_FILE_HEADER: &str = "# Generated from controller/src/smi/crd.rs by \
+`cargo run -p maille-controller --bin crdgen -- --out charts/maille/crds`: do not edit.\n";

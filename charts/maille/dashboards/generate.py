@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes the Grafana dashboards of the chart (charts/maille/dashboards/*.json).
+"""Writes the Grafana dashboards of the chart (charts/maille/dashboards/*.json, beside it).
 
 The dashboards are plain Grafana JSON, committed; this script is how they are written, so that
 the four share one style and every query is in one readable place. Run it after a change:
 
-    python3 tests/dashboards/generate.py
+    python3 charts/maille/dashboards/generate.py
 
 tests/dashboards/test_dashboards.py checks that the committed files equal its output, that
 every metric they use is documented in docs/metrics.md, and (end to end) that every query
@@ -17,7 +17,7 @@ value) and `instance` (multi, regex); the data source is the `datasource` variab
 import json
 import pathlib
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "charts" / "maille" / "dashboards"
+OUT = pathlib.Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RI = "$__rate_interval"
 SVC = 'namespace="$namespace", service="$service"'
