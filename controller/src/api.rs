@@ -64,7 +64,19 @@ impl ApiState {
 
     /// Serves this table (and service list). The version grows only when the table differs
     /// from the one served; returns the version now served.
-    pub fn publish(&self, mut table: TableSpec, services: &[ServiceStatus]) -> u64 {
+    pub fn publish(&self, table: TableSpec, services: &[ServiceStatus]) -> u64 {
+        self.publish_at(table, services, 0)
+    }
+
+    /// [`ApiState::publish`], with a version of at least `revision` when the table changed:
+    /// the cluster's resourceVersion the objects were read at, so that controller replicas
+    /// that saw the same cluster state number their tables alike.
+    pub fn publish_at(
+        &self,
+        mut table: TableSpec,
+        services: &[ServiceStatus],
+        revision: u64,
+    ) -> u64 {
         let services = serde_json::to_vec(services).expect("service statuses serialise");
         *self.services.lock().expect("services lock") = Bytes::from(services);
         table.version = 0;
@@ -72,7 +84,7 @@ impl ApiState {
         if last.0.as_ref() == Some(&table) {
             return last.1;
         }
-        let version = last.1 + 1;
+        let version = (last.1 + 1).max(revision);
         let mut served = table.clone();
         served.version = version;
         let json = serde_json::to_vec(&served).expect("table serialises");

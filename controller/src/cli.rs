@@ -119,6 +119,22 @@ pub struct RunArgs {
         default_value = "app.kubernetes.io/name=maille,app.kubernetes.io/component=proxy"
     )]
     pub proxy_selector: String,
+    /// Leader election (Kubernetes provider): only the replica holding the Lease writes shadow
+    /// services and Events; every replica serves the table. `--leader-election=false` writes
+    /// from every replica (one replica only!).
+    #[arg(long, env = "MAILLE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader Lease, in the mesh namespace.
+    #[arg(long, env = "MAILLE_LEASE_NAME", default_value = "maille-controller")]
+    pub lease_name: String,
+    /// Seconds a leader's Lease lasts without renewal: a follower takes over at most this plus
+    /// half of it after the leader died (12 s with the default). Renewals come every quarter of
+    /// it; a leader that has not renewed for five eighths of it stops writing.
+    #[arg(long, env = "MAILLE_LEASE_DURATION", default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration: u64,
+    /// This replica's identity in the Lease; defaults to $POD_NAME, else the host name.
+    #[arg(long, env = "MAILLE_LEASE_IDENTITY")]
+    pub lease_identity: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<TrafficType, String> {
@@ -147,6 +163,27 @@ impl RunArgs {
             tcp_ports: self.tcp_ports,
             udp_ports: self.udp_ports,
         }
+    }
+
+    /// The Lease settings these flags give, for the mesh namespace.
+    pub fn lease_config(&self) -> crate::lease::LeaseConfig {
+        let duration = std::time::Duration::from_secs(self.lease_duration);
+        crate::lease::LeaseConfig {
+            duration,
+            renew_deadline: duration * 5 / 8,
+            retry: duration / 4,
+            ..crate::lease::LeaseConfig::new(&self.lease_name, &self.namespace, &self.identity())
+        }
+    }
+
+    /// This replica's identity for leader election.
+    pub fn identity(&self) -> String {
+        self.lease_identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| format!("maille-controller-{}", std::process::id()))
     }
 
     /// The proxy pod labels as a map; an entry without `=` is an error naming it.
@@ -193,6 +230,17 @@ mod tests {
         assert_eq!(s.default_mode, TrafficType::Tcp);
         assert_eq!(cli.run.api_addr.port(), 9000);
         assert_eq!(cli.run.proxy_labels().unwrap().len(), 2);
+        assert!(cli.run.leader_election);
+        assert_eq!(cli.run.lease_name, "maille-controller");
+        let cli = Cli::try_parse_from([
+            "maille-controller",
+            "--leader-election=false",
+            "--lease-identity",
+            "pod-a",
+        ])
+        .unwrap();
+        assert!(!cli.run.leader_election);
+        assert_eq!(cli.run.identity(), "pod-a");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod dns;
 pub mod kubernetes;
+pub mod lease;
 pub mod manifests;
 pub mod metrics;
 pub mod naming;

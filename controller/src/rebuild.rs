@@ -25,6 +25,9 @@ pub struct Rebuilder {
     api: Arc<ApiState>,
     out: watch::Sender<Option<Arc<Translation>>>,
     reported: BTreeSet<Problem>,
+    /// Kubernetes provider: TCP/UDP ports come from the shadow services of this mesh namespace
+    /// at every rebuild, not from this replica's memory.
+    ports_from_shadows: Option<String>,
 }
 
 impl Rebuilder {
@@ -42,7 +45,17 @@ impl Rebuilder {
             api,
             out,
             reported: BTreeSet::new(),
+            ports_from_shadows: None,
         }
+    }
+
+    /// Takes the TCP/UDP port of each service port from the shadow services in
+    /// `mesh_namespace` (what the leader wrote) at every rebuild; a service port without one yet
+    /// gets the lowest free port. The ports are then a function of the cluster's objects, the
+    /// same on every controller replica.
+    pub fn with_ports_from_shadows(mut self, mesh_namespace: &str) -> Self {
+        self.ports_from_shadows = Some(mesh_namespace.to_string());
+        self
     }
 
     /// The port allocator, to seed it with the allocations found in the cluster before the
@@ -55,8 +68,22 @@ impl Rebuilder {
     pub fn rebuild(&mut self, snapshot: &Snapshot) -> Arc<Translation> {
         let m = metrics::register();
         let start = Instant::now();
+        if let Some(mesh) = &self.ports_from_shadows {
+            self.alloc = PortAllocator::new(self.settings.tcp_ports, self.settings.udp_ports);
+            let mut shadows: Vec<&k8s_openapi::api::core::v1::Service> = snapshot
+                .services
+                .iter()
+                .map(Arc::as_ref)
+                .filter(|s| crate::kubernetes::is_shadow(s, mesh))
+                .collect();
+            // Two shadows claiming one port: the first by name keeps it, on every replica.
+            shadows.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            crate::kubernetes::seed_from_shadows(shadows, &mut self.alloc, &self.settings);
+        }
         let mut t = translate(snapshot, &self.settings, &mut self.alloc);
-        let version = self.api.publish(t.table.clone(), &t.services);
+        let version = self
+            .api
+            .publish_at(t.table.clone(), &t.services, snapshot.revision);
         t.table.version = version;
         m.rebuild_duration.observe(start.elapsed().as_secs_f64());
         m.rebuilds.inc();

@@ -1,5 +1,6 @@
 //! Putting the controller together: API server, provider, rebuild loop, cluster writer.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -7,9 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::cli::RunArgs;
+use crate::lease;
 use crate::manifests;
 use crate::metrics;
 use crate::rebuild::Rebuilder;
+use crate::writer::Writer;
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
     metrics::register();
     let settings = args.settings();
-    let api_state = ApiState::new(first_version(), shutdown.clone());
+    // On a cluster, versions follow the cluster's resourceVersions (the same on every replica,
+    // growing across restarts); a manifests folder has none, so the start time stands in.
+    let first = if args.manifests.is_some() {
+        first_version()
+    } else {
+        0
+    };
+    let api_state = ApiState::new(first, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -88,41 +98,108 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
             let provider =
                 crate::kubernetes::Provider::start(client.clone(), &settings, shutdown.clone())
                     .await;
-            let mut health = provider.health();
-            let api = api_state.clone();
-            tokio::spawn(async move {
-                loop {
-                    let text = crate::kubernetes::describe_health(&health.borrow_and_update());
-                    api.set_detail(text);
-                    // Also refreshes how long a failing watch has been failing.
-                    let tick = tokio::time::sleep(std::time::Duration::from_secs(1));
-                    tokio::select! {
-                        r = health.changed() => if r.is_err() { return },
-                        _ = tick => {}
-                    }
-                }
-            });
+            // Leadership: the replica holding the Lease writes; every replica serves.
+            let election = shutdown.child_token();
+            // Without election this replica always leads (the sender lives as long as the run).
+            let (_always, always_leading) = watch::channel(true);
+            let (leading, elector) = if args.leader_election {
+                let (rx, task) =
+                    lease::spawn(client.clone(), args.lease_config(), election.clone());
+                (rx, Some(task))
+            } else {
+                (always_leading, None)
+            };
+            tokio::spawn(show_detail(
+                provider.health(),
+                leading.clone(),
+                args.leader_election.then(|| args.identity()),
+                api_state.clone(),
+            ));
             tokio::select! {
                 r = provider.wait_synced() => r?,
                 _ = shutdown.cancelled() => return Ok(()),
             }
-            let mut rebuilder = rebuilder;
-            let recovered = provider.seed_allocations(rebuilder.allocator(), &settings);
-            tracing::info!(recovered, "Port allocations recovered from shadow services");
-            let writer =
-                crate::writer::Writer::new(client, settings.mesh_namespace.clone(), proxy_labels);
-            let writes = tokio::spawn(writer.run(out_rx, provider.shadows(), shutdown.clone()));
+            let rebuilder = rebuilder.with_ports_from_shadows(&settings.mesh_namespace);
+            let writes = tokio::spawn(write_while_leading(
+                leading,
+                client,
+                settings.mesh_namespace.clone(),
+                proxy_labels,
+                out_rx,
+                provider.shadows(),
+                shutdown.clone(),
+            ));
             let rebuild = tokio::spawn(rebuilder.run(snap_rx, shutdown.clone()));
             let r = provider.run(snap_tx).await;
             shutdown.cancel();
             let _ = rebuild.await;
             let _ = writes.await;
+            // Give the Lease up only once this replica has stopped writing.
+            election.cancel();
+            if let Some(elector) = elector {
+                let _ = elector.await;
+            }
             r.map_err(Error::from)
         }
     };
     shutdown.cancel();
     let _ = server.await;
     result
+}
+
+/// Keeps `/ready`'s detail current: the health of each watch and who leads.
+async fn show_detail(
+    mut health: watch::Receiver<crate::kubernetes::Health>,
+    mut leading: watch::Receiver<bool>,
+    identity: Option<String>,
+    api: Arc<ApiState>,
+) {
+    loop {
+        let mut text = crate::kubernetes::describe_health(&health.borrow_and_update());
+        match &identity {
+            Some(id) if *leading.borrow_and_update() => text.push_str(&format!(
+                "leader: yes ({id}): writes shadow services and Events\n"
+            )),
+            Some(id) => text.push_str(&format!("leader: no ({id}): serves the table only\n")),
+            None => text.push_str("leader: election off: writes shadow services and Events\n"),
+        }
+        api.set_detail(text);
+        // The tick also refreshes how long a failing watch has been failing.
+        let tick = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::select! {
+            r = health.changed() => if r.is_err() { return },
+            r = leading.changed() => if r.is_err() { return },
+            _ = tick => {}
+        }
+    }
+}
+
+/// Runs a cluster writer while this replica leads, and stops it as soon as it does not.
+async fn write_while_leading(
+    mut leading: watch::Receiver<bool>,
+    client: kube::Client,
+    mesh_namespace: String,
+    proxy_labels: std::collections::BTreeMap<String, String>,
+    translations: watch::Receiver<Option<Arc<crate::translate::Translation>>>,
+    shadows: watch::Receiver<crate::kubernetes::Shadows>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        tracing::info!("Leading: writing shadow services and Events");
+        let stop = shutdown.child_token();
+        let writer = Writer::new(client.clone(), mesh_namespace.clone(), proxy_labels.clone());
+        let task = tokio::spawn(writer.run(translations.clone(), shadows.clone(), stop.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = leading.wait_for(|l| !*l) => tracing::info!("No longer leading: writes stopped"),
+        }
+        stop.cancel();
+        let _ = task.await;
+    }
 }
 
 async fn wait_for_signal() {

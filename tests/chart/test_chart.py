@@ -346,7 +346,10 @@ def test_default_values_render_and_validate():
                  "PodDisruptionBudget", "Job", "Pod"):
         assert kind in kinds, f"default render has no {kind}: {kinds}"
     ctrl = one(docs, "Deployment", "maille-controller")
-    assert ctrl["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leader (Lease), replaced one at a time.
+    assert ctrl["spec"]["replicas"] == 2
+    assert ctrl["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert ctrl["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     prepare = container(ctrl, "prepare")
     assert prepare["args"][0] == "prepare", prepare["args"]
     assert flags(prepare) == {"namespace": NAMESPACE, "cluster-domain": "cluster.local", "dns-service": "maille-coredns"}
@@ -354,6 +357,9 @@ def test_default_values_render_and_validate():
     assert flags(c)["default-mode"] == "http"
     assert "acl" not in flags(c) and "watch-namespaces" not in flags(c)
     assert env(c)["MAILLE_LOG"] == "info" and env(c)["MAILLE_LOG_FORMAT"] == "text"
+    assert flags(c)["leader-election"] == "true" and flags(c)["lease-duration"] == "8"
+    pod_name = next(e for e in c["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     # Scrape annotations on both pods.
     for w, port in ((ctrl, "9000"), (one(docs, "DaemonSet"), "8081")):
         ann = w["spec"]["template"]["metadata"]["annotations"]
@@ -388,6 +394,12 @@ def test_controller_rbac_is_least_privilege():
     mesh_role = one(docs, "Role", "maille-controller")
     assert mesh_role["metadata"]["namespace"] == NAMESPACE
     assert set(mesh_role["rules"][0]["verbs"]) >= {"create", "update", "delete"}
+    # The leader Lease, read and renewed by name only.
+    lease_rules = [r for r in mesh_role["rules"] if "leases" in r["resources"]]
+    assert {v for r in lease_rules for v in r["verbs"]} == {"create", "get", "update"}
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    named = [r for r in lease_rules if set(r["verbs"]) & {"get", "update"}]
+    assert named and all(r.get("resourceNames") == ["maille-controller"] for r in named)
     # The DNS rights are in kube-system, and writes are limited to the DNS objects by name.
     dns_role = one(docs, "Role", "maille-controller-maille")
     assert dns_role["metadata"]["namespace"] == "kube-system"
@@ -587,7 +599,8 @@ SCHEMA_REJECTS = [
     ({"ports": {"tcp": {"start": 10000, "size": 0}}}, "size"),
     ({"ports": {"udp": {"start": 80, "size": 5}}}, "start"),
     ({"log": {"format": "xml"}}, "format"),
-    ({"controller": {"replicas": 2}}, "replicas"),
+    ({"controller": {"replicas": 11}}, "replicas"),
+    ({"controller": {"leaderElection": {"enabled": True, "leaseDuration": 1}}}, "leaseDuration"),
     ({"controller": {"replicas": "1"}}, "replicas"),
     ({"controller": {"image": {"pullPolicy": "Sometimes"}}}, "pullPolicy"),
     ({"proxy": {"adminPort": "8081"}}, "adminPort"),
@@ -625,6 +638,8 @@ def test_values_schema_refuses_wrong_types():
 
 
 TEMPLATE_REJECTS = [
+    ({"controller": {"replicas": 2, "leaderElection": {"enabled": False, "leaseDuration": 8}}},
+     "controller.replicas: 2 replicas need controller.leaderElection.enabled"),
     ({"ports": {"tcp": {"start": 5005, "size": 25}}}, "ports.http (5000-5009) and ports.tcp (5005-5029) overlap"),
     ({"ports": {"udp": {"start": 65530, "size": 25}}}, "goes past port 65535"),
     ({"proxy": {"adminPort": 10003}}, "proxy.adminPort: 10003 lies inside ports.tcp"),

@@ -32,6 +32,17 @@
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, update, patch, delete]
+{{- if .Values.controller.leaderElection.enabled }}
+# Leader election: the Lease is created once (create cannot be limited by name), then read and
+# renewed by name.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [maille-controller]
+  verbs: [get, update]
+{{- end }}
 {{- end -}}
 
 {{/* prepare/cleanup: the cluster DNS configuration in kube-system. Only the ConfigMaps and

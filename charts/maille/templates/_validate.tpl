@@ -22,6 +22,9 @@
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and (gt (int .Values.controller.replicas) 1) (not .Values.controller.leaderElection.enabled) -}}
+{{- fail (printf "controller.replicas: %d replicas need controller.leaderElection.enabled (without it every replica writes shadow services)" (int .Values.controller.replicas)) -}}
+{{- end -}}
 {{- if has .Release.Namespace .Values.watchNamespaces -}}
 {{- fail (printf "watchNamespaces: %q is the mesh's own namespace, which is never meshed; install Maille in its own namespace" .Release.Namespace) -}}
 {{- end -}}
