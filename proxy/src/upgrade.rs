@@ -500,10 +500,29 @@ impl ShutdownSignalWatch for Signals {
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = quit.recv() => {
                     let (path, fds, table) = (self.path.clone(), self.fds.clone(), self.store.json());
-                    let sent = tokio::task::spawn_blocking(move || {
-                        send(&path, &fds, table.as_deref(), CONFIRM_WAIT)
-                    })
-                    .await;
+                    // A thread of its own rather than the runtime's blocking pool: a runtime
+                    // waits for its blocking tasks when dropped, and a hand-over that waits
+                    // for the new process must not hold up the exit after SIGTERM.
+                    let (tx, handing_over) = tokio::sync::oneshot::channel();
+                    let spawned = std::thread::Builder::new()
+                        .name("maille-upgrade".into())
+                        .spawn(move || {
+                            let _ = tx.send(send(&path, &fds, table.as_deref(), CONFIRM_WAIT));
+                        });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "SIGQUIT: cannot start the hand-over; still serving");
+                        continue;
+                    }
+                    // A hand-over may wait a while for the new process: SIGTERM and SIGINT
+                    // still work meanwhile.
+                    let sent = tokio::select! {
+                        r = handing_over => r,
+                        _ = term.recv() => {
+                            tracing::info!("SIGTERM during a hand-over: draining");
+                            return ShutdownSignal::GracefulTerminate;
+                        }
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    };
                     match sent {
                         Ok(Ok(n)) => {
                             tracing::info!(listeners = n, "SIGQUIT: the new process holds every listener; draining");

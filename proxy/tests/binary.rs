@@ -816,3 +816,38 @@ async fn the_old_process_keeps_serving_when_the_new_one_does_not_confirm() {
         assert_eq!((r.status, r.body.as_str()), (200, "web"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_hand_over_waits_for_the_new_process_still_drains() {
+    let _serial = SERIAL.lock().await;
+    let web = HttpBackend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_tcp_ports(2);
+    let table_path = dir.path().join("table.json");
+    write_table(&table_path, ports[0], &web);
+    let grace = [
+        "--grace-period-seconds",
+        "1",
+        "--graceful-shutdown-timeout-seconds",
+        "1",
+    ];
+    let proxy = ProxyProcess::start(
+        &table_path,
+        ports[0],
+        ports[1],
+        &dir.path().join("upgrade.sock"),
+        &grace,
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    wait_listening(addr, Duration::from_secs(30));
+    wait_ready(SocketAddr::from(([127, 0, 0, 1], ports[1]))).await;
+    // No new process: the hand-over keeps trying to reach one (for 10 s), still serving.
+    proxy.signal("QUIT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = client::get(addr, "web.bin.maille.mesh", "/").await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "web"));
+    proxy.signal("TERM");
+    // Drains (1 s grace) and exits well before the hand-over would have given up.
+    let status = wait_exit(proxy, Duration::from_secs(8)).await;
+    assert!(status.success(), "exit status {status}");
+}
