@@ -176,7 +176,7 @@ impl Tracing {
         }
         let span = inner
             .tracer
-            .span_builder(req.method.as_str().to_string())
+            .span_builder(method_name(&req.method))
             .with_kind(SpanKind::Server)
             .start_with_context(&inner.tracer, &incoming.parent);
         Some(HttpSpan {
@@ -394,6 +394,16 @@ impl TcpSpan {
                 s.set_status(Status::error(reason));
             }
         }
+    }
+}
+
+/// The span name of a request before it is routed: the method, without an allocation for the
+/// common ones (most spans are not sampled, and their name is never read).
+fn method_name(m: &http::Method) -> Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+    match KNOWN.iter().find(|k| **k == m.as_str()) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(cut(m.as_str())),
     }
 }
 
