@@ -231,6 +231,18 @@ pub struct Config {
     /// UDP sessions open at once, over all UDP ports; a datagram needing one more is dropped.
     #[arg(long, env = "MAILLE_UDP_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub udp_max_sessions: u32,
+    /// Time a client has to send a whole request header, from accept or from the first
+    /// byte of a following request (slowloris bound).
+    #[arg(long, env = "MAILLE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub http_header_timeout: Duration,
+    /// Close an HTTP/1 keep-alive connection with no request for this long (HTTP/2: no
+    /// stream open for this long).
+    #[arg(long, env = "MAILLE_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub http_idle_timeout: Duration,
+    /// Client connections open at once over all HTTP listeners; beyond, a new connection is
+    /// closed at accept (and counted).
+    #[arg(long, env = "MAILLE_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// PEM bundle of the CAs that verify `scheme: https` upstreams (e.g. the cluster's
     /// internal CA). Default: the system trust store.
     #[arg(long, env = "MAILLE_UPSTREAM_CA_FILE")]
@@ -340,6 +352,9 @@ impl Default for Config {
             trace_sampling_ratio: None,
             trace_queue_size: None,
             trace_batch_delay: None,
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http_max_connections: 4096,
         }
     }
 }
@@ -386,6 +401,15 @@ impl Config {
             .chain(std::iter::once(self.admin_addr))
             .map(|a| a.to_string())
             .collect()
+    }
+
+    /// The client connection limits of the HTTP listeners.
+    pub fn http_conn_limits(&self) -> crate::http::conn::ConnLimits {
+        crate::http::conn::ConnLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections as usize,
+        }
     }
 
     /// Listener addresses of the HTTP ports.
@@ -571,6 +595,37 @@ mod tests {
             let arg = format!("{}={}", bad[0], bad[1]);
             let e = Config::try_parse_from(["maille-proxy", &arg]).unwrap_err();
             assert!(e.to_string().contains(bad[1]), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn http_connection_flags_have_bounded_defaults() {
+        let c = Config::try_parse_from(["maille-proxy"]).unwrap();
+        assert_eq!(
+            c.http_conn_limits(),
+            crate::http::conn::ConnLimits::default()
+        );
+        assert_eq!(c.http_conn_limits(), Config::default().http_conn_limits());
+        let c = Config::try_parse_from([
+            "maille-proxy",
+            "--http-header-timeout",
+            "500ms",
+            "--http-idle-timeout",
+            "2m",
+            "--http-max-connections",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(c.http_header_timeout, Duration::from_millis(500));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.http_max_connections, 3);
+        for bad in [
+            ["--http-header-timeout", "0"],
+            ["--http-idle-timeout", "0s"],
+            ["--http-max-connections", "0"],
+        ] {
+            let e = Config::try_parse_from(["maille-proxy", bad[0], bad[1]]).unwrap_err();
+            assert!(e.to_string().contains(bad[0]), "{bad:?}: {e}");
         }
     }
 

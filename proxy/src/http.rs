@@ -4,6 +4,7 @@
 //! Hook bodies stay small and delegate: routing steps live in [`route`], endpoint choice in
 //! [`crate::balance`], bookkeeping in [`log_request`]. Per-request state is [`RequestCtx`].
 
+pub mod conn;
 pub mod path;
 pub mod request;
 pub mod route;
@@ -28,6 +29,7 @@ use crate::balance::{Balancer, Pick};
 use crate::metrics;
 use crate::resilience::{Rejection, RequestState, Resilience};
 use crate::store::TableStore;
+use conn::{ClientStream, ConnLimits};
 
 pub use route::Denied;
 
@@ -165,6 +167,21 @@ impl ProxyHttp for MeshProxy {
             resilience: RequestState::default(),
             trace: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The header is in: no header deadline while the request is served.
+        if let Some(stream) = conn::client_stream(session) {
+            stream.request_started();
+        }
+        // Serve pipelined HTTP/1.1 requests in order (RFC 9112 section 9.3.2) instead of
+        // dropping the ones read along with the first.
+        session.as_mut().set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -350,6 +367,9 @@ impl ProxyHttp for MeshProxy {
         if let Some(span) = ctx.trace.take() {
             span.finish(session, e, ctx);
         }
+        if let Some(stream) = conn::client_stream(session) {
+            stream.request_finished();
+        }
         ctx.pick = None;
         let status = final_status(session, e, ctx);
         ctx.resilience.finish(status, e);
@@ -451,11 +471,14 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
     }
 }
 
-/// Wraps Pingora's HTTP proxy app to count open client connections.
+/// Wraps Pingora's HTTP proxy app to count open client connections, bound how many are open
+/// at once, and apply the header and idle deadlines ([`conn::ClientStream`]).
 pub struct CountingApp<A> {
     inner: Arc<A>,
     /// How long idle keep-alive connections stay open once the listeners have stopped.
     drain_idle: Duration,
+    limits: ConnLimits,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 struct OpenConnection;
@@ -480,7 +503,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountingApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            // Closed at once: nothing read, nothing buffered. The client sees a reset or EOF.
+            metrics::HTTP_CONNECTIONS_REFUSED.inc();
+            return None;
+        };
         let _open = OpenConnection::new();
+        let stream: Stream = Box::new(ClientStream::new(stream, self.limits));
         // Keep-alive loop here instead of in the listener, so that the connection is counted
         // from accept to close.
         let mut next = self.inner.process_new(stream, shutdown).await;
@@ -508,10 +537,12 @@ pub fn service(
     proxy: MeshProxy,
     listen: &[SocketAddr],
     threads: usize,
+    limits: ConnLimits,
 ) -> Service<CountingApp<HttpProxy<MeshProxy>>> {
     let mut app = pingora_proxy::http_proxy(conf, proxy);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    options.h2_idle_timeout = Some(limits.idle_timeout);
     app.server_options = Some(options);
     // Idle keep-alive connections are closed half-way through the grace period: a client that
     // sent nothing for that long is told by the close itself.
@@ -521,6 +552,8 @@ pub fn service(
         CountingApp {
             inner: Arc::new(app),
             drain_idle,
+            limits,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
         },
     );
     for addr in listen {

@@ -42,6 +42,25 @@ pub static HTTP_CONNECTIONS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("register maille_proxy_http_connections_open")
 });
 
+/// Client connections closed because a deadline passed, by what was awaited.
+pub static HTTP_CLIENT_TIMEOUTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "maille_proxy_http_client_timeouts_total",
+        "Client connections on the HTTP listeners closed because a request header was not read in time (phase=header) or no next request came (phase=idle).",
+        &["phase"]
+    )
+    .expect("register maille_proxy_http_client_timeouts_total")
+});
+
+/// Client connections closed at accept because `--http-max-connections` were open.
+pub static HTTP_CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "maille_proxy_http_connections_refused_total",
+        "Client connections closed at accept because --http-max-connections were already open."
+    )
+    .expect("register maille_proxy_http_connections_refused_total")
+});
+
 /// Version (controller generation) of the table in use.
 pub static TABLE_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -84,6 +103,10 @@ pub fn register() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
     LazyLock::force(&HTTP_CONNECTIONS_OPEN);
+    LazyLock::force(&HTTP_CONNECTIONS_REFUSED);
+    for phase in ["header", "idle"] {
+        HTTP_CLIENT_TIMEOUTS.with_label_values(&[phase]);
+    }
     LazyLock::force(&TABLE_VERSION);
     LazyLock::force(&TABLE_LAST_SWAP);
     LazyLock::force(&TABLE_SWAPS);

@@ -200,6 +200,7 @@ impl ProxyServer {
             proxy,
             &addrs,
             self.config.worker_threads(),
+            self.config.http_conn_limits(),
         );
         self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
