@@ -455,6 +455,22 @@ async fn idle_keepalive_connections_are_closed_after_the_idle_timeout() {
     let after = counter("maille_proxy_http_client_timeouts_total", "phase=\"idle\"");
     assert!(after > before, "{before} -> {after}");
     assert_eq!(rec.seen(), ["GET /a HTTP/1.1", "GET /b HTTP/1.1"]);
+
+    // h2c: a connection that sends the preface and then no stream is closed too.
+    let mut h2 = TcpStream::connect(proxy.http[0]).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_proxy(&mut h2).await,
+        "idle h2c connection still open"
+    );
+    // And an h2c client with a request is served as before.
+    let r = HttpClient::h2c()
+        .get(proxy.http[0], WEB, "/h2")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "/h2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
