@@ -41,7 +41,7 @@ pub const TLS_INSECURE_SKIP_VERIFY: &str = "tls-insecure-skip-verify";
 pub struct AnnotationError {
     /// Full annotation key as written, e.g. `maille.io/retry-attempts`.
     pub annotation: String,
-    /// The value as written.
+    /// The value as written, cut to a bounded length ([`crate::cut::cut`]).
     pub value: String,
     /// What was expected.
     pub reason: String,
@@ -65,8 +65,8 @@ pub fn lookup<'a>(
 
 fn error(key: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
     AnnotationError {
-        annotation: key.to_string(),
-        value: value.to_string(),
+        annotation: crate::cut::cut(key).into_owned(),
+        value: crate::cut::cut(value).into_owned(),
         reason: reason.into(),
     }
 }

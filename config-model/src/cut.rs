@@ -3,6 +3,10 @@
 
 use std::borrow::Cow;
 
+/// Longest message, in bytes, that a problem report (log line, Event, `/api/services` entry)
+/// carries; see [`cut_message`].
+pub const MAX_MESSAGE: usize = 1024;
+
 /// Longest value, in bytes, that [`cut`] leaves whole.
 pub const MAX_QUOTED: usize = 128;
 

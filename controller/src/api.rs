@@ -1,13 +1,16 @@
 //! The controller's HTTP API: `/api/configuration` (the table, with an ETag and a bounded
 //! long-poll on `If-None-Match`), `/api/services`, `/ready`, `/live` and `/metrics`.
+//! Long-polls are bounded per client address and in total; beyond either bound a client gets
+//! 429 at once, so no pod can pin the controller's memory with waiting requests.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +24,37 @@ use crate::translate::ServiceStatus;
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Default bound on the long-polls one client address may hold at once (a node's proxy holds
+/// one; two during an upgrade).
+pub const DEFAULT_LONG_POLLS_PER_CLIENT: usize = 8;
+/// Default bound on all long-polls held at once (one per node's proxy, plus upgrades).
+pub const DEFAULT_LONG_POLLS_TOTAL: usize = 4096;
+
+/// Bounds on concurrent long-polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongPollLimits {
+    /// Per client address.
+    pub per_client: usize,
+    /// In total.
+    pub total: usize,
+}
+
+impl Default for LongPollLimits {
+    fn default() -> Self {
+        LongPollLimits {
+            per_client: DEFAULT_LONG_POLLS_PER_CLIENT,
+            total: DEFAULT_LONG_POLLS_TOTAL,
+        }
+    }
+}
+
+/// Long-polls held now: per client address, and their sum.
+#[derive(Debug, Default)]
+struct Held {
+    by_client: HashMap<IpAddr, usize>,
+    total: usize,
+}
 
 /// One published table, serialised once for every client.
 #[derive(Debug)]
@@ -45,6 +79,8 @@ pub struct ApiState {
     /// Lines appended to `/ready`: watch health and leadership.
     detail: Mutex<String>,
     shutdown: CancellationToken,
+    limits: LongPollLimits,
+    held: Mutex<Held>,
 }
 
 impl ApiState {
@@ -52,6 +88,15 @@ impl ApiState {
     /// across restarts (the start time in milliseconds does) so that a proxy never mistakes a
     /// new table for the one it holds.
     pub fn new(first_version: u64, shutdown: CancellationToken) -> Arc<Self> {
+        Self::with_limits(first_version, shutdown, LongPollLimits::default())
+    }
+
+    /// [`ApiState::new`] with these long-poll bounds.
+    pub fn with_limits(
+        first_version: u64,
+        shutdown: CancellationToken,
+        limits: LongPollLimits,
+    ) -> Arc<Self> {
         Arc::new(ApiState {
             current: watch::Sender::new(None),
             last: Mutex::new((None, first_version)),
@@ -59,6 +104,26 @@ impl ApiState {
             ready: AtomicBool::new(false),
             detail: Mutex::new(String::new()),
             shutdown,
+            limits,
+            held: Mutex::new(Held::default()),
+        })
+    }
+
+    /// Takes a long-poll slot for `client`, or says which bound refuses it.
+    fn hold(self: &Arc<Self>, client: IpAddr) -> Result<Waiting, &'static str> {
+        let mut held = self.held.lock().expect("long-poll lock");
+        if held.total >= self.limits.total {
+            return Err("total");
+        }
+        if held.by_client.get(&client).copied().unwrap_or(0) >= self.limits.per_client {
+            return Err("client");
+        }
+        *held.by_client.entry(client).or_insert(0) += 1;
+        held.total += 1;
+        metrics::register().longpoll_waiting.inc();
+        Ok(Waiting {
+            state: self.clone(),
+            client,
         })
     }
 
@@ -133,9 +198,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// Serves the API on `listener` until the state's shutdown token is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// Parses `?wait=`: `30s`, `500ms`, `1m` or a bare number of seconds, capped at [`MAX_WAIT`].
@@ -192,25 +260,54 @@ fn not_modified(etag: &str) -> Response {
         .into_response()
 }
 
-/// Counts a client in `maille_controller_longpoll_waiting` while it waits, even when the
-/// client goes away and the handler is dropped.
-struct Waiting;
-
-impl Waiting {
-    fn new() -> Self {
-        metrics::register().longpoll_waiting.inc();
-        Waiting
-    }
+/// A long-poll slot: counts the client in `maille_controller_longpoll_waiting` and against the
+/// bounds while it waits, and gives the slot back even when the client goes away and the
+/// handler is dropped.
+struct Waiting {
+    state: Arc<ApiState>,
+    client: IpAddr,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         metrics::register().longpoll_waiting.dec();
+        let mut held = self.state.held.lock().expect("long-poll lock");
+        held.total -= 1;
+        if let Some(n) = held.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_client.remove(&self.client);
+            }
+        }
     }
+}
+
+fn too_many(bound: &'static str, limits: LongPollLimits) -> Response {
+    metrics::register()
+        .longpoll_refusals
+        .with_label_values(&[bound])
+        .inc();
+    let msg = match bound {
+        "client" => format!(
+            "too many long-polls from this address (at most {}); retry later\n",
+            limits.per_client
+        ),
+        _ => format!(
+            "too many long-polls in all (at most {}); retry later\n",
+            limits.total
+        ),
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+        msg,
+    )
+        .into_response()
 }
 
 async fn configuration(
     State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
@@ -232,7 +329,10 @@ async fn configuration(
     if wait.is_zero() {
         return not_modified(&current.expect("held implies a table").etag);
     }
-    let _waiting = Waiting::new();
+    let _waiting = match state.hold(peer.ip()) {
+        Ok(w) => w,
+        Err(bound) => return too_many(bound, state.limits),
+    };
     let change = async {
         loop {
             if rx.changed().await.is_err() {

@@ -91,6 +91,12 @@ pub struct RunArgs {
     /// Address of the HTTP API (table, services, readiness, metrics).
     #[arg(long, env = "MAILLE_API_ADDR", default_value = "0.0.0.0:9000")]
     pub api_addr: SocketAddr,
+    /// Long-polls of /api/configuration one client address may hold at once; beyond, 429.
+    #[arg(long, env = "MAILLE_MAX_LONG_POLLS_PER_CLIENT", default_value_t = crate::api::DEFAULT_LONG_POLLS_PER_CLIENT)]
+    pub max_long_polls_per_client: usize,
+    /// Long-polls of /api/configuration held at once in all; beyond, 429.
+    #[arg(long, env = "MAILLE_MAX_LONG_POLLS", default_value_t = crate::api::DEFAULT_LONG_POLLS_TOTAL)]
+    pub max_long_polls: usize,
     /// Traffic type of services without a traffic-type annotation: http, tcp or udp.
     #[arg(long, env = "MAILLE_DEFAULT_MODE", default_value = "http", value_parser = parse_mode)]
     pub default_mode: TrafficType,

@@ -346,6 +346,49 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    #[test]
+    fn hostile_yaml_is_refused_without_overflow_or_blow_up() {
+        // 10,000 levels of nesting as flow style and in a field of an object; 1,000 in block
+        // style (its indentation grows quadratically).
+        let flow = "[".repeat(10_000) + &"]".repeat(10_000);
+        let block: String = (0..1_000)
+            .map(|i| format!("{}- \n", " ".repeat(i)))
+            .collect();
+        let in_object = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {}\n",
+            "{a: ".repeat(10_000) + &"}".repeat(10_000)
+        );
+        // A "billion laughs" document: nine levels of aliases, each repeating the last ten times.
+        let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (prev, cur) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            laughs += &format!(
+                "{cur}: &{cur} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            );
+        }
+        for (case, text) in [
+            ("flow", flow),
+            ("block", block),
+            ("object", in_object),
+            ("laughs", laughs),
+        ] {
+            let mut snap = Snapshot::default();
+            let e = parse_documents(&text, "hostile.yaml", &mut snap).unwrap_err();
+            assert!(
+                e.starts_with("hostile.yaml: document 1: not valid YAML"),
+                "{case}: {e}"
+            );
+            assert!(
+                e.contains("recursion limit") || e.contains("repetition limit"),
+                "{case}: {e}"
+            );
+            assert!(e.len() < 400, "{case}: {} bytes", e.len());
+        }
+    }
+
     const DOCS: &str = r#"
 apiVersion: v1
 kind: Service

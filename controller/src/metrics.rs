@@ -21,6 +21,8 @@ pub struct Metrics {
     pub service_errors: IntGauge,
     /// `maille_controller_longpoll_waiting`.
     pub longpoll_waiting: IntGauge,
+    /// `maille_controller_longpoll_refusals_total{bound}`.
+    pub longpoll_refusals: IntCounterVec,
     /// `maille_controller_table_version`.
     pub table_version: IntGauge,
     /// `maille_controller_api_writes_total{kind,result}`.
@@ -73,6 +75,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Proxies currently waiting on a long-poll of /api/configuration."
     )
     .expect("register maille_controller_longpoll_waiting"),
+    longpoll_refusals: register_int_counter_vec!(
+        "maille_controller_longpoll_refusals_total",
+        "Long-polls of /api/configuration refused with 429, by the bound that refused them (client: per address; total).",
+        &["bound"]
+    )
+    .expect("register maille_controller_longpoll_refusals_total"),
     table_version: register_int_gauge!(
         "maille_controller_table_version",
         "Version of the table currently served."
@@ -109,6 +117,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         for result in API_WRITE_RESULTS {
             m.api_writes.with_label_values(&[kind, result]);
         }
+    }
+    for bound in ["client", "total"] {
+        m.longpoll_refusals.with_label_values(&[bound]);
     }
     m
 });

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use config_model::cut::{cut_message, MAX_MESSAGE};
+
 /// Which object a problem is about.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ObjectRef {
@@ -51,12 +53,15 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem on `object`.
+    /// A problem on `object`. The message is cut to [`MAX_MESSAGE`] bytes, a backstop for
+    /// values quoted in it that were not cut at their source.
     pub fn new(object: ObjectRef, message: impl Into<String>) -> Self {
-        Problem {
-            object,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = match cut_message(&message, MAX_MESSAGE) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(cut) => cut,
+        };
+        Problem { object, message }
     }
 }
 

@@ -68,7 +68,14 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
     } else {
         0
     };
-    let api_state = ApiState::new(first, shutdown.clone());
+    let api_state = ApiState::with_limits(
+        first,
+        shutdown.clone(),
+        api::LongPollLimits {
+            per_client: args.max_long_polls_per_client,
+            total: args.max_long_polls,
+        },
+    );
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .map_err(|source| Error::Bind {

@@ -244,12 +244,15 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A problem on an SMI object; the message is cut to a bounded length, like every problem's.
 fn problem(kind: &'static str, obj: &impl ResourceExt, message: impl Into<String>) -> Problem {
+    let message = message.into();
     Problem {
         kind,
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
-        message: message.into(),
+        message: config_model::cut::cut_message(&message, config_model::cut::MAX_MESSAGE)
+            .into_owned(),
     }
 }
 

@@ -394,3 +394,30 @@ fn a_megabyte_value_is_quoted_cut() {
     assert!(text.contains("…[1048576 bytes]"), "{text}");
     assert!(text.contains("clusterIp"), "{text}");
 }
+
+#[test]
+fn deeply_nested_json_is_refused_by_the_parser_not_the_stack() {
+    // In a known field: refused as soon as the shape is wrong.
+    let text = format!(
+        "{{\"schemaVersion\":1,\"services\":{}}}",
+        "[".repeat(10_000)
+    );
+    let e = Table::from_json(text.as_bytes()).unwrap_err().to_string();
+    assert!(e.contains("not valid JSON"), "{e}");
+    // As a free-form value: refused at serde_json's recursion limit (128).
+    let e = serde_json::from_str::<serde_json::Value>(&"[".repeat(10_000)).unwrap_err();
+    assert!(e.to_string().contains("recursion limit exceeded"), "{e}");
+    // In an unknown field (tolerated): serde_json skips it without recursing.
+    let text = format!(
+        "{{\"schemaVersion\":1,\"x\":{}1{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let t = std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(move || Table::from_json(text.as_bytes()).map(|t| t.services.len()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(t.unwrap(), 0);
+}

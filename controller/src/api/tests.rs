@@ -202,3 +202,111 @@ async fn shutdown_ends_long_polls() {
         .unwrap();
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_are_bounded_per_client_address_and_in_total() {
+    let shutdown = CancellationToken::new();
+    let limits = LongPollLimits {
+        per_client: 2,
+        total: 3,
+    };
+    let state = ApiState::with_limits(1000, shutdown.clone(), limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/api/configuration?wait=30s",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(serve(listener, state.clone()));
+    let v = state.publish(table("10.0.0.1:80"), &[]);
+    let etag = format!("\"{v}\"");
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let poll = |client: reqwest::Client| {
+        let (url, etag) = (url.clone(), etag.clone());
+        tokio::spawn(async move {
+            let r = client
+                .get(&url)
+                .header("If-None-Match", etag)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    let refused = |bound: &str| {
+        metrics::register()
+            .longpoll_refusals
+            .with_label_values(&[bound])
+            .get()
+    };
+    let (client_before, total_before) = (refused("client"), refused("total"));
+    let waiting = || {
+        let held = state.held.lock().unwrap();
+        (held.total, held.by_client.len())
+    };
+    // Two from 127.0.0.1 wait; the third from the same address is refused at once.
+    let a = [poll(from("127.0.0.1")), poll(from("127.0.0.1"))];
+    for _ in 0..200 {
+        if waiting().0 == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting(), (2, 1));
+    let (status, body) = poll(from("127.0.0.1")).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("from this address (at most 2)"), "{body}");
+    // Another address still gets a slot, until the total is reached.
+    let b = poll(from("127.0.0.2"));
+    for _ in 0..200 {
+        if waiting().0 == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting(), (3, 2));
+    let (status, body) = poll(from("127.0.0.3")).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("in all (at most 3)"), "{body}");
+    assert_eq!(refused("client"), client_before + 1);
+    assert_eq!(refused("total"), total_before + 1);
+    // A new table answers the waiting polls, and their slots come back.
+    state.publish(table("10.0.0.2:80"), &[]);
+    for h in a.into_iter().chain([b]) {
+        assert_eq!(h.await.unwrap().0, StatusCode::OK);
+    }
+    for _ in 0..200 {
+        if waiting() == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting(), (0, 0));
+    // A client that hangs up frees its slot too.
+    let etag = format!("\"{}\"", state.current().unwrap().version);
+    let c = from("127.0.0.1");
+    let gone = {
+        let url = url.clone();
+        tokio::spawn(async move { c.get(&url).header("If-None-Match", etag).send().await })
+    };
+    for _ in 0..200 {
+        if waiting().0 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting().0, 1);
+    gone.abort();
+    for _ in 0..200 {
+        if waiting().0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting(), (0, 0));
+    shutdown.cancel();
+}

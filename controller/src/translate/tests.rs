@@ -417,3 +417,38 @@ fn smi_objects_from_manifests_reach_the_table() {
     assert_eq!(weights, [("web-v1", 90), ("web-v2", 10)]);
     config_model::Table::try_from(&t.table).unwrap();
 }
+
+#[test]
+fn a_megabyte_annotation_is_quoted_cut_in_problems_and_api_services() {
+    let huge = "7".repeat(1 << 20);
+    let mut snap = Snapshot::default();
+    snap.services.push(svc(
+        "shop",
+        "bad-type",
+        json!({"maille.io/traffic-type": huge}),
+        "10.96.0.1",
+        json!([{"port": 80}]),
+    ));
+    snap.services.push(svc(
+        "shop",
+        "bad-option",
+        json!({"maille.io/traffic-type": "http", "maille.io/retry-attempts": huge}),
+        "10.96.0.2",
+        json!([{"port": 80}]),
+    ));
+    let settings = Settings::default();
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    assert_eq!(t.problems.len(), 2, "{:?}", t.problems);
+    for p in &t.problems {
+        assert!(p.message.len() < 400, "{} bytes", p.message.len());
+        assert!(p.message.contains("…[1048576 bytes]"), "{p}");
+    }
+    let statuses = serde_json::to_string(&t.services).unwrap();
+    assert!(
+        statuses.len() < 2_000,
+        "/api/services: {} bytes",
+        statuses.len()
+    );
+    assert_eq!(statuses.matches("[1048576 bytes]").count(), 2, "{statuses}");
+}
