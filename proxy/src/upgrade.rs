@@ -243,7 +243,42 @@ pub fn receive(
             reason.extend_from_slice(e.to_string().as_bytes());
             reason.truncate(PACKET);
             let _ = send_packet(&conn, &reason, &[]);
+            discard_rest(&conn);
             Err(e)
+        }
+    }
+}
+
+/// After a refusal: reads (and closes the descriptors of) what the old process still sends,
+/// up to its end marker or for 2 s at most. Closing a Unix socket with unread packets resets
+/// the connection, and the old process would read the reset instead of the reason.
+fn discard_rest(conn: &Socket) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = vec![0u8; PACKET + 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; BATCH]);
+    for _ in 0..100_000 {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let Ok(msg) = recvmsg::<UnixAddr>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) else {
+            return;
+        };
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    for fd in v {
+                        let _ = nix::unistd::close(fd);
+                    }
+                }
+            }
+        }
+        let n = msg.bytes;
+        drop(iov);
+        if n == 0 || buf[0] == b'E' {
+            return;
         }
     }
 }
