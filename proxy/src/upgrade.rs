@@ -276,7 +276,6 @@ fn discard_rest(conn: &Socket) {
             }
         }
         let n = msg.bytes;
-        drop(iov);
         if n == 0 || buf[0] == b'E' {
             return;
         }
