@@ -169,7 +169,8 @@ pub struct Config {
     /// Address of the admin endpoints (`/ready`, `/live`, `/metrics`).
     #[arg(long, env = "MAILLE_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
     pub admin_addr: SocketAddr,
-    /// Pull the routing table from the controller at this base URL (long-poll).
+    /// Pull the routing table from the controller at this base URL (long-poll); several
+    /// comma-separated URLs (controller replicas) are tried in turn on failure.
     #[arg(long, env = "MAILLE_CONTROLLER_URL", conflicts_with = "config")]
     pub controller_url: Option<String>,
     /// Refuse a controller answer larger than this (bytes, or with a `KiB`/`MiB`/`GiB`

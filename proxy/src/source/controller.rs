@@ -5,8 +5,16 @@
 //! after a growing, jittered, capped delay; a failure that repeats is logged once per
 //! [`FAILURE_LOG_INTERVAL`]. The body is read frame by frame and refused past
 //! `--controller-max-table-bytes`, so a hostile answer cannot make the proxy buffer it whole.
+//!
+//! Several URLs (controller replicas) may be given: a connection failure or an error status
+//! moves to the next one at once, and the backoff starts only when all of them failed in a
+//! row. Table versions compare across replicas (they follow the cluster's resourceVersions),
+//! so an answer older than the table held (a replica that lags behind) is not taken: the proxy
+//! asks again shortly, on the next URL. A source that keeps answering older tables for
+//! [`OLDER_GRACE`] is believed (a restored cluster, an upgrade that renumbered versions).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,6 +40,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Default bound on a table answer's body (`--controller-max-table-bytes`): far above a real
 /// table (10,000 services with endpoints take a few MiB), far below what would hurt a node.
 pub const DEFAULT_MAX_TABLE_BYTES: u64 = 64 << 20;
+/// How soon to ask again after an answer older than the table held.
+pub const OLDER_RETRY: Duration = Duration::from_millis(500);
+/// How long answers older than the table held are refused before they are believed.
+pub const OLDER_GRACE: Duration = Duration::from_secs(30);
 /// A failure that repeats (same message) is logged at most once per this interval.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -89,11 +101,17 @@ pub enum Poll {
     Swapped(u64),
     /// The controller has nothing newer.
     Unchanged,
+    /// The controller answered with a table older than the one held (its version); not taken.
+    Older(u64),
 }
 
 /// Long-polls the controller and swaps in each new valid table.
 pub struct ControllerSource {
-    uri: Uri,
+    uris: Vec<Uri>,
+    /// Index in `uris` of the URL asked now.
+    current: AtomicUsize,
+    /// Since when answers have been older than the table held.
+    older_since: Mutex<Option<Instant>>,
     store: Arc<TableStore>,
     client: Client<HttpConnector, Empty<Bytes>>,
     wait: Duration,
@@ -101,7 +119,8 @@ pub struct ControllerSource {
 }
 
 impl ControllerSource {
-    /// A source polling `{base_url}/api/configuration` into `store`.
+    /// A source polling `{base_url}/api/configuration` into `store`; `base_url` may list
+    /// several URLs separated by commas (controller replicas), asked in turn on failure.
     pub fn new(base_url: &str, store: Arc<TableStore>) -> Result<Self, Error> {
         Self::with_wait(base_url, store, LONG_POLL_WAIT)
     }
@@ -112,26 +131,16 @@ impl ControllerSource {
         store: Arc<TableStore>,
         wait: Duration,
     ) -> Result<Self, Error> {
-        let bad = |reason: String| Error::Url {
-            url: base_url.to_string(),
-            reason,
-        };
-        let base = base_url.trim_end_matches('/');
         let wait_s = wait.as_secs().max(1);
-        let uri: Uri = format!("{base}/api/configuration?wait={wait_s}s")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => return Err(bad(format!("scheme {other} is not supported, use http"))),
-            None => {
-                return Err(bad(
-                    "missing scheme, e.g. http://maille-controller:9000".into()
-                ))
-            }
+        let mut uris = Vec::new();
+        for one in base_url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            uris.push(parse_base(one, wait_s)?);
         }
-        if uri.host().is_none() {
-            return Err(bad("missing host".into()));
+        if uris.is_empty() {
+            return Err(Error::Url {
+                url: base_url.to_string(),
+                reason: "no URL given".into(),
+            });
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -140,7 +149,9 @@ impl ControllerSource {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         Ok(ControllerSource {
-            uri,
+            uris,
+            current: AtomicUsize::new(0),
+            older_since: Mutex::new(None),
             store,
             client,
             wait: Duration::from_secs(wait_s),
@@ -154,16 +165,29 @@ impl ControllerSource {
         self
     }
 
-    /// The URI polled.
+    /// The URI polled now.
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        &self.uris[self.current.load(Ordering::Relaxed) % self.uris.len()]
+    }
+
+    /// Every URI, in the order they are tried.
+    pub fn uris(&self) -> &[Uri] {
+        &self.uris
+    }
+
+    /// Moves to the next URL; returns whether a round of all of them is complete.
+    fn next_uri(&self) -> bool {
+        let n = self.uris.len();
+        let i = self.current.fetch_add(1, Ordering::Relaxed) + 1;
+        i.is_multiple_of(n)
     }
 
     /// One conditional GET. `etag` is the tag of the last table received; it is updated on a
     /// 200 (even when the table is refused, so the same bad table is not fetched again).
     pub async fn poll_once(&self, etag: &mut Option<String>) -> Result<Poll, Error> {
-        let uri = self.uri.to_string();
-        let mut req = Request::get(self.uri.clone());
+        let target = self.uri().clone();
+        let uri = target.to_string();
+        let mut req = Request::get(target);
         if let Some(tag) = etag.as_deref() {
             req = req.header(header::IF_NONE_MATCH, tag);
         }
@@ -191,6 +215,9 @@ impl ControllerSource {
                     .get(header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                if let Some(older) = self.older_than_held(new_tag.as_deref()) {
+                    return Ok(Poll::Older(older));
+                }
                 let declared = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -217,6 +244,32 @@ impl ControllerSource {
         }
     }
 
+    /// The version of an answer's ETag when it is older than the table held and such answers
+    /// have not lasted [`OLDER_GRACE`] yet.
+    fn older_than_held(&self, tag: Option<&str>) -> Option<u64> {
+        let version: u64 = tag?
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse()
+            .ok()?;
+        let mut since = self.older_since.lock().expect("older_since lock");
+        if version >= self.store.load().version {
+            *since = None;
+            return None;
+        }
+        let first = *since.get_or_insert_with(Instant::now);
+        if first.elapsed() >= OLDER_GRACE {
+            tracing::warn!(
+                version,
+                held = self.store.load().version,
+                "The controller has served only older tables for a while; taking its table"
+            );
+            *since = None;
+            return None;
+        }
+        Some(version)
+    }
+
     /// Polls until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let mut etag = None;
@@ -233,15 +286,30 @@ impl ControllerSource {
                     // same table: a busy loop against a controller that ignores the contract.
                     let delay = backoff.next_delay();
                     if let Some(repeats) = failures.failed("answer without ETag", Instant::now()) {
-                        tracing::warn!(uri = %self.uri, ?delay, repeats, "Controller answered without an ETag; backing off before asking again");
+                        tracing::warn!(uri = %self.uri(), ?delay, repeats, "Controller answered without an ETag; backing off before asking again");
                     }
                     Some(delay)
                 }
+                Ok(Poll::Older(version)) => {
+                    // A replica that lags behind: ask another (or this one again) shortly.
+                    tracing::debug!(uri = %self.uri(), version, held = self.store.load().version, "Controller answered an older table; not taken");
+                    self.next_uri();
+                    Some(OLDER_RETRY)
+                }
                 Ok(_) => {
                     if failures.recovered() {
-                        tracing::info!(uri = %self.uri, "Controller answers again");
+                        tracing::info!(uri = %self.uri(), "Controller answers again");
                     }
                     backoff.reset();
+                    None
+                }
+                Err(e)
+                    if self.uris.len() > 1
+                        && !self.next_uri()
+                        && !matches!(e, Error::Refused { .. } | Error::TooLarge { .. }) =>
+                {
+                    // Another replica may answer: ask it at once.
+                    tracing::debug!(error = %e, next = %self.uri(), "Controller failed; trying the next URL");
                     None
                 }
                 Err(e) => {
@@ -398,10 +466,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[async_trait]
 impl BackgroundService for ControllerSource {
     async fn start(&self, shutdown: ShutdownWatch) {
-        tracing::info!(uri = %self.uri, "Pulling the routing table from the controller");
+        tracing::info!(uri = %self.uri(), "Pulling the routing table from the controller");
         self.run(shutdown).await
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+/// `{base}/api/configuration?wait=...` for one `--controller-url` entry.
+fn parse_base(base_url: &str, wait_s: u64) -> Result<Uri, Error> {
+    let bad = |reason: String| Error::Url {
+        url: base_url.to_string(),
+        reason,
+    };
+    let base = base_url.trim_end_matches('/');
+    let uri: Uri = format!("{base}/api/configuration?wait={wait_s}s")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(bad(format!("scheme {other} is not supported, use http"))),
+        None => {
+            return Err(bad(
+                "missing scheme, e.g. http://maille-controller:9000".into()
+            ))
+        }
+    }
+    if uri.host().is_none() {
+        return Err(bad("missing host".into()));
+    }
+    Ok(uri)
+}

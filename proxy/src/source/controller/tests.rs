@@ -450,3 +450,64 @@ fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(120));
 }
+
+async fn fake_at(etag: &str, version: u64, endpoint: &str) -> (Arc<Fake>, SocketAddr) {
+    let (fake, addr, _task) = start_fake(Duration::from_secs(30)).await;
+    fake.set(etag, spec_json(version, endpoint));
+    (fake, addr)
+}
+
+#[tokio::test]
+async fn several_urls_fail_over_to_a_replica_that_answers() {
+    // The first replica is down (nothing listens on its port), the second serves.
+    let dead = crate::testing::free_tcp_ports(1)[0];
+    let (_fake, addr) = fake_at("\"5\"", 5, "10.0.0.5:80").await;
+    let store = TableStore::new();
+    let src = Arc::new(
+        ControllerSource::new(
+            &format!("http://127.0.0.1:{dead}, http://{addr}/"),
+            store.clone(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(src.uris().len(), 2);
+    let (stop, stop_rx) = watch::channel(false);
+    let run = tokio::spawn({
+        let src = src.clone();
+        async move { src.run(stop_rx).await }
+    });
+    wait_version(&store, 5, Duration::from_secs(5)).await;
+    assert_eq!(src.uri().port_u16(), Some(addr.port()));
+    stop.send(true).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_that_lags_behind_does_not_take_the_table_back() {
+    let (fake, addr) = fake_at("\"3\"", 3, "10.0.0.3:80").await;
+    let store = TableStore::new();
+    crate::source::apply_json(&store, &spec_json(5, "10.0.0.5:80"), "another replica").unwrap();
+    let src = ControllerSource::with_wait(
+        &format!("http://{addr}"),
+        store.clone(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let mut etag = Some("\"5\"".to_string());
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Older(3));
+    assert_eq!(store.load().version, 5, "swung back to an older table");
+    assert_eq!(etag.as_deref(), Some("\"5\""));
+    // Once it has caught up and gone past, its table is taken.
+    fake.set("\"6\"", spec_json(6, "10.0.0.6:80"));
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(6));
+}
+
+#[test]
+fn a_bad_url_in_a_list_is_named() {
+    let e = ControllerSource::new("http://a:9000,b:9000", TableStore::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("\"b:9000\""), "{e}");
+    assert!(ControllerSource::new(" , ", TableStore::new()).is_err());
+}
