@@ -122,6 +122,10 @@ async fn receive(
         .get("content-type")
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let path = req.uri().path().to_string();
+    let parts_gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
     let body = req
         .into_body()
         .collect()
@@ -147,7 +151,18 @@ async fn receive(
             .body(BodyExt::boxed(body))
             .unwrap());
     }
-    let status = if path == "/v1/traces" && decode(&body, "http/protobuf", &spans) {
+    let gzip = parts_gzip;
+    let status = if path == "/v1/traces" && gzip {
+        let mut plain = Vec::new();
+        let ok =
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+                .is_ok();
+        if ok && decode(&plain, "http/protobuf+gzip", &spans) {
+            200
+        } else {
+            400
+        }
+    } else if path == "/v1/traces" && decode(&body, "http/protobuf", &spans) {
         200
     } else {
         400
@@ -605,6 +620,7 @@ async fn binary_honours_otel_environment_and_flushes_on_stop() {
         ),
         ("OTEL_TRACES_SAMPLER_ARG", "0".to_string()),
         ("OTEL_BSP_SCHEDULE_DELAY", "60000".to_string()),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_string()),
     ]
     .into_iter()
     .collect();
@@ -663,6 +679,7 @@ async fn binary_honours_otel_environment_and_flushes_on_stop() {
     assert!(status.success());
     let got = collector.wait_trace(TRACE).await;
     assert_eq!(got.service_name, "edge-proxy");
+    assert_eq!(got.via, "http/protobuf+gzip");
     assert_eq!(got.parent_id(), CLIENT_SPAN);
     assert_eq!(collector.all().len(), 1, "ratio 0: no new trace sampled");
     let start = Instant::now();
