@@ -13,15 +13,23 @@
 //! With weighted draws and a fair coin on near-ties, endpoints of equal latency receive traffic
 //! in proportion to their weights (P(i) = p_i² + 2·p_i·(1-p_i)·½ = p_i); a clearly slower or
 //! busier endpoint receives less, down to p_i² of its share.
+//!
+//! Passive health (outlier detection, as Envoy's consecutive failures and Linkerd's failure
+//! accrual): after [`EJECT_AFTER_FAILURES`] failures in a row (refused or timed-out connects,
+//! resets before a response) an endpoint is ejected, that is skipped by picks, for
+//! [`EJECTION_BASE`], doubling with each ejection in a row up to [`EJECTION_MAX`]. When the
+//! time is up it gets traffic again; one success ends the streak. A pick never finds every
+//! endpoint ejected: if all are, ejection is ignored for that service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use config_model::Table;
+use prometheus::{register_int_counter, IntCounter};
 use rand::Rng;
 
 use crate::config::Balancer as Mode;
@@ -36,6 +44,27 @@ pub const TIE_SLACK: Duration = Duration::from_micros(500);
 /// Round-trip time charged to an endpoint that failed to connect or answer.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
+/// Failures in a row that eject an endpoint.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// Length of a first ejection; each further ejection in a row doubles it.
+pub const EJECTION_BASE: Duration = Duration::from_secs(2);
+/// Longest ejection.
+pub const EJECTION_MAX: Duration = Duration::from_secs(60);
+
+/// Endpoint ejections by passive health.
+pub static EJECTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "maille_proxy_endpoint_ejections_total",
+        "Endpoints ejected by passive health after consecutive connect failures or resets (each ejection counts once)."
+    )
+    .expect("register maille_proxy_endpoint_ejections_total")
+});
+
+/// Registers the balancer's metrics (idempotent).
+pub fn register() {
+    LazyLock::force(&EJECTIONS);
+}
+
 /// Latency and load of one endpoint address.
 #[derive(Debug)]
 pub struct EndpointStats {
@@ -45,6 +74,12 @@ pub struct EndpointStats {
     stamp_ns: AtomicU64,
     /// Requests sent and not yet answered.
     pending: AtomicI64,
+    /// Failures in a row (passive health).
+    failures: AtomicU32,
+    /// Ejections in a row: the next one lasts `EJECTION_BASE · 2^ejections`.
+    ejections: AtomicU32,
+    /// Ejected until this time (nanoseconds since the epoch); 0 = not ejected.
+    ejected_until_ns: AtomicU64,
     epoch: Instant,
 }
 
@@ -54,7 +89,44 @@ impl EndpointStats {
             ewma_ns: AtomicU64::new(0f64.to_bits()),
             stamp_ns: AtomicU64::new(0),
             pending: AtomicI64::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ns: AtomicU64::new(0),
             epoch,
+        }
+    }
+
+    /// Whether passive health has ejected this endpoint now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ns.load(Ordering::Relaxed);
+        until != 0 && self.now_ns() < until
+    }
+
+    /// Counts a failure; ejects the endpoint once [`EJECT_AFTER_FAILURES`] are in a row (and
+    /// again on each failure after an ejection ran out, for twice as long).
+    fn record_failure(&self) {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures < EJECT_AFTER_FAILURES || self.is_ejected() {
+            return;
+        }
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = EJECTION_BASE.saturating_mul(1 << k).min(EJECTION_MAX);
+        let until = self
+            .now_ns()
+            .saturating_add(u64::try_from(length.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until_ns.store(until, Ordering::Relaxed);
+        EJECTIONS.inc();
+    }
+
+    /// Ends a failure streak.
+    fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+            self.ejected_until_ns.store(0, Ordering::Relaxed);
         }
     }
 
@@ -137,11 +209,14 @@ impl Pick {
     /// header arrives).
     pub fn observe_response(&self) {
         self.stats.observe(self.started.elapsed());
+        self.stats.record_success();
     }
 
-    /// Charges the endpoint a failure (connect refused, reset before a response).
+    /// Charges the endpoint a failure (connect refused, reset before a response), toward
+    /// passive-health ejection.
     pub fn observe_failure(&self) {
         self.stats.observe(FAILURE_PENALTY);
+        self.stats.record_failure();
     }
 
     /// The endpoint's statistics.
@@ -236,8 +311,8 @@ impl Balancer {
         let sp = &plan.services[service];
         let eps = &svc.endpoints;
         let mut rng = rand::rng();
-        let usable = |i: usize| !exclude.contains(&eps[i].addr);
-        let idx = if eps.len() == 1 {
+        let usable = |i: usize| !exclude.contains(&eps[i].addr) && !sp.stats[i].is_ejected();
+        let mut idx = if eps.len() == 1 {
             0
         } else if self.mode == Mode::RoundRobin {
             retry_until(|| sp.round_robin(), usable, eps.len())
@@ -246,6 +321,19 @@ impl Balancer {
             let b = retry_until(|| sp.weighted_random(&mut rng), usable, eps.len());
             choose(sp, a, b, &mut rng, usable)
         };
+        if !usable(idx) && eps.len() > 1 {
+            // The draws kept landing on excluded or ejected endpoints: take the first usable one
+            // from a random start; failing that, one not excluded (never eject them all).
+            let start = rng.random_range(0..eps.len());
+            let order = (0..eps.len()).map(|k| (start + k) % eps.len());
+            if let Some(i) = order
+                .clone()
+                .find(|&i| usable(i))
+                .or_else(|| order.clone().find(|&i| !exclude.contains(&eps[i].addr)))
+            {
+                idx = i;
+            }
+        }
         Some(Pick::new(eps[idx].addr, sp.stats[idx].clone()))
     }
 

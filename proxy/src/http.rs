@@ -291,7 +291,11 @@ impl ProxyHttp for MeshProxy {
             pick.observe_failure();
             ctx.failed.push(pick.addr);
         }
-        ctx.resilience.on_connect_failure(&mut e);
+        let endpoints = match (&ctx.table, ctx.backend) {
+            (Some(t), Some(b)) => t.services.get(b).map_or(0, |s| s.endpoints.len()),
+            _ => 0,
+        };
+        ctx.resilience.on_connect_failure(&mut e, endpoints);
         e
     }
 

@@ -32,6 +32,10 @@ use budget::RetryBudget;
 use metrics::ServiceMetrics;
 use ratelimit::TokenBucket;
 
+/// Upstream connect attempts of an HTTP request to a service without a retry policy (each on
+/// another endpoint while there is one), like `--tcp-connect-attempts` for TCP.
+pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
+
 pub use upstream::{load_ca_file, UpstreamTls};
 
 /// The resilience state of one service port, built from its options.
@@ -359,9 +363,12 @@ impl RequestState {
         }
     }
 
-    /// `fail_to_connect`: nothing was sent, so a retry is always safe; it happens when the
-    /// service has retries, attempts and budget left, and time remains.
-    pub fn on_connect_failure(&mut self, e: &mut Error) {
+    /// `fail_to_connect`: nothing was sent, so a retry is always safe. With a retry policy it
+    /// happens when the service has attempts and budget left, and time remains. Without one,
+    /// a connect failure is still retried on another endpoint, up to
+    /// [`DEFAULT_CONNECT_ATTEMPTS`] attempts in all and at most once per endpoint of the
+    /// service (`endpoints`): a refused connect never reached the application.
+    pub fn on_connect_failure(&mut self, e: &mut Error, endpoints: usize) {
         self.upstream_failed = true;
         self.note_timeout(e);
         if self
@@ -371,6 +378,9 @@ impl RequestState {
         {
             let retry = !self.timed_out && self.may_retry();
             e.set_retry(retry);
+        } else {
+            let left = (self.attempts as usize) < DEFAULT_CONNECT_ATTEMPTS.min(endpoints);
+            e.set_retry(left && !self.timed_out);
         }
     }
 

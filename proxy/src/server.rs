@@ -86,6 +86,7 @@ impl ProxyServer {
         metrics::register();
         crate::acl::register();
         crate::split::register();
+        crate::balance::register();
         let conf = ServerConf {
             threads: config.worker_threads(),
             grace_period_seconds: Some(config.grace_period_seconds),

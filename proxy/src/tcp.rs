@@ -84,6 +84,7 @@ pub fn service(
     metrics::register();
     crate::acl::register();
     crate::split::register();
+    crate::balance::register();
     let app = TcpProxy::new(store, balancer, settings).with_tracing(tracing);
     let mut service = Service::new("maille tcp".to_string(), app);
     for addr in listen {

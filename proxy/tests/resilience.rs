@@ -44,7 +44,11 @@ struct RawBackend {
 
 impl RawBackend {
     async fn start(name: &str, mode: Mode, drop_first: u64) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap(), mode, drop_first).await
+    }
+
+    async fn start_at(name: &str, at: SocketAddr, mode: Mode, drop_first: u64) -> RawBackend {
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(RawState {
             name: name.to_string(),
@@ -602,4 +606,71 @@ async fn https_upstream_is_verified() {
     assert_eq!(get("stranger").await.status, 502);
     let r = get("insecure").await;
     assert_eq!((r.status, r.body.as_str()), (200, "stranger"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_refusing_connections_is_ejected_costs_no_502_and_gets_traffic_back() {
+    const NS: &str = "eject";
+    let good = RawBackend::start("good", Mode::Serve, 0).await;
+    // An address that refuses connections: bound once for a free port, then closed.
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.5:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // No retry policy: connect failures are retried on the other endpoint by default.
+    let proxy = TestProxy::start(|p| {
+        table(
+            1,
+            vec![http(
+                NS,
+                "api",
+                p.http[0],
+                &[&dead.to_string(), &good.addr_str()],
+            )],
+        )
+    });
+    let c = HttpClient::http1();
+    let ejections = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("maille_proxy_endpoint_ejections_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = ejections(
+        &client::get_url(&proxy.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .body,
+    );
+    for i in 0..60 {
+        let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "good"), "request {i}");
+    }
+    assert_eq!(good.accepted(), 60);
+    let stats = proxy
+        .balancer()
+        .stats(&dead)
+        .expect("the balancer knows the endpoint");
+    assert!(stats.is_ejected(), "the refusing endpoint is ejected");
+    let after = ejections(
+        &client::get_url(&proxy.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .body,
+    );
+    assert!(after > before, "ejection counted ({before} -> {after})");
+
+    // It recovers: once its ejection runs out it gets traffic again, and still no request fails.
+    let revived = RawBackend::start_at("revived", dead, Mode::Serve, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while revived.accepted() == 0 && Instant::now() < deadline {
+        let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        revived.accepted() > 0,
+        "traffic returned to the recovered endpoint"
+    );
+    assert!(!stats.is_ejected());
 }

@@ -188,3 +188,68 @@ fn peak_then_decay() {
         "a low sample right after blends in slowly"
     );
 }
+
+#[test]
+fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
+    for mode in [Mode::RoundRobin, Mode::PeakEwma] {
+        let b = Balancer::new(mode);
+        let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+        let fail = |a: &str, times: usize| {
+            for _ in 0..times {
+                // Failures are charged to the endpoint whatever pick made the attempt.
+                let p = Pick::new(addr(a), b.stats(&addr(a)).unwrap());
+                p.observe_failure();
+            }
+        };
+        b.pick(&t, 0, &[]).unwrap(); // builds the plan (and the stats registry)
+        fail("10.0.0.1:80", EJECT_AFTER_FAILURES as usize - 1);
+        assert!(!b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
+        fail("10.0.0.1:80", 1);
+        assert!(b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
+        for _ in 0..300 {
+            assert_ne!(
+                b.pick(&t, 0, &[]).unwrap().addr,
+                addr("10.0.0.1:80"),
+                "{mode:?}"
+            );
+        }
+        // With the others ejected or excluded too, picks still find an endpoint.
+        fail("10.0.0.2:80", EJECT_AFTER_FAILURES as usize);
+        for _ in 0..100 {
+            assert_eq!(b.pick(&t, 0, &[]).unwrap().addr, addr("10.0.0.3:80"));
+        }
+        fail("10.0.0.3:80", EJECT_AFTER_FAILURES as usize);
+        let exclude = [addr("10.0.0.1:80"), addr("10.0.0.3:80")];
+        for _ in 0..100 {
+            assert_eq!(b.pick(&t, 0, &exclude).unwrap().addr, addr("10.0.0.2:80"));
+        }
+        // One success ends the streak and the ejection.
+        let p = b
+            .pick(&t, 0, &[addr("10.0.0.2:80"), addr("10.0.0.3:80")])
+            .unwrap();
+        assert_eq!(p.addr, addr("10.0.0.1:80"));
+        p.observe_response();
+        assert!(!p.stats().is_ejected());
+    }
+}
+
+#[test]
+fn ejections_in_a_row_grow_up_to_the_maximum() {
+    let s = EndpointStats::new(Instant::now());
+    let until = |s: &EndpointStats| {
+        Duration::from_nanos(s.ejected_until_ns.load(Ordering::Relaxed) - s.now_ns())
+    };
+    for _ in 0..EJECT_AFTER_FAILURES {
+        s.record_failure();
+    }
+    assert!(until(&s) <= EJECTION_BASE && until(&s) > EJECTION_BASE / 2);
+    // An ejection that ran out, then another failure: twice as long.
+    s.ejected_until_ns.store(1, Ordering::Relaxed);
+    s.record_failure();
+    assert!(until(&s) > EJECTION_BASE && until(&s) <= 2 * EJECTION_BASE);
+    for _ in 0..20 {
+        s.ejected_until_ns.store(1, Ordering::Relaxed);
+        s.record_failure();
+    }
+    assert!(until(&s) <= EJECTION_MAX && until(&s) > EJECTION_MAX / 2);
+}

@@ -89,7 +89,7 @@ fn retries_stop_at_the_attempt_limit() {
         let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
         rs.configure_peer(&mut peer, svc, r.tls()).unwrap();
         let mut e = Error::new_up(ErrorType::ConnectRefused);
-        rs.on_connect_failure(&mut e);
+        rs.on_connect_failure(&mut e, 5);
         decisions.push(e.retry());
         if !e.retry() {
             break;
@@ -148,4 +148,31 @@ fn deadline_caps_peer_timeouts() {
         peer.options.connection_timeout,
         Some(Duration::from_millis(100))
     );
+}
+
+#[test]
+fn connect_failures_are_retried_on_other_endpoints_without_a_retry_policy() {
+    let r = Resilience::default();
+    let t = table_with(&[("a", OptionsSpec::default())]);
+    let svc = t.service(&key("a")).unwrap();
+    for (endpoints, want) in [
+        (1, vec![false]),
+        (2, vec![true, false]),
+        (5, vec![true, true, false]),
+    ] {
+        let mut rs = RequestState::start(r.service(&t, &key("a")));
+        rs.admit().unwrap();
+        let mut decisions = Vec::new();
+        for _ in 0..5 {
+            let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
+            rs.configure_peer(&mut peer, svc, r.tls()).unwrap();
+            let mut e = Error::new_up(ErrorType::ConnectRefused);
+            rs.on_connect_failure(&mut e, endpoints);
+            decisions.push(e.retry());
+            if !e.retry() {
+                break;
+            }
+        }
+        assert_eq!(decisions, want, "{endpoints} endpoints");
+    }
 }
