@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod metrics;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
@@ -25,11 +26,27 @@ use tokio::sync::watch;
 pub use crate::tcp::testing::TcpBackend;
 pub use crate::udp::testing::UdpBackend;
 pub use backend::HttpBackend;
+pub use metrics::{metric, metric_in, metric_with};
 
 use crate::balance::Balancer;
 use crate::config::{Balancer as Mode, Config, PortList};
 use crate::server::ProxyServer;
 use crate::store::TableStore;
+
+/// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits until `cond` holds, checking every 20 ms; panics naming `what` after [`PATIENCE`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// `n` distinct free TCP ports on 127.0.0.1 (bound together, then released).
 pub fn free_tcp_ports(n: usize) -> Vec<u16> {

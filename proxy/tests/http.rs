@@ -10,7 +10,7 @@ use config_model::{EndpointSpec, ServiceSpec};
 use maille_proxy::config::Balancer;
 use maille_proxy::source::apply_json;
 use maille_proxy::testing::client::{self, HttpClient};
-use maille_proxy::testing::{HttpBackend, TestProxy, TestProxyOptions};
+use maille_proxy::testing::{eventually, metric_in, HttpBackend, TestProxy, TestProxyOptions};
 
 fn weighted(ns: &str, name: &str, mesh_port: u16, eps: &[(&HttpBackend, u32)]) -> ServiceSpec {
     let mut s = http(ns, name, mesh_port, &[]);
@@ -299,7 +299,7 @@ async fn a_refused_table_leaves_routing_unchanged() {
         .await
         .unwrap()
         .body;
-    let refusals_before = metric(&before, "maille_proxy_table_refusals_total");
+    let refusals_before = metric_in(&before, "maille_proxy_table_refusals_total");
     // Invalid: an endpoint that is not an address, and a duplicate route.
     let mut bad = table(
         2,
@@ -326,7 +326,7 @@ async fn a_refused_table_leaves_routing_unchanged() {
         .await
         .unwrap()
         .body;
-    assert!(metric(&after, "maille_proxy_table_refusals_total") >= refusals_before + 3.0);
+    assert!(metric_in(&after, "maille_proxy_table_refusals_total") >= refusals_before + 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,11 +430,11 @@ async fn metrics_count_requests_after_traffic() {
     let ok = r#"maille_proxy_http_requests_total{code="200",namespace="metrics-test",port="80",service="web"}"#;
     let err = r#"maille_proxy_http_requests_total{code="500",namespace="metrics-test",port="80",service="web"}"#;
     let unavailable = r#"maille_proxy_http_requests_total{code="503",namespace="metrics-test",port="80",service="empty"}"#;
-    assert_eq!(metric(&body, ok), 3.0, "{body}");
-    assert_eq!(metric(&body, err), 1.0, "{body}");
-    assert_eq!(metric(&body, unavailable), 1.0, "{body}");
+    assert_eq!(metric_in(&body, ok), 3.0, "{body}");
+    assert_eq!(metric_in(&body, err), 1.0, "{body}");
+    assert_eq!(metric_in(&body, unavailable), 1.0, "{body}");
     let count = r#"maille_proxy_http_request_duration_seconds_count{namespace="metrics-test",port="80",service="web"}"#;
-    assert_eq!(metric(&body, count), 4.0, "{body}");
+    assert_eq!(metric_in(&body, count), 4.0, "{body}");
     assert!(
         body.contains("maille_proxy_http_connections_open"),
         "{body}"
@@ -443,7 +443,7 @@ async fn metrics_count_requests_after_traffic() {
         body.contains("maille_proxy_table_last_swap_timestamp_seconds"),
         "{body}"
     );
-    assert!(metric(&body, "maille_proxy_table_swaps_total") >= 1.0);
+    assert!(metric_in(&body, "maille_proxy_table_swaps_total") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +464,7 @@ async fn a_table_file_is_loaded_and_reloaded() {
         std::fs::rename(&tmp, &path).unwrap();
     };
     write(1, &a);
-    wait_until(|| proxy.store().is_ready()).await;
+    eventually("a first table", || proxy.store().is_ready()).await;
     let r = client::get(proxy.http[0], "web.files.maille.mesh", "/")
         .await
         .unwrap();
@@ -474,31 +474,9 @@ async fn a_table_file_is_loaded_and_reloaded() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(proxy.store().load().version, 1);
     write(2, &b);
-    wait_until(|| proxy.store().load().version == 2).await;
+    eventually("table version 2", || proxy.store().load().version == 2).await;
     let r = client::get(proxy.http[0], "web.files.maille.mesh", "/")
         .await
         .unwrap();
     assert_eq!(r.body, "file-b");
-}
-
-async fn wait_until(mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not reached within 10 s");
-}
-
-/// The value of the first sample line starting with `name` (full series or bare name).
-fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = rest.strip_prefix(' ')?;
-            rest.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
 }

@@ -9,13 +9,12 @@ use std::time::Duration;
 use config_model::testing::{http, table};
 use config_model::{AccessRuleSpec, HttpMatchSpec, TableSpec};
 use maille_proxy::testing::client::HttpClient;
-use maille_proxy::testing::{TestProxy, TestProxyOptions};
+use maille_proxy::testing::{TestProxy, TestProxyOptions, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 const ALLOWED: [u8; 4] = [127, 0, 0, 2];
-const PATIENCE: Duration = Duration::from_secs(10);
 const WEB: &str = "web.shop.maille.mesh";
 
 /// A raw HTTP/1.1 backend that records the request line of every request it gets and answers

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use config_model::testing::{http, table};
 use config_model::{OptionsSpec, RateLimitSpec, ServiceSpec, TableSpec};
 use maille_proxy::testing::client::{self, HttpClient, Reply};
-use maille_proxy::testing::{HttpBackend, TestProxy, TestProxyOptions};
+use maille_proxy::testing::{metric_with, HttpBackend, TestProxy, TestProxyOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -143,23 +143,14 @@ fn host(ns: &str) -> String {
     format!("api.{ns}.maille.mesh")
 }
 
-/// Metric value for service `api` of namespace `ns` from the proxy's `/metrics` (0 when
-/// absent).
+/// Metric value for service `api` of namespace `ns` from the proxy's `/metrics`, summed over
+/// its other labels (0 when absent).
 async fn metric(proxy: &TestProxy, name: &str, ns: &str) -> f64 {
     let text = client::get_url(&proxy.admin_url("/metrics"))
         .await
         .unwrap()
         .body;
-    let namespace = format!("namespace=\"{ns}\"");
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && l[name.len()..].starts_with('{')
-                && l.contains("service=\"api\"")
-                && l.contains(&namespace)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_with(&text, name, &[("namespace", ns), ("service", "api")])
 }
 
 fn start(spec: impl FnOnce(&maille_proxy::testing::TestPorts) -> TableSpec) -> TestProxy {

@@ -4,19 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use config_model::testing::{http, table};
 use config_model::{
     AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitBackendSpec, SplitSpec, TableSpec,
 };
-use maille_proxy::testing::{HttpBackend, TestProxy};
+use maille_proxy::testing::{HttpBackend, TestProxy, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 const ALLOWED: [u8; 4] = [127, 0, 0, 2];
 const OTHER: [u8; 4] = [127, 0, 0, 3];
-const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Status, `x-backend` header and body of one HTTP/1.1 request sent from `src`.
 async fn request(

@@ -4,14 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Upper bound on what the helpers wait for, so that a bug fails a test instead of hanging it.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+use crate::testing::PATIENCE;
 
 /// A real TCP backend on 127.0.0.1: greets each connection with `<name>\n`, echoes every byte,
 /// and when the client half-closes, writes `bye <bytes received>\n` and closes. Stops when

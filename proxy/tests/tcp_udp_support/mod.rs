@@ -1,17 +1,16 @@
 //! Shared by the TCP and UDP tests: starting the in-process proxy with only TCP or UDP
-//! listeners, table building, and metric reading.
+//! listeners and table building (waiting and metric reading are `maille_proxy::testing`'s).
 
-#![allow(dead_code)]
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use config_model::{ServiceSpec, TrafficType};
 use maille_proxy::config::Config;
 use maille_proxy::testing::{TestProxy, TestProxyOptions};
 
-/// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub use maille_proxy::testing::{eventually, metric, PATIENCE};
 
 /// A proxy with `tcp` TCP and `udp` UDP listener ports (ephemeral, loopback), no HTTP
 /// listener, flags adjusted by `configure`, and no table yet.
@@ -54,45 +53,4 @@ pub fn closed_tcp_port() -> SocketAddr {
 /// `namespace`, `service` and `port` labels of a test service.
 pub fn labels<'a>(ns: &'a str, svc: &'a str) -> [(&'a str, &'a str); 3] {
     [("namespace", ns), ("service", svc), ("port", "7000")]
-}
-
-/// The value of the sample of `name` whose labels include `labels`, as `/metrics` serves it
-/// (the default registry's text exposition); 0 when absent.
-pub fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&prometheus::gather())
-        .unwrap();
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_part, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once("} ") {
-                Some(x) => x,
-                None => continue,
-            },
-            None => match rest.strip_prefix(' ') {
-                Some(v) => ("", v),
-                None => continue,
-            },
-        };
-        let have: Vec<&str> = label_part.split(',').collect();
-        if wanted.iter().all(|w| have.contains(&w.as_str())) {
-            return value.trim().parse().unwrap();
-        }
-    }
-    0.0
-}
-
-/// Waits until `cond` holds, up to [`PATIENCE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
