@@ -34,16 +34,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Object counts per kind, for the `maille_controller_objects_watched` gauge.
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        vec![
+        let mut counts = vec![
             ("Service", self.services.len()),
             ("EndpointSlice", self.endpoint_slices.len()),
             ("Pod", self.pods.len()),
-            ("TrafficTarget", self.smi.traffic_targets.len()),
-            ("HTTPRouteGroup", self.smi.http_route_groups.len()),
-            ("TCPRoute", self.smi.tcp_routes.len()),
-            ("UDPRoute", self.smi.udp_routes.len()),
-            ("TrafficSplit", self.smi.traffic_splits.len()),
-        ]
+        ];
+        counts.extend(self.smi.counts());
+        counts
     }
 }
 
@@ -55,14 +52,7 @@ impl Snapshot {
         self.endpoint_slices
             .extend(other.endpoint_slices.iter().cloned());
         self.pods.extend(other.pods.iter().cloned());
-        let (smi, o) = (&mut self.smi, &other.smi);
-        smi.traffic_targets
-            .extend(o.traffic_targets.iter().cloned());
-        smi.http_route_groups
-            .extend(o.http_route_groups.iter().cloned());
-        smi.tcp_routes.extend(o.tcp_routes.iter().cloned());
-        smi.udp_routes.extend(o.udp_routes.iter().cloned());
-        smi.traffic_splits.extend(o.traffic_splits.iter().cloned());
+        self.smi.extend_from(&other.smi);
         self.problems.extend(other.problems.iter().cloned());
         self.revision = self.revision.max(other.revision);
     }

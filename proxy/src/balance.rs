@@ -291,11 +291,6 @@ impl Balancer {
         }
     }
 
-    /// The selection mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// Chooses an endpoint of `table.services[service]`, avoiding the addresses in `exclude`
     /// when another endpoint is left. `None` when the service has no endpoint.
     pub fn pick(&self, table: &Arc<Table>, service: usize, exclude: &[SocketAddr]) -> Option<Pick> {

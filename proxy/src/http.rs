@@ -273,7 +273,7 @@ impl ProxyHttp for MeshProxy {
                 e
             })?;
         let svc = &table.services[backend];
-        let mut peer = route::peer_for(svc, pick.addr);
+        let mut peer = route::peer_for(pick.addr);
         ctx.resilience
             .configure_peer(&mut peer, svc, self.resilience.tls())?;
         ctx.pick = Some(pick);

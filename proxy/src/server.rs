@@ -7,7 +7,6 @@ use std::sync::Arc;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ListenFds, RunArgs, Server};
 use pingora_core::services::background::background_service;
-use pingora_core::services::ServiceWithDependents;
 
 use crate::balance::Balancer;
 use crate::config::Config;
@@ -171,16 +170,6 @@ impl ProxyServer {
     /// The flags the proxy was built from.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Pingora's configuration (for services that need it to build themselves).
-    pub fn server_conf(&self) -> &Arc<ServerConf> {
-        &self.server.configuration
-    }
-
-    /// Adds a service to the server.
-    pub fn add_service(&mut self, service: impl ServiceWithDependents + 'static) {
-        self.server.add_service(service);
     }
 
     /// The HTTP listeners (`--http-ports` on `--listen-ip`), if any port is configured.

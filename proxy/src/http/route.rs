@@ -99,9 +99,10 @@ pub fn check_access(table: &Table, service: usize, session: &Session) -> Result<
     })
 }
 
-/// Step 5: how to reach an endpoint of `service`: plain HTTP/1.1 with keep-alive (Pingora
-/// pools upstream connections per peer).
-pub fn peer_for(_service: &Service, addr: SocketAddr) -> Box<HttpPeer> {
+/// Step 5: how to reach endpoint `addr`: plain HTTP/1.1 with keep-alive (Pingora pools
+/// upstream connections per peer). The service's scheme, TLS and timeouts are set on it
+/// afterwards ([`crate::resilience::RequestState::configure_peer`]).
+pub fn peer_for(addr: SocketAddr) -> Box<HttpPeer> {
     Box::new(HttpPeer::new(addr, false, String::new()))
 }
 

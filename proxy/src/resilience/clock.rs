@@ -2,7 +2,7 @@
 //! in one atomic word.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -15,9 +15,4 @@ pub fn now_ns() -> u64 {
 pub fn nanos_at(t: Instant) -> u64 {
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// A duration in nanoseconds, saturating.
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

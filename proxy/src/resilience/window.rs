@@ -51,11 +51,6 @@ impl Window {
         self.width
     }
 
-    /// The window's length in nanoseconds.
-    pub fn span_ns(&self) -> u64 {
-        self.slot_ns.saturating_mul(self.slots.len() as u64)
-    }
-
     fn slot_at(&self, now_ns: u64) -> &Slot {
         let epoch = now_ns / self.slot_ns + 1;
         let slot = &self.slots[(epoch % self.slots.len() as u64) as usize];

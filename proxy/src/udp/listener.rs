@@ -169,7 +169,7 @@ impl Listener {
             debug!(%client, "UDP session no longer routed by the table, reopening");
             self.close(entry);
         }
-        let Some(idx) = route(&table, self.mesh_port, client) else {
+        let Some(idx) = route(&table, self.mesh_port) else {
             debug!(mesh_port = self.mesh_port, %client, "No UDP service on this port, dropping");
             metrics::dropped_unrouted(self.mesh_port);
             return None;
@@ -267,9 +267,9 @@ impl Listener {
     }
 }
 
-/// The service (index in [`Table::services`]) that a datagram arriving on `mesh_port` from
-/// `client` goes to; `None` drops it. Access rules belong here.
-pub(crate) fn route(table: &Table, mesh_port: u16, _client: SocketAddr) -> Option<usize> {
+/// The service (index in [`Table::services`]) that a datagram arriving on `mesh_port` goes
+/// to; `None` drops it. The access check follows, where a new session is opened.
+pub(crate) fn route(table: &Table, mesh_port: u16) -> Option<usize> {
     let svc = table.udp_route(mesh_port)?;
     table.index_of(&svc.key)
 }
