@@ -35,6 +35,10 @@ pub const TLS_SERVER_NAME: &str = "tls-server-name";
 /// `tls-insecure-skip-verify`: `true` to skip verification of https upstreams.
 pub const TLS_INSECURE_SKIP_VERIFY: &str = "tls-insecure-skip-verify";
 
+/// `mesh`: `"false"` leaves a service out of the mesh; `"true"` puts it in when the controller
+/// meshes only annotated services. Linkerd's `enabled`/`disabled` are accepted too.
+pub const MESH: &str = "mesh";
+
 /// A bad annotation value. The caller adds the object (`namespace/name`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("annotation {annotation}: invalid value {value:?}: {reason}")]
@@ -83,6 +87,19 @@ pub fn traffic_type(
             .parse()
             .map(Some)
             .map_err(|_| error(k, v, "expected http, tcp or udp")),
+    }
+}
+
+/// Whether the annotations ask for the service to be meshed (`Some(true)`), left out
+/// (`Some(false)`), or say nothing (`None`).
+pub fn mesh(annotations: &BTreeMap<String, String>) -> Result<Option<bool>, AnnotationError> {
+    let Some((k, v)) = lookup(annotations, MESH) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "enabled" => Ok(Some(true)),
+        "false" | "disabled" => Ok(Some(false)),
+        _ => Err(error(k, v, "expected \"true\" or \"false\"")),
     }
 }
 
@@ -254,6 +271,20 @@ mod tests {
         let a = ann(&[("maesh.containo.us/traffic-type", "TCP")]);
         assert_eq!(traffic_type(&a), Ok(Some(TrafficType::Tcp)));
         assert_eq!(traffic_type(&ann(&[])), Ok(None));
+    }
+
+    #[test]
+    fn mesh_opt_in_and_opt_out() {
+        assert_eq!(mesh(&ann(&[])), Ok(None));
+        assert_eq!(mesh(&ann(&[("maille.io/mesh", "false")])), Ok(Some(false)));
+        assert_eq!(mesh(&ann(&[("maille.io/mesh", " True ")])), Ok(Some(true)));
+        assert_eq!(
+            mesh(&ann(&[("maille.io/mesh", "disabled")])),
+            Ok(Some(false))
+        );
+        let e = mesh(&ann(&[("maille.io/mesh", "no")])).unwrap_err();
+        assert_eq!(e.annotation, "maille.io/mesh");
+        assert!(e.to_string().contains("\"no\""), "{e}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::translate::ServiceStatus;
+use crate::translate::{ObjectStatus, ServiceStatus};
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -127,10 +127,16 @@ impl ApiState {
         })
     }
 
-    /// Serves this table (and service list). The version grows only when the table differs
-    /// from the one served; returns the version now served.
-    pub fn publish(&self, table: TableSpec, services: &[ServiceStatus]) -> u64 {
-        self.publish_at(table, services, 0)
+    /// Serves this table, and in `/api/services` the service ports followed by the other
+    /// objects that have problems. The version grows only when the table differs from the one
+    /// served; returns the version now served.
+    pub fn publish(
+        &self,
+        table: TableSpec,
+        services: &[ServiceStatus],
+        objects: &[ObjectStatus],
+    ) -> u64 {
+        self.publish_at(table, services, objects, 0)
     }
 
     /// [`ApiState::publish`], with a version of at least `revision` when the table changed:
@@ -140,9 +146,21 @@ impl ApiState {
         &self,
         mut table: TableSpec,
         services: &[ServiceStatus],
+        objects: &[ObjectStatus],
         revision: u64,
     ) -> u64 {
-        let services = serde_json::to_vec(services).expect("service statuses serialise");
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Row<'a> {
+            Port(&'a ServiceStatus),
+            Object(&'a ObjectStatus),
+        }
+        let rows: Vec<Row<'_>> = services
+            .iter()
+            .map(Row::Port)
+            .chain(objects.iter().map(Row::Object))
+            .collect();
+        let services = serde_json::to_vec(&rows).expect("service statuses serialise");
         *self.services.lock().expect("services lock") = Bytes::from(services);
         table.version = 0;
         let mut last = self.last.lock().expect("table lock");

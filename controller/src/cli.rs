@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use config_model::TrafficType;
 
-use crate::settings::{PortRange, Settings};
+use crate::settings::{MeshServices, PortRange, Settings};
 
 /// `maille-controller`: flags at the top level run the controller; subcommands are one-off
 /// tasks.
@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// Never mesh these namespaces (comma-separated).
     #[arg(long, env = "MAILLE_IGNORE_NAMESPACES", value_delimiter = ',')]
     pub ignore_namespaces: Vec<String>,
+    /// Which Services of the meshed namespaces are meshed: `all` (except those annotated
+    /// `maille.io/mesh: "false"`) or `annotated` (only those annotated `maille.io/mesh: "true"`).
+    #[arg(long, env = "MAILLE_MESH_SERVICES", value_enum, default_value_t = MeshServices::All)]
+    pub mesh_services: MeshServices,
     /// Proxy HTTP listener ports; the i-th port of a service is reached on the i-th.
     #[arg(long, env = "MAILLE_HTTP_PORTS", default_value = "5000-5009")]
     pub http_ports: PortRange,
@@ -165,6 +169,7 @@ impl RunArgs {
             mesh_namespace: self.namespace.clone(),
             watch_namespaces: set(&self.watch_namespaces),
             ignore_namespaces: set(&self.ignore_namespaces),
+            mesh_services: self.mesh_services,
             http_ports: self.http_ports,
             tcp_ports: self.tcp_ports,
             udp_ports: self.udp_ports,
@@ -247,6 +252,10 @@ mod tests {
         .unwrap();
         assert!(!cli.run.leader_election);
         assert_eq!(cli.run.identity(), "pod-a");
+        assert_eq!(s.mesh_services, MeshServices::All);
+        let cli =
+            Cli::try_parse_from(["maille-controller", "--mesh-services", "annotated"]).unwrap();
+        assert_eq!(cli.run.settings().mesh_services, MeshServices::Annotated);
     }
 
     #[test]

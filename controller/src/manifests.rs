@@ -245,46 +245,44 @@ impl ManifestsDir {
     }
 }
 
-fn dedup_objects(s: &mut Snapshot) {
-    fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-        (
+/// Keeps the first definition of each object of a kind; every later one is reported.
+fn dedup_kind<K>(items: &mut Vec<Arc<K>>, problems: &mut Vec<Problem>)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let kind = K::kind(&());
+    let mut seen = BTreeSet::new();
+    items.retain(|o| {
+        let m = o.meta();
+        let k = (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
-        )
-    }
+        );
+        let fresh = seen.insert(k.clone());
+        if !fresh {
+            problems.push(Problem::new(
+                ObjectRef::new(&kind, &k.0, &k.1),
+                format!(
+                    "{}/{}: {kind} defined more than once; the first definition is used",
+                    k.0, k.1
+                ),
+            ));
+        }
+        fresh
+    });
+}
+
+fn dedup_objects(s: &mut Snapshot) {
     let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
-    s.services.retain(|o| {
-        let k = key(&o.metadata);
-        let fresh = seen.insert(k.clone());
-        if !fresh {
-            problems.push(Problem::new(
-                ObjectRef::service(&k.0, &k.1),
-                format!(
-                    "{}/{}: Service defined more than once; the first definition is used",
-                    k.0, k.1
-                ),
-            ));
-        }
-        fresh
-    });
-    let mut seen = BTreeSet::new();
-    s.endpoint_slices.retain(|o| {
-        let k = key(&o.metadata);
-        let fresh = seen.insert(k.clone());
-        if !fresh {
-            problems.push(Problem::new(
-                ObjectRef::new("EndpointSlice", &k.0, &k.1),
-                format!(
-                    "{}/{}: EndpointSlice defined more than once; the first definition is used",
-                    k.0, k.1
-                ),
-            ));
-        }
-        fresh
-    });
-    let mut seen = BTreeSet::new();
-    s.pods.retain(|o| seen.insert(key(&o.metadata)));
+    dedup_kind(&mut s.services, &mut problems);
+    dedup_kind(&mut s.endpoint_slices, &mut problems);
+    dedup_kind(&mut s.pods, &mut problems);
+    let smi = &mut s.smi;
+    dedup_kind(&mut smi.traffic_targets, &mut problems);
+    dedup_kind(&mut smi.http_route_groups, &mut problems);
+    dedup_kind(&mut smi.tcp_routes, &mut problems);
+    dedup_kind(&mut smi.udp_routes, &mut problems);
+    dedup_kind(&mut smi.traffic_splits, &mut problems);
     s.problems.extend(problems);
 }
 
@@ -478,5 +476,46 @@ metadata: {name: ignored}
         dedup_objects(&mut s);
         assert_eq!(s.services.len(), 1);
         assert_eq!(s.problems.len(), 2);
+    }
+
+    /// A file that stops parsing and an object defined twice reach `/api/services` (as rows
+    /// of the translation) and keep the last good objects.
+    #[test]
+    fn file_and_duplicate_problems_reach_the_service_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let split = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: shop}\nspec: {service: web, backends: [{service: web, weight: 1}]}\n";
+        std::fs::write(dir.path().join("a.yaml"), format!("{DOCS}\n---\n{split}")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), split).unwrap();
+        let mut m = ManifestsDir::new(dir.path());
+        m.load().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "kind: [unclosed").unwrap();
+        let snap = m.load().unwrap();
+        assert_eq!(snap.smi.traffic_splits.len(), 1, "defined twice: one kept");
+        assert_eq!(
+            snap.services.len(),
+            1,
+            "a.yaml's last good objects are kept"
+        );
+        let settings = crate::settings::Settings::default();
+        let mut alloc = crate::alloc::PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+        let t = crate::translate::translate(&snap, &settings, &mut alloc);
+        let file = t
+            .objects
+            .iter()
+            .find(|o| o.kind == "File")
+            .expect("the broken file is listed");
+        assert!(file.name.ends_with("a.yaml"), "{file:?}");
+        assert!(file.errors[0].contains("still used"), "{file:?}");
+        let dup = t
+            .objects
+            .iter()
+            .find(|o| o.kind == "TrafficSplit")
+            .expect("the duplicate is listed");
+        assert_eq!(
+            (dup.namespace.as_str(), dup.name.as_str()),
+            ("shop", "canary")
+        );
+        assert!(dup.errors[0].contains("defined more than once"), "{dup:?}");
+        assert!(t.table.services.iter().any(|s| s.name == "web"));
     }
 }

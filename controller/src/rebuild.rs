@@ -81,9 +81,9 @@ impl Rebuilder {
             crate::kubernetes::seed_from_shadows(shadows, &mut self.alloc, &self.settings);
         }
         let mut t = translate(snapshot, &self.settings, &mut self.alloc);
-        let version = self
-            .api
-            .publish_at(t.table.clone(), &t.services, snapshot.revision);
+        let version =
+            self.api
+                .publish_at(t.table.clone(), &t.services, &t.objects, snapshot.revision);
         t.table.version = version;
         m.rebuild_duration.observe(start.elapsed().as_secs_f64());
         m.rebuilds.inc();

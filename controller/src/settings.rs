@@ -91,6 +91,16 @@ impl FromStr for PortRange {
     }
 }
 
+/// Which Services of the meshed namespaces get a shadow service and a place in the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum MeshServices {
+    /// Every Service, except those annotated `maille.io/mesh: "false"`.
+    #[default]
+    All,
+    /// Only the Services annotated `maille.io/mesh: "true"`.
+    Annotated,
+}
+
 /// Everything translation needs besides the objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -104,6 +114,8 @@ pub struct Settings {
     pub watch_namespaces: BTreeSet<String>,
     /// Namespaces never meshed.
     pub ignore_namespaces: BTreeSet<String>,
+    /// Which Services of those namespaces are meshed.
+    pub mesh_services: MeshServices,
     /// Proxy HTTP listener ports: the i-th port of a service is reached on the i-th of these.
     pub http_ports: PortRange,
     /// Proxy TCP listener ports, one per (namespace, service, port).
@@ -120,6 +132,7 @@ impl Default for Settings {
             mesh_namespace: "maille".into(),
             watch_namespaces: BTreeSet::new(),
             ignore_namespaces: BTreeSet::new(),
+            mesh_services: MeshServices::All,
             http_ports: PortRange::new(5000, 5009),
             tcp_ports: PortRange::new(10000, 10024),
             udp_ports: PortRange::new(15000, 15024),

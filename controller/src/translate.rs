@@ -14,9 +14,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
 use crate::alloc::PortAllocator;
-use crate::naming::shadow_name;
+use crate::naming::{parse_shadow_name, shadow_name, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::problem::{ObjectRef, Problem};
-use crate::settings::Settings;
+use crate::settings::{MeshServices, Settings};
 use crate::snapshot::Snapshot;
 
 /// The label EndpointSlices carry to name their Service.
@@ -29,6 +29,9 @@ pub struct Translation {
     pub table: TableSpec,
     /// One entry per service port considered (meshed or refused), for `/api/services`.
     pub services: Vec<ServiceStatus>,
+    /// The other objects with problems (SMI objects, manifests files, services without a port
+    /// entry), for `/api/services`.
+    pub objects: Vec<ObjectStatus>,
     /// Shadow services to keep in the mesh namespace, by shadow name.
     pub shadows: BTreeMap<String, ShadowSpec>,
     /// Every problem found, sorted.
@@ -55,6 +58,19 @@ pub struct ServiceStatus {
     /// Number of ready endpoints.
     pub endpoints: usize,
     /// Problems found on the Service (all its ports share them); empty when none.
+    pub errors: Vec<String>,
+}
+
+/// An object other than a service port that has problems, as `/api/services` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectStatus {
+    /// `TrafficSplit`, `TrafficTarget`, ..., `File` for a manifests file.
+    pub kind: String,
+    /// Namespace; empty for a file.
+    pub namespace: String,
+    /// Name (for a file: its path).
+    pub name: String,
+    /// Its problems.
     pub errors: Vec<String>,
 }
 
@@ -96,7 +112,9 @@ pub fn translate(
     settings: &Settings,
     alloc: &mut PortAllocator,
 ) -> Translation {
-    let mut problems = Vec::new();
+    // Problems the provider found reading the objects (a manifests file that does not parse,
+    // an object defined twice) are reported with the others.
+    let mut problems = snapshot.problems.clone();
     let slices = slices_by_service(&snapshot.endpoint_slices);
 
     let mut services: Vec<&Service> = snapshot
@@ -120,6 +138,16 @@ pub fn translate(
         let obj = || ObjectRef::service(ns, name);
         let no_annotations = BTreeMap::new();
         let annotations = svc.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+        let opted = annotations::mesh(annotations).unwrap_or_else(|e| {
+            problems.push(Problem::new(
+                obj(),
+                format!("{ns}/{name}: {e}; the --mesh-services default applies"),
+            ));
+            None
+        });
+        if !opted.unwrap_or(settings.mesh_services == MeshServices::All) {
+            continue;
+        }
         let spec = svc.spec.as_ref();
         let ports: &[ServicePort] = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
 
@@ -299,6 +327,30 @@ pub fn translate(
                 .push(p.message.clone());
         }
     }
+    let with_rows: BTreeSet<(&str, &str)> = statuses
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    let mut objects: Vec<ObjectStatus> = Vec::new();
+    for p in &problems {
+        let o = &p.object;
+        if o.kind == "Service" && with_rows.contains(&(o.namespace.as_str(), o.name.as_str())) {
+            continue;
+        }
+        match objects.last_mut() {
+            Some(last)
+                if last.kind == o.kind && last.namespace == o.namespace && last.name == o.name =>
+            {
+                last.errors.push(p.message.clone())
+            }
+            _ => objects.push(ObjectStatus {
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                errors: vec![p.message.clone()],
+            }),
+        }
+    }
     for st in &mut statuses {
         st.mesh_port = meshed
             .get(&(st.namespace.as_str(), st.name.as_str(), st.port))
@@ -311,6 +363,7 @@ pub fn translate(
     Translation {
         table,
         services: statuses,
+        objects,
         shadows,
         problems,
     }
@@ -343,7 +396,8 @@ fn meta_name(s: &Service) -> &str {
     s.metadata.name.as_deref().unwrap_or("")
 }
 
-/// Whether a Service is considered at all: watched namespace, not one of the always-ignored.
+/// Whether a Service is considered at all: watched namespace, not one of the always-ignored,
+/// not one Maille manages.
 fn is_candidate(s: &Service, settings: &Settings) -> bool {
     let ns = meta_ns(s);
     let name = meta_name(s);
@@ -351,6 +405,17 @@ fn is_candidate(s: &Service, settings: &Settings) -> bool {
         return false;
     }
     if ns == "default" && name == "kubernetes" {
+        return false;
+    }
+    // Never mesh what Maille itself manages: the shadow services of this install or of another
+    // one (meshing those would shadow the shadows, recursively).
+    let managed = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY_VALUE);
+    if managed || parse_shadow_name(name).is_some() {
         return false;
     }
     let spec = s.spec.as_ref();

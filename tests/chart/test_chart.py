@@ -29,6 +29,7 @@ VALUE_SETS = {
     "acl-namespaces-ports": {
         "acl": True,
         "defaultMode": "tcp",
+        "meshServices": "annotated",
         "watchNamespaces": ["shop", "web"],
         "ignoreNamespaces": ["legacy"],
         "log": {"level": "maille_proxy=debug,info", "format": "json"},
@@ -452,6 +453,7 @@ def test_acl_namespaces_ports_set():
     f = flags(c)
     assert f["acl"] is True
     assert f["default-mode"] == "tcp"
+    assert f["mesh-services"] == "annotated"
     assert f["watch-namespaces"] == "shop,web" and f["ignore-namespaces"] == "legacy"
     assert f["http-ports"] == "6000-6003" and f["tcp-ports"] == "20000-20099" and f["udp-ports"] == "30000-30007"
     assert f["api-addr"] == "0.0.0.0:9100"
@@ -593,6 +595,7 @@ def test_crds_validate():
 SCHEMA_REJECTS = [
     ({"acl": "yes"}, "acl"),
     ({"defaultMode": "grpc"}, "defaultMode"),
+    ({"meshServices": "some"}, "meshServices"),
     ({"watchNamespaces": "shop,web"}, "watchNamespaces"),
     ({"watchNamespaces": ["Shop_1"]}, "watchNamespaces"),
     ({"ports": {"http": {"start": "5000", "size": 10}}}, "start"),

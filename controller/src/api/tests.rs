@@ -72,7 +72,7 @@ async fn etag_conditional_requests_and_long_poll() {
         StatusCode::OK
     );
 
-    let v1 = state.publish(table("10.0.0.1:80"), &[status_row()]);
+    let v1 = state.publish(table("10.0.0.1:80"), &[status_row()], &[]);
     assert_eq!(v1, 1001);
     state.set_ready();
     assert_eq!(
@@ -110,7 +110,10 @@ async fn etag_conditional_requests_and_long_poll() {
     assert_eq!(r.status(), StatusCode::OK);
 
     // Publishing an identical table changes nothing, so a waiting client times out with 304.
-    assert_eq!(state.publish(table("10.0.0.1:80"), &[status_row()]), 1001);
+    assert_eq!(
+        state.publish(table("10.0.0.1:80"), &[status_row()], &[]),
+        1001
+    );
     let r = http
         .get(format!("{url}?wait=300ms"))
         .header("If-None-Match", &etag)
@@ -140,7 +143,7 @@ async fn etag_conditional_requests_and_long_poll() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(metrics::register().longpoll_waiting.get() > 0);
-    let v2 = state.publish(table("10.0.0.2:80"), &[status_row()]);
+    let v2 = state.publish(table("10.0.0.2:80"), &[status_row()], &[]);
     assert_eq!(v2, 1002);
     let r = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -183,7 +186,7 @@ async fn etag_conditional_requests_and_long_poll() {
 #[tokio::test]
 async fn shutdown_ends_long_polls() {
     let (state, base, shutdown) = start().await;
-    state.publish(table("10.0.0.1:80"), &[]);
+    state.publish(table("10.0.0.1:80"), &[], &[]);
     let etag = state.current().unwrap().etag.clone();
     let http = reqwest::Client::new();
     let waiting = tokio::spawn(async move {
@@ -217,7 +220,7 @@ async fn long_polls_are_bounded_per_client_address_and_in_total() {
         listener.local_addr().unwrap()
     );
     tokio::spawn(serve(listener, state.clone()));
-    let v = state.publish(table("10.0.0.1:80"), &[]);
+    let v = state.publish(table("10.0.0.1:80"), &[], &[]);
     let etag = format!("\"{v}\"");
     let from = |ip: &str| {
         reqwest::Client::builder()
@@ -275,7 +278,7 @@ async fn long_polls_are_bounded_per_client_address_and_in_total() {
     assert_eq!(refused("client"), client_before + 1);
     assert_eq!(refused("total"), total_before + 1);
     // A new table answers the waiting polls, and their slots come back.
-    state.publish(table("10.0.0.2:80"), &[]);
+    state.publish(table("10.0.0.2:80"), &[], &[]);
     for h in a.into_iter().chain([b]) {
         assert_eq!(h.await.unwrap().0, StatusCode::OK);
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::*;
 use crate::manifests::parse_documents;
-use crate::settings::PortRange;
+use crate::settings::{MeshServices, PortRange};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/translate/golden")
@@ -451,4 +451,166 @@ fn a_megabyte_annotation_is_quoted_cut_in_problems_and_api_services() {
         statuses.len()
     );
     assert_eq!(statuses.matches("[1048576 bytes]").count(), 2, "{statuses}");
+}
+
+fn snapshot_of(yaml: &str) -> Snapshot {
+    let mut snap = Snapshot::default();
+    parse_documents(yaml, "inline.yaml", &mut snap).unwrap();
+    snap
+}
+
+fn translate_default(snap: &Snapshot, settings: &Settings) -> Translation {
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    translate(snap, settings, &mut alloc)
+}
+
+const OWN_AND_FOREIGN_SHADOWS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+# The shadow of shop/web written by another install, whose mesh namespace is "mesh-b".
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-6d61696c6c65-shop
+  namespace: mesh-b
+  labels: {app.kubernetes.io/managed-by: maille, maille.io/service-namespace: shop, maille.io/service-name: web}
+spec: {ports: [{port: 80, targetPort: 5000}]}
+---
+# Something else that install manages (not shadow-named).
+apiVersion: v1
+kind: Service
+metadata:
+  name: maille-controller
+  namespace: mesh-b
+  labels: {app.kubernetes.io/managed-by: maille}
+spec: {ports: [{port: 9000}]}
+"#;
+
+#[test]
+fn services_maille_manages_are_never_meshed() {
+    let t = translate_default(&snapshot_of(OWN_AND_FOREIGN_SHADOWS), &Settings::default());
+    let names: Vec<_> = t
+        .table
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    assert_eq!(names, ["shop/web"]);
+    assert_eq!(
+        t.shadows.keys().collect::<Vec<_>>(),
+        ["web-6d61696c6c65-shop"]
+    );
+    assert!(t.services.iter().all(|s| s.namespace == "shop"));
+}
+
+const OPT_IN_OUT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: out, namespace: shop, annotations: {maille.io/mesh: "false"}}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: in, namespace: shop, annotations: {maille.io/mesh: "true"}}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: typo, namespace: shop, annotations: {maille.io/mesh: "nope"}}
+spec: {ports: [{port: 80}]}
+"#;
+
+fn meshed_names(t: &Translation) -> Vec<&str> {
+    t.table.services.iter().map(|s| s.name.as_str()).collect()
+}
+
+#[test]
+fn per_service_opt_out_and_annotated_only_mode() {
+    let snap = snapshot_of(OPT_IN_OUT);
+    let all = translate_default(&snap, &Settings::default());
+    assert_eq!(meshed_names(&all), ["in", "plain", "typo"]);
+    assert!(!all.shadows.contains_key("out-6d61696c6c65-shop"));
+    // A bad value is reported on the service (in its row) and the mode's default applies.
+    let typo = all.services.iter().find(|s| s.name == "typo").unwrap();
+    assert!(
+        typo.errors[0].contains("maille.io/mesh: invalid value \"nope\""),
+        "{:?}",
+        typo.errors
+    );
+
+    let settings = Settings {
+        mesh_services: MeshServices::Annotated,
+        ..Settings::default()
+    };
+    let annotated = translate_default(&snap, &settings);
+    assert_eq!(meshed_names(&annotated), ["in"]);
+    assert_eq!(
+        annotated.shadows.keys().collect::<Vec<_>>(),
+        ["in-6d61696c6c65-shop"]
+    );
+    // The bad value has no port row here (not meshed): it is listed as an object.
+    let row = annotated
+        .objects
+        .iter()
+        .find(|o| o.name == "typo")
+        .expect("the service with a bad annotation is listed");
+    assert_eq!(row.kind, "Service");
+    assert!(row.errors[0].contains("\"nope\""), "{:?}", row.errors);
+}
+
+#[test]
+fn problems_on_other_objects_are_listed_as_objects() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: canary, namespace: shop}
+spec:
+  service: web
+  backends: [{service: web-v2, weight: 1}]
+"#;
+    let mut snap = snapshot_of(yaml);
+    // What a provider found reading its objects (e.g. a manifests file that stopped parsing).
+    snap.problems.push(Problem::new(
+        ObjectRef::new("File", "", "broken.yaml"),
+        "broken.yaml: document 1: not valid YAML",
+    ));
+    let t = translate_default(&snap, &Settings::default());
+    let kinds: Vec<(&str, &str)> = t
+        .objects
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(kinds, [("File", "broken.yaml"), ("TrafficSplit", "canary")]);
+    let split = &t.objects[1];
+    assert_eq!(split.namespace, "shop");
+    assert!(
+        split
+            .errors
+            .iter()
+            .any(|e| e.contains("backend shop/web-v2 is not meshed")),
+        "{:?}",
+        split.errors
+    );
+    assert!(t
+        .problems
+        .iter()
+        .any(|p| p.object.kind == "File" && p.message.contains("not valid YAML")));
+    // The service itself is fine and has its row.
+    assert!(t
+        .services
+        .iter()
+        .any(|s| s.name == "web" && s.errors.is_empty()));
 }
