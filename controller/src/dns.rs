@@ -525,7 +525,7 @@ fn with_data(cm: &ConfigMap, key: &str, value: Option<String>) -> ConfigMap {
 }
 
 /// FNV-1a: a stable content hash for the restart annotation (no dependency, same on every build).
-fn content_hash(text: &str) -> String {
+pub(crate) fn content_hash(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
@@ -849,8 +849,8 @@ pub async fn cleanup(client: Client, opts: &DnsOptions) -> Result<CleanedUp> {
     Ok(done)
 }
 
-/// Deletes the shadow services: Services in the mesh namespace labelled as Maille's whose name
-/// is a shadow name (Services have no delete-collection, so one by one).
+/// Deletes the shadow services: Services in the mesh namespace that [`naming::is_own_shadow`]
+/// recognises (Services have no delete-collection, so one by one).
 async fn delete_shadow_services(client: &Client, namespace: &str) -> Result<Vec<String>> {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
@@ -861,7 +861,7 @@ async fn delete_shadow_services(client: &Client, namespace: &str) -> Result<Vec<
     let mut deleted = Vec::new();
     for svc in list.items {
         let name = svc.name_any();
-        if naming::parse_shadow_name(&name).is_none() {
+        if !naming::is_own_shadow(&name, svc.metadata.labels.as_ref()) {
             continue;
         }
         match api.delete(&name, &DeleteParams::default()).await {

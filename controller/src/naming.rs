@@ -52,6 +52,25 @@ pub fn parse_shadow_name(shadow: &str) -> Option<(&str, &str)> {
     (!name.is_empty() && !namespace.is_empty()).then_some((namespace, name))
 }
 
+/// Whether a Service in the mesh namespace is a shadow service the controller wrote: named as a
+/// shadow, labelled as Maille's, and carrying the source labels that match its name (which
+/// only the controller's writer sets). Only these are ever deleted by Maille.
+pub fn is_own_shadow(
+    name: &str,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let Some((namespace, service)) = parse_shadow_name(name) else {
+        return false;
+    };
+    let Some(labels) = labels else {
+        return false;
+    };
+    let has = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+    has(MANAGED_BY_LABEL, MANAGED_BY_VALUE)
+        && has(SOURCE_NAMESPACE_LABEL, namespace)
+        && has(SOURCE_NAME_LABEL, service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +84,26 @@ mod tests {
         let e = shadow_name(&"n".repeat(30), &"s".repeat(30)).unwrap_err();
         assert_eq!(e.len, 74);
         assert!(e.to_string().contains("over the 63"));
+    }
+
+    #[test]
+    fn own_shadows_need_the_name_and_every_label() {
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ours = labels(&[
+            (MANAGED_BY_LABEL, MANAGED_BY_VALUE),
+            (SOURCE_NAMESPACE_LABEL, "shop"),
+            (SOURCE_NAME_LABEL, "web"),
+        ]);
+        assert!(is_own_shadow("web-6d61696c6c65-shop", Some(&ours)));
+        assert!(!is_own_shadow("api-6d61696c6c65-shop", Some(&ours)));
+        assert!(!is_own_shadow("maille-controller", Some(&ours)));
+        assert!(!is_own_shadow("web-6d61696c6c65-shop", None));
+        let managed_only = labels(&[(MANAGED_BY_LABEL, MANAGED_BY_VALUE)]);
+        assert!(!is_own_shadow("web-6d61696c6c65-shop", Some(&managed_only)));
     }
 }

@@ -1,7 +1,10 @@
 //! Writes to the API server: shadow services (create/update by server-side apply, delete of
-//! the ones no longer wanted, orphans included) and an Event on a user's Service for each new
-//! problem. A work queue with per-object exponential backoff: a failed write is retried later
-//! and never holds up the others, nor the table builds (which run in their own task).
+//! the ones no longer wanted, orphans included) and a Warning Event on the object of each new
+//! problem (a Service, an EndpointSlice or an SMI object), named after the problem so that a
+//! repeat bumps its `count` as the Kubernetes event recorder does. A work queue with per-object
+//! exponential backoff: a failed write is retried later and never holds up the others, nor the
+//! table builds (which run in their own task). A write not yet seen by the watch is not made
+//! again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kubernetes::Shadows;
 use crate::metrics;
 use crate::naming::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_NAMESPACE_LABEL, SOURCE_NAME_LABEL,
+    is_own_shadow, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_NAMESPACE_LABEL, SOURCE_NAME_LABEL,
 };
 use crate::problem::Problem;
 use crate::translate::{ShadowSpec, Translation};
@@ -33,6 +36,9 @@ pub const EVENT_REASON: &str = "MailleConfigError";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long a write not yet seen by the watch stops the same write from being made again.
+/// The watch normally shows it within milliseconds; past this, the write is made again.
+const IN_FLIGHT_FOR: Duration = Duration::from_secs(30);
 
 /// One write.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,48 +150,128 @@ fn up_to_date(observed: &Service, desired: &Service) -> bool {
         && ports(o) == ports(d)
 }
 
+/// Writes made but not yet seen by the watch of shadow services, so that a pass planned
+/// before the watch catches up does not make them again.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Shadow name to (what was applied, resourceVersion the watch showed then, when).
+    applied: BTreeMap<String, (Box<Service>, Option<String>, Instant)>,
+    /// Shadow name to (resourceVersion the watch showed when it was deleted, when).
+    deleted: BTreeMap<String, (Option<String>, Instant)>,
+}
+
+fn version(s: Option<&Arc<Service>>) -> Option<String> {
+    s.and_then(|s| s.metadata.resource_version.clone())
+}
+
+impl InFlight {
+    /// Forgets the writes the watch has shown (the shadow's resourceVersion moved) or that are
+    /// too old to wait for.
+    fn settle(&mut self, observed: &Shadows, now: Instant) {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < IN_FLIGHT_FOR;
+        self.applied
+            .retain(|name, (_, rv, at)| fresh(at) && version(observed.get(name)) == *rv);
+        self.deleted
+            .retain(|name, (rv, at)| fresh(at) && version(observed.get(name)) == *rv);
+    }
+
+    fn applying(&self, name: &str, desired: &Service) -> bool {
+        self.applied
+            .get(name)
+            .is_some_and(|(applied, _, _)| applied.as_ref() == desired)
+    }
+
+    fn deleting(&self, name: &str) -> bool {
+        self.deleted.contains_key(name)
+    }
+}
+
 /// The writes that bring the cluster to the translation: shadow applies (by name), deletes of
-/// shadows no longer wanted (orphans included), then Events for problems not yet reported.
+/// shadows no longer wanted (orphans included, but only services the controller wrote), then
+/// Events for problems not yet reported, on the objects Events can name. Writes in flight
+/// (made, not yet seen by the watch) are not planned again.
 pub fn plan(
     t: &Translation,
     observed: &Shadows,
     reported: &BTreeSet<Problem>,
+    in_flight: &InFlight,
     mesh_namespace: &str,
     proxy_labels: &BTreeMap<String, String>,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
     for (name, spec) in &t.shadows {
         let desired = shadow_service(name, spec, mesh_namespace, proxy_labels);
-        if !observed.get(name).is_some_and(|o| up_to_date(o, &desired)) {
+        if !observed.get(name).is_some_and(|o| up_to_date(o, &desired))
+            && !in_flight.applying(name, &desired)
+        {
             ops.push(Op::Apply(Box::new(desired)));
         }
     }
-    for name in observed.keys() {
-        if !t.shadows.contains_key(name) {
+    for (name, svc) in observed {
+        if !t.shadows.contains_key(name)
+            && is_own_shadow(name, svc.metadata.labels.as_ref())
+            && !in_flight.deleting(name)
+        {
             ops.push(Op::Delete(name.clone()));
         }
     }
     for p in &t.problems {
-        if p.object.kind == "Service" && !reported.contains(p) {
+        if event_resource(&p.object.kind).is_some() && !reported.contains(p) {
             ops.push(Op::Event(p.clone()));
         }
     }
     ops
 }
 
-fn event_for(p: &Problem, now: Time) -> Event {
-    let stamp = now.0.as_nanosecond();
+/// The API resource of a kind that problems are reported on, when Events can name it.
+fn event_resource(kind: &str) -> Option<ApiResource> {
+    use crate::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    Some(match kind {
+        "Service" => ApiResource::erase::<Service>(&()),
+        "EndpointSlice" => ApiResource::erase::<EndpointSlice>(&()),
+        "TrafficTarget" => ApiResource::erase::<TrafficTarget>(&()),
+        "HTTPRouteGroup" => ApiResource::erase::<HTTPRouteGroup>(&()),
+        "TCPRoute" => ApiResource::erase::<TCPRoute>(&()),
+        "UDPRoute" => ApiResource::erase::<UDPRoute>(&()),
+        "TrafficSplit" => ApiResource::erase::<TrafficSplit>(&()),
+        _ => return None,
+    })
+}
+
+/// The Event's name: the object's name and a hash of what makes two Events the same (the
+/// object, its uid, reason and message), so that the same problem always finds its Event,
+/// across passes and restarts, and a recreated object gets a new one.
+pub fn event_name(p: &Problem, uid: &str) -> String {
+    let key = format!(
+        "{}\n{}\n{}\n{uid}\n{EVENT_REASON}\n{}",
+        p.object.kind, p.object.namespace, p.object.name, p.message
+    );
+    let suffix = crate::dns::content_hash(&key);
+    // An Event name is a DNS subdomain of at most 253 characters.
+    let mut prefix = p.object.name.as_str();
+    if prefix.len() > 253 - 1 - suffix.len() {
+        prefix = &prefix[..253 - 1 - suffix.len()];
+        prefix = prefix.trim_end_matches(['.', '-']);
+    }
+    format!("{prefix}.{suffix}")
+}
+
+fn event_for(p: &Problem, resource: &ApiResource, object: &DynamicObject, now: Time) -> Event {
+    let uid = object.metadata.uid.clone().unwrap_or_default();
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", p.object.name, stamp)),
+            name: Some(event_name(p, &uid)),
             namespace: Some(p.object.namespace.clone()),
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
+            api_version: Some(resource.api_version.clone()),
+            kind: Some(resource.kind.clone()),
             namespace: Some(p.object.namespace.clone()),
             name: Some(p.object.name.clone()),
+            uid: Some(uid),
+            resource_version: object.metadata.resource_version.clone(),
             ..ObjectReference::default()
         },
         reason: Some(EVENT_REASON.into()),
@@ -217,6 +303,7 @@ pub struct Writer {
     proxy_labels: BTreeMap<String, String>,
     reported: BTreeSet<Problem>,
     backoff: BTreeMap<Key, Backoff>,
+    in_flight: InFlight,
 }
 
 impl Writer {
@@ -232,6 +319,7 @@ impl Writer {
             proxy_labels,
             reported: BTreeSet::new(),
             backoff: BTreeMap::new(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -257,14 +345,42 @@ impl Writer {
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                 Err(e) => Err(e),
             },
-            Op::Event(p) => {
-                let events: Api<Event> = Api::namespaced(self.client.clone(), &p.object.namespace);
-                let now = Time(k8s_openapi::jiff::Timestamp::now());
+            Op::Event(p) => self.report(p).await,
+        }
+    }
+
+    /// Writes the Event of a problem: bumps `count` and `lastTimestamp` of the Event already
+    /// written for it (by this run or an earlier one), or creates it. Nothing when the object
+    /// is gone.
+    async fn report(&self, p: &Problem) -> Result<(), kube::Error> {
+        let Some(resource) = event_resource(&p.object.kind) else {
+            return Ok(());
+        };
+        let objects: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &p.object.namespace, &resource);
+        let Some(object) = objects.get_opt(&p.object.name).await? else {
+            return Ok(());
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = event_for(p, &resource, &object, now.clone());
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &p.object.namespace);
+        match events.get_opt(&name).await? {
+            Some(existing) => {
+                let patch = serde_json::json!({
+                    "count": existing.count.unwrap_or(1).saturating_add(1),
+                    "lastTimestamp": now,
+                    "involvedObject": {"resourceVersion": object.metadata.resource_version},
+                });
                 events
-                    .create(&PostParams::default(), &event_for(p, now))
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map(|_| ())
             }
+            None => events
+                .create(&PostParams::default(), &event)
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -274,10 +390,12 @@ impl Writer {
         // Problems that went away may be reported again if they come back.
         let current: BTreeSet<&Problem> = t.problems.iter().collect();
         self.reported.retain(|p| current.contains(p));
+        self.in_flight.settle(observed, Instant::now());
         let ops = plan(
             t,
             observed,
             &self.reported,
+            &self.in_flight,
             &self.mesh_namespace,
             &self.proxy_labels,
         );
@@ -299,8 +417,21 @@ impl Writer {
                 Ok(()) => {
                     tracing::info!(?key, "Wrote to the API server");
                     self.backoff.remove(&key);
-                    if let Op::Event(p) = op {
-                        self.reported.insert(p);
+                    match op {
+                        Op::Event(p) => {
+                            self.reported.insert(p);
+                        }
+                        Op::Apply(svc) => {
+                            let name = svc.metadata.name.clone().unwrap_or_default();
+                            let rv = version(observed.get(&name));
+                            self.in_flight
+                                .applied
+                                .insert(name, (svc, rv, Instant::now()));
+                        }
+                        Op::Delete(name) => {
+                            let rv = version(observed.get(&name));
+                            self.in_flight.deleted.insert(name, (rv, Instant::now()));
+                        }
                     }
                 }
                 Err(err) => {

@@ -115,7 +115,11 @@ async fn prepare_then_cleanup_through_the_binary() {
         metadata: meta(
             "mesh",
             &shadow,
-            &[(naming::MANAGED_BY_LABEL, naming::MANAGED_BY_VALUE)],
+            &[
+                (naming::MANAGED_BY_LABEL, naming::MANAGED_BY_VALUE),
+                (naming::SOURCE_NAMESPACE_LABEL, "shop"),
+                (naming::SOURCE_NAME_LABEL, "web"),
+            ],
         ),
         ..Default::default()
     });

@@ -5,7 +5,8 @@
 {{- printf "%s-%s" .name .ctx.Release.Namespace | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* What the controller reads everywhere, and the Events it writes on users' Services. */}}
+{{/* What the controller reads everywhere, and the Events it writes on the objects it reads
+     (it reads an Event back to bump its count). */}}
 {{- define "maille.rules.cluster" -}}
 - apiGroups: [""]
   resources: [services, pods]
@@ -15,7 +16,7 @@
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [get, create, patch]
 - apiGroups: [access.smi-spec.io]
   resources: [traffictargets]
   verbs: [get, list, watch]

@@ -593,13 +593,33 @@ async fn cleanup_deletes_only_shadow_services() {
         &[(COREFILE_KEY, &testdata("coredns-1.11.in.Corefile"))],
     ));
     let managed = [(MANAGED_BY_LABEL, MANAGED_BY_VALUE)];
+    let shadow_labels = |ns: &'static str, name: &'static str| {
+        [
+            (MANAGED_BY_LABEL, MANAGED_BY_VALUE),
+            (naming::SOURCE_NAMESPACE_LABEL, ns),
+            (naming::SOURCE_NAME_LABEL, name),
+        ]
+    };
     let web = naming::shadow_name("shop", "web").unwrap();
     let db = naming::shadow_name("data", "db").unwrap();
-    api.insert(&service("maille", &web, &managed, "10.96.1.1"));
-    api.insert(&service("maille", &db, &managed, "10.96.1.2"));
-    // Labelled but not a shadow name, a shadow-looking name without the label, and a shadow
-    // in another namespace: all stay.
+    api.insert(&service(
+        "maille",
+        &web,
+        &shadow_labels("shop", "web"),
+        "10.96.1.1",
+    ));
+    api.insert(&service(
+        "maille",
+        &db,
+        &shadow_labels("data", "db"),
+        "10.96.1.2",
+    ));
+    // Labelled but not a shadow name, a shadow name labelled as Maille's but without the
+    // source labels Maille writes, a shadow-looking name without the label, and a shadow in
+    // another namespace: all stay.
     api.insert(&service("maille", "maille-coredns", &managed, "10.96.0.53"));
+    let foreign = naming::shadow_name("shop", "api").unwrap();
+    api.insert(&service("maille", &foreign, &managed, "10.96.1.5"));
     api.insert(&service(
         "maille",
         &naming::shadow_name("x", "y").unwrap(),
@@ -621,6 +641,7 @@ async fn cleanup_deletes_only_shadow_services() {
         .get::<Service>("maille", &naming::shadow_name("x", "y").unwrap())
         .is_some());
     assert!(api.get::<Service>("other", &web).is_some());
+    assert!(api.get::<Service>("maille", &foreign).is_some());
     // Nothing of ours in the Corefile: cleanup neither writes it nor restarts CoreDNS.
     assert!(!cleaned.restarted);
     assert!(api
