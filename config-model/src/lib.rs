@@ -6,6 +6,9 @@
 //! [`TableSpec`] and validates it again into a [`Table`], which it swaps in whole.
 //! This crate does no I/O.
 
+// Every public item of the table is documented (clippy's `-D warnings` makes this an error).
+#![warn(missing_docs)]
+
 pub mod annotations;
 pub mod cut;
 pub mod duration;
