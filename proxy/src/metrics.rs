@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Labels of a service port: `namespace`, `service`, `port` (the Service port).
@@ -79,6 +79,16 @@ pub static TABLE_LAST_SWAP: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("register maille_proxy_table_last_swap_timestamp_seconds")
 });
 
+/// Services of the current table that this proxy cannot route, by service port and reason.
+pub static UNROUTABLE_SERVICES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "maille_proxy_unroutable_services",
+        "Service ports of the current table that this proxy cannot route (1 each), by reason: no_listener (the mesh port is not among this proxy's listener ports of the service's traffic type) or wrong_listener (the port is a listener of another traffic type).",
+        &["namespace", "service", "port", "reason"]
+    )
+    .expect("register maille_proxy_unroutable_services")
+});
+
 /// Tables swapped in.
 pub static TABLE_SWAPS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -110,5 +120,6 @@ pub fn register() {
     LazyLock::force(&TABLE_VERSION);
     LazyLock::force(&TABLE_LAST_SWAP);
     LazyLock::force(&TABLE_SWAPS);
+    LazyLock::force(&UNROUTABLE_SERVICES);
     LazyLock::force(&TABLE_REFUSALS);
 }

@@ -106,7 +106,11 @@ impl ProxyServer {
             None => UpstreamTls::default(),
         };
         let tracing = crate::trace::Tracing::from_config(&config)?;
-        let store = TableStore::new();
+        let store = TableStore::with_listeners(crate::store::Listeners {
+            http: config.http_ports.0.iter().copied().collect(),
+            tcp: config.tcp_ports.0.iter().copied().collect(),
+            udp: config.udp_ports.0.iter().copied().collect(),
+        });
         let fds = upgrade::new_fds();
         let handover = if config.upgrade {
             let h = upgrade::receive(

@@ -1,13 +1,60 @@
 //! The proxy's current routing table: one immutable [`Table`] behind an `ArcSwap`, replaced
 //! whole on every update and read without locks on the request path.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use config_model::Table;
+use config_model::{Table, TrafficType};
 
 use crate::metrics;
+
+/// The ports this proxy listens on, by traffic type: a service whose mesh port is not among
+/// those of its type cannot be reached through this proxy.
+#[derive(Clone, Debug, Default)]
+pub struct Listeners {
+    /// HTTP listener ports.
+    pub http: HashSet<u16>,
+    /// TCP listener ports.
+    pub tcp: HashSet<u16>,
+    /// UDP listener ports.
+    pub udp: HashSet<u16>,
+}
+
+impl Listeners {
+    /// Why a service of this type on this mesh port cannot be routed here, if it cannot: a
+    /// label value for `maille_proxy_unroutable_services` and a sentence for the log.
+    fn unroutable(&self, tt: TrafficType, port: u16) -> Option<(&'static str, String)> {
+        let own = match tt {
+            TrafficType::Http => &self.http,
+            TrafficType::Tcp => &self.tcp,
+            TrafficType::Udp => &self.udp,
+        };
+        if own.contains(&port) {
+            return None;
+        }
+        let other = [
+            (TrafficType::Http, &self.http),
+            (TrafficType::Tcp, &self.tcp),
+            (TrafficType::Udp, &self.udp),
+        ]
+        .into_iter()
+        .find(|(_, ports)| ports.contains(&port));
+        Some(match other {
+            Some((listener, _)) => (
+                "wrong_listener",
+                format!(
+                    "a {tt} service on mesh port {port}, where this proxy listens for {listener}"
+                ),
+            ),
+            None => (
+                "no_listener",
+                format!("mesh port {port} is not among this proxy's {tt} listener ports"),
+            ),
+        })
+    }
+}
 
 /// Holds the table every listener (HTTP, TCP, UDP) routes with.
 #[derive(Debug)]
@@ -16,6 +63,9 @@ pub struct TableStore {
     ready: AtomicBool,
     /// The JSON the current table was built from, handed to a new process on upgrade.
     json: Mutex<Option<Arc<[u8]>>>,
+    /// When known, tables are checked against them: services that cannot be routed are
+    /// accepted, warned about (once per service per table) and counted.
+    listeners: Option<Listeners>,
 }
 
 impl Default for TableStore {
@@ -24,6 +74,7 @@ impl Default for TableStore {
             current: ArcSwap::new(Table::empty()),
             ready: AtomicBool::new(false),
             json: Mutex::new(None),
+            listeners: None,
         }
     }
 }
@@ -32,6 +83,45 @@ impl TableStore {
     /// A store holding the empty table; not ready until a first table is stored.
     pub fn new() -> Arc<TableStore> {
         Arc::new(TableStore::default())
+    }
+
+    /// [`TableStore::new`] for a proxy listening on these ports.
+    pub fn with_listeners(listeners: Listeners) -> Arc<TableStore> {
+        Arc::new(TableStore {
+            listeners: Some(listeners),
+            ..TableStore::default()
+        })
+    }
+
+    /// Warns about (one line per service) and counts the services of `table` that this proxy
+    /// cannot route; returns how many there are.
+    fn check_routable(&self, table: &Table) -> usize {
+        let Some(listeners) = &self.listeners else {
+            return 0;
+        };
+        metrics::UNROUTABLE_SERVICES.reset();
+        let mut count = 0;
+        for svc in &table.services {
+            let Some((reason, why)) = listeners.unroutable(svc.traffic_type, svc.mesh_port) else {
+                continue;
+            };
+            count += 1;
+            metrics::UNROUTABLE_SERVICES
+                .with_label_values(&[
+                    svc.key.namespace.as_str(),
+                    svc.key.name.as_str(),
+                    &svc.key.port.to_string(),
+                    reason,
+                ])
+                .set(1);
+            tracing::warn!(
+                service = %svc.key,
+                version = table.version,
+                reason,
+                "Service cannot be routed by this proxy: {why}"
+            );
+        }
+        count
     }
 
     /// The current table, for the request path (no lock, no reference-count traffic in the
@@ -71,6 +161,7 @@ impl TableStore {
     /// Updates the table gauges and the swap counter.
     fn swap(&self, table: Table) -> Arc<Table> {
         let version = table.version;
+        self.check_routable(&table);
         let old = self.current.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
         metrics::TABLE_SWAPS.inc();

@@ -10,7 +10,9 @@ use config_model::{EndpointSpec, ServiceSpec};
 use maille_proxy::config::Balancer;
 use maille_proxy::source::apply_json;
 use maille_proxy::testing::client::{self, HttpClient};
-use maille_proxy::testing::{eventually, metric_in, HttpBackend, TestProxy, TestProxyOptions};
+use maille_proxy::testing::{
+    eventually, metric_in, metric_with, HttpBackend, TestProxy, TestProxyOptions,
+};
 
 fn weighted(ns: &str, name: &str, mesh_port: u16, eps: &[(&HttpBackend, u32)]) -> ServiceSpec {
     let mut s = http(ns, name, mesh_port, &[]);
@@ -479,4 +481,60 @@ async fn a_table_file_is_loaded_and_reloaded() {
         .await
         .unwrap();
     assert_eq!(r.body, "file-b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_cannot_route_are_accepted_warned_and_counted_per_service() {
+    let web = HttpBackend::start("web").await;
+    let proxy = TestProxy::start(|p| {
+        table(
+            1,
+            vec![
+                http("unroutable", "web", p.http[0], &[&web.addr_str()]),
+                // An HTTP service on a TCP listener port, and one on a port nobody listens on.
+                http("unroutable", "on-tcp", p.tcp[0], &[&web.addr_str()]),
+                http("unroutable", "nowhere", 1, &[&web.addr_str()]),
+            ],
+        )
+    });
+    // Accepted: the routable service answers.
+    assert_eq!(proxy.store().load().version, 1);
+    let r = client::get(proxy.http[0], "web.unroutable.maille.mesh", "/")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "web"));
+    let series = |body: &str, service: &str, reason: &str| {
+        metric_with(
+            body,
+            "maille_proxy_unroutable_services",
+            &[
+                ("namespace", "unroutable"),
+                ("service", service),
+                ("port", "80"),
+                ("reason", reason),
+            ],
+        )
+    };
+    let body = client::get_url(&proxy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(series(&body, "on-tcp", "wrong_listener"), 1.0, "{body}");
+    assert_eq!(series(&body, "nowhere", "no_listener"), 1.0);
+    assert_eq!(series(&body, "web", "no_listener"), 0.0);
+    // A table without them clears the series.
+    proxy.set_table(&table(
+        2,
+        vec![http(
+            "unroutable",
+            "web",
+            proxy.ports.http[0],
+            &[&web.addr_str()],
+        )],
+    ));
+    let body = client::get_url(&proxy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .body;
+    assert!(!body.contains("service=\"on-tcp\""), "{body}");
 }
