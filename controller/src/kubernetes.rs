@@ -1,6 +1,7 @@
 //! The Kubernetes provider: reflectors on Services, EndpointSlices, Pods and the SMI resources,
 //! turned into [`Snapshot`]s (a burst of watch events gives one), plus the shadow services
-//! currently in the mesh namespace, for the writer and for port recovery at start.
+//! currently in the mesh namespace, for the writer (ports are taken from the shadows in the
+//! snapshot's Services at every rebuild, see `Rebuilder::with_ports_from_shadows`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -519,16 +520,6 @@ impl Provider {
     /// The shadow services in the mesh namespace, kept current while [`Provider::run`] runs.
     pub fn shadows(&self) -> watch::Receiver<Shadows> {
         self.shadows.subscribe()
-    }
-
-    /// Seeds the allocator with the TCP/UDP ports the shadow services hold, so that every
-    /// service keeps its port across a restart of the controller.
-    pub fn seed_allocations(&self, alloc: &mut PortAllocator, settings: &Settings) -> usize {
-        seed_from_shadows(
-            self.current_shadows().values().map(Arc::as_ref),
-            alloc,
-            settings,
-        )
     }
 
     /// Publishes a snapshot now and after every burst of changes, until shutdown.
