@@ -210,8 +210,9 @@ pub struct Config {
     /// Write one structured line per HTTP request on the `access` log target.
     #[arg(long, env = "MAILLE_ACCESS_LOG")]
     pub access_log: bool,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `info,maille_proxy=debug`.
-    #[arg(long, env = "MAILLE_LOG", default_value = "info")]
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `info,maille_proxy=debug`. An
+    /// invalid filter is refused at start, as the controller does.
+    #[arg(long, env = "MAILLE_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
     /// Log format.
     #[arg(long, env = "MAILLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -310,6 +311,16 @@ fn byte_size(s: &str) -> std::result::Result<u64, String> {
             .checked_mul(1 << shift)
             .ok_or_else(|| format!("{s:?}: too large")),
         Err(_) => Err(format!("{s:?}: expected a size such as 64MiB or 1048576")),
+    }
+}
+
+/// A `--log` filter that `tracing_subscriber::EnvFilter` accepts.
+fn log_filter(s: &str) -> std::result::Result<String, String> {
+    match tracing_subscriber::EnvFilter::try_new(s) {
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => Err(format!(
+            "{s:?}: {e}; expected a filter such as info or info,maille_proxy=debug"
+        )),
     }
 }
 
@@ -533,6 +544,19 @@ mod tests {
             let e = Config::try_parse_from(["maille-proxy", bad[0], bad[1]]).unwrap_err();
             assert!(e.to_string().contains(bad[0]), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn an_invalid_log_filter_is_refused_naming_the_flag() {
+        let e = Config::try_parse_from(["maille-proxy", "--log", "maille_proxy=loud"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--log") && msg.contains("maille_proxy=loud"),
+            "{msg}"
+        );
+        let c =
+            Config::try_parse_from(["maille-proxy", "--log", "info,maille_proxy=debug"]).unwrap();
+        assert_eq!(c.log, "info,maille_proxy=debug");
     }
 
     #[test]

@@ -4,8 +4,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `filter` uses `EnvFilter` syntax; an invalid filter falls
-/// back to `info` with a warning.
+/// Installs the global subscriber. `filter` uses `EnvFilter` syntax; the binary's flag parser
+/// has refused an invalid one already, so only a `Config` built in code can reach the
+/// fallback to `info` (with a warning).
 pub fn init(filter: &str, format: LogFormat) {
     let (env_filter, bad) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
