@@ -66,6 +66,9 @@ pub struct TableStore {
     /// When known, tables are checked against them: services that cannot be routed are
     /// accepted, warned about (once per service per table) and counted.
     listeners: Option<Listeners>,
+    /// Label values of the `maille_proxy_unroutable_services` series this store set, removed
+    /// at the next table (only its own: tests run several stores in one process).
+    unroutable: Mutex<Vec<[String; 4]>>,
 }
 
 impl Default for TableStore {
@@ -75,6 +78,7 @@ impl Default for TableStore {
             ready: AtomicBool::new(false),
             json: Mutex::new(None),
             listeners: None,
+            unroutable: Mutex::new(Vec::new()),
         }
     }
 }
@@ -99,21 +103,27 @@ impl TableStore {
         let Some(listeners) = &self.listeners else {
             return 0;
         };
-        metrics::UNROUTABLE_SERVICES.reset();
+        let mut previous = self.unroutable.lock().unwrap_or_else(|p| p.into_inner());
+        for labels in previous.drain(..) {
+            let labels: [&str; 4] = std::array::from_fn(|i| labels[i].as_str());
+            let _ = metrics::UNROUTABLE_SERVICES.remove_label_values(&labels);
+        }
         let mut count = 0;
         for svc in &table.services {
             let Some((reason, why)) = listeners.unroutable(svc.traffic_type, svc.mesh_port) else {
                 continue;
             };
             count += 1;
+            let labels = [
+                svc.key.namespace.clone(),
+                svc.key.name.clone(),
+                svc.key.port.to_string(),
+                reason.to_string(),
+            ];
             metrics::UNROUTABLE_SERVICES
-                .with_label_values(&[
-                    svc.key.namespace.as_str(),
-                    svc.key.name.as_str(),
-                    &svc.key.port.to_string(),
-                    reason,
-                ])
+                .with_label_values(&std::array::from_fn::<&str, 4, _>(|i| labels[i].as_str()))
                 .set(1);
+            previous.push(labels);
             tracing::warn!(
                 service = %svc.key,
                 version = table.version,
