@@ -231,6 +231,9 @@ pub struct Prepared {
     pub changed: bool,
     /// Whether CoreDNS pods were rolled to load it.
     pub restarted: bool,
+    /// Why a path that looked possible was not taken (AKS's `coredns-custom` exists but CoreDNS
+    /// does not read it), when that happened.
+    pub note: Option<String>,
 }
 
 /// What `cleanup` did.
@@ -322,6 +325,37 @@ struct CoreDns {
     deployment: String,
     configmap: String,
     version: Version,
+    /// Where the coredns container sees its Corefile's folder (relative imports start there).
+    corefile_dir: String,
+    /// Where the coredns container sees AKS's `coredns-custom`, or why it does not.
+    custom_mount: Result<String, String>,
+}
+
+/// The folder the coredns container mounts a ConfigMap at, or why it does not.
+fn configmap_mount(d: &Deployment, c: &Container, configmap: &str) -> Result<String, String> {
+    let deployment = format!("{DNS_NAMESPACE}/{}", d.name_any());
+    let volume = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|v| v.config_map.as_ref().is_some_and(|cm| cm.name == configmap))
+        .ok_or_else(|| {
+            format!("the Deployment {deployment} has no volume from ConfigMap {configmap}")
+        })?;
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .map(|m| m.mount_path.clone())
+        .ok_or_else(|| {
+            format!(
+                "container {} of the Deployment {deployment} does not mount volume {} (ConfigMap {configmap})",
+                c.name, volume.name
+            )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -433,8 +467,12 @@ async fn discover(client: &Client, opts: &DnsOptions) -> Result<DnsServer> {
                 version,
             });
         }
+        let configmap = corefile_configmap(d);
         return Ok(DnsServer::CoreDns(CoreDns {
-            configmap: corefile_configmap(d),
+            corefile_dir: configmap_mount(d, c, &configmap)
+                .unwrap_or_else(|_| "/etc/coredns".to_string()),
+            custom_mount: configmap_mount(d, c, AKS_CUSTOM_CONFIGMAP),
+            configmap,
             deployment,
             version,
         }));
@@ -559,7 +597,7 @@ pub async fn prepare(client: Client, opts: &DnsOptions) -> Result<Prepared> {
         }
         DnsServer::KubeDns => prepare_kube_dns(&client, &configmaps, opts).await?,
     };
-    info!(target_ = ?prepared.target, changed = prepared.changed, restarted = prepared.restarted, "Cluster DNS prepared");
+    info!(target_ = ?prepared.target, changed = prepared.changed, restarted = prepared.restarted, note = prepared.note.as_deref().unwrap_or(""), "Cluster DNS prepared");
     Ok(prepared)
 }
 
@@ -571,21 +609,54 @@ async fn prepare_coredns(
 ) -> Result<Prepared> {
     let section = corefile::managed_section(&opts.block_params(coredns.version));
     // AKS imports every `*.server` key of coredns-custom as extra server blocks and reverts
-    // any edit of its own Corefile, so the block goes there when that ConfigMap exists.
-    let aks = update_configmap(configmaps, AKS_CUSTOM_CONFIGMAP, |cm| {
-        Ok(
-            if data_value(cm, AKS_CUSTOM_KEY) == Some(section.as_str()) {
-                Edit::Keep
-            } else {
-                Edit::Replace(Box::new(with_data(
-                    cm,
-                    AKS_CUSTOM_KEY,
-                    Some(section.clone()),
-                )))
-            },
-        )
-    })
-    .await?;
+    // any edit of its own Corefile, so the block goes there, but only when CoreDNS really reads
+    // it: a stray coredns-custom (say, on kubeadm) would take the block and resolve nothing.
+    let custom = configmaps
+        .get_opt(AKS_CUSTOM_CONFIGMAP)
+        .await
+        .map_err(api_err(
+            "read",
+            "configmap",
+            DNS_NAMESPACE,
+            AKS_CUSTOM_CONFIGMAP,
+        ))?;
+    let mut note = None;
+    if custom.is_some() {
+        if let Some(why) = aks_unused(configmaps, coredns).await? {
+            warn!(configmap = %format!("{DNS_NAMESPACE}/{AKS_CUSTOM_CONFIGMAP}"), reason = %why, "Not using the AKS custom ConfigMap: CoreDNS does not read it; writing the Corefile instead");
+            note = Some(format!(
+                "ConfigMap {DNS_NAMESPACE}/{AKS_CUSTOM_CONFIGMAP} exists but CoreDNS does not read it: {why}; the Corefile was used"
+            ));
+            // A block left there by an earlier prepare would become a second `maille.mesh`
+            // server (CoreDNS refuses to start) if the ConfigMap were imported later.
+            update_configmap(configmaps, AKS_CUSTOM_CONFIGMAP, |cm| {
+                Ok(if data_value(cm, AKS_CUSTOM_KEY).is_some() {
+                    Edit::Replace(Box::new(with_data(cm, AKS_CUSTOM_KEY, None)))
+                } else {
+                    Edit::Keep
+                })
+            })
+            .await?;
+        }
+    }
+    let aks = if note.is_some() {
+        None
+    } else {
+        update_configmap(configmaps, AKS_CUSTOM_CONFIGMAP, |cm| {
+            Ok(
+                if data_value(cm, AKS_CUSTOM_KEY) == Some(section.as_str()) {
+                    Edit::Keep
+                } else {
+                    Edit::Replace(Box::new(with_data(
+                        cm,
+                        AKS_CUSTOM_KEY,
+                        Some(section.clone()),
+                    )))
+                },
+            )
+        })
+        .await?
+    };
     let (target, changed, hashed) = match aks {
         Some(custom_changed) => {
             // A section left in the main Corefile by an earlier prepare (before coredns-custom
@@ -659,7 +730,39 @@ async fn prepare_coredns(
         target,
         changed,
         restarted: changed,
+        note,
     })
+}
+
+/// Why CoreDNS would not read a `maille.server` key of `coredns-custom`, if it would not: the
+/// Deployment must mount that ConfigMap in the coredns container, and the Corefile must import
+/// `*.server` files from there at its top level (as AKS's does: `import custom/*.server`).
+async fn aks_unused(configmaps: &Api<ConfigMap>, coredns: &CoreDns) -> Result<Option<String>> {
+    let dir = match &coredns.custom_mount {
+        Ok(dir) => dir,
+        Err(why) => return Ok(Some(why.clone())),
+    };
+    let main = configmaps
+        .get_opt(&coredns.configmap)
+        .await
+        .map_err(api_err(
+            "read",
+            "configmap",
+            DNS_NAMESPACE,
+            &coredns.configmap,
+        ))?;
+    let text = main
+        .as_ref()
+        .and_then(|cm| data_value(cm, COREFILE_KEY))
+        .unwrap_or("");
+    if corefile::imports_file(text, &coredns.corefile_dir, dir, AKS_CUSTOM_KEY) {
+        Ok(None)
+    } else {
+        Ok(Some(format!(
+            "the Corefile (ConfigMap {DNS_NAMESPACE}/{}, key {COREFILE_KEY}) has no top-level import of {AKS_CUSTOM_KEY} from {dir}, where the Deployment mounts {AKS_CUSTOM_CONFIGMAP}",
+            coredns.configmap
+        )))
+    }
 }
 
 async fn prepare_kube_dns(
@@ -736,6 +839,7 @@ async fn prepare_kube_dns(
         target: Target::KubeDnsStub { nameserver: ip },
         changed,
         restarted: false,
+        note: None,
     })
 }
 

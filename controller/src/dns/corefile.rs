@@ -151,6 +151,66 @@ fn is_mesh_server_key(line: &str) -> bool {
         })
 }
 
+/// The arguments of the top-level `import` directives (outside every server block): the files
+/// whose server blocks CoreDNS adds. An `import` inside a block imports plugins, not servers.
+pub fn top_level_imports(corefile: &str) -> Vec<&str> {
+    let mut depth = 0usize;
+    let mut out = Vec::new();
+    for raw in corefile.lines() {
+        let text = raw.split('#').next().unwrap_or("").trim();
+        let mut tokens = text.split_whitespace();
+        if depth == 0 && tokens.next() == Some("import") {
+            out.extend(tokens.filter(|t| *t != "{"));
+        }
+        for c in text.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Whether a glob (`*` any run, `?` one character; what CoreDNS's `import` takes in a file
+/// name) matches `name`. Iterative, so no input makes it recurse.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+/// Whether the Corefile, read from `corefile_dir`, imports `file` from `dir` at the top level.
+pub fn imports_file(corefile: &str, corefile_dir: &str, dir: &str, file: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    top_level_imports(corefile).into_iter().any(|arg| {
+        let path = if arg.starts_with('/') {
+            arg.to_string()
+        } else {
+            format!("{}/{arg}", corefile_dir.trim_end_matches('/'))
+        };
+        let (d, pattern) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        d.trim_end_matches('/') == dir && glob_matches(pattern, file)
+    })
+}
+
 /// Whether the Corefile holds a managed section.
 pub fn has_section(corefile: &str) -> Result<bool, Error> {
     Ok(find_section(corefile)?.is_some())

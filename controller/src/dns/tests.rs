@@ -4,7 +4,7 @@ use super::fake_api::FakeApi;
 use super::*;
 use k8s_openapi::api::apps::v1::DeploymentSpec;
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ServiceSpec, Volume,
+    ConfigMapVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -61,11 +61,28 @@ fn deployment(name: &str, containers: &[(&str, &str)], volumes: Vec<Volume>) -> 
             template: PodTemplateSpec {
                 metadata: Some(meta(KS, "", &[("k8s-app", "kube-dns")])),
                 spec: Some(PodSpec {
+                    // Each volume mounted where CoreDNS images expect it: the Corefile's in
+                    // /etc/coredns, AKS's coredns-custom in /etc/coredns/custom.
                     containers: containers
                         .iter()
                         .map(|(n, image)| Container {
                             name: n.to_string(),
                             image: Some(image.to_string()),
+                            volume_mounts: Some(
+                                volumes
+                                    .iter()
+                                    .map(|v| VolumeMount {
+                                        name: v.name.clone(),
+                                        mount_path: match &v.config_map {
+                                            Some(cm) if cm.name == AKS_CUSTOM_CONFIGMAP => {
+                                                "/etc/coredns/custom".into()
+                                            }
+                                            _ => "/etc/coredns".into(),
+                                        },
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                            ),
                             ..Default::default()
                         })
                         .collect(),
@@ -149,7 +166,8 @@ async fn corefile_cycle(image: &str, input: &str, golden: &str, family_version: 
                 version: family_version
             },
             changed: true,
-            restarted: true
+            restarted: true,
+            note: None
         }
     );
     assert_eq!(corefile(&api, "coredns"), testdata(golden), "{image}");
@@ -282,11 +300,8 @@ async fn namespace_change_updates_the_block() {
     assert_eq!(corefile(&api, "coredns"), original);
 }
 
-#[tokio::test]
-async fn aks_custom_configmap_gets_the_block() {
-    let api = FakeApi::new();
-    let corefile_text = testdata("coredns-1.11.in.Corefile");
-    api.insert(&deployment(
+fn aks_deployment() -> Deployment {
+    deployment(
         "coredns",
         &[(
             "coredns",
@@ -296,7 +311,21 @@ async fn aks_custom_configmap_gets_the_block() {
             config_volume("config-volume", "coredns", Some(COREFILE_KEY)),
             config_volume("custom-config-volume", AKS_CUSTOM_CONFIGMAP, None),
         ],
-    ));
+    )
+}
+
+/// AKS's Corefile: its own server block imports `*.override` plugins, and `*.server` blocks are
+/// imported at the top level.
+fn aks_corefile(base: &str) -> String {
+    let base = base.trim_end().strip_suffix('}').unwrap_or(base);
+    format!("{base}    import custom/*.override\n}}\nimport custom/*.server\n")
+}
+
+#[tokio::test]
+async fn aks_custom_configmap_gets_the_block() {
+    let api = FakeApi::new();
+    let corefile_text = aks_corefile(&testdata("coredns-1.11.in.Corefile"));
+    api.insert(&aks_deployment());
     api.insert(&configmap("coredns", &[(COREFILE_KEY, &corefile_text)]));
     let user_server = "corp.example:53 {\n    forward . 10.0.0.2\n}\n";
     api.insert(&configmap(
@@ -347,15 +376,62 @@ async fn aks_custom_configmap_gets_the_block() {
 }
 
 #[tokio::test]
+async fn a_stray_coredns_custom_is_not_used_unless_coredns_reads_it() {
+    // kubeadm's CoreDNS, and a coredns-custom someone left (with a block of an earlier
+    // prepare in it): the Corefile gets the block, the stray key goes, and the note says why.
+    let api = FakeApi::new();
+    let original = testdata("coredns-1.11.in.Corefile");
+    api.insert(&coredns(
+        "registry.k8s.io/coredns/coredns:v1.11.1",
+        "coredns",
+    ));
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    api.insert(&configmap(
+        AKS_CUSTOM_CONFIGMAP,
+        &[
+            (AKS_CUSTOM_KEY, "maille.mesh:53 {\n}\n"),
+            ("other.server", "x"),
+        ],
+    ));
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert!(matches!(done.target, Target::Corefile { .. }), "{done:?}");
+    let note = done.note.expect("says why coredns-custom was not used");
+    assert!(
+        note.contains("has no volume from ConfigMap coredns-custom"),
+        "{note}"
+    );
+    assert!(corefile(&api, "coredns").contains("maille.mesh:53 {"));
+    let custom: ConfigMap = api.get(KS, AKS_CUSTOM_CONFIGMAP).unwrap();
+    assert_eq!(
+        custom.data.unwrap().keys().collect::<Vec<_>>(),
+        ["other.server"]
+    );
+
+    // Mounted, but the Corefile does not import it: still the Corefile, and the note says so.
+    let api = FakeApi::new();
+    api.insert(&aks_deployment());
+    api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
+    api.insert(&configmap(AKS_CUSTOM_CONFIGMAP, &[]));
+    let done = prepare(api.client(), &opts()).await.unwrap();
+    assert!(matches!(done.target, Target::Corefile { .. }), "{done:?}");
+    assert!(done
+        .note
+        .unwrap()
+        .contains("no top-level import of maille.server from /etc/coredns/custom"),);
+    assert!(corefile(&api, "coredns").contains("maille.mesh:53 {"));
+}
+
+#[tokio::test]
 async fn aks_moves_a_section_left_in_the_corefile() {
     let api = FakeApi::new();
-    let original = testdata("coredns-1.7.in.Corefile");
-    api.insert(&coredns("coredns/coredns:1.9.4", "coredns"));
+    // AKS's Deployment and Corefile, before its coredns-custom ConfigMap exists.
+    let original = aks_corefile(&testdata("coredns-1.7.in.Corefile"));
+    api.insert(&aks_deployment());
     api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
     prepare(api.client(), &opts()).await.unwrap();
     assert_ne!(corefile(&api, "coredns"), original);
 
-    // coredns-custom appears (AKS): the block moves there, and only there.
+    // coredns-custom appears: the block moves there, and only there.
     api.insert(&configmap(AKS_CUSTOM_CONFIGMAP, &[]));
     api.clear_writes();
     let done = prepare(api.client(), &opts()).await.unwrap();
@@ -405,7 +481,8 @@ async fn kube_dns_with_its_configmap() {
                 nameserver: "10.96.0.53".into()
             },
             changed: true,
-            restarted: false
+            restarted: false,
+            note: None
         }
     );
     let cm: ConfigMap = api.get(KS, KUBE_DNS_CONFIGMAP).unwrap();
