@@ -11,6 +11,7 @@
 
 pub mod annotations;
 pub mod cut;
+pub mod delta;
 pub mod duration;
 pub mod expr;
 pub mod options;
@@ -20,6 +21,7 @@ pub mod table;
 pub mod testing;
 pub mod wire;
 
+pub use delta::DeltaError;
 pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
 pub use table::{
     is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split,
@@ -27,7 +29,7 @@ pub use table::{
 };
 pub use wire::{
     AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,
-    SplitBackendSpec, SplitSpec, TableSpec, TrafficType,
+    SplitBackendSpec, SplitSpec, TableDelta, TableSpec, TrafficType, DELTA_MEDIA_TYPE,
 };
 
 /// The schema version this build writes and accepts. A table with another version is refused.

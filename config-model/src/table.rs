@@ -79,8 +79,10 @@ pub enum Error {
 /// `pub type Result` of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Identity of a meshed service port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Identity of a meshed service port (also its wire form, in deltas).
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ServiceKey {
     /// Namespace.
     pub namespace: String,
@@ -356,7 +358,7 @@ impl ServiceSpec {
         self.validate_local().map(|_| ())
     }
 
-    fn validate_local(&self) -> Result<Service> {
+    pub(crate) fn validate_local(&self) -> Result<Service> {
         let id = self.display_name();
         if !is_dns_label(&self.namespace) {
             return Err(invalid(
@@ -697,13 +699,12 @@ fn validate_access(
     })
 }
 
-fn validate_splits(
+pub(crate) fn validate_splits(
     id: &str,
     root: usize,
     specs: &[SplitSpec],
     table: &Table,
 ) -> Result<Vec<Split>> {
-    let root_tt = table.services[root].traffic_type;
     let mut splits = Vec::with_capacity(specs.len());
     for (i, s) in specs.iter().enumerate() {
         let matches = s
@@ -715,33 +716,6 @@ fn validate_splits(
         let mut backends = Vec::with_capacity(s.backends.len());
         for (j, b) in s.backends.iter().enumerate() {
             let field = format!("splits[{i}].backends[{j}]");
-            let key = ServiceKey {
-                namespace: b.namespace.clone(),
-                name: b.name.clone(),
-                port: b.port,
-            };
-            let idx = table
-                .index_of(&key)
-                .ok_or_else(|| invalid(id, &field, &key, "no such service port in the table"))?;
-            if idx == root {
-                return Err(invalid(
-                    id,
-                    &field,
-                    &key,
-                    "a split cannot send traffic to its own root",
-                ));
-            }
-            if table.services[idx].traffic_type != root_tt {
-                return Err(invalid(
-                    id,
-                    &field,
-                    &key,
-                    format!(
-                        "backend is {} but the root is {root_tt}",
-                        table.services[idx].traffic_type
-                    ),
-                ));
-            }
             if b.weight > MAX_WEIGHT {
                 return Err(invalid(
                     id,
@@ -750,10 +724,12 @@ fn validate_splits(
                     format!("expected 0 to {MAX_WEIGHT}"),
                 ));
             }
-            backends.push(SplitBackend {
-                service: idx,
-                weight: b.weight,
-            });
+            let key = ServiceKey {
+                namespace: b.namespace.clone(),
+                name: b.name.clone(),
+                port: b.port,
+            };
+            backends.push(resolve_backend(id, &field, root, &key, b.weight, table)?);
         }
         splits.push(Split {
             name: s.name.clone(),
@@ -762,6 +738,158 @@ fn validate_splits(
         });
     }
     Ok(splits)
+}
+
+/// A split backend named by `key`, resolved to its index in `table` and checked against the
+/// root: it must exist, not be the root, and carry the root's traffic type.
+fn resolve_backend(
+    id: &str,
+    field: &str,
+    root: usize,
+    key: &ServiceKey,
+    weight: u32,
+    table: &Table,
+) -> Result<SplitBackend> {
+    let root_tt = table.services[root].traffic_type;
+    let idx = table
+        .index_of(key)
+        .ok_or_else(|| invalid(id, field, key, "no such service port in the table"))?;
+    if idx == root {
+        return Err(invalid(
+            id,
+            field,
+            key,
+            "a split cannot send traffic to its own root",
+        ));
+    }
+    if table.services[idx].traffic_type != root_tt {
+        return Err(invalid(
+            id,
+            field,
+            key,
+            format!(
+                "backend is {} but the root is {root_tt}",
+                table.services[idx].traffic_type
+            ),
+        ));
+    }
+    Ok(SplitBackend {
+        service: idx,
+        weight,
+    })
+}
+
+/// Validated splits of a service carried over from an older table: the matches are kept as
+/// compiled, the backends are resolved again by key in the new table (indices move).
+pub(crate) fn carry_splits(
+    root: usize,
+    splits: &[Split],
+    old: &Table,
+    table: &Table,
+) -> Result<Vec<Split>> {
+    let id = table.services[root].key.to_string();
+    let mut out = Vec::with_capacity(splits.len());
+    for (i, s) in splits.iter().enumerate() {
+        let mut backends = Vec::with_capacity(s.backends.len());
+        for (j, b) in s.backends.iter().enumerate() {
+            let key = &old.services[b.service].key;
+            let field = format!("splits[{i}].backends[{j}]");
+            backends.push(resolve_backend(&id, &field, root, key, b.weight, table)?);
+        }
+        out.push(Split {
+            name: s.name.clone(),
+            matches: s.matches.clone(),
+            backends,
+        });
+    }
+    Ok(out)
+}
+
+/// Puts validated services together into a table: the identity index, the HTTP host and
+/// TCP/UDP port indexes, and the checks that no two services claim the same route.
+pub(crate) struct Builder {
+    table: Table,
+    http_claims: HashMap<(Box<str>, u16), usize>,
+    tcp_claims: BTreeMap<u16, usize>,
+    udp_claims: BTreeMap<u16, usize>,
+}
+
+impl Builder {
+    pub(crate) fn new(version: u64, acl: bool, capacity: usize) -> Builder {
+        let mut table = Table {
+            version,
+            acl,
+            ..Table::default()
+        };
+        table.services.reserve(capacity);
+        table.by_key.reserve(capacity);
+        Builder {
+            table,
+            http_claims: HashMap::with_capacity(capacity),
+            tcp_claims: BTreeMap::new(),
+            udp_claims: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one service port; its splits are resolved later, once every service is in.
+    pub(crate) fn push(&mut self, svc: Service) -> Result<usize> {
+        let table = &mut self.table;
+        let idx = table.services.len();
+        if table.by_key.insert(svc.key.clone(), idx).is_some() {
+            return Err(Error::DuplicateService(svc.key.to_string()));
+        }
+        match svc.traffic_type {
+            TrafficType::Http => {
+                let mesh_host = format!("{}.{}.{}", svc.key.name, svc.key.namespace, MESH_DOMAIN);
+                let mut hosts: Vec<Box<str>> = vec![mesh_host.into_boxed_str()];
+                if let Some(ip) = svc.cluster_ip {
+                    hosts.push(ip.to_string().into_boxed_str());
+                }
+                for host in hosts {
+                    if let Some(&other) = self.http_claims.get(&(host.clone(), svc.mesh_port)) {
+                        return Err(Error::DuplicateHttpRoute {
+                            first: table.services[other].key.to_string(),
+                            second: svc.key.to_string(),
+                            host: host.to_string(),
+                            mesh_port: svc.mesh_port,
+                        });
+                    }
+                    self.http_claims.insert((host.clone(), svc.mesh_port), idx);
+                    table
+                        .http_hosts
+                        .entry(host)
+                        .or_default()
+                        .push((svc.mesh_port, idx));
+                }
+            }
+            tt @ (TrafficType::Tcp | TrafficType::Udp) => {
+                let claims = if tt == TrafficType::Tcp {
+                    &mut self.tcp_claims
+                } else {
+                    &mut self.udp_claims
+                };
+                if let Some(&other) = claims.get(&svc.mesh_port) {
+                    return Err(Error::DuplicateMeshPort {
+                        first: table.services[other].key.to_string(),
+                        second: svc.key.to_string(),
+                        traffic_type: tt,
+                        mesh_port: svc.mesh_port,
+                    });
+                }
+                claims.insert(svc.mesh_port, idx);
+            }
+        }
+        table.services.push(svc);
+        Ok(idx)
+    }
+
+    /// The table with every service in and indexed, splits not yet resolved.
+    pub(crate) fn finish(self) -> Table {
+        let mut table = self.table;
+        table.tcp_ports = self.tcp_claims.into_iter().collect();
+        table.udp_ports = self.udp_claims.into_iter().collect();
+        table
+    }
 }
 
 impl TryFrom<TableSpec> for Table {
@@ -782,65 +910,11 @@ impl TryFrom<&TableSpec> for Table {
                 expected: SCHEMA_VERSION,
             });
         }
-        let mut table = Table {
-            version: spec.version,
-            acl: spec.acl,
-            ..Table::default()
-        };
-        table.services.reserve(spec.services.len());
-        let mut http_claims: HashMap<(Box<str>, u16), usize> = HashMap::new();
-        let mut tcp_claims: BTreeMap<u16, usize> = BTreeMap::new();
-        let mut udp_claims: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut builder = Builder::new(spec.version, spec.acl, spec.services.len());
         for s in &spec.services {
-            let svc = s.validate_local()?;
-            let idx = table.services.len();
-            if table.by_key.insert(svc.key.clone(), idx).is_some() {
-                return Err(Error::DuplicateService(svc.key.to_string()));
-            }
-            match svc.traffic_type {
-                TrafficType::Http => {
-                    let mut hosts: Vec<Box<str>> = vec![s.mesh_host().into_boxed_str()];
-                    if let Some(ip) = svc.cluster_ip {
-                        hosts.push(ip.to_string().into_boxed_str());
-                    }
-                    for host in hosts {
-                        if let Some(&other) = http_claims.get(&(host.clone(), svc.mesh_port)) {
-                            return Err(Error::DuplicateHttpRoute {
-                                first: table.services[other].key.to_string(),
-                                second: svc.key.to_string(),
-                                host: host.to_string(),
-                                mesh_port: svc.mesh_port,
-                            });
-                        }
-                        http_claims.insert((host.clone(), svc.mesh_port), idx);
-                        table
-                            .http_hosts
-                            .entry(host)
-                            .or_default()
-                            .push((svc.mesh_port, idx));
-                    }
-                }
-                tt @ (TrafficType::Tcp | TrafficType::Udp) => {
-                    let claims = if tt == TrafficType::Tcp {
-                        &mut tcp_claims
-                    } else {
-                        &mut udp_claims
-                    };
-                    if let Some(&other) = claims.get(&svc.mesh_port) {
-                        return Err(Error::DuplicateMeshPort {
-                            first: table.services[other].key.to_string(),
-                            second: svc.key.to_string(),
-                            traffic_type: tt,
-                            mesh_port: svc.mesh_port,
-                        });
-                    }
-                    claims.insert(svc.mesh_port, idx);
-                }
-            }
-            table.services.push(svc);
+            builder.push(s.validate_local()?)?;
         }
-        table.tcp_ports = tcp_claims.into_iter().collect();
-        table.udp_ports = udp_claims.into_iter().collect();
+        let mut table = builder.finish();
         for (idx, s) in spec.services.iter().enumerate() {
             if !s.splits.is_empty() {
                 let splits = validate_splits(&s.display_name(), idx, &s.splits, &table)?;
@@ -855,7 +929,7 @@ impl TryFrom<&TableSpec> for Table {
 /// Refuses split graphs with a cycle, which would make a request loop between services, and
 /// chains of nested splits deeper than [`MAX_SPLIT_DEPTH`]; the error names the first split
 /// at fault. One linear pass, no recursion (see [`split_graph`]).
-fn check_split_graph(table: &Table) -> Result<()> {
+pub(crate) fn check_split_graph(table: &Table) -> Result<()> {
     let mut edges = Vec::new();
     for (i, s) in table.services.iter().enumerate() {
         for split in &s.splits {

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::table::ServiceKey;
+
 /// The whole routing table as it travels over the wire.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -230,4 +232,30 @@ pub struct AccessRuleSpec {
     /// connection (a TCPRoute, or a rule without HTTP restrictions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<HttpMatchSpec>>,
+}
+
+/// The media type of a [`TableDelta`] on the wire; a proxy that can apply deltas lists it in
+/// `Accept`.
+pub const DELTA_MEDIA_TYPE: &str = "application/vnd.maille.delta+json";
+
+/// What changed in the table between the version a proxy holds and the current one, keyed by
+/// service port. Applying it to the table of `base_version` gives the table of `version`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableDelta {
+    /// Must equal [`crate::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The version the delta starts from: the one the proxy holds.
+    pub base_version: u64,
+    /// The version the delta leads to.
+    pub version: u64,
+    /// Access-control mode of the new version.
+    #[serde(default)]
+    pub acl: bool,
+    /// Service ports added or changed, each whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<ServiceSpec>,
+    /// Service ports no longer in the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ServiceKey>,
 }

@@ -1,12 +1,14 @@
 //! The controller's HTTP API: `/api/configuration` (the table, with an ETag and a bounded
-//! long-poll on `If-None-Match`), `/api/services`, `/ready`, `/live` and `/metrics`.
+//! long-poll on `If-None-Match`; a delta from the version the client holds when it accepts
+//! one; gzip for large bodies), `/api/services`, `/ready`, `/live` and `/metrics`.
 //! Long-polls are bounded per client address and in total; beyond either bound a client gets
 //! 429 at once, so no pod can pin the controller's memory with waiting requests.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -15,12 +17,19 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use config_model::TableSpec;
+use config_model::{ServiceKey, TableSpec};
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 use crate::translate::{ObjectStatus, ServiceStatus};
+
+/// Names the controller process that served a table: a delta is only computed for a client
+/// that names this process, whose history its version belongs to (another replica, or an
+/// earlier run, may have given the same version number to another table).
+pub const ORIGIN_HEADER: &str = "maille-table-origin";
 
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -56,28 +65,113 @@ struct Held {
     total: usize,
 }
 
-/// One published table, serialised once for every client.
+/// How many table changes the controller remembers for deltas; a proxy further behind gets
+/// the full table.
+pub const DELTA_HISTORY: usize = 256;
+
+/// Bodies larger than this are gzip-compressed for a client that accepts it.
+pub const COMPRESS_ABOVE: usize = 8 * 1024;
+
+/// The service ports that changed from one version to the next.
+#[derive(Debug)]
+struct Change {
+    from: u64,
+    keys: Arc<[ServiceKey]>,
+}
+
+/// A response body in both encodings, each made once, when first asked for.
+#[derive(Debug, Default)]
+struct Encoded {
+    plain: OnceLock<Bytes>,
+    gzip: OnceLock<Bytes>,
+}
+
+impl Encoded {
+    fn get(&self, gzip: bool, make: impl FnOnce() -> Bytes) -> (Bytes, bool) {
+        let plain = self.plain.get_or_init(make);
+        if !gzip || plain.len() <= COMPRESS_ABOVE {
+            return (plain.clone(), false);
+        }
+        let packed = self.gzip.get_or_init(|| {
+            let mut enc = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
+            enc.write_all(plain).expect("writing to a Vec cannot fail");
+            Bytes::from(enc.finish().expect("writing to a Vec cannot fail"))
+        });
+        (packed.clone(), true)
+    }
+}
+
+/// One published table. Its JSON, compressed JSON and deltas towards it are each made once,
+/// the first time a client asks, and shared by every client after.
 #[derive(Debug)]
 pub struct Published {
     /// Table version.
     pub version: u64,
     /// `"<version>"`.
     pub etag: String,
-    /// The table as JSON.
-    pub table: Bytes,
+    /// The table, services in key order.
+    spec: Arc<TableSpec>,
+    /// The changes that led here, oldest first; the last one ends at this version.
+    history: Vec<Arc<Change>>,
+    full: Encoded,
+    /// Deltas by base version (at most one per entry of `history`).
+    deltas: Mutex<HashMap<u64, Arc<Encoded>>>,
+}
+
+impl Published {
+    /// The whole table as JSON.
+    pub fn table_json(&self) -> Bytes {
+        self.full(false).0
+    }
+
+    fn full(&self, gzip: bool) -> (Bytes, bool) {
+        self.full.get(gzip, || {
+            Bytes::from(serde_json::to_vec(&*self.spec).expect("table serialises"))
+        })
+    }
+
+    /// The delta from `base` to this version as JSON, if `base` is recent enough.
+    fn delta(&self, base: u64, gzip: bool) -> Option<(Bytes, bool)> {
+        let start = self.history.iter().position(|c| c.from == base)?;
+        let encoded = self
+            .deltas
+            .lock()
+            .expect("delta cache lock")
+            .entry(base)
+            .or_default()
+            .clone();
+        Some(encoded.get(gzip, || {
+            let keys: BTreeSet<&ServiceKey> = self.history[start..]
+                .iter()
+                .flat_map(|c| c.keys.iter())
+                .collect();
+            let delta = self.spec.delta_for(base, keys);
+            Bytes::from(serde_json::to_vec(&delta).expect("delta serialises"))
+        }))
+    }
+}
+
+/// The last table published and the changes before it.
+#[derive(Debug)]
+struct Last {
+    spec: Option<Arc<TableSpec>>,
+    version: u64,
+    history: VecDeque<Arc<Change>>,
+    /// Keys in `history`, summed: the history is cut when it outgrows the table.
+    history_keys: usize,
 }
 
 /// What the API serves; the rebuild loop publishes into it.
 #[derive(Debug)]
 pub struct ApiState {
     current: watch::Sender<Option<Arc<Published>>>,
-    /// The last table published, with version 0, to tell a real change from a rebuild that
-    /// changed nothing.
-    last: Mutex<(Option<TableSpec>, u64)>,
+    last: Mutex<Last>,
     services: Mutex<Bytes>,
     ready: AtomicBool,
     /// Lines appended to `/ready`: watch health and leadership.
     detail: Mutex<String>,
+    /// This process's [`ORIGIN_HEADER`] value.
+    origin: HeaderValue,
     shutdown: CancellationToken,
     limits: LongPollLimits,
     held: Mutex<Held>,
@@ -99,10 +193,16 @@ impl ApiState {
     ) -> Arc<Self> {
         Arc::new(ApiState {
             current: watch::Sender::new(None),
-            last: Mutex::new((None, first_version)),
+            last: Mutex::new(Last {
+                spec: None,
+                version: first_version,
+                history: VecDeque::new(),
+                history_keys: 0,
+            }),
             services: Mutex::new(Bytes::from_static(b"[]")),
             ready: AtomicBool::new(false),
             detail: Mutex::new(String::new()),
+            origin: origin_id(),
             shutdown,
             limits,
             held: Mutex::new(Held::default()),
@@ -129,7 +229,8 @@ impl ApiState {
 
     /// Serves this table, and in `/api/services` the service ports followed by the other
     /// objects that have problems. The version grows only when the table differs from the one
-    /// served; returns the version now served.
+    /// served; returns the version now served. Costs a sort and one comparison walk of the
+    /// table: the JSON is made when a client first asks for it.
     pub fn publish(
         &self,
         table: TableSpec,
@@ -162,20 +263,50 @@ impl ApiState {
             .collect();
         let services = serde_json::to_vec(&rows).expect("service statuses serialise");
         *self.services.lock().expect("services lock") = Bytes::from(services);
-        table.version = 0;
+        table.sort_services();
         let mut last = self.last.lock().expect("table lock");
-        if last.0.as_ref() == Some(&table) {
-            return last.1;
+        let keys = match &last.spec {
+            Some(prev) => {
+                let keys = prev.changed_keys(&table);
+                if keys.is_empty()
+                    && prev.acl == table.acl
+                    && prev.schema_version == table.schema_version
+                {
+                    return last.version;
+                }
+                Some(keys)
+            }
+            None => None,
+        };
+        let version = (last.version + 1).max(revision);
+        table.version = version;
+        let spec = Arc::new(table);
+        if let Some(keys) = keys {
+            last.history_keys += keys.len();
+            let from = last.version;
+            last.history.push_back(Arc::new(Change {
+                from,
+                keys: keys.into(),
+            }));
         }
-        let version = (last.1 + 1).max(revision);
-        let mut served = table.clone();
-        served.version = version;
-        let json = serde_json::to_vec(&served).expect("table serialises");
-        *last = (Some(table), version);
+        let bound = spec.services.len().max(1024);
+        while last.history.len() > DELTA_HISTORY
+            || (last.history_keys > bound && last.history.len() > 1)
+        {
+            if let Some(c) = last.history.pop_front() {
+                last.history_keys -= c.keys.len();
+            }
+        }
+        last.spec = Some(spec.clone());
+        last.version = version;
+        let history = last.history.iter().cloned().collect();
         self.current.send_replace(Some(Arc::new(Published {
             version,
             etag: format!("\"{version}\""),
-            table: Bytes::from(json),
+            spec,
+            history,
+            full: Encoded::default(),
+            deltas: Mutex::new(HashMap::new()),
         })));
         metrics::register().table_version.set(version as i64);
         version
@@ -200,6 +331,17 @@ impl ApiState {
     pub fn current(&self) -> Option<Arc<Published>> {
         self.current.borrow().clone()
     }
+}
+
+/// An identity for this process: its start time in nanoseconds and process id (two replicas
+/// never start in the same nanosecond; a restart changes it).
+fn origin_id() -> HeaderValue {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    HeaderValue::from_str(&format!("{nanos:x}-{:x}", std::process::id()))
+        .expect("hex digits are a header value")
 }
 
 /// The API's routes.
@@ -239,32 +381,108 @@ pub fn parse_wait(value: Option<&str>) -> Result<Duration, String> {
 
 /// Whether an `If-None-Match` header names this ETag (a list, weak tags and `*` included).
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    if_none_match(headers).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+fn if_none_match(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim())
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
-fn table_response(p: &Published) -> Response {
-    (
+/// The table version a client holds, from its `If-None-Match` (`"<version>"`).
+fn held_version(headers: &HeaderMap) -> Option<u64> {
+    if_none_match(headers).find_map(|t| {
+        let t = t.strip_prefix("W/").unwrap_or(t);
+        t.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+    })
+}
+
+/// What a client said it can take: deltas (`Accept`) from the controller process it names
+/// ([`ORIGIN_HEADER`]), and gzip (`Accept-Encoding`).
+#[derive(Clone, Debug, Default)]
+struct Accepts {
+    delta: bool,
+    gzip: bool,
+    origin: Option<HeaderValue>,
+}
+
+impl Accepts {
+    fn of(headers: &HeaderMap) -> Accepts {
+        let listed = |name: header::HeaderName, want: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|item| {
+                    let mut parts = item.split(';').map(str::trim);
+                    let token = parts.next().unwrap_or("");
+                    // `q=0` means "not this one".
+                    token.eq_ignore_ascii_case(want)
+                        && !parts.any(|p| {
+                            p.strip_prefix("q=")
+                                .is_some_and(|q| q.parse::<f32>() == Ok(0.0))
+                        })
+                })
+        };
+        Accepts {
+            delta: listed(header::ACCEPT, config_model::DELTA_MEDIA_TYPE),
+            gzip: listed(header::ACCEPT_ENCODING, "gzip"),
+            origin: headers.get(ORIGIN_HEADER).cloned(),
+        }
+    }
+}
+
+/// The answer for a client holding `held` (if any): the delta from it when the client takes
+/// deltas and the controller still knows the way, otherwise the whole table.
+fn table_response(
+    p: &Published,
+    held: Option<u64>,
+    accepts: Accepts,
+    origin: &HeaderValue,
+) -> Response {
+    let m = metrics::register();
+    let delta = held
+        .filter(|_| accepts.delta && accepts.origin.as_ref() == Some(origin))
+        .and_then(|base| p.delta(base, accepts.gzip));
+    let (kind, content_type, (body, gzipped)) = match delta {
+        Some(d) => ("delta", config_model::DELTA_MEDIA_TYPE, d),
+        None => ("full", "application/json", p.full(accepts.gzip)),
+    };
+    m.table_responses.with_label_values(&[kind]).inc();
+    m.table_response_bytes
+        .with_label_values(&[kind])
+        .inc_by(body.len() as u64);
+    let mut resp = (
         StatusCode::OK,
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             (
                 header::ETAG,
                 HeaderValue::from_str(&p.etag).expect("etag is ascii"),
             ),
+            (
+                header::VARY,
+                HeaderValue::from_static("Accept, Accept-Encoding"),
+            ),
         ],
-        p.table.clone(),
+        body,
     )
-        .into_response()
+        .into_response();
+    resp.headers_mut().insert(
+        header::HeaderName::from_static(ORIGIN_HEADER),
+        origin.clone(),
+    );
+    if gzipped {
+        resp.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
 }
 
 fn not_modified(etag: &str) -> Response {
@@ -336,9 +554,10 @@ async fn configuration(
     let mut rx = state.current.subscribe();
     let current = rx.borrow_and_update().clone();
     // The version the client holds, if it holds the current one.
+    let accepts = Accepts::of(&headers);
     let held = match &current {
         Some(p) if etag_matches(&headers, &p.etag) => Some(p.version),
-        Some(p) => return table_response(p),
+        Some(p) => return table_response(p, held_version(&headers), accepts, &state.origin),
         None if wait.is_zero() => {
             return (StatusCode::SERVICE_UNAVAILABLE, "no table built yet\n").into_response()
         }
@@ -369,7 +588,7 @@ async fn configuration(
         _ = state.shutdown.cancelled() => None,
     };
     match (outcome, current) {
-        (Some(p), _) => table_response(&p),
+        (Some(p), _) => table_response(&p, held, accepts, &state.origin),
         (None, Some(p)) => not_modified(&p.etag),
         (None, None) => (StatusCode::SERVICE_UNAVAILABLE, "no table built yet\n").into_response(),
     }

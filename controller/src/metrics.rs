@@ -33,6 +33,10 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     /// `maille_controller_leader`.
     pub leader: IntGauge,
+    /// `maille_controller_table_responses_total{kind}`: tables sent, `full` or `delta`.
+    pub table_responses: IntCounterVec,
+    /// `maille_controller_table_response_bytes_total{kind}`: their bodies, as sent.
+    pub table_response_bytes: IntCounterVec,
 }
 
 /// The `kind` label values of `maille_controller_api_writes_total`.
@@ -109,7 +113,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 while this replica holds the leader Lease and writes shadow services and Events."
     )
     .expect("register maille_controller_leader"),
+    table_responses: register_int_counter_vec!(
+        "maille_controller_table_responses_total",
+        "Tables sent to proxies on /api/configuration, whole (full) or as a delta from the version held.",
+        &["kind"]
+    )
+    .expect("register maille_controller_table_responses_total"),
+    table_response_bytes: register_int_counter_vec!(
+        "maille_controller_table_response_bytes_total",
+        "Bytes of the table bodies sent on /api/configuration (after compression), by kind.",
+        &["kind"]
+    )
+    .expect("register maille_controller_table_response_bytes_total"),
     };
+    for kind in ["full", "delta"] {
+        m.table_responses.with_label_values(&[kind]);
+        m.table_response_bytes.with_label_values(&[kind]);
+    }
     // Every series exists from the start, at zero: a controller that has written nothing (the
     // manifests provider, or a cluster with nothing to shadow yet) shows 0 writes and 0 errors
     // rather than no data, and `rate()`/`increase()` see the first write.

@@ -1,6 +1,7 @@
 //! Where the routing table comes from: a JSON file watched for changes ([`file`]) or the
 //! controller's long-poll API ([`controller`]). Both go through [`apply_json`], which refuses a
-//! table that does not parse or validate and keeps the last good one.
+//! table that does not parse or validate and keeps the last good one; the controller's deltas
+//! go through [`swap_delta`], which builds the next table from the one held.
 
 pub mod controller;
 pub mod file;
@@ -8,7 +9,7 @@ pub mod file;
 use std::sync::Arc;
 
 use config_model::table::JsonError;
-use config_model::Table;
+use config_model::{DeltaError, Table, TableDelta};
 
 use crate::metrics;
 use crate::store::TableStore;
@@ -47,6 +48,53 @@ pub fn swap_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, 
         Err(e) => {
             metrics::TABLE_REFUSALS.inc();
             Err(e)
+        }
+    }
+}
+
+/// Why a delta from the controller was not swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaFailure {
+    /// Not JSON, or not shaped like a delta.
+    #[error("table delta is not valid JSON: {0}")]
+    Parse(String),
+    /// The delta does not fit the table held (another base version, a removal of a service it
+    /// does not have): the full table is needed.
+    #[error("{0}; asking for the full table")]
+    Resync(DeltaError),
+    /// The table the delta leads to is refused.
+    #[error(transparent)]
+    Invalid(DeltaError),
+}
+
+/// Parses a delta from `origin` and swaps in the table it leads to from the one held, which
+/// shares every service the delta does not name (already validated). Counts a refusal.
+pub fn swap_delta(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, DeltaFailure> {
+    let delta: TableDelta =
+        serde_json::from_slice(bytes).map_err(|e| DeltaFailure::Parse(e.to_string()))?;
+    let held = store.current();
+    match held.apply_delta(&delta) {
+        Ok(table) => {
+            let version = table.version;
+            let services = table.services.len();
+            store.store(table);
+            tracing::info!(
+                origin,
+                version,
+                previous = held.version,
+                services,
+                changed = delta.changed.len(),
+                removed = delta.removed.len(),
+                "Routing table delta applied"
+            );
+            Ok(version)
+        }
+        Err(e @ (DeltaError::Base { .. } | DeltaError::UnknownRemoval(_))) => {
+            Err(DeltaFailure::Resync(e))
+        }
+        Err(e) => {
+            metrics::TABLE_REFUSALS.inc();
+            Err(DeltaFailure::Invalid(e))
         }
     }
 }

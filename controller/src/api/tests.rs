@@ -313,3 +313,161 @@ async fn long_polls_are_bounded_per_client_address_and_in_total() {
     assert_eq!(waiting(), (0, 0));
     shutdown.cancel();
 }
+
+fn two_services(web: &str) -> TableSpec {
+    testing::table(
+        0,
+        vec![
+            testing::http("shop", "web", 5000, &[web]),
+            testing::http("shop", "cart", 5000, &["10.0.0.9:80"]),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_client_taking_deltas_gets_only_what_changed_since_its_version() {
+    let (state, base, shutdown) = start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/configuration");
+    let v1 = state.publish(two_services("10.0.0.1:80"), &[], &[]);
+    // Deltas are only made for a client naming this controller process, whose versions it holds.
+    let origin = http.get(&url).send().await.unwrap().headers()[ORIGIN_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let get_from = |etag: &str, accept: &str, origin: &str| {
+        http.get(&url)
+            .header("If-None-Match", etag)
+            .header("Accept", accept)
+            .header(ORIGIN_HEADER, origin)
+            .send()
+    };
+    let get = |etag: &str, accept: &str| get_from(etag, accept, &origin);
+    let v2 = state.publish(two_services("10.0.0.2:80"), &[], &[]);
+    let mut removed = two_services("10.0.0.2:80");
+    removed.services.remove(1);
+    let v3 = state.publish(removed, &[], &[]);
+    assert_eq!((v1, v2, v3), (1001, 1002, 1003));
+
+    // From 1002: the cart service went away, nothing else is sent.
+    let r = get("\"1002\"", config_model::DELTA_MEDIA_TYPE)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], config_model::DELTA_MEDIA_TYPE);
+    assert_eq!(r.headers()["etag"], "\"1003\"");
+    let d: config_model::TableDelta = r.json().await.unwrap();
+    assert_eq!((d.base_version, d.version), (1002, 1003));
+    assert!(d.changed.is_empty(), "{d:?}");
+    assert_eq!(d.removed.len(), 1);
+    assert_eq!(d.removed[0].to_string(), "shop/cart:80");
+
+    // From 1001: the web endpoint changed too, and is sent whole.
+    let d: config_model::TableDelta = get("\"1001\"", config_model::DELTA_MEDIA_TYPE)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d.changed.len(), 1);
+    assert_eq!(d.changed[0].endpoints[0].address, "10.0.0.2:80");
+    assert_eq!(d.removed.len(), 1);
+
+    // A version the controller never served, or a client that does not take deltas: the
+    // whole table.
+    for (etag, accept) in [
+        ("\"77\"", config_model::DELTA_MEDIA_TYPE),
+        ("\"1002\"", "application/json"),
+        ("\"1002\"", "application/vnd.maille.delta+json;q=0"),
+    ] {
+        let r = get(etag, accept).await.unwrap();
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/json",
+            "{etag} {accept}"
+        );
+        assert_eq!(r.headers()[ORIGIN_HEADER], origin.as_str());
+        let t: TableSpec = r.json().await.unwrap();
+        assert_eq!(t.version, 1003);
+        assert_eq!(t.services.len(), 1);
+    }
+    // A version this process served, named by a client that got it elsewhere (another replica,
+    // an earlier run): the whole table.
+    for other in ["", "17-1"] {
+        let r = get_from("\"1002\"", config_model::DELTA_MEDIA_TYPE, other)
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-type"], "application/json", "{other:?}");
+    }
+
+    // A long-poll from the current version is answered with the delta of the next change.
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{url}?wait=30s");
+        let origin = origin.clone();
+        async move {
+            http.get(&url)
+                .header("If-None-Match", "\"1003\"")
+                .header("Accept", config_model::DELTA_MEDIA_TYPE)
+                .header(ORIGIN_HEADER, origin)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    for _ in 0..200 {
+        if metrics::register().longpoll_waiting.get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    state.publish(two_services("10.0.0.3:80"), &[], &[]);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], config_model::DELTA_MEDIA_TYPE);
+    let d: config_model::TableDelta = r.json().await.unwrap();
+    assert_eq!((d.base_version, d.version), (1003, 1004));
+    let names: Vec<_> = d.changed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["cart", "web"]);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_large_table_is_gzipped_for_a_client_that_accepts_it() {
+    let (state, base, shutdown) = start().await;
+    let services = (0..200)
+        .map(|i| testing::http("shop", &format!("web-{i}"), 5000, &["10.0.0.1:80"]))
+        .collect();
+    state.publish(testing::table(0, services), &[], &[]);
+    // reqwest is built without its gzip feature: it neither asks for nor decodes gzip.
+    let raw = reqwest::Client::new();
+    let url = format!("{base}/api/configuration");
+    let plain = raw.get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    assert!(plain.len() > COMPRESS_ABOVE, "{}", plain.len());
+    let packed = raw
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(packed.headers()["content-encoding"], "gzip");
+    let packed = packed.bytes().await.unwrap();
+    assert!(
+        packed.len() * 5 < plain.len(),
+        "{} vs {}",
+        packed.len(),
+        plain.len()
+    );
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&packed[..]),
+        &mut unpacked,
+    )
+    .unwrap();
+    assert_eq!(unpacked, plain);
+    shutdown.cancel();
+}

@@ -12,6 +12,12 @@
 //! so an answer older than the table held (a replica that lags behind) is not taken: the proxy
 //! asks again shortly, on the next URL. A source that keeps answering older tables for
 //! [`OLDER_GRACE`] is believed (a restored cluster, an upgrade that renumbered versions).
+//!
+//! The proxy says it takes deltas (`Accept: application/vnd.maille.delta+json`) and gzip, and
+//! names the controller process its table came from (`maille-table-origin`): a controller that
+//! served the version the proxy holds answers with the service ports that changed since, which
+//! the proxy applies to its table ([`super::swap_delta`]); a delta that does not fit the table
+//! held makes the next poll ask for the full table. A gzip body is bounded once inflated too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,9 @@ use rand::Rng;
 
 use crate::store::TableStore;
 
+/// Response header naming the controller process that served a table; sent back with
+/// `If-None-Match` (deltas are made only from a version the same process served).
+pub const ORIGIN_HEADER: &str = "maille-table-origin";
 /// How long the controller may hold a request open before answering 304.
 pub const LONG_POLL_WAIT: Duration = Duration::from_secs(30);
 /// First retry delay after an error.
@@ -103,6 +112,10 @@ pub enum Poll {
     Unchanged,
     /// The controller answered with a table older than the one held (its version); not taken.
     Older(u64),
+    /// A delta, applied to the table held; the version it led to.
+    Delta(u64),
+    /// A delta that does not fit the table held: the next poll asks for the full table.
+    Resync,
 }
 
 /// Long-polls the controller and swaps in each new valid table.
@@ -116,6 +129,9 @@ pub struct ControllerSource {
     client: Client<HttpConnector, Empty<Bytes>>,
     wait: Duration,
     max_table_bytes: u64,
+    /// The controller process the table held came from (its `maille-table-origin`), sent back
+    /// so that it makes a delta only from a version it served itself.
+    origin: Mutex<Option<http::HeaderValue>>,
 }
 
 impl ControllerSource {
@@ -156,6 +172,7 @@ impl ControllerSource {
             client,
             wait: Duration::from_secs(wait_s),
             max_table_bytes: DEFAULT_MAX_TABLE_BYTES,
+            origin: Mutex::new(None),
         })
     }
 
@@ -190,11 +207,21 @@ impl ControllerSource {
         let mut req = Request::get(target);
         if let Some(tag) = etag.as_deref() {
             req = req.header(header::IF_NONE_MATCH, tag);
+            if let Some(origin) = self.origin.lock().expect("origin lock").clone() {
+                req = req.header(ORIGIN_HEADER, origin);
+            }
         }
-        let req = req.body(Empty::new()).map_err(|e| Error::Transport {
-            uri: uri.clone(),
-            reason: e.to_string(),
-        })?;
+        let req = req
+            .header(
+                header::ACCEPT,
+                format!("{}, application/json", config_model::DELTA_MEDIA_TYPE),
+            )
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body(Empty::new())
+            .map_err(|e| Error::Transport {
+                uri: uri.clone(),
+                reason: e.to_string(),
+            })?;
         let deadline = self.wait + Duration::from_secs(15);
         let resp = tokio::time::timeout(deadline, self.client.request(req))
             .await
@@ -218,6 +245,28 @@ impl ControllerSource {
                 if let Some(older) = self.older_than_held(new_tag.as_deref()) {
                     return Ok(Poll::Older(older));
                 }
+                let headers = resp.headers();
+                let origin = headers
+                    .get(ORIGIN_HEADER)
+                    .filter(|v| v.len() <= 128)
+                    .cloned();
+                let is_delta = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with(config_model::DELTA_MEDIA_TYPE));
+                let gzipped = match headers.get(header::CONTENT_ENCODING) {
+                    None => false,
+                    Some(v) if v.as_bytes().eq_ignore_ascii_case(b"gzip") => true,
+                    Some(v) => {
+                        return Err(Error::Transport {
+                            uri,
+                            reason: format!(
+                                "Content-Encoding {:?} is not supported (expected gzip or none)",
+                                String::from_utf8_lossy(&v.as_bytes()[..v.len().min(64)])
+                            ),
+                        })
+                    }
+                };
                 let declared = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -232,13 +281,33 @@ impl ControllerSource {
                     uri: uri.clone(),
                     reason: "body not received in time".into(),
                 })??;
+                let body = if gzipped {
+                    gunzip_bounded(&body, self.max_table_bytes, &uri)?
+                } else {
+                    body
+                };
                 *etag = new_tag;
-                super::swap_json(&self.store, &body, &uri)
-                    .map(Poll::Swapped)
-                    .map_err(|e| Error::Refused {
+                *self.origin.lock().expect("origin lock") = origin;
+                if !is_delta {
+                    return super::swap_json(&self.store, &body, &uri)
+                        .map(Poll::Swapped)
+                        .map_err(|e| Error::Refused {
+                            uri,
+                            reason: e.to_string(),
+                        });
+                }
+                match super::swap_delta(&self.store, &body, &uri) {
+                    Ok(version) => Ok(Poll::Delta(version)),
+                    Err(e @ super::DeltaFailure::Resync(_)) => {
+                        tracing::info!(uri, reason = %e, "Table delta does not fit the table held");
+                        *etag = None;
+                        Ok(Poll::Resync)
+                    }
+                    Err(e) => Err(Error::Refused {
                         uri,
                         reason: e.to_string(),
-                    })
+                    }),
+                }
             }
             status => Err(Error::Status { uri, status }),
         }
@@ -374,6 +443,28 @@ async fn read_bounded(
         }
     }
     Ok(buf)
+}
+
+/// Inflates a gzip body, refusing it as soon as the output passes `limit` bytes (a small
+/// compressed answer can inflate to gigabytes).
+fn gunzip_bounded(body: &[u8], limit: u64, uri: &str) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(16 << 20));
+    flate2::read::GzDecoder::new(body)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Transport {
+            uri: uri.to_string(),
+            reason: format!("gzip body does not inflate: {e}"),
+        })?;
+    if u64::try_from(out.len()).unwrap_or(u64::MAX) > limit {
+        return Err(Error::TooLarge {
+            uri: uri.to_string(),
+            limit,
+            declared: None,
+        });
+    }
+    Ok(out)
 }
 
 /// Retry delays: doubling from `min` up to `max`, each drawn within ±20 % so that the proxies

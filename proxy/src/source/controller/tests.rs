@@ -511,3 +511,155 @@ fn a_bad_url_in_a_list_is_named() {
     assert!(e.contains("\"b:9000\""), "{e}");
     assert!(ControllerSource::new(" , ", TableStore::new()).is_err());
 }
+
+/// One scripted answer of [`start_scripted`]: etag, content type, gzip or not, body.
+type Scripted = (&'static str, &'static str, bool, Vec<u8>);
+
+/// A controller answering each request with the next scripted answer (etag, content type,
+/// gzip, body), recording each request's `If-None-Match`, `Accept` and `Accept-Encoding`.
+async fn start_scripted(
+    script: Vec<Scripted>,
+) -> (SocketAddr, Arc<Mutex<Vec<[Option<String>; 4]>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (log, script) = (log.clone(), script.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let h = |n: header::HeaderName| {
+                        req.headers()
+                            .get(n)
+                            .map(|v| v.to_str().unwrap().to_string())
+                    };
+                    log.lock().unwrap().push([
+                        h(header::IF_NONE_MATCH),
+                        h(header::ACCEPT),
+                        h(header::ACCEPT_ENCODING),
+                        h(header::HeaderName::from_static(ORIGIN_HEADER)),
+                    ]);
+                    let (etag, content_type, gzip, body) =
+                        script.lock().unwrap().pop_front().expect("script ended");
+                    let mut resp = Response::builder()
+                        .header(ORIGIN_HEADER, "c1")
+                        .header(header::ETAG, etag)
+                        .header(header::CONTENT_TYPE, content_type);
+                    if gzip {
+                        resp = resp.header(header::CONTENT_ENCODING, "gzip");
+                    }
+                    let resp = resp.body(Full::new(Bytes::from(body))).unwrap();
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn delta_json(base: u64, version: u64, changed: Vec<config_model::ServiceSpec>) -> Vec<u8> {
+    serde_json::to_vec(&config_model::TableDelta {
+        schema_version: config_model::SCHEMA_VERSION,
+        base_version: base,
+        version,
+        changed,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn gzip_tables_and_deltas_are_applied_and_a_delta_that_does_not_fit_asks_for_the_table() {
+    const DELTA: &str = config_model::DELTA_MEDIA_TYPE;
+    let json = "application/json";
+    let (addr, seen) = start_scripted(vec![
+        ("\"1\"", json, true, gzip(&spec_json(1, "10.0.0.1:80"))),
+        (
+            "\"2\"",
+            DELTA,
+            false,
+            delta_json(
+                1,
+                2,
+                vec![
+                    http("a", "web", 5000, &["10.0.0.2:80"]),
+                    http("a", "cart", 5000, &["10.0.0.3:80"]),
+                ],
+            ),
+        ),
+        // From a version the proxy does not hold.
+        ("\"9\"", DELTA, false, delta_json(8, 9, vec![])),
+        // A gzip bomb: small on the wire, past the bound once inflated.
+        ("\"10\"", json, true, gzip(&vec![b' '; 1 << 20])),
+        // A delta to a table that is refused.
+        (
+            "\"11\"",
+            DELTA,
+            true,
+            gzip(&delta_json(
+                2,
+                11,
+                vec![http("a", "web", 5000, &["10.0.0.9"])],
+            )),
+        ),
+    ])
+    .await;
+    let store = TableStore::new();
+    let src = ControllerSource::with_wait(
+        &format!("http://{addr}"),
+        store.clone(),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .max_table_bytes(64 << 10);
+    let mut etag = None;
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(1));
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Delta(2));
+    {
+        let t = store.load();
+        assert_eq!(t.version, 2);
+        let web = t.http_route(5000, "web.a.maille.mesh").unwrap();
+        assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.2:80");
+        let cart = t.http_route(5000, "cart.a.maille.mesh").unwrap();
+        assert_eq!(cart.endpoints[0].addr.to_string(), "10.0.0.3:80");
+    }
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Resync);
+    assert_eq!(etag, None);
+    let e = src.poll_once(&mut etag).await.unwrap_err();
+    assert!(matches!(e, Error::TooLarge { limit: 65536, .. }), "{e}");
+    etag = Some("\"2\"".into());
+    let e = src.poll_once(&mut etag).await.unwrap_err().to_string();
+    assert!(e.contains("a/web:80") && e.contains("10.0.0.9"), "{e}");
+    assert_eq!(store.load().version, 2);
+    assert!(store
+        .load()
+        .http_route(5000, "cart.a.maille.mesh")
+        .is_some());
+
+    let seen = seen.lock().unwrap().clone();
+    let tags: Vec<_> = seen.iter().map(|s| s[0].as_deref()).collect();
+    assert_eq!(
+        tags,
+        [None, Some("\"1\""), Some("\"2\""), None, Some("\"2\"")]
+    );
+    for [tag, accept, encoding, origin] in &seen {
+        assert!(accept.as_deref().unwrap().contains(DELTA), "{accept:?}");
+        assert_eq!(encoding.as_deref(), Some("gzip"));
+        // The controller process is named back with every version held.
+        assert_eq!(origin.is_some(), tag.is_some());
+        assert!(origin.as_deref().is_none_or(|o| o == "c1"));
+    }
+}

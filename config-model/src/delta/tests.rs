@@ -1,0 +1,329 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::testing::{http, service, table};
+use crate::wire::{HttpMatchSpec, OptionsSpec, SplitBackendSpec, SplitSpec, TrafficType};
+
+fn sorted(mut spec: TableSpec) -> TableSpec {
+    spec.sort_services();
+    spec
+}
+
+fn delta_between(old: &TableSpec, new: &TableSpec) -> TableDelta {
+    new.delta_for(old.version, &old.changed_keys(new))
+}
+
+/// Everything a proxy routes with, in a form two tables can be compared by: the services in
+/// order (endpoints, options, compiled matches, resolved split backends) and each one's routes.
+fn view(t: &Table) -> String {
+    let mut out = format!("version {} acl {}\n", t.version, t.acl);
+    for (i, s) in t.services.iter().enumerate() {
+        out.push_str(&format!("{s:?}\n"));
+        assert_eq!(t.index_of(&s.key), Some(i));
+        let routed = match s.traffic_type {
+            TrafficType::Http => t.http_route(
+                s.mesh_port,
+                &format!("{}.{}.maille.mesh", s.key.name, s.key.namespace),
+            ),
+            TrafficType::Tcp => t.tcp_route(s.mesh_port),
+            TrafficType::Udp => t.udp_route(s.mesh_port),
+        };
+        assert_eq!(routed.map(|r| &r.key), Some(&s.key));
+    }
+    out
+}
+
+#[test]
+fn a_delta_names_changed_added_and_removed_service_ports_only() {
+    let old = sorted(table(
+        4,
+        vec![
+            http("shop", "web", 5000, &["10.0.0.1:80"]),
+            http("shop", "cart", 5000, &["10.0.0.2:80"]),
+            http("shop", "gone", 5000, &["10.0.0.3:80"]),
+        ],
+    ));
+    let new = sorted(table(
+        9,
+        vec![
+            http("shop", "web", 5000, &["10.0.0.1:80"]),
+            http("shop", "cart", 5000, &["10.0.0.2:80", "10.0.0.4:80"]),
+            http("shop", "new", 5000, &[]),
+        ],
+    ));
+    let d = delta_between(&old, &new);
+    assert_eq!((d.base_version, d.version), (4, 9));
+    let changed: Vec<_> = d.changed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(changed, ["cart", "new"]);
+    assert_eq!(d.removed.len(), 1);
+    assert_eq!(d.removed[0].to_string(), "shop/gone:80");
+
+    let held = Table::try_from(&old).unwrap();
+    let next = held.apply_delta(&d).unwrap();
+    assert_eq!(next.version, 9);
+    assert!(next.http_route(5000, "gone.shop.maille.mesh").is_none());
+    assert!(next.http_route(5000, "new.shop.maille.mesh").is_some());
+    let cart = next.http_route(5000, "cart.shop.maille.mesh").unwrap();
+    assert_eq!(cart.endpoints.len(), 2);
+    assert_eq!(view(&next), view(&Table::try_from(&new).unwrap()));
+
+    let mut spec = old.clone();
+    apply_to_spec(&mut spec, &d).unwrap();
+    assert_eq!(spec, new);
+}
+
+#[test]
+fn a_delta_for_another_base_or_naming_an_unknown_service_is_refused() {
+    let old = sorted(table(4, vec![http("shop", "web", 5000, &["10.0.0.1:80"])]));
+    let held = Table::try_from(&old).unwrap();
+    let mut d = TableDelta {
+        schema_version: SCHEMA_VERSION,
+        base_version: 3,
+        version: 5,
+        ..TableDelta::default()
+    };
+    assert_eq!(
+        held.apply_delta(&d).unwrap_err(),
+        DeltaError::Base { base: 3, held: 4 }
+    );
+    d.base_version = 4;
+    d.removed.push(http("shop", "nope", 5000, &[]).key());
+    assert_eq!(
+        held.apply_delta(&d).unwrap_err().to_string(),
+        "delta removes service shop/nope:80, which the table held does not have"
+    );
+    d.removed.clear();
+    d.changed = vec![
+        http("shop", "api", 5000, &[]),
+        http("shop", "api", 5000, &["10.0.0.9:80"]),
+    ];
+    assert_eq!(
+        held.apply_delta(&d).unwrap_err(),
+        DeltaError::Duplicate(http("shop", "api", 5000, &[]).key())
+    );
+}
+
+#[test]
+fn a_delta_leading_to_a_bad_table_is_refused_and_names_the_service() {
+    let mut root = http("shop", "web", 5000, &[]);
+    root.splits = vec![SplitSpec {
+        name: "shop/canary".into(),
+        matches: Vec::new(),
+        backends: vec![SplitBackendSpec {
+            namespace: "shop".into(),
+            name: "web-v2".into(),
+            port: 80,
+            weight: 10,
+        }],
+    }];
+    let old = sorted(table(
+        1,
+        vec![root, http("shop", "web-v2", 5000, &["10.0.0.2:80"])],
+    ));
+    let held = Table::try_from(&old).unwrap();
+    // Removing the backend of a kept split: the kept root no longer resolves.
+    let d = TableDelta {
+        schema_version: SCHEMA_VERSION,
+        base_version: 1,
+        version: 2,
+        removed: vec![http("shop", "web-v2", 5000, &[]).key()],
+        ..TableDelta::default()
+    };
+    let e = held.apply_delta(&d).unwrap_err().to_string();
+    assert!(e.contains("shop/web:80"), "{e}");
+    assert!(e.contains("splits[0].backends[0]"), "{e}");
+    assert!(e.contains("shop/web-v2:80"), "{e}");
+    // A changed service with a bad endpoint.
+    let d = TableDelta {
+        schema_version: SCHEMA_VERSION,
+        base_version: 1,
+        version: 2,
+        changed: vec![http("shop", "web-v2", 5000, &["10.0.0.2"])],
+        ..TableDelta::default()
+    };
+    let e = held.apply_delta(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("shop/web-v2:80") && e.contains("endpoints[0].address"),
+        "{e}"
+    );
+    // A new service claiming a TCP port another one holds.
+    let tcp = |name: &str| service("shop", name, 9000, 10000, TrafficType::Tcp, &[]);
+    let held = held
+        .apply_delta(&TableDelta {
+            schema_version: SCHEMA_VERSION,
+            base_version: 1,
+            version: 2,
+            changed: vec![tcp("db")],
+            ..TableDelta::default()
+        })
+        .unwrap();
+    let e = held
+        .apply_delta(&TableDelta {
+            schema_version: SCHEMA_VERSION,
+            base_version: 2,
+            version: 3,
+            changed: vec![tcp("db2")],
+            ..TableDelta::default()
+        })
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        DeltaError::Invalid(Error::DuplicateMeshPort {
+            mesh_port: 10000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn kept_splits_follow_their_backends_to_new_indices() {
+    let mut root = http("shop", "web", 5000, &[]);
+    root.splits = vec![SplitSpec {
+        name: "shop/canary".into(),
+        matches: vec![HttpMatchSpec {
+            path_regex: Some("/api/.*".into()),
+            ..HttpMatchSpec::default()
+        }],
+        backends: vec![SplitBackendSpec {
+            namespace: "shop".into(),
+            name: "web-v2".into(),
+            port: 80,
+            weight: 10,
+        }],
+    }];
+    let old = sorted(table(
+        1,
+        vec![root.clone(), http("shop", "web-v2", 5000, &["10.0.0.2:80"])],
+    ));
+    // Services sorting before both shift every index.
+    let new = sorted(table(
+        2,
+        vec![
+            root,
+            http("shop", "web-v2", 5000, &["10.0.0.2:80"]),
+            http("shop", "a", 5000, &[]),
+            http("aaa", "b", 5000, &[]),
+        ],
+    ));
+    let next = Table::try_from(&old)
+        .unwrap()
+        .apply_delta(&delta_between(&old, &new))
+        .unwrap();
+    let web = next
+        .index_of(&http("shop", "web", 5000, &[]).key())
+        .unwrap();
+    let backend = next.services[web].splits[0].backends[0].service;
+    assert_eq!(next.services[backend].key.name, "web-v2");
+    assert_eq!(view(&next), view(&Table::try_from(&new).unwrap()));
+}
+
+/// One version of a generated table: which service ports exist and what they hold.
+#[derive(Clone, Debug)]
+struct Entry {
+    name: usize,
+    tcp: bool,
+    endpoints: Vec<u8>,
+    retries: Option<u32>,
+    breaker: bool,
+    split_to: Option<(usize, u32)>,
+}
+
+const NAMES: usize = 6;
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (
+        0..NAMES,
+        any::<bool>(),
+        proptest::collection::vec(1u8..6, 0..4),
+        proptest::option::of(1u32..4),
+        any::<bool>(),
+        proptest::option::of((0..NAMES, 0u32..100)),
+    )
+        .prop_map(|(name, tcp, endpoints, retries, breaker, split_to)| Entry {
+            name,
+            tcp,
+            endpoints,
+            retries,
+            breaker,
+            split_to,
+        })
+}
+
+/// A valid table from generated entries: one port per name (http on port 80, or tcp on 81 with
+/// its own listener), HTTP splits only towards higher-numbered HTTP names (no cycles).
+fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
+    let mut by_name: Vec<Option<&Entry>> = vec![None; NAMES];
+    for e in entries {
+        by_name[e.name] = Some(e);
+    }
+    let mut services = Vec::new();
+    for (n, e) in by_name.iter().enumerate() {
+        let Some(e) = e else { continue };
+        let eps: Vec<String> = e
+            .endpoints
+            .iter()
+            .map(|i| format!("10.0.0.{i}:80"))
+            .collect();
+        let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+        let name = format!("svc{n}");
+        let mut s = if e.tcp {
+            service("ns", &name, 81, 10000 + n as u16, TrafficType::Tcp, &eps)
+        } else {
+            let mut s = http("ns", &name, 5000, &eps);
+            s.options = OptionsSpec {
+                retry_attempts: e.retries,
+                circuit_breaker: e.breaker.then(|| "NetworkErrorRatio() > 0.5".to_string()),
+                ..OptionsSpec::default()
+            };
+            s
+        };
+        if let Some((to, weight)) = e.split_to {
+            let target = by_name.get(to).copied().flatten();
+            if !e.tcp && to > n && target.is_some_and(|t| !t.tcp) {
+                s.splits = vec![SplitSpec {
+                    name: format!("ns/split{n}"),
+                    matches: Vec::new(),
+                    backends: vec![SplitBackendSpec {
+                        namespace: "ns".into(),
+                        name: format!("svc{to}"),
+                        port: 80,
+                        weight,
+                    }],
+                }];
+            }
+        }
+        services.push(s);
+    }
+    let mut spec = table(version, services);
+    spec.acl = acl;
+    sorted(spec)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Applying the deltas between any sequence of tables gives, at every step, the same table
+    /// as validating that step's full table, in both the validated and the wire form.
+    #[test]
+    fn any_sequence_of_deltas_gives_the_full_table(
+        versions in proptest::collection::vec(
+            (any::<bool>(), proptest::collection::vec(entry(), 0..8)),
+            1..8,
+        )
+    ) {
+        let specs: Vec<TableSpec> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, (acl, entries))| build(i as u64 + 1, *acl, entries))
+            .collect();
+        let mut held = Table::try_from(&specs[0]).unwrap();
+        let mut held_spec = specs[0].clone();
+        for pair in specs.windows(2) {
+            let delta = delta_between(&pair[0], &pair[1]);
+            held = held.apply_delta(&delta).unwrap();
+            apply_to_spec(&mut held_spec, &delta).unwrap();
+            prop_assert_eq!(&held_spec, &pair[1]);
+            prop_assert_eq!(view(&held), view(&Table::try_from(&pair[1]).unwrap()));
+        }
+    }
+}
