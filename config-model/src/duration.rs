@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::cut::cut;
+
 /// Why a duration did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DurationError(pub String);
@@ -23,6 +25,8 @@ pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
             "empty duration, expected e.g. 5s or 250ms".into(),
         ));
     }
+    // Values are quoted cut: an annotation may be a megabyte long.
+    let shown = cut(input);
     let mut total_us: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
@@ -31,7 +35,8 @@ pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
             .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(DurationError(format!(
-                "{input:?} is not a duration: expected a number at {rest:?}"
+                "{shown:?} is not a duration: expected a number at {:?}",
+                cut(rest)
             )));
         }
         let (num, after) = rest.split_at(num_len);
@@ -47,26 +52,31 @@ pub fn parse_millis(input: &str) -> Result<u64, DurationError> {
             "m" => 60_000_000,
             "h" => 3_600_000_000,
             "" => {
+                let n = cut(num);
                 return Err(DurationError(format!(
-                    "{input:?} has no unit: write e.g. {num}s or {num}ms"
-                )))
+                    "{shown:?} has no unit: write e.g. {n}s or {n}ms"
+                )));
             }
             other => {
                 return Err(DurationError(format!(
-                    "{input:?} has an unknown unit {other:?}: use ms, s, m or h"
-                )))
+                    "{shown:?} has an unknown unit {:?}: use ms, s, m or h",
+                    cut(other)
+                )));
             }
         };
         let value: f64 = num.parse().map_err(|_| {
-            DurationError(format!("{input:?} is not a duration: bad number {num:?}"))
+            DurationError(format!(
+                "{shown:?} is not a duration: bad number {:?}",
+                cut(num)
+            ))
         })?;
         if !value.is_finite() {
-            return Err(DurationError(format!("{input:?} is out of range")));
+            return Err(DurationError(format!("{shown:?} is out of range")));
         }
         total_us = total_us.saturating_add((value * per_unit_us as f64) as u128);
         rest = next;
     }
-    u64::try_from(total_us / 1000).map_err(|_| DurationError(format!("{input:?} is out of range")))
+    u64::try_from(total_us / 1000).map_err(|_| DurationError(format!("{shown:?} is out of range")))
 }
 
 #[cfg(test)]

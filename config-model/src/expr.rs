@@ -312,7 +312,7 @@ enum Kind {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Kind::Ident(s) => write!(f, "{s:?}"),
+            Kind::Ident(s) => write!(f, "{:?}", crate::cut::cut(s)),
             Kind::Number(n) => write!(f, "number {n}"),
             Kind::LParen => f.write_str("\"(\""),
             Kind::RParen => f.write_str("\")\""),
@@ -373,7 +373,7 @@ fn lex(source: &str) -> Result<Vec<Token>, ExprError> {
                     .filter(|n| n.is_finite())
                     .ok_or_else(|| ExprError {
                         column,
-                        message: format!("{text:?} is not a number"),
+                        message: format!("{:?} is not a number", crate::cut::cut(&text)),
                     })?;
                 (Kind::Number(n), j - start)
             }
@@ -535,7 +535,10 @@ impl<'a> Parser<'a> {
             _ => {
                 return Err(self.error_at(
                     name_token,
-                    format!("unknown function {name:?}: expected {FUNCTIONS}"),
+                    format!(
+                        "unknown function {:?}: expected {FUNCTIONS}",
+                        crate::cut::cut(name)
+                    ),
                 ))
             }
         };

@@ -14,6 +14,8 @@ pub mod cut;
 pub mod delta;
 pub mod duration;
 pub mod expr;
+#[cfg(test)]
+mod fuzz;
 pub mod options;
 pub mod split_graph;
 pub mod table;
