@@ -44,8 +44,11 @@ const NAMES: [&str; 12] = [
     annotations::MESH,
 ];
 
+/// The bound a message keeps whatever the value: each quoted value is cut to 128 bytes before
+/// it is quoted with Rust escapes (at most 5 characters per byte, e.g. `\u{e}`), and a message
+/// quotes it at most three times (the value, and a duration's or expression's own quote of it).
 fn bounded(e: &AnnotationError) -> bool {
-    e.to_string().len() < 600
+    e.to_string().len() < 3 * 128 * 5 + 512
 }
 
 proptest! {

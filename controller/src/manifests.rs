@@ -518,4 +518,80 @@ metadata: {name: ignored}
         assert!(dup.errors[0].contains("defined more than once"), "{dup:?}");
         assert!(t.table.services.iter().any(|s| s.name == "web"));
     }
+
+    mod fuzz {
+        //! Property tests of the manifests reader (issue 13, "Also"): arbitrary and mutated
+        //! YAML never panics, and what it reports stays bounded.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The demo's manifests and an SMI split: every kind the folder reader knows, to mutate.
+        fn seed() -> String {
+            let mut text = String::new();
+            for f in ["services.yaml", "endpoints.yaml"] {
+                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo/");
+                text += &std::fs::read_to_string(format!("{path}{f}")).unwrap();
+                text += "\n---\n";
+            }
+            text + "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\n\
+                    metadata: {name: canary, namespace: demo}\n\
+                    spec: {service: whoami, backends: [{service: whoami, weight: 90}]}\n\
+                    ---\nkind: List\napiVersion: v1\nitems: [{kind: List, apiVersion: v1, items: []}]\n"
+        }
+
+        /// Runs the reader; checks that every message it gives is bounded.
+        fn read_bounded(text: &str) -> Result<(), TestCaseError> {
+            let mut out = Snapshot::default();
+            match parse_documents(text, "fuzz.yaml", &mut out) {
+                Ok(()) => {}
+                Err(e) => prop_assert!(e.len() <= 4 * MAX_MESSAGE, "{} bytes", e.len()),
+            }
+            for p in &out.problems {
+                prop_assert!(p.message.len() <= MAX_MESSAGE + 64, "{}", p.message.len());
+            }
+            Ok(())
+        }
+
+        use config_model::cut::MAX_MESSAGE;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,1024}") {
+                read_bounded(&text)?;
+            }
+
+            #[test]
+            fn mutated_manifests_never_panic(
+                edits in proptest::collection::vec(
+                    (any::<prop::sample::Index>(), 0usize..5, "[-:{}\\[\\]&*!|>'\"#% \n\t.a-z0-9]{0,8}"),
+                    1..6,
+                )
+            ) {
+                let mut text = seed();
+                for (at, op, piece) in edits {
+                    let mut i = at.index(text.len() + 1);
+                    while !text.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    match op {
+                        0 => text.insert_str(i, &piece),
+                        1 => {
+                            let end = (i + piece.len()).min(text.len());
+                            let mut end = end;
+                            while !text.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            text.replace_range(i..end, "");
+                        }
+                        2 => text.truncate(i),
+                        3 => text.insert_str(i, &"x".repeat(100_000)),
+                        _ => text.insert_str(i, "\n---\n"),
+                    }
+                }
+                read_bounded(&text)?;
+            }
+        }
+    }
 }
