@@ -292,6 +292,46 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    reflect_with(api, required, shared, |_| None)
+}
+
+/// What of a Pod translation reads (`smi::PodIndex`): its addresses, ServiceAccount, host
+/// network and whether it has finished. Status updates that change none of these (readiness,
+/// conditions, container states: most Pod events) cannot change the table.
+fn pod_fingerprint(pod: &Pod) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let spec = pod.spec.as_ref();
+    #[allow(deprecated)]
+    (
+        spec.and_then(|s| s.service_account_name.as_deref()),
+        spec.and_then(|s| s.service_account.as_deref()),
+        spec.and_then(|s| s.host_network),
+    )
+        .hash(&mut h);
+    if let Some(st) = pod.status.as_ref() {
+        matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")).hash(&mut h);
+        st.pod_ip.hash(&mut h);
+        for ip in st.pod_ips.iter().flatten() {
+            ip.ip.hash(&mut h);
+        }
+    }
+    Some(h.finish())
+}
+
+/// [`reflect`], waking the rebuild only for changes `fingerprint` sees: an update whose
+/// fingerprint equals the object's last one is stored but rebuilds nothing. `None` means
+/// "every change counts".
+fn reflect_with<K>(
+    api: Api<K>,
+    required: bool,
+    shared: &Shared,
+    fingerprint: fn(&K) -> Option<u64>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
     let kind: &'static str = Box::leak(K::kind(&Default::default()).to_string().into_boxed_str());
     shared.health.send_modify(|h| {
@@ -314,6 +354,15 @@ where
         let mut delay = shared.timing.backoff_min;
         let mut last_failure = None;
         let mut synced_once = false;
+        // Fingerprints of the objects held, by namespace/name (only with a fingerprint).
+        let mut seen: std::collections::HashMap<(Option<String>, String), u64> =
+            std::collections::HashMap::new();
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
         loop {
             // A watch resumed after an error gives no event until something changes: when the
             // retry has not failed within a few backoff steps, the watch is up again.
@@ -354,10 +403,22 @@ where
                             m.watch_up.with_label_values(&[kind]).set(1);
                             shared.changed.notify_one();
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                        watcher::Event::Apply(o) => match fingerprint(&o) {
+                            Some(fp) if seen.insert(key(&o), fp) == Some(fp) => {
+                                m.watch_events_ignored.with_label_values(&[kind]).inc();
+                            }
+                            _ => shared.changed.notify_one(),
+                        },
+                        watcher::Event::Delete(o) => {
+                            seen.remove(&key(&o));
                             shared.changed.notify_one();
                         }
-                        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                        watcher::Event::Init => seen.clear(),
+                        watcher::Event::InitApply(o) => {
+                            if let Some(fp) = fingerprint(&o) {
+                                seen.insert(key(&o), fp);
+                            }
+                        }
                     }
                     continue;
                 }
@@ -447,7 +508,12 @@ impl Provider {
         };
         let services = reflect(Api::<Service>::all(client.clone()), true, &shared);
         let slices = reflect(Api::<EndpointSlice>::all(client.clone()), true, &shared);
-        let pods = reflect(Api::<Pod>::all(client.clone()), true, &shared);
+        let pods = reflect_with(
+            Api::<Pod>::all(client.clone()),
+            true,
+            &shared,
+            pod_fingerprint,
+        );
         let smi = SmiStores {
             traffic_targets: reflect(Api::all(client.clone()), false, &shared),
             http_route_groups: reflect(Api::all(client.clone()), false, &shared),

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub watch_up: IntGaugeVec,
     /// `maille_controller_watch_errors_total{kind}`.
     pub watch_errors: IntCounterVec,
+    /// `maille_controller_watch_events_ignored_total{kind}`.
+    pub watch_events_ignored: IntCounterVec,
     /// `maille_controller_leader`.
     pub leader: IntGauge,
     /// `maille_controller_table_responses_total{kind}`: tables sent, `full` or `delta`.
@@ -108,6 +110,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["kind"]
     )
     .expect("register maille_controller_watch_errors_total"),
+    watch_events_ignored: register_int_counter_vec!(
+        "maille_controller_watch_events_ignored_total",
+        "Watch events that cannot change the table (a Pod update that leaves its addresses, ServiceAccount and phase as they were), stored without a rebuild.",
+        &["kind"]
+    )
+    .expect("register maille_controller_watch_events_ignored_total"),
     leader: register_int_gauge!(
         "maille_controller_leader",
         "1 while this replica holds the leader Lease and writes shadow services and Events."

@@ -352,3 +352,71 @@ async fn an_smi_crd_installed_after_start_is_watched_without_a_restart() {
     );
     state_of(&r, "TrafficSplit", |s| *s == WatchState::Synced).await;
 }
+
+fn pod(ns: &str, name: &str, ip: &str, ready: &str) -> Pod {
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some("client".into()),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// Issue 16 item 8: Pod status updates that leave what translation reads as it was (addresses,
+/// ServiceAccount, phase) publish no snapshot, so nothing is rebuilt; a new address does.
+#[tokio::test]
+async fn pod_updates_that_cannot_change_the_table_rebuild_nothing() {
+    let api = FakeApi::new();
+    api.insert(&service("shop", "web"));
+    api.insert(&pod("shop", "client-1", "10.1.0.5", "True"));
+    let mut r = start(&api, timing());
+    within("first sync", r.provider.wait_synced())
+        .await
+        .unwrap();
+    snapshot_where(&mut r, "the listed pod", |s| s.pods.len() == 1).await;
+    // Let the first syncs of every kind publish what they publish, then count from there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.snapshots.borrow_and_update();
+
+    // Twenty readiness flips, spaced wider than the publisher's 50 ms coalescing.
+    for i in 0..20 {
+        let ready = if i % 2 == 0 { "False" } else { "True" };
+        api.insert(&pod("shop", "client-1", "10.1.0.5", ready));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    // Then one change that matters: the snapshot after it must be the only one published.
+    api.insert(&pod("shop", "client-1", "10.1.0.9", "True"));
+    let mut published = 0;
+    within("the pod's new address", async {
+        loop {
+            r.snapshots.changed().await.expect("provider running");
+            published += 1;
+            let s = r.snapshots.borrow_and_update().clone().unwrap();
+            let ip = s.pods[0].status.as_ref().unwrap().pod_ip.clone();
+            if ip.as_deref() == Some("10.1.0.9") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        published, 1,
+        "snapshots published for readiness-only Pod updates"
+    );
+}
