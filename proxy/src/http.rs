@@ -374,10 +374,11 @@ impl ProxyHttp for MeshProxy {
         if let Some(stream) = conn::client_stream(session) {
             stream.request_finished();
         }
-        ctx.pick = None;
         let status = final_status(session, e, ctx);
         ctx.resilience.finish(status, e);
         log_request(session, e, ctx, self.access_log);
+        // The pick ends the endpoint's in-flight count; after the log line, which names it.
+        ctx.pick = None;
     }
 }
 

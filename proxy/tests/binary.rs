@@ -851,3 +851,66 @@ async fn sigterm_while_a_hand_over_waits_for_the_new_process_still_drains() {
     let status = wait_exit(proxy, Duration::from_secs(8)).await;
     assert!(status.success(), "exit status {status}");
 }
+
+/// The access log names the endpoint that answered (it was empty: the pick was dropped before
+/// the line was written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_upstream_that_answered() {
+    let _serial = SERIAL.lock().await;
+    let web = HttpBackend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_tcp_ports(2);
+    let table_path = dir.path().join("table.json");
+    write_table(&table_path, ports[0], &web);
+    let log_path = dir.path().join("proxy.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_maille-proxy"))
+        .args(["--listen-ip", "127.0.0.1", "--admin-addr"])
+        .arg(format!("127.0.0.1:{}", ports[1]))
+        .arg("--upgrade-sock")
+        .arg(dir.path().join("upgrade.sock"))
+        .args([
+            "--threads",
+            "1",
+            "--log",
+            "warn,access=info",
+            "--access-log",
+        ])
+        .arg("--config")
+        .arg(&table_path)
+        .args(["--http-ports", &ports[0].to_string()])
+        .args(["--tcp-ports", "none", "--udp-ports", "none"])
+        .env_remove("MAILLE_CONTROLLER_URL")
+        .env_remove("MAILLE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start maille-proxy");
+    let _proxy = ProxyProcess { child };
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    wait_listening(addr, Duration::from_secs(30));
+    wait_ready(SocketAddr::from(([127, 0, 0, 1], ports[1]))).await;
+    let r = client::get(addr, "web.bin.maille.mesh", "/logged")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let want = web.addr_str();
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let line = text.lines().find(|l| l.contains("/logged"));
+        if let Some(line) = line {
+            assert!(
+                line.contains(&want),
+                "access line without upstream {want}: {line}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no access line: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
