@@ -33,25 +33,38 @@ impl ProxyProcess {
 
     /// `maille-proxy` on 127.0.0.1 with this admin port and upgrade socket, and `args`.
     fn spawn(admin_port: u16, sock: &Path, args: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_maille-proxy"))
-            .args([
-                "--listen-ip",
-                "127.0.0.1",
-                "--admin-addr",
-                &format!("127.0.0.1:{admin_port}"),
-                "--upgrade-sock",
-                sock.to_str().unwrap(),
-                "--threads",
-                "1",
-                "--log",
-                "warn",
-            ])
-            .args(args)
-            .env_remove("MAILLE_CONTROLLER_URL")
-            .env_remove("MAILLE_CONFIG")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start maille-proxy");
+        Self::spawn_logging(admin_port, sock, args, "warn", None)
+    }
+
+    /// [`Self::spawn`] with this `--log` filter, its output written to `log` when given.
+    fn spawn_logging(
+        admin_port: u16,
+        sock: &Path,
+        args: &[&str],
+        filter: &str,
+        log: Option<std::fs::File>,
+    ) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maille-proxy"));
+        cmd.args([
+            "--listen-ip",
+            "127.0.0.1",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+            "--upgrade-sock",
+            sock.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--log",
+            filter,
+        ])
+        .args(args)
+        .env_remove("MAILLE_CONTROLLER_URL")
+        .env_remove("MAILLE_CONFIG")
+        .stdin(Stdio::null());
+        if let Some(log) = log {
+            cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        }
+        let child = cmd.spawn().expect("start maille-proxy");
         ProxyProcess { child }
     }
 
@@ -864,30 +877,23 @@ async fn the_access_log_names_the_upstream_that_answered() {
     write_table(&table_path, ports[0], &web);
     let log_path = dir.path().join("proxy.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_maille-proxy"))
-        .args(["--listen-ip", "127.0.0.1", "--admin-addr"])
-        .arg(format!("127.0.0.1:{}", ports[1]))
-        .arg("--upgrade-sock")
-        .arg(dir.path().join("upgrade.sock"))
-        .args([
-            "--threads",
-            "1",
-            "--log",
-            "warn,access=info",
+    let http = ports[0].to_string();
+    let _proxy = ProxyProcess::spawn_logging(
+        ports[1],
+        &dir.path().join("upgrade.sock"),
+        &[
             "--access-log",
-        ])
-        .arg("--config")
-        .arg(&table_path)
-        .args(["--http-ports", &ports[0].to_string()])
-        .args(["--tcp-ports", "none", "--udp-ports", "none"])
-        .env_remove("MAILLE_CONTROLLER_URL")
-        .env_remove("MAILLE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start maille-proxy");
-    let _proxy = ProxyProcess { child };
+            "--config",
+            table_path.to_str().unwrap(),
+            "--http-ports",
+            &http,
+        ]
+        .into_iter()
+        .chain(["--tcp-ports", "none", "--udp-ports", "none"])
+        .collect::<Vec<_>>(),
+        "warn,access=info",
+        Some(log),
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     wait_listening(addr, Duration::from_secs(30));
     wait_ready(SocketAddr::from(([127, 0, 0, 1], ports[1]))).await;
