@@ -8,15 +8,9 @@ use std::sync::Arc;
 use regex::Regex;
 
 use crate::cut::{cut_display, cut_message};
-use crate::expr;
-use crate::options::{
-    CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions,
-    DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS, DEFAULT_RETRY_BUDGET_PERCENT,
-};
+use crate::options::ServiceOptions;
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
-use crate::wire::{
-    AccessRuleSpec, HttpMatchSpec, OptionsSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType,
-};
+use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType};
 use crate::{MESH_DOMAIN, SCHEMA_VERSION};
 
 /// Highest endpoint or split weight accepted.
@@ -317,7 +311,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn invalid(
+pub(crate) fn invalid(
     service: &str,
     field: impl Into<String>,
     value: impl fmt::Display,
@@ -433,7 +427,7 @@ impl ServiceSpec {
                 });
             }
         }
-        let options = validate_options(&id, self.traffic_type, &self.options)?;
+        let options = ServiceOptions::from_spec(&id, self.traffic_type, &self.options)?;
         let mut access = Vec::with_capacity(self.access.len());
         for (i, rule) in self.access.iter().enumerate() {
             access.push(validate_access(&id, i, self.traffic_type, rule)?);
@@ -472,135 +466,6 @@ impl ServiceSpec {
             access,
         })
     }
-}
-
-fn validate_options(id: &str, tt: TrafficType, o: &OptionsSpec) -> Result<ServiceOptions> {
-    let http_only = |field: &str, set: bool| -> Result<()> {
-        if set && tt != TrafficType::Http {
-            return Err(invalid(
-                id,
-                format!("options.{field}"),
-                "set",
-                format!("only http services support it, this one is {tt}"),
-            ));
-        }
-        Ok(())
-    };
-    http_only("retryAttempts", o.retry_attempts.is_some())?;
-    http_only("timeoutMs", o.timeout_ms.is_some())?;
-    http_only("rateLimit", o.rate_limit.is_some())?;
-    http_only("circuitBreaker", o.circuit_breaker.is_some())?;
-    http_only("scheme", o.scheme.as_deref().is_some_and(|s| s != "http"))?;
-
-    let retry = match o.retry_attempts {
-        None => None,
-        Some(0) => {
-            return Err(invalid(
-                id,
-                "options.retryAttempts",
-                0,
-                "expected an integer ≥ 1",
-            ))
-        }
-        Some(attempts) => {
-            let budget_percent = o
-                .retry_budget_percent
-                .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT);
-            if !(1..=100).contains(&budget_percent) {
-                return Err(invalid(
-                    id,
-                    "options.retryBudgetPercent",
-                    budget_percent,
-                    "expected a percentage from 1 to 100",
-                ));
-            }
-            Some(RetryPolicy {
-                attempts,
-                budget_percent,
-            })
-        }
-    };
-    if o.timeout_ms == Some(0) {
-        return Err(invalid(
-            id,
-            "options.timeoutMs",
-            0,
-            "expected a duration above zero",
-        ));
-    }
-    let rate_limit = match o.rate_limit {
-        None => None,
-        Some(rl) if rl.average == 0 => {
-            return Err(invalid(
-                id,
-                "options.rateLimit.average",
-                0,
-                "expected an integer > 0",
-            ))
-        }
-        Some(rl) if rl.burst == 0 => {
-            return Err(invalid(
-                id,
-                "options.rateLimit.burst",
-                0,
-                "expected an integer > 0",
-            ))
-        }
-        Some(rl) => Some(RateLimit {
-            average: rl.average,
-            burst: rl.burst,
-        }),
-    };
-    if o.circuit_breaker_recovery_ms == Some(0) {
-        return Err(invalid(
-            id,
-            "options.circuitBreakerRecoveryMs",
-            0,
-            "expected a duration above zero",
-        ));
-    }
-    if o.circuit_breaker_recovery_ms.is_some() && o.circuit_breaker.is_none() {
-        return Err(invalid(
-            id,
-            "options.circuitBreakerRecoveryMs",
-            o.circuit_breaker_recovery_ms.unwrap_or_default(),
-            "needs options.circuitBreaker",
-        ));
-    }
-    let circuit_breaker = match &o.circuit_breaker {
-        None => None,
-        Some(src) => Some(CircuitBreaker {
-            expr: expr::parse(src)
-                .map_err(|e| invalid(id, "options.circuitBreaker", src, e.to_string()))?,
-            recovery_ms: o
-                .circuit_breaker_recovery_ms
-                .unwrap_or(DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS),
-        }),
-    };
-    let scheme = match o.scheme.as_deref() {
-        None => Scheme::Http,
-        Some(s) => Scheme::parse(s)
-            .ok_or_else(|| invalid(id, "options.scheme", s, "expected http, https or h2c"))?,
-    };
-    if scheme != Scheme::Https && (o.tls_server_name.is_some() || o.tls_insecure_skip_verify) {
-        return Err(invalid(
-            id,
-            "options.tlsServerName",
-            o.tls_server_name.as_deref().unwrap_or(""),
-            "TLS settings need scheme https",
-        ));
-    }
-    Ok(ServiceOptions {
-        retry,
-        timeout_ms: o.timeout_ms,
-        rate_limit,
-        circuit_breaker,
-        scheme,
-        tls: TlsOptions {
-            server_name: o.tls_server_name.clone(),
-            insecure_skip_verify: o.tls_insecure_skip_verify,
-        },
-    })
 }
 
 fn anchored(id: &str, field: &str, pattern: &str) -> Result<Regex> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::options::RetryPolicy;
 use crate::testing::{http, service, table};
 use crate::wire::{EndpointSpec, SplitBackendSpec};
 
