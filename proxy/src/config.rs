@@ -177,6 +177,10 @@ pub struct Config {
     /// suffix); it is read frame by frame and dropped as soon as it passes the bound.
     #[arg(long, env = "MAILLE_CONTROLLER_MAX_TABLE_BYTES", default_value = "64MiB", value_parser = byte_size)]
     pub controller_max_table_bytes: u64,
+    /// Ask the controller for deltas (the service ports changed since the table held) rather
+    /// than the whole table at every change. `false` fetches the whole table every time.
+    #[arg(long, env = "MAILLE_CONTROLLER_DELTAS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controller_deltas: bool,
     /// Load the routing table from this JSON file, and reload it when it changes.
     #[arg(long, env = "MAILLE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -343,6 +347,7 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             controller_url: None,
             controller_max_table_bytes: 64 << 20,
+            controller_deltas: true,
             config: None,
             grace_period_seconds: 10,
             graceful_shutdown_timeout_seconds: 5,

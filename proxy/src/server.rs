@@ -249,7 +249,8 @@ impl ProxyServer {
                 .add_service(background_service("table file", src));
         } else if let Some(url) = &self.config.controller_url {
             let src = ControllerSource::new(url, self.store.clone())?
-                .max_table_bytes(self.config.controller_max_table_bytes);
+                .max_table_bytes(self.config.controller_max_table_bytes)
+                .deltas(self.config.controller_deltas);
             self.server
                 .add_service(background_service("controller client", src));
         }

@@ -18,6 +18,8 @@
 //! served the version the proxy holds answers with the service ports that changed since, which
 //! the proxy applies to its table ([`super::swap_delta`]); a delta that does not fit the table
 //! held makes the next poll ask for the full table. A gzip body is bounded once inflated too.
+//! [`ControllerSource::deltas`] and [`ControllerSource::gzip`] turn either off
+//! (`--controller-deltas=false`; the fleet bench's full-table baselines).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,6 +134,11 @@ pub struct ControllerSource {
     /// The controller process the table held came from (its `maille-table-origin`), sent back
     /// so that it makes a delta only from a version it served itself.
     origin: Mutex<Option<http::HeaderValue>>,
+    /// Whether to ask for deltas (`--controller-deltas`); without, every change brings the
+    /// whole table.
+    deltas: bool,
+    /// Whether to take gzip bodies.
+    gzip: bool,
 }
 
 impl ControllerSource {
@@ -173,7 +180,23 @@ impl ControllerSource {
             wait: Duration::from_secs(wait_s),
             max_table_bytes: DEFAULT_MAX_TABLE_BYTES,
             origin: Mutex::new(None),
+            deltas: true,
+            gzip: true,
         })
+    }
+
+    /// Whether to ask for deltas (default yes; `--controller-deltas=false` turns them off):
+    /// without, the controller answers every change with the whole table.
+    pub fn deltas(mut self, on: bool) -> Self {
+        self.deltas = on;
+        self
+    }
+
+    /// Whether to accept gzip bodies (default yes). Off, the controller sends plain JSON, as
+    /// before it compressed (the fleet bench's baseline).
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = on;
+        self
     }
 
     /// Refuses table answers larger than `bytes` (`--controller-max-table-bytes`).
@@ -211,17 +234,19 @@ impl ControllerSource {
                 req = req.header(ORIGIN_HEADER, origin);
             }
         }
-        let req = req
-            .header(
-                header::ACCEPT,
-                format!("{}, application/json", config_model::DELTA_MEDIA_TYPE),
-            )
-            .header(header::ACCEPT_ENCODING, "gzip")
-            .body(Empty::new())
-            .map_err(|e| Error::Transport {
-                uri: uri.clone(),
-                reason: e.to_string(),
-            })?;
+        let accept = if self.deltas {
+            format!("{}, application/json", config_model::DELTA_MEDIA_TYPE)
+        } else {
+            "application/json".to_string()
+        };
+        req = req.header(header::ACCEPT, accept);
+        if self.gzip {
+            req = req.header(header::ACCEPT_ENCODING, "gzip");
+        }
+        let req = req.body(Empty::new()).map_err(|e| Error::Transport {
+            uri: uri.clone(),
+            reason: e.to_string(),
+        })?;
         let deadline = self.wait + Duration::from_secs(15);
         let resp = tokio::time::timeout(deadline, self.client.request(req))
             .await

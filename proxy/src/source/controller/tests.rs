@@ -663,3 +663,35 @@ async fn gzip_tables_and_deltas_are_applied_and_a_delta_that_does_not_fit_asks_f
         assert!(origin.as_deref().is_none_or(|o| o == "c1"));
     }
 }
+
+#[tokio::test]
+async fn without_deltas_and_gzip_only_whole_plain_tables_are_asked_for() {
+    let json = "application/json";
+    let (addr, seen) = start_scripted(vec![
+        ("\"1\"", json, false, spec_json(1, "10.0.0.1:80")),
+        ("\"2\"", json, false, spec_json(2, "10.0.0.2:80")),
+    ])
+    .await;
+    let store = TableStore::new();
+    let src = ControllerSource::with_wait(
+        &format!("http://{addr}"),
+        store.clone(),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+    .deltas(false)
+    .gzip(false);
+    let mut etag = None;
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(1));
+    assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(2));
+    let web = store.load();
+    let web = web.http_route(5000, "web.a.maille.mesh").unwrap();
+    assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.2:80");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for [_, accept, encoding, _] in &seen {
+        assert_eq!(accept.as_deref(), Some(json));
+        assert_eq!(encoding.as_deref(), None);
+    }
+    assert_eq!(seen[1][0].as_deref(), Some("\"1\""));
+}
