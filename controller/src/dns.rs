@@ -6,8 +6,6 @@ pub mod corefile;
 pub mod stub;
 pub mod version;
 
-#[cfg(any(test, feature = "testing"))]
-pub mod fake_api;
 #[cfg(test)]
 mod tests;
 

@@ -17,6 +17,8 @@ pub mod run;
 pub mod settings;
 pub mod smi;
 pub mod snapshot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod translate;
 pub mod writer;
 

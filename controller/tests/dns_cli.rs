@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::{
     Volume,
 };
 use kube::api::ObjectMeta;
-use maille_controller::dns::fake_api::FakeApi;
 use maille_controller::dns::{COREFILE_KEY, RESTART_ANNOTATION};
 use maille_controller::naming;
+use maille_controller::testing::fake_api::FakeApi;
 
 fn testdata(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Service;
 use maille_controller::cli::Cli;
-use maille_controller::dns::fake_api::FakeApi;
 use maille_controller::naming;
+use maille_controller::testing::fake_api::FakeApi;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,7 @@
 //! `prepare` and `cleanup` against the fake API server, one test per case of issue 7.
 
-use super::fake_api::FakeApi;
 use super::*;
+use crate::testing::fake_api::FakeApi;
 use k8s_openapi::api::apps::v1::DeploymentSpec;
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ServiceSpec, Volume, VolumeMount,

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
-use crate::dns::fake_api::FakeApi;
 use crate::smi::crd::{TrafficSplitBackend, TrafficSplitSpec};
+use crate::testing::fake_api::FakeApi;
 
 /// Long enough for a loaded 2-core machine, short enough to fail fast.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -1,7 +1,7 @@
 //! Two replicas' electors sharing one Lease on the fake API server.
 
 use super::*;
-use crate::dns::fake_api::FakeApi;
+use crate::testing::fake_api::FakeApi;
 
 fn config(identity: &str, duration: Duration) -> LeaseConfig {
     LeaseConfig {

@@ -508,7 +508,7 @@ async fn a_burst_is_written_once_until_the_watch_shows_it() {
 
 #[tokio::test]
 async fn deletes_only_the_shadows_it_wrote() {
-    use crate::dns::fake_api::FakeApi;
+    use crate::testing::fake_api::FakeApi;
     let api = FakeApi::new();
     let mut w = Writer::new(api.client(), "maille".into(), labels());
     let ours = shadow_service(
@@ -549,7 +549,7 @@ fn bad_service_problem() -> Problem {
 
 #[tokio::test]
 async fn events_carry_the_uid_and_a_repeat_bumps_the_count() {
-    use crate::dns::fake_api::FakeApi;
+    use crate::testing::fake_api::FakeApi;
     let api = FakeApi::new();
     let svc = Service {
         metadata: ObjectMeta {
@@ -604,9 +604,9 @@ async fn events_carry_the_uid_and_a_repeat_bumps_the_count() {
 
 #[tokio::test]
 async fn problems_on_smi_objects_become_events_on_them() {
-    use crate::dns::fake_api::FakeApi;
     use crate::smi::crd::TrafficSplitSpec;
     use crate::smi::TrafficSplit;
+    use crate::testing::fake_api::FakeApi;
     let api = FakeApi::new();
     let mut split = TrafficSplit::new("canary", TrafficSplitSpec::default());
     split.metadata.namespace = Some("shop".into());
