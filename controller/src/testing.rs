@@ -1,4 +1,49 @@
 //! Test helpers shared by the controller's unit tests and its integration tests (feature
-//! `testing`): the in-memory Kubernetes API server.
+//! `testing`): the in-memory Kubernetes API server, DNS fixtures, free ports and bounded waits.
 
+pub mod dns;
 pub mod fake_api;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use fake_api::FakeApi;
+
+/// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
+/// process under test that must be told its port on the command line.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Asks `f` every 50 ms until it gives a value, and returns it; panics naming `what` after
+/// `within`.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `f`'s output, or a panic naming `what` when it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
+}

@@ -6,10 +6,13 @@
 //! to this test's own target directory.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use maille_controller::testing::{eventually, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Kills the child when the test ends, however it ends.
 struct Proc(Child);
@@ -19,14 +22,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn proxy_binary() -> PathBuf {
@@ -78,30 +73,23 @@ fn backend(name: &'static str) -> u16 {
 }
 
 /// One request on a fresh connection; returns (status, body).
-fn get(port: u16, host: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
+async fn get(port: u16, host: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    };
+    let out = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()??;
     let status = out.split(' ').nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n")?.1.to_string();
     Some((status, body))
-}
-
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not seen within {within:?}");
 }
 
 fn service(traffic_type: &str) -> String {
@@ -123,8 +111,8 @@ fn write(dir: &Path, file: &str, text: &str) {
     std::fs::rename(tmp, dir.join(file)).unwrap();
 }
 
-#[test]
-fn routing_follows_manifest_edits_within_a_second() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_follows_manifest_edits_within_a_second() {
     let (one, two, three) = (backend("one"), backend("two"), backend("three"));
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "service.yaml", &service("http"));
@@ -172,63 +160,69 @@ fn routing_follows_manifest_edits_within_a_second() {
             .expect("start maille-proxy"),
     );
     let host = "web.shop.maille.mesh";
-    let bodies = |n: usize| -> Vec<String> {
-        (0..n)
-            .filter_map(|_| get(http, host))
-            .filter(|(s, _)| *s == 200)
-            .map(|(_, b)| b)
-            .collect()
+    let second = Duration::from_secs(1);
+    // `n` requests; the bodies of those answered 200.
+    let bodies = async |n: usize| -> Vec<String> {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            if let Some((200, body)) = get(http, host).await {
+                seen.push(body);
+            }
+        }
+        seen
     };
 
     // Both endpoints serve through the mesh name (and the ClusterIP as Host).
-    wait_for("first table at the proxy", Duration::from_secs(30), || {
-        get(http, host).is_some_and(|(s, _)| s == 200)
-    });
-    let seen = bodies(40);
+    eventually(
+        "first table at the proxy",
+        Duration::from_secs(30),
+        async || get(http, host).await.filter(|(s, _)| *s == 200),
+    )
+    .await;
+    let seen = bodies(40).await;
     assert_eq!(seen.len(), 40, "every request through the mesh succeeds");
     assert!(
         seen.iter().any(|b| b == "one") && seen.iter().any(|b| b == "two"),
         "{seen:?}"
     );
-    assert_eq!(get(http, "10.96.0.20:80").map(|(s, _)| s), Some(200));
+    assert_eq!(get(http, "10.96.0.20:80").await.map(|(s, _)| s), Some(200));
     assert_eq!(
-        get(http, "nope.shop.maille.mesh").map(|(s, _)| s),
+        get(http, "nope.shop.maille.mesh").await.map(|(s, _)| s),
         Some(404)
     );
 
     // A new endpoint is used within a second.
     write(dir.path(), "slice-3.yaml", &slice("web-3", three));
-    wait_for("new endpoint in rotation", Duration::from_secs(1), || {
-        bodies(6).iter().any(|b| b == "three")
-    });
+    eventually("new endpoint in rotation", second, async || {
+        bodies(6).await.iter().any(|b| b == "three").then_some(())
+    })
+    .await;
 
     // Removing an endpoint takes it out of rotation.
     std::fs::remove_file(dir.path().join("slice-1.yaml")).unwrap();
-    wait_for(
-        "removed endpoint out of rotation",
-        Duration::from_secs(1),
-        || {
-            let seen = bodies(12);
-            seen.len() == 12 && !seen.iter().any(|b| b == "one")
-        },
-    );
+    eventually("removed endpoint out of rotation", second, async || {
+        let seen = bodies(12).await;
+        (seen.len() == 12 && !seen.iter().any(|b| b == "one")).then_some(())
+    })
+    .await;
 
     // Changing the traffic type moves the service from the HTTP port to the TCP port.
     write(dir.path(), "service.yaml", &service("tcp"));
-    wait_for(
-        "service leaves the HTTP listener",
-        Duration::from_secs(1),
-        || get(http, host).is_some_and(|(s, _)| s == 404),
-    );
-    wait_for(
-        "service reachable on its TCP port",
-        Duration::from_secs(1),
-        || get(tcp, "anything").is_some_and(|(s, b)| s == 200 && (b == "two" || b == "three")),
-    );
+    eventually("service leaves the HTTP listener", second, async || {
+        get(http, host).await.filter(|(s, _)| *s == 404)
+    })
+    .await;
+    eventually("service reachable on its TCP port", second, async || {
+        get(tcp, "anything")
+            .await
+            .filter(|(s, b)| *s == 200 && (b == "two" || b == "three"))
+    })
+    .await;
 
     // Removing the service removes its route.
     std::fs::remove_file(dir.path().join("service.yaml")).unwrap();
-    wait_for("TCP route gone", Duration::from_secs(1), || {
-        get(tcp, "anything").is_none()
-    });
+    eventually("TCP route gone", second, async || {
+        get(tcp, "anything").await.is_none().then_some(())
+    })
+    .await;
 }

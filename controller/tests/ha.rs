@@ -3,24 +3,15 @@
 //! serve the same table, the follower takes over when the leader dies.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Service;
 use maille_controller::cli::Cli;
 use maille_controller::naming;
-use maille_controller::testing::fake_api::FakeApi;
+use maille_controller::testing::{eventually, free_port, FakeApi, PATIENCE};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tcp_service(name: &str, port: u16) -> Service {
     serde_json::from_value(json!({
@@ -143,17 +134,6 @@ impl Drop for Replica {
     }
 }
 
-async fn eventually<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn shadow_writes(api: &FakeApi, name: &str) -> usize {
     let shadow = naming::shadow_name("shop", name).unwrap();
     api.writes()
@@ -202,18 +182,15 @@ fn shadow_port(api: &FakeApi, name: &str) -> Option<i64> {
 async fn one_leader_writes_both_serve_the_same_table_and_the_follower_takes_over() {
     let api = FakeApi::new();
     api.insert(&tcp_service("db", 5432));
-    let (addr, _server) = api.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).unwrap();
+    let (kubeconfig, _server) = api.serve_kubeconfig(dir.path()).await.unwrap();
 
     let mut replicas = [
         Replica::start(&kubeconfig, "controller-a"),
         Replica::start(&kubeconfig, "controller-b"),
     ];
-    let patience = Duration::from_secs(15);
     // Both ready; exactly one leads, and /ready says which and how the watches are.
-    let leader = eventually("one leader, both ready", patience, async || {
+    let leader = eventually("one leader, both ready", PATIENCE, async || {
         let (a, b) = (replicas[0].ready().await, replicas[1].ready().await);
         let leads = |t: &str| t.contains("leader: yes");
         let follows = |t: &str| t.contains("leader: no");
@@ -230,11 +207,11 @@ async fn one_leader_writes_both_serve_the_same_table_and_the_follower_takes_over
     let follower = 1 - leader;
 
     // The leader writes the shadow; both publish the port it holds.
-    eventually("the shadow of db", patience, async || {
+    eventually("the shadow of db", PATIENCE, async || {
         shadow_port(&api, "db")
     })
     .await;
-    let (table, etag) = eventually("the same table on both", patience, async || {
+    let (table, etag) = eventually("the same table on both", PATIENCE, async || {
         let a = replicas[0].ports().await?;
         let b = replicas[1].ports().await?;
         (a.0 == b.0 && a.0.get("db") == Some(&10000)).then_some(a)
@@ -251,7 +228,7 @@ async fn one_leader_writes_both_serve_the_same_table_and_the_follower_takes_over
     // holds another port (an earlier leader's choice), both replicas follow it and the leader
     // does not write it back.
     api.insert(&shadow("db", 5432, 10007));
-    let (_, etag2) = eventually("both on the shadow's port", patience, async || {
+    let (_, etag2) = eventually("both on the shadow's port", PATIENCE, async || {
         let a = replicas[0].ports().await?;
         let b = replicas[1].ports().await?;
         (a.0 == b.0 && a.0.get("db") == Some(&10007)).then_some(b)
@@ -268,7 +245,7 @@ async fn one_leader_writes_both_serve_the_same_table_and_the_follower_takes_over
     replicas[leader].kill();
     let died = Instant::now();
     api.insert(&tcp_service("cache", 6379));
-    let port = eventually("the follower writing as leader", patience, async || {
+    let port = eventually("the follower writing as leader", PATIENCE, async || {
         shadow_port(&api, "cache")
     })
     .await;
@@ -284,7 +261,7 @@ async fn one_leader_writes_both_serve_the_same_table_and_the_follower_takes_over
     );
     let ready = replicas[follower].ready().await;
     assert!(ready.contains("leader: yes"), "{ready}");
-    let (table, etag3) = eventually("the new table", patience, async || {
+    let (table, etag3) = eventually("the new table", PATIENCE, async || {
         let t = replicas[follower].ports().await?;
         (t.0.get("cache") == Some(&10000)).then_some(t)
     })

@@ -1,150 +1,12 @@
 //! `prepare` and `cleanup` against the fake API server, one test per case of issue 7.
 
 use super::*;
-use crate::testing::fake_api::FakeApi;
-use k8s_openapi::api::apps::v1::DeploymentSpec;
-use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ServiceSpec, Volume, VolumeMount,
+use crate::testing::dns::{
+    config_volume, configmap, coredns, corefile, deployment, restart_annotation, service, testdata,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::testing::FakeApi;
 
 const KS: &str = DNS_NAMESPACE;
-
-fn testdata(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/dns/testdata")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    ObjectMeta {
-        namespace: Some(ns.into()),
-        name: Some(name.into()),
-        labels: (!labels.is_empty()).then(|| {
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        }),
-        ..Default::default()
-    }
-}
-
-fn config_volume(name: &str, configmap: &str, key: Option<&str>) -> Volume {
-    Volume {
-        name: name.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: configmap.into(),
-            items: key.map(|k| {
-                vec![KeyToPath {
-                    key: k.into(),
-                    path: k.into(),
-                    ..Default::default()
-                }]
-            }),
-            optional: (configmap == AKS_CUSTOM_CONFIGMAP).then_some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn deployment(name: &str, containers: &[(&str, &str)], volumes: Vec<Volume>) -> Deployment {
-    Deployment {
-        metadata: meta(KS, name, &[("k8s-app", "kube-dns")]),
-        spec: Some(DeploymentSpec {
-            selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(meta(KS, "", &[("k8s-app", "kube-dns")])),
-                spec: Some(PodSpec {
-                    // Each volume mounted where CoreDNS images expect it: the Corefile's in
-                    // /etc/coredns, AKS's coredns-custom in /etc/coredns/custom.
-                    containers: containers
-                        .iter()
-                        .map(|(n, image)| Container {
-                            name: n.to_string(),
-                            image: Some(image.to_string()),
-                            volume_mounts: Some(
-                                volumes
-                                    .iter()
-                                    .map(|v| VolumeMount {
-                                        name: v.name.clone(),
-                                        mount_path: match &v.config_map {
-                                            Some(cm) if cm.name == AKS_CUSTOM_CONFIGMAP => {
-                                                "/etc/coredns/custom".into()
-                                            }
-                                            _ => "/etc/coredns".into(),
-                                        },
-                                        ..Default::default()
-                                    })
-                                    .collect(),
-                            ),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn coredns(image: &str, configmap: &str) -> Deployment {
-    deployment(
-        "coredns",
-        &[("coredns", image)],
-        vec![config_volume(
-            "config-volume",
-            configmap,
-            Some(COREFILE_KEY),
-        )],
-    )
-}
-
-fn configmap(name: &str, data: &[(&str, &str)]) -> ConfigMap {
-    ConfigMap {
-        metadata: meta(KS, name, &[]),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
-fn service(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> Service {
-    Service {
-        metadata: meta(ns, name, labels),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(ip.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn corefile(api: &FakeApi, name: &str) -> String {
-    let cm: ConfigMap = api.get(KS, name).expect("corefile configmap");
-    cm.data.unwrap()[COREFILE_KEY].clone()
-}
-
-fn restart_annotation(api: &FakeApi) -> Option<String> {
-    let d: Deployment = api.get(KS, "coredns").unwrap();
-    d.spec?
-        .template
-        .metadata?
-        .annotations?
-        .get(RESTART_ANNOTATION)
-        .cloned()
-}
 
 fn opts() -> DnsOptions {
     DnsOptions::default()
@@ -761,10 +623,8 @@ async fn over_http_with_a_kubeconfig_file() {
         "coredns",
     ));
     api.insert(&configmap("coredns", &[(COREFILE_KEY, &original)]));
-    let (addr, server) = api.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, FakeApi::kubeconfig(addr)).unwrap();
+    let (path, server) = api.serve_kubeconfig(dir.path()).await.unwrap();
 
     let client = kube_client(Some(&path)).await.unwrap();
     let done = prepare(client.clone(), &opts()).await.unwrap();

@@ -2,17 +2,12 @@
 //! a kind that may not be listed (403), a resume point that is gone (410), a CRD installed
 //! after start, and the health that `/ready` shows.
 
-use std::future::Future;
-
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
 use crate::smi::crd::{TrafficSplitBackend, TrafficSplitSpec};
-use crate::testing::fake_api::FakeApi;
-
-/// Long enough for a loaded 2-core machine, short enough to fail fast.
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::testing::{within, FakeApi};
 
 fn service(ns: &str, name: &str) -> Service {
     Service {
@@ -83,12 +78,6 @@ fn start(api: &FakeApi, timing: WatchTiming) -> Running {
         snapshots,
         shutdown,
     }
-}
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 /// Waits for a published snapshot that satisfies `pred`.

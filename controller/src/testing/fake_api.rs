@@ -533,6 +533,18 @@ impl FakeApi {
         Ok((addr, task))
     }
 
+    /// Serves the fake as [`FakeApi::serve`] does and writes a kubeconfig pointing at it into
+    /// `dir`; returns the kubeconfig's path and the server task.
+    pub async fn serve_kubeconfig(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<(std::path::PathBuf, tokio::task::JoinHandle<()>)> {
+        let (addr, task) = self.serve().await?;
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, Self::kubeconfig(addr))?;
+        Ok((path, task))
+    }
+
     /// A kubeconfig that points at a server from [`FakeApi::serve`].
     pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
         format!(
