@@ -357,10 +357,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// Serves the API on `listener` until the state's shutdown token is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> std::io::Result<()> {
+    serve_with(listener, state, None).await
+}
+
+/// [`serve`], with more routes (the identity API, `crate::identity::router`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    extra: Option<Router>,
+) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    let mut app = router(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await

@@ -145,6 +145,65 @@ pub struct RunArgs {
     /// This replica's identity in the Lease; defaults to $POD_NAME, else the host name.
     #[arg(long, env = "MAILLE_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
+    /// Mesh identity, local mode (with --manifests): the mesh CA lives in this folder (made on
+    /// first start: ca.crt, ca.key) with the token local proxies present in
+    /// DIR/bootstrap-token. See docs/security.md, "Identity".
+    #[arg(
+        long,
+        env = "MAILLE_IDENTITY_DIR",
+        value_name = "DIR",
+        requires = "manifests"
+    )]
+    pub identity_dir: Option<PathBuf>,
+    /// Mesh identity, Kubernetes: the Secret of the mesh namespace that holds the mesh CA
+    /// (tls.crt, tls.key, optional ca.crt). Identity is on when this is set.
+    #[arg(
+        long,
+        env = "MAILLE_IDENTITY_CA_SECRET",
+        value_name = "NAME",
+        conflicts_with = "manifests"
+    )]
+    pub identity_ca_secret: Option<String>,
+    /// Create the CA Secret (a new root) when it does not exist; `false` when you supply it.
+    #[arg(long, env = "MAILLE_IDENTITY_CA_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub identity_ca_create: bool,
+    /// The audience of the proxies' projected ServiceAccount tokens (TokenReview).
+    #[arg(long, env = "MAILLE_IDENTITY_AUDIENCE", default_value = "maille")]
+    pub identity_audience: String,
+    /// The SPIFFE trust domain: identities are spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
+    #[arg(long, env = "MAILLE_TRUST_DOMAIN", default_value = "cluster.local", value_parser = parse_trust_domain)]
+    pub trust_domain: String,
+    /// Lifetime of a node certificate (e.g. 24h, 1h, 30s); proxies renew at about half.
+    #[arg(long, env = "MAILLE_CERTIFICATE_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    pub certificate_lifetime: std::time::Duration,
+}
+
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_`, at most 255.
+fn parse_trust_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid trust domain {s:?}: expected lowercase letters, digits, '.', '-' or '_', e.g. cluster.local"
+        ))
+    }
+}
+
+/// A certificate lifetime from 2 seconds to 366 days.
+fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    let ms = config_model::duration::parse_millis(s)
+        .map_err(|e| format!("invalid certificate lifetime {s:?}: {e}"))?;
+    if !(2_000..=366 * 24 * 3_600_000).contains(&ms) {
+        return Err(format!(
+            "invalid certificate lifetime {s:?}: expected from 2s to 366 days, e.g. 24h"
+        ));
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 fn parse_mode(s: &str) -> Result<TrafficType, String> {
@@ -195,6 +254,16 @@ impl RunArgs {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| format!("maille-controller-{}", std::process::id()))
+    }
+
+    /// The identity settings, when identity is on (`--identity-dir` or `--identity-ca-secret`).
+    pub fn identity_config(&self) -> Option<crate::identity::Config> {
+        (self.identity_dir.is_some() || self.identity_ca_secret.is_some()).then(|| {
+            crate::identity::Config {
+                trust_domain: self.trust_domain.clone(),
+                lifetime: self.certificate_lifetime,
+            }
+        })
     }
 
     /// The proxy pod labels as a map; an entry without `=` is an error naming it.

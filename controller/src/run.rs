@@ -31,6 +31,9 @@ pub enum Error {
     /// The Kubernetes provider failed.
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::Error),
+    /// The mesh CA of `--identity-dir` cannot be read or made.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::ca::Error),
     /// A flag has a bad value.
     #[error("{0}")]
     Flag(String),
@@ -76,6 +79,14 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
             total: args.max_long_polls,
         },
     );
+    let identity = args.identity_config().map(crate::identity::Service::new);
+    let local_ca = match &args.identity_dir {
+        Some(dir) => Some(crate::identity::Ca::load_or_create_dir(
+            dir,
+            &args.trust_domain,
+        )?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -83,9 +94,22 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
             source,
         })?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.api_addr), "API listening");
-    let server = tokio::spawn(api::serve(listener, api_state.clone()));
+    let server = tokio::spawn(api::serve_with(
+        listener,
+        api_state.clone(),
+        identity.clone().map(crate::identity::router),
+    ));
 
     let (snap_tx, snap_rx) = watch::channel(None);
+    if let (Some(service), Some((ca, token))) = (&identity, local_ca) {
+        service.install(
+            ca,
+            crate::identity::Authenticator::Bootstrap {
+                token,
+                snapshots: snap_tx.subscribe(),
+            },
+        );
+    }
     let (out_tx, out_rx) = watch::channel(None);
     let rebuilder = Rebuilder::new(settings.clone(), api_state.clone(), out_tx);
 
@@ -102,6 +126,20 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
         None => {
             let proxy_labels = args.proxy_labels().map_err(Error::Flag)?;
             let client = crate::kubernetes::client(args.kubeconfig.as_deref()).await?;
+            if let (Some(service), Some(name)) = (&identity, &args.identity_ca_secret) {
+                tokio::spawn(crate::identity::run_kubernetes(
+                    service.clone(),
+                    client.clone(),
+                    crate::identity::secret::SecretRef {
+                        namespace: args.namespace.clone(),
+                        name: name.clone(),
+                        create: args.identity_ca_create,
+                    },
+                    args.identity_audience.clone(),
+                    proxy_labels.clone(),
+                    shutdown.clone(),
+                ));
+            }
             let provider =
                 crate::kubernetes::Provider::start(client.clone(), &settings, shutdown.clone())
                     .await;

@@ -59,6 +59,8 @@ struct State {
     epoch: u64,
     /// Requests so far, as `METHOD path?query`, for tests that count lists and watches.
     requests: Vec<String>,
+    /// Tokens a TokenReview authenticates: token to (audiences, `status.user`).
+    tokens: BTreeMap<String, (Vec<String>, Value)>,
 }
 
 /// The fake API server. Clones share state.
@@ -296,6 +298,51 @@ impl FakeApi {
     /// An empty cluster.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes TokenReviews authenticate `token` for `audiences` as `status.user` is (`username`,
+    /// `uid`, `extra`, as the API server fills them for a bound ServiceAccount token). Other
+    /// tokens, or a review for another audience, are answered `authenticated: false`.
+    pub fn add_token(&self, token: &str, audiences: &[&str], user: Value) {
+        self.state.lock().unwrap().tokens.insert(
+            token.to_string(),
+            (audiences.iter().map(|a| a.to_string()).collect(), user),
+        );
+    }
+
+    /// The answer to a TokenReview, as an API server with a token authenticator gives it.
+    fn token_review(&self, body: &[u8]) -> Reply {
+        let review: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()).into(),
+        };
+        let token = review["spec"]["token"].as_str().unwrap_or("");
+        let wanted: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let state = self.state.lock().unwrap();
+        let status_ = match state.tokens.get(token) {
+            Some((auds, user)) if wanted.is_empty() || wanted.iter().any(|w| auds.contains(w)) => {
+                let matched: Vec<&String> = if wanted.is_empty() {
+                    auds.iter().collect()
+                } else {
+                    wanted.iter().filter(|w| auds.contains(w)).collect()
+                };
+                json!({"authenticated": true, "user": user, "audiences": matched})
+            }
+            Some(_) => json!({"authenticated": false,
+                "error": "[invalid bearer token, token audiences is invalid for the target audiences]"}),
+            None => json!({"authenticated": false, "error": "[invalid bearer token]"}),
+        };
+        let mut answer = review.clone();
+        answer["status"] = status_;
+        answer["metadata"] = json!({"creationTimestamp": null});
+        (StatusCode::CREATED, answer).into()
     }
 
     /// The collection and namespace of a kind's objects in `ns`.
@@ -648,6 +695,9 @@ impl FakeApi {
             if state.forbidden.contains(&t.resource) {
                 return forbidden(method, &t).into();
             }
+        }
+        if *method == Method::POST && t.resource == "tokenreviews" {
+            return self.token_review(body);
         }
         let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         if *method == Method::GET && t.name.is_none() && watching {

@@ -1,0 +1,418 @@
+//! Mesh identity in the controller: the CA (`identity/ca.rs`), who may ask for a node
+//! certificate (`identity/auth.rs`), and the API that signs proxies' certificate requests and
+//! shows who holds which identity: `POST /api/identity/certificate`,
+//! `GET /api/identity/trust-bundle`, `GET /api/identities`. See docs/security.md, "Identity".
+
+pub mod auth;
+pub mod ca;
+pub mod metrics;
+pub mod secret;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rcgen::{CertificateSigningRequestParams, SanType};
+use serde::{Deserialize, Serialize};
+
+pub use auth::{Authenticator, Refusal, Subject};
+pub use ca::Ca;
+
+/// Largest certificate request body accepted (JSON with a PEM CSR; a P-256 CSR is ~500 bytes).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest PEM CSR accepted.
+pub const MAX_CSR_BYTES: usize = 8 * 1024;
+/// Largest bearer token accepted (a ServiceAccount token is about 1 KiB).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest node name (a DNS subdomain).
+pub const MAX_NODE_BYTES: usize = 253;
+/// Default certificate lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Rows of `/api/identities` whose certificate ended longer ago than this are dropped.
+pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// A refusal from one address for one reason is logged at most once per this interval.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What identity is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `spiffe://<trust_domain>/...`.
+    pub trust_domain: String,
+    /// Lifetime of a node certificate.
+    pub lifetime: Duration,
+}
+
+/// The SPIFFE ID of a ServiceAccount.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// A certificate request: the node the proxy runs on and its CSR (PEM).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// The node name the proxy claims.
+    pub node: String,
+    /// PKCS#10, PEM.
+    pub csr: String,
+}
+
+/// The answer to a certificate request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertificateResponse {
+    /// `spiffe://...`.
+    pub spiffe_id: String,
+    /// The node, as in the certificate.
+    pub node: String,
+    /// The certificate, then any intermediate, PEM.
+    pub certificate_chain: String,
+    /// The roots every proxy trusts, PEM.
+    pub trust_bundle: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// One row of `/api/identities`: the last certificate signed for a node.
+#[derive(Clone, Debug, Serialize)]
+pub struct Issued {
+    /// The node.
+    pub node: String,
+    /// Its proxy's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The proxy pod, `namespace/name`.
+    pub pod: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Certificates signed for this node since the controller started.
+    pub issued: u64,
+    /// Whether `not_after` has passed.
+    pub expired: bool,
+}
+
+/// The identity service: set up at start, able to sign once its CA and authenticator are
+/// installed (a CA kept in a Secret is read in the background; requests before get 503).
+pub struct Service {
+    config: Config,
+    ready: OnceLock<(Arc<Ca>, Authenticator)>,
+    issued: Mutex<BTreeMap<String, Issued>>,
+    refusals_logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether `node` is a DNS subdomain (RFC 1123), as Kubernetes node names are.
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= MAX_NODE_BYTES
+        && node.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The public key of a PEM CSR whose signature verifies and which asks for no name other
+/// than `spiffe_id` and `node` (the controller decides the names; a request for others is
+/// refused rather than quietly narrowed).
+pub fn check_csr(pem: &str, spiffe_id: &str, node: &str) -> Result<rcgen::PublicKey, Refusal> {
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(Refusal::BadRequest(format!(
+            "csr: {} bytes, more than the {MAX_CSR_BYTES} accepted",
+            pem.len()
+        )));
+    }
+    let csr = CertificateSigningRequestParams::from_pem(pem).map_err(|e| {
+        Refusal::BadRequest(format!(
+            "csr: not a PKCS#10 request with a valid signature and only name extensions: {e}"
+        ))
+    })?;
+    for san in &csr.params.subject_alt_names {
+        let allowed = match san {
+            SanType::URI(u) => u.as_str() == spiffe_id,
+            SanType::DnsName(d) => d.as_str() == node,
+            _ => false,
+        };
+        if !allowed {
+            return Err(Refusal::BadRequest(format!(
+                "csr: asks for the name {san:?}; the controller decides a node certificate's names ({spiffe_id}, {node}), leave them out"
+            )));
+        }
+    }
+    Ok(csr.public_key)
+}
+
+impl Service {
+    /// A service with nothing installed yet.
+    pub fn new(config: Config) -> Arc<Service> {
+        metrics::register();
+        Arc::new(Service {
+            config,
+            ready: OnceLock::new(),
+            issued: Mutex::new(BTreeMap::new()),
+            refusals_logged: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes the service sign with `ca`, for whom `auth` lets through. Only the first call
+    /// counts.
+    pub fn install(&self, ca: Ca, auth: Authenticator) {
+        metrics::register().ca_expiry.set(ca.not_after());
+        let _ = self.ready.set((Arc::new(ca), auth));
+    }
+
+    /// The CA, once installed.
+    pub fn ca(&self) -> Option<&Arc<Ca>> {
+        self.ready.get().map(|(ca, _)| ca)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Signs a certificate for the proxy `token` stands for, or says why not.
+    pub async fn issue(
+        &self,
+        token: &str,
+        request: &CertificateRequest,
+    ) -> Result<CertificateResponse, Refusal> {
+        let node = request.node.as_str();
+        if !valid_node_name(node) {
+            return Err(Refusal::BadRequest(format!(
+                "node: {:?} is not a node name (a DNS subdomain of at most {MAX_NODE_BYTES} characters)",
+                config_model::cut::cut(node)
+            )));
+        }
+        let (ca, auth) = self
+            .ready
+            .get()
+            .ok_or_else(|| Refusal::Unavailable("the mesh CA is not loaded yet".into()))?;
+        let subject = auth.authenticate(token, node).await?;
+        let id = spiffe_id(
+            &self.config.trust_domain,
+            &subject.namespace,
+            &subject.service_account,
+        );
+        let public_key = check_csr(&request.csr, &id, node)?;
+        let signed = ca
+            .sign(&public_key, &id, node, self.config.lifetime)
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        self.remember(Issued {
+            node: node.to_string(),
+            spiffe_id: id.clone(),
+            pod: format!("{}/{}", subject.namespace, subject.pod),
+            serial: signed.serial.clone(),
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+            issued: 0,
+            expired: false,
+        });
+        tracing::info!(%node, spiffe_id = %id, serial = %signed.serial, not_after = signed.not_after, "Node certificate issued");
+        Ok(CertificateResponse {
+            spiffe_id: id,
+            node: node.to_string(),
+            certificate_chain: signed.chain_pem,
+            trust_bundle: ca.trust_bundle().to_string(),
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+        })
+    }
+
+    fn remember(&self, mut row: Issued) {
+        let mut issued = self.issued.lock().expect("issued lock");
+        row.issued = issued.get(&row.node).map_or(0, |r| r.issued) + 1;
+        issued.insert(row.node.clone(), row);
+        let now = unix_now();
+        issued.retain(|_, r| r.not_after + FORGET_AFTER.as_secs() as i64 > now);
+        let live = issued.values().filter(|r| r.not_after > now).count();
+        metrics::register().proxies.set(live as i64);
+    }
+
+    /// Each node's last certificate, by node name.
+    pub fn identities(&self) -> Vec<Issued> {
+        let now = unix_now();
+        let issued = self.issued.lock().expect("issued lock");
+        let live = issued.values().filter(|r| r.not_after > now).count();
+        metrics::register().proxies.set(live as i64);
+        issued
+            .values()
+            .cloned()
+            .map(|mut r| {
+                r.expired = r.not_after <= now;
+                r
+            })
+            .collect()
+    }
+
+    /// Whether a refusal from `ip` for `reason` should be logged now.
+    fn log_refusal_now(&self, ip: IpAddr, reason: &'static str) -> bool {
+        let mut logged = self.refusals_logged.lock().expect("refusal log lock");
+        let now = Instant::now();
+        if logged.len() > 4096 {
+            logged.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+        }
+        match logged.get(&(ip, reason)) {
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+            _ => {
+                logged.insert((ip, reason), now);
+                true
+            }
+        }
+    }
+}
+
+/// Kubernetes mode: loads (or creates) the CA Secret, retrying while the API server refuses,
+/// then lets the service sign for tokens a TokenReview accepts.
+pub async fn run_kubernetes(
+    service: Arc<Service>,
+    client: kube::Client,
+    at: secret::SecretRef,
+    audience: String,
+    proxy_labels: BTreeMap<String, String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let trust_domain = service.config.trust_domain.clone();
+    let Some(ca) = secret::load_with_retry(
+        client.clone(),
+        at.clone(),
+        trust_domain,
+        Duration::from_secs(5),
+        shutdown,
+    )
+    .await
+    else {
+        return;
+    };
+    tracing::info!(secret = %format!("{}/{}", at.namespace, at.name), "Mesh CA loaded: signing node certificates");
+    service.install(
+        ca,
+        Authenticator::Kubernetes {
+            client,
+            audience,
+            namespace: at.namespace,
+            proxy_labels,
+        },
+    );
+}
+
+/// The identity routes, to merge into the controller's API.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/api/identity/certificate", post(certificate))
+        .route("/api/identity/trust-bundle", get(trust_bundle))
+        .route("/api/identities", get(identities))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(service)
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Refusal::Unauthenticated("no Authorization: Bearer token".into()))?;
+    if value.len() > MAX_TOKEN_BYTES + 7 {
+        return Err(Refusal::BadRequest(format!(
+            "the token is longer than {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Refusal::Unauthenticated("Authorization is not a Bearer token".into()))
+}
+
+async fn certificate(
+    State(service): State<Arc<Service>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let m = metrics::register();
+    let outcome = async {
+        let token = bearer(&headers)?;
+        let request: CertificateRequest = serde_json::from_slice(&body).map_err(|e| {
+            Refusal::BadRequest(format!(
+                "body: expected {{\"node\": ..., \"csr\": ...}}: {e}"
+            ))
+        })?;
+        let node = request.node.clone();
+        service
+            .issue(token, &request)
+            .await
+            .map_err(|r| r.about(&node))
+    }
+    .await;
+    match outcome {
+        Ok(answer) => {
+            m.requests.with_label_values(&["issued"]).inc();
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_vec(&answer).expect("response serialises"),
+            )
+                .into_response()
+        }
+        Err(refusal) => {
+            m.requests.with_label_values(&[refusal.label()]).inc();
+            if service.log_refusal_now(peer.ip(), refusal.label()) {
+                tracing::warn!(peer = %peer.ip(), reason = %refusal, "Certificate request refused");
+            }
+            let mut resp = (refusal.status(), format!("{refusal}\n")).into_response();
+            if matches!(refusal, Refusal::Unavailable(_)) {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            }
+            resp
+        }
+    }
+}
+
+async fn trust_bundle(State(service): State<Arc<Service>>) -> Response {
+    match service.ca() {
+        Some(ca) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            ca.trust_bundle().to_string(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the mesh CA is not loaded yet\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn identities(State(service): State<Arc<Service>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&service.identities()).expect("rows serialise"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,55 @@
+//! Metrics of the mesh CA and certificate requests, in the default registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+
+/// The `result` label values of `maille_controller_certificate_requests_total`.
+pub const RESULTS: [&str; 6] = [
+    "issued",
+    "bad_request",
+    "unauthenticated",
+    "forbidden",
+    "unavailable",
+    "error",
+];
+
+/// Every identity metric of the controller.
+pub struct Metrics {
+    /// `maille_controller_certificate_requests_total{result}`.
+    pub requests: IntCounterVec,
+    /// `maille_controller_identity_ca_expiry_timestamp_seconds`.
+    pub ca_expiry: IntGauge,
+    /// `maille_controller_identity_proxies`: node proxies holding an unexpired certificate.
+    pub proxies: IntGauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            "maille_controller_certificate_requests_total",
+            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable, error.",
+            &["result"]
+        )
+        .expect("register maille_controller_certificate_requests_total"),
+        ca_expiry: register_int_gauge!(
+            "maille_controller_identity_ca_expiry_timestamp_seconds",
+            "When the mesh CA's certificate expires (Unix seconds); 0 until it is loaded."
+        )
+        .expect("register maille_controller_identity_ca_expiry_timestamp_seconds"),
+        proxies: register_int_gauge!(
+            "maille_controller_identity_proxies",
+            "Node proxies holding an unexpired certificate from this controller."
+        )
+        .expect("register maille_controller_identity_proxies"),
+    };
+    for r in RESULTS {
+        m.requests.with_label_values(&[r]);
+    }
+    m
+});
+
+/// Registers the identity metrics (once) and returns them.
+pub fn register() -> &'static Metrics {
+    &METRICS
+}
