@@ -106,8 +106,8 @@ mod tests {
     #[test]
     fn fixture_validates_and_routes_every_service() {
         let table = Table::from_json(&table_json(1_000, 10)).expect("fixture must validate");
-        assert_eq!(table.services.len(), 1_000);
-        let endpoints: usize = table.services.iter().map(|s| s.endpoints.len()).sum();
+        assert_eq!(table.len(), 1_000);
+        let endpoints: usize = table.services().iter().map(|s| s.endpoints.len()).sum();
         assert_eq!(endpoints, 10_000);
         let mut tcp = 0;
         for i in 0..1_000 {
@@ -119,7 +119,7 @@ mod tests {
                 None => table.http_route(HTTP_MESH_PORT, &host(i)),
             };
             assert_eq!(
-                svc.map(|s| s.key.name.clone()),
+                svc.map(|s| table[s].key.name.clone()),
                 Some(name(i)),
                 "service {i}"
             );
@@ -134,7 +134,7 @@ mod tests {
     fn small_tables_have_one_tcp_service() {
         let table = Table::try_from(table(10, 1)).expect("fixture must validate");
         assert_eq!(
-            table.tcp_route(TCP_MESH_PORT).map(|s| s.key.port),
+            table.tcp_route(TCP_MESH_PORT).map(|s| table[s].key.port),
             Some(5432)
         );
         assert!(table.tcp_route(TCP_MESH_PORT + 1).is_none());

@@ -1,9 +1,11 @@
 //! Table deltas: what changed between two versions of the table, keyed by service port, and how
 //! a proxy applies one to the table it holds without validating the unchanged services again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use crate::table::{carry_splits, check_split_graph, Builder, Error, ServiceKey, Table};
+use std::sync::Arc;
+
+use crate::table::{Builder, Error, Service, ServiceKey, Table};
 use crate::wire::{ServiceSpec, TableDelta, TableSpec};
 use crate::SCHEMA_VERSION;
 
@@ -112,20 +114,13 @@ impl TableSpec {
     }
 }
 
-/// Where a service of the new table comes from.
-enum Source<'a> {
-    /// Unchanged: the validated service of the table held.
-    Kept(usize),
-    /// Added or changed: to validate.
-    Changed(&'a ServiceSpec),
-}
-
 impl Table {
     /// The table that `delta` leads to from this one. Services the delta does not name are
-    /// taken over as validated (endpoints, options, parsed breaker expressions, compiled
-    /// matches), so the cost grows with the size of the delta, not of the table, apart from
-    /// re-indexing; the new table checks the routes of every service as a whole, as
-    /// [`Table::try_from`] does. The services of the result are in [`ServiceKey`] order.
+    /// shared with this table as they are (the same `Arc`: endpoints, options, parsed breaker
+    /// expressions, compiled matches), so the cost grows with the size of the delta, not of the
+    /// table, apart from re-indexing; the new table checks the routes and splits of every
+    /// service as a whole, as [`Table::try_from`] does. The services of the result are in
+    /// [`ServiceKey`] order.
     pub fn apply_delta(&self, delta: &TableDelta) -> std::result::Result<Table, DeltaError> {
         if delta.schema_version != SCHEMA_VERSION {
             return Err(Error::SchemaVersion {
@@ -143,62 +138,37 @@ impl Table {
         let mut touched: HashSet<ServiceKey> =
             HashSet::with_capacity(delta.changed.len() + delta.removed.len());
         for key in &delta.removed {
-            if self.index_of(key).is_none() {
+            if self.service(key).is_none() {
                 return Err(DeltaError::UnknownRemoval(key.clone()));
             }
             if !touched.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key.clone()));
             }
         }
-        let mut changed: HashMap<ServiceKey, &ServiceSpec> =
-            HashMap::with_capacity(delta.changed.len());
         for s in &delta.changed {
             let key = s.key();
-            if !touched.insert(key.clone()) {
+            if touched.contains(&key) {
                 return Err(DeltaError::Duplicate(key));
             }
-            changed.insert(key, s);
+            touched.insert(key);
         }
 
-        let mut sources: Vec<(&ServiceKey, Source<'_>)> =
-            Vec::with_capacity(self.services.len() + changed.len());
-        for (i, s) in self.services.iter().enumerate() {
+        let mut services: Vec<Arc<Service>> = Vec::with_capacity(self.len() + delta.changed.len());
+        for s in self.services() {
             if !touched.contains(&s.key) {
-                sources.push((&s.key, Source::Kept(i)));
+                services.push(s.clone());
             }
         }
-        for (key, spec) in &changed {
-            sources.push((key, Source::Changed(spec)));
+        for spec in &delta.changed {
+            services.push(Arc::new(spec.validate_local()?));
         }
-        sources.sort_by(|a, b| a.0.cmp(b.0));
+        services.sort_by(|a, b| a.key.cmp(&b.key));
 
-        let mut builder = Builder::new(delta.version, delta.acl, sources.len());
-        for (_, source) in &sources {
-            let svc = match source {
-                Source::Kept(i) => {
-                    let mut s = self.services[*i].clone();
-                    // Resolved again below, against the new indices.
-                    s.splits = Vec::new();
-                    s
-                }
-                Source::Changed(spec) => spec.validate_local()?,
-            };
+        let mut builder = Builder::new(delta.version, delta.acl, services.len());
+        for svc in services {
             builder.push(svc)?;
         }
-        let mut table = builder.finish();
-        for (idx, (_, source)) in sources.iter().enumerate() {
-            let splits = match source {
-                Source::Kept(i) if self.services[*i].splits.is_empty() => continue,
-                Source::Kept(i) => carry_splits(idx, &self.services[*i].splits, self, &table)?,
-                Source::Changed(spec) if spec.splits.is_empty() => continue,
-                Source::Changed(spec) => {
-                    crate::table::validate_splits(&spec.display_name(), idx, &spec.splits, &table)?
-                }
-            };
-            table.services[idx].splits = splits;
-        }
-        check_split_graph(&table)?;
-        Ok(table)
+        Ok(builder.finish()?)
     }
 }
 

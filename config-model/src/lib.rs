@@ -26,8 +26,8 @@ pub mod wire;
 pub use delta::DeltaError;
 pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
 pub use table::{
-    is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceKey, Split,
-    SplitBackend, Table,
+    is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceId, ServiceKey,
+    Split, SplitBackend, Table,
 };
 pub use wire::{
     AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,

@@ -138,11 +138,13 @@ impl HttpMatch {
     }
 }
 
-/// One weighted backend of a split, resolved to its index in [`Table::services`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One weighted backend of a split, named by its identity: a [`Service`] is shared between the
+/// tables that hold it unchanged, so it cannot hold positions in one of them. The table resolves
+/// it to a [`ServiceId`] ([`Table::split_targets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitBackend {
-    /// Index of the backend service port in [`Table::services`].
-    pub service: usize,
+    /// The backend service port.
+    pub service: ServiceKey,
     /// Relative weight; 0 sends it nothing.
     pub weight: u32,
 }
@@ -184,7 +186,25 @@ impl AccessRule {
     }
 }
 
-/// One validated, meshed service port.
+/// Position of a service port in one [`Table`]: what the lookups return and what a proxy keys
+/// per-service state by. Valid only for the table that produced it (positions move when
+/// services come and go), so a holder of a `ServiceId` holds the table too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(u32);
+
+impl ServiceId {
+    /// The position in [`Table::services`].
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    fn new(index: usize) -> ServiceId {
+        // A table is read from a bounded body: 2^32 services cannot be in one.
+        ServiceId(u32::try_from(index).expect("fewer than 2^32 services in a table"))
+    }
+}
+
+/// One validated, meshed service port. Shared (`Arc`) by every table that holds it unchanged.
 #[derive(Clone, Debug)]
 pub struct Service {
     /// Identity.
@@ -207,20 +227,31 @@ pub struct Service {
     pub access: Vec<AccessRule>,
 }
 
-/// The validated routing table. Immutable once built; share it behind an `Arc`.
+/// The validated routing table. Immutable once built; share it behind an `Arc`. Its services
+/// are `Arc`s, shared with the table it was built from by [`Table::apply_delta`] when unchanged.
 #[derive(Debug, Default)]
 pub struct Table {
     /// Generation number from the controller.
     pub version: u64,
     /// Access-control mode.
     pub acl: bool,
-    /// All service ports, in the order of the spec.
-    pub services: Vec<Service>,
-    /// HTTP: lower-case host → (listener port, service index) pairs.
-    http_hosts: HashMap<Box<str>, Vec<(u16, usize)>>,
-    tcp_ports: HashMap<u16, usize>,
-    udp_ports: HashMap<u16, usize>,
-    by_key: HashMap<ServiceKey, usize>,
+    /// All service ports, in the order of the spec; [`ServiceId`] is the position.
+    services: Vec<Arc<Service>>,
+    /// Per service, per split, the backends resolved in this table (empty without splits).
+    split_targets: Vec<Box<[Box<[ServiceId]>]>>,
+    /// HTTP: lower-case host → (listener port, service) pairs.
+    http_hosts: HashMap<Box<str>, Vec<(u16, ServiceId)>>,
+    tcp_ports: HashMap<u16, ServiceId>,
+    udp_ports: HashMap<u16, ServiceId>,
+    by_key: HashMap<ServiceKey, ServiceId>,
+}
+
+impl std::ops::Index<ServiceId> for Table {
+    type Output = Service;
+
+    fn index(&self, id: ServiceId) -> &Service {
+        &self.services[id.index()]
+    }
 }
 
 impl Table {
@@ -238,7 +269,7 @@ impl Table {
 
     /// The HTTP service for a request that arrived on `mesh_port` with this Host header (port,
     /// case and a trailing dot are ignored).
-    pub fn http_route(&self, mesh_port: u16, host: &str) -> Option<&Service> {
+    pub fn http_route(&self, mesh_port: u16, host: &str) -> Option<ServiceId> {
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
         let mut buf = [0u8; 256];
@@ -257,27 +288,56 @@ impl Table {
         candidates
             .iter()
             .find(|(port, _)| *port == mesh_port)
-            .map(|(_, i)| &self.services[*i])
+            .map(|(_, id)| *id)
     }
 
     /// The TCP service mapped to a listener port.
-    pub fn tcp_route(&self, mesh_port: u16) -> Option<&Service> {
-        self.tcp_ports.get(&mesh_port).map(|i| &self.services[*i])
+    pub fn tcp_route(&self, mesh_port: u16) -> Option<ServiceId> {
+        self.tcp_ports.get(&mesh_port).copied()
     }
 
     /// The UDP service mapped to a listener port.
-    pub fn udp_route(&self, mesh_port: u16) -> Option<&Service> {
-        self.udp_ports.get(&mesh_port).map(|i| &self.services[*i])
+    pub fn udp_route(&self, mesh_port: u16) -> Option<ServiceId> {
+        self.udp_ports.get(&mesh_port).copied()
     }
 
     /// A service port by identity.
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.by_key.get(key).map(|i| &self.services[*i])
+    pub fn service(&self, key: &ServiceKey) -> Option<ServiceId> {
+        self.by_key.get(key).copied()
     }
 
-    /// Index of a service port in [`Table::services`].
-    pub fn index_of(&self, key: &ServiceKey) -> Option<usize> {
-        self.by_key.get(key).copied()
+    /// Every service port, in order: the position of each is its [`ServiceId`].
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    /// The service ports with their ids.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (ServiceId, &Arc<Service>)> + '_ {
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (ServiceId::new(i), s))
+    }
+
+    /// The shared service port behind `id` (pointer-equal across tables while unchanged).
+    pub fn shared(&self, id: ServiceId) -> &Arc<Service> {
+        &self.services[id.index()]
+    }
+
+    /// Number of service ports.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether the table has no service port.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// The backends of split `split` of service `id`, resolved in this table, in the order of
+    /// its [`Split::backends`].
+    pub fn split_targets(&self, id: ServiceId, split: usize) -> &[ServiceId] {
+        &self.split_targets[id.index()][split]
     }
 }
 
@@ -450,6 +510,7 @@ impl ServiceSpec {
                 ));
             }
         }
+        let splits = validate_splits(&id, &self.splits)?;
         Ok(Service {
             key: ServiceKey {
                 namespace: self.namespace.clone(),
@@ -462,7 +523,7 @@ impl ServiceSpec {
             cluster_ip,
             endpoints,
             options,
-            splits: Vec::new(),
+            splits,
             access,
         })
     }
@@ -564,12 +625,9 @@ fn validate_access(
     })
 }
 
-pub(crate) fn validate_splits(
-    id: &str,
-    root: usize,
-    specs: &[SplitSpec],
-    table: &Table,
-) -> Result<Vec<Split>> {
+/// The splits of a service on their own: matches compiled, weights checked, backends named by
+/// key (resolved when the table is put together, [`Builder::finish`]).
+fn validate_splits(id: &str, specs: &[SplitSpec]) -> Result<Vec<Split>> {
     let mut splits = Vec::with_capacity(specs.len());
     for (i, s) in specs.iter().enumerate() {
         let matches = s
@@ -580,21 +638,22 @@ pub(crate) fn validate_splits(
             .collect::<Result<Vec<_>>>()?;
         let mut backends = Vec::with_capacity(s.backends.len());
         for (j, b) in s.backends.iter().enumerate() {
-            let field = format!("splits[{i}].backends[{j}]");
             if b.weight > MAX_WEIGHT {
                 return Err(invalid(
                     id,
-                    format!("{field}.weight"),
+                    format!("splits[{i}].backends[{j}].weight"),
                     b.weight,
                     format!("expected 0 to {MAX_WEIGHT}"),
                 ));
             }
-            let key = ServiceKey {
-                namespace: b.namespace.clone(),
-                name: b.name.clone(),
-                port: b.port,
-            };
-            backends.push(resolve_backend(id, &field, root, &key, b.weight, table)?);
+            backends.push(SplitBackend {
+                service: ServiceKey {
+                    namespace: b.namespace.clone(),
+                    name: b.name.clone(),
+                    port: b.port,
+                },
+                weight: b.weight,
+            });
         }
         splits.push(Split {
             name: s.name.clone(),
@@ -605,78 +664,14 @@ pub(crate) fn validate_splits(
     Ok(splits)
 }
 
-/// A split backend named by `key`, resolved to its index in `table` and checked against the
-/// root: it must exist, not be the root, and carry the root's traffic type.
-fn resolve_backend(
-    id: &str,
-    field: &str,
-    root: usize,
-    key: &ServiceKey,
-    weight: u32,
-    table: &Table,
-) -> Result<SplitBackend> {
-    let root_tt = table.services[root].traffic_type;
-    let idx = table
-        .index_of(key)
-        .ok_or_else(|| invalid(id, field, key, "no such service port in the table"))?;
-    if idx == root {
-        return Err(invalid(
-            id,
-            field,
-            key,
-            "a split cannot send traffic to its own root",
-        ));
-    }
-    if table.services[idx].traffic_type != root_tt {
-        return Err(invalid(
-            id,
-            field,
-            key,
-            format!(
-                "backend is {} but the root is {root_tt}",
-                table.services[idx].traffic_type
-            ),
-        ));
-    }
-    Ok(SplitBackend {
-        service: idx,
-        weight,
-    })
-}
-
-/// Validated splits of a service carried over from an older table: the matches are kept as
-/// compiled, the backends are resolved again by key in the new table (indices move).
-pub(crate) fn carry_splits(
-    root: usize,
-    splits: &[Split],
-    old: &Table,
-    table: &Table,
-) -> Result<Vec<Split>> {
-    let id = table.services[root].key.to_string();
-    let mut out = Vec::with_capacity(splits.len());
-    for (i, s) in splits.iter().enumerate() {
-        let mut backends = Vec::with_capacity(s.backends.len());
-        for (j, b) in s.backends.iter().enumerate() {
-            let key = &old.services[b.service].key;
-            let field = format!("splits[{i}].backends[{j}]");
-            backends.push(resolve_backend(&id, &field, root, key, b.weight, table)?);
-        }
-        out.push(Split {
-            name: s.name.clone(),
-            matches: s.matches.clone(),
-            backends,
-        });
-    }
-    Ok(out)
-}
-
 /// Puts validated services together into a table: the identity index, the HTTP host and
-/// TCP/UDP port indexes, and the checks that no two services claim the same route.
+/// TCP/UDP port indexes, the split backends resolved, and the checks that no two services
+/// claim the same route and that the splits form no cycle.
 pub(crate) struct Builder {
     table: Table,
-    http_claims: HashMap<(Box<str>, u16), usize>,
-    tcp_claims: BTreeMap<u16, usize>,
-    udp_claims: BTreeMap<u16, usize>,
+    http_claims: HashMap<(Box<str>, u16), ServiceId>,
+    tcp_claims: BTreeMap<u16, ServiceId>,
+    udp_claims: BTreeMap<u16, ServiceId>,
 }
 
 impl Builder {
@@ -696,11 +691,11 @@ impl Builder {
         }
     }
 
-    /// Adds one service port; its splits are resolved later, once every service is in.
-    pub(crate) fn push(&mut self, svc: Service) -> Result<usize> {
+    /// Adds one service port (shared as it is: nothing in it depends on the table).
+    pub(crate) fn push(&mut self, svc: Arc<Service>) -> Result<ServiceId> {
         let table = &mut self.table;
-        let idx = table.services.len();
-        if table.by_key.insert(svc.key.clone(), idx).is_some() {
+        let id = ServiceId::new(table.services.len());
+        if table.by_key.insert(svc.key.clone(), id).is_some() {
             return Err(Error::DuplicateService(svc.key.to_string()));
         }
         match svc.traffic_type {
@@ -713,18 +708,18 @@ impl Builder {
                 for host in hosts {
                     if let Some(&other) = self.http_claims.get(&(host.clone(), svc.mesh_port)) {
                         return Err(Error::DuplicateHttpRoute {
-                            first: table.services[other].key.to_string(),
+                            first: table[other].key.to_string(),
                             second: svc.key.to_string(),
                             host: host.to_string(),
                             mesh_port: svc.mesh_port,
                         });
                     }
-                    self.http_claims.insert((host.clone(), svc.mesh_port), idx);
+                    self.http_claims.insert((host.clone(), svc.mesh_port), id);
                     table
                         .http_hosts
                         .entry(host)
                         .or_default()
-                        .push((svc.mesh_port, idx));
+                        .push((svc.mesh_port, id));
                 }
             }
             tt @ (TrafficType::Tcp | TrafficType::Udp) => {
@@ -735,26 +730,81 @@ impl Builder {
                 };
                 if let Some(&other) = claims.get(&svc.mesh_port) {
                     return Err(Error::DuplicateMeshPort {
-                        first: table.services[other].key.to_string(),
+                        first: table[other].key.to_string(),
                         second: svc.key.to_string(),
                         traffic_type: tt,
                         mesh_port: svc.mesh_port,
                     });
                 }
-                claims.insert(svc.mesh_port, idx);
+                claims.insert(svc.mesh_port, id);
             }
         }
         table.services.push(svc);
-        Ok(idx)
+        Ok(id)
     }
 
-    /// The table with every service in and indexed, splits not yet resolved.
-    pub(crate) fn finish(self) -> Table {
+    /// The table with every service in: split backends resolved and checked (they must exist,
+    /// not be the root, and carry the root's traffic type), the split graph checked.
+    pub(crate) fn finish(self) -> Result<Table> {
         let mut table = self.table;
         table.tcp_ports = self.tcp_claims.into_iter().collect();
         table.udp_ports = self.udp_claims.into_iter().collect();
-        table
+        let mut split_targets = Vec::with_capacity(table.services.len());
+        for (root, svc) in table.iter() {
+            if svc.splits.is_empty() {
+                split_targets.push(Box::default());
+                continue;
+            }
+            let id = svc.key.to_string();
+            let mut splits = Vec::with_capacity(svc.splits.len());
+            for (i, split) in svc.splits.iter().enumerate() {
+                let mut targets = Vec::with_capacity(split.backends.len());
+                for (j, b) in split.backends.iter().enumerate() {
+                    let field = format!("splits[{i}].backends[{j}]");
+                    targets.push(resolve_backend(&id, &field, root, &b.service, &table)?);
+                }
+                splits.push(targets.into_boxed_slice());
+            }
+            split_targets.push(splits.into_boxed_slice());
+        }
+        table.split_targets = split_targets;
+        check_split_graph(&table)?;
+        Ok(table)
     }
+}
+
+/// A split backend named by `key`, resolved in `table` and checked against the root.
+fn resolve_backend(
+    id: &str,
+    field: &str,
+    root: ServiceId,
+    key: &ServiceKey,
+    table: &Table,
+) -> Result<ServiceId> {
+    let root_tt = table[root].traffic_type;
+    let backend = table
+        .service(key)
+        .ok_or_else(|| invalid(id, field, key, "no such service port in the table"))?;
+    if backend == root {
+        return Err(invalid(
+            id,
+            field,
+            key,
+            "a split cannot send traffic to its own root",
+        ));
+    }
+    if table[backend].traffic_type != root_tt {
+        return Err(invalid(
+            id,
+            field,
+            key,
+            format!(
+                "backend is {} but the root is {root_tt}",
+                table[backend].traffic_type
+            ),
+        ));
+    }
+    Ok(backend)
 }
 
 impl TryFrom<TableSpec> for Table {
@@ -777,37 +827,33 @@ impl TryFrom<&TableSpec> for Table {
         }
         let mut builder = Builder::new(spec.version, spec.acl, spec.services.len());
         for s in &spec.services {
-            builder.push(s.validate_local()?)?;
+            builder.push(Arc::new(s.validate_local()?))?;
         }
-        let mut table = builder.finish();
-        for (idx, s) in spec.services.iter().enumerate() {
-            if !s.splits.is_empty() {
-                let splits = validate_splits(&s.display_name(), idx, &s.splits, &table)?;
-                table.services[idx].splits = splits;
-            }
-        }
-        check_split_graph(&table)?;
-        Ok(table)
+        builder.finish()
     }
 }
 
 /// Refuses split graphs with a cycle, which would make a request loop between services, and
 /// chains of nested splits deeper than [`MAX_SPLIT_DEPTH`]; the error names the first split
 /// at fault. One linear pass, no recursion (see [`split_graph`]).
-pub(crate) fn check_split_graph(table: &Table) -> Result<()> {
+fn check_split_graph(table: &Table) -> Result<()> {
     let mut edges = Vec::new();
-    for (i, s) in table.services.iter().enumerate() {
-        for split in &s.splits {
-            edges.extend(split.backends.iter().map(|b| (i, b.service)));
+    for (i, splits) in table.split_targets.iter().enumerate() {
+        for targets in splits.iter() {
+            edges.extend(targets.iter().map(|b| (i, b.index())));
         }
     }
     let report = split_graph::check(table.services.len(), &edges);
     let name = |i: usize| table.services[i].key.to_string();
     // The split of `at` that sends traffic to `to`, as field path and split name.
     let split_to = |at: usize, to: usize| -> (String, String) {
-        for (i, split) in table.services[at].splits.iter().enumerate() {
-            if let Some(j) = split.backends.iter().position(|b| b.service == to) {
-                return (format!("splits[{i}].backends[{j}]"), split.name.clone());
+        let svc = &table.services[at];
+        for (i, targets) in table.split_targets[at].iter().enumerate() {
+            if let Some(j) = targets.iter().position(|b| b.index() == to) {
+                return (
+                    format!("splits[{i}].backends[{j}]"),
+                    svc.splits[i].name.clone(),
+                );
             }
         }
         ("splits".into(), String::new())
@@ -840,11 +886,10 @@ pub(crate) fn check_split_graph(table: &Table) -> Result<()> {
     let mut chain = vec![at];
     let mut n = at;
     while let Some(h) = report.height(n).filter(|&h| h > 0) {
-        let Some(next) = table.services[n]
-            .splits
+        let Some(next) = table.split_targets[n]
             .iter()
-            .flat_map(|s| &s.backends)
-            .map(|b| b.service)
+            .flat_map(|targets| targets.iter())
+            .map(|b| b.index())
             .find(|&b| report.height(b) == Some(h - 1))
         else {
             break;

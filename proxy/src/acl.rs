@@ -119,35 +119,40 @@ mod tests {
         };
         let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         let v4_mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
-        assert!(admits_request(&t, &t.services[0], a, &req("/api")));
-        assert!(admits_request(&t, &t.services[0], v4_mapped, &req("/api")));
-        assert!(!admits_request(&t, &t.services[0], a, &req("/")));
-        assert!(!admits_request(&t, &t.services[0], b, &req("/api")));
+        assert!(admits_request(&t, &t.services()[0], a, &req("/api")));
+        assert!(admits_request(
+            &t,
+            &t.services()[0],
+            v4_mapped,
+            &req("/api")
+        ));
+        assert!(!admits_request(&t, &t.services()[0], a, &req("/")));
+        assert!(!admits_request(&t, &t.services()[0], b, &req("/api")));
         // Methods are case-sensitive (RFC 9110): `post` does not fit a `POST` rule.
         let mut only_post = spec.clone();
         only_post.services[0].access[0].http.as_mut().unwrap()[0].methods = vec!["POST".into()];
         let t2 = Table::try_from(&only_post).unwrap();
-        assert!(admits_request(&t2, &t2.services[0], a, &req("/api")));
+        assert!(admits_request(&t2, &t2.services()[0], a, &req("/api")));
         let lower = RequestView {
             method: "post",
             path: "/api",
             headers: &h,
         };
-        assert!(!admits_request(&t2, &t2.services[0], a, &lower));
+        assert!(!admits_request(&t2, &t2.services()[0], a, &lower));
         assert!(
-            !admits_connection(&t, &t.services[0], a),
+            !admits_connection(&t, &t.services()[0], a),
             "HTTP-only rule opens no raw connection"
         );
-        assert!(admits_connection(&t, &t.services[1], a));
-        assert!(!admits_connection(&t, &t.services[1], b));
+        assert!(admits_connection(&t, &t.services()[1], a));
+        assert!(!admits_connection(&t, &t.services()[1], b));
         assert_eq!(
-            denied_body(&t.services[1], b),
+            denied_body(&t.services()[1], b),
             "maille: access denied: no TrafficTarget allows 127.0.0.3 to reach shop/db:5432\n"
         );
         spec.acl = false;
         let open = Table::try_from(&spec).unwrap();
         assert!(
-            admits_connection(&open, &open.services[1], b),
+            admits_connection(&open, &open.services()[1], b),
             "ACL off: everything passes"
         );
     }

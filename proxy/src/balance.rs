@@ -28,7 +28,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use config_model::Table;
+use config_model::{ServiceId, Table};
 use prometheus::{register_int_counter, IntCounter};
 use rand::Rng;
 
@@ -293,8 +293,13 @@ impl Balancer {
 
     /// Chooses an endpoint of `table.services[service]`, avoiding the addresses in `exclude`
     /// when another endpoint is left. `None` when the service has no endpoint.
-    pub fn pick(&self, table: &Arc<Table>, service: usize, exclude: &[SocketAddr]) -> Option<Pick> {
-        let svc = table.services.get(service)?;
+    pub fn pick(
+        &self,
+        table: &Arc<Table>,
+        service: ServiceId,
+        exclude: &[SocketAddr],
+    ) -> Option<Pick> {
+        let svc = &table[service];
         if svc.endpoints.is_empty() {
             return None;
         }
@@ -303,7 +308,7 @@ impl Balancer {
             // Another thread is building the plan for this table: pick without state.
             return Some(self.stateless_pick(table, service, exclude));
         };
-        let sp = &plan.services[service];
+        let sp = &plan.services[service.index()];
         let eps = &svc.endpoints;
         let mut rng = rand::rng();
         let usable = |i: usize| !exclude.contains(&eps[i].addr) && !sp.stats[i].is_ejected();
@@ -341,8 +346,13 @@ impl Balancer {
             .cloned()
     }
 
-    fn stateless_pick(&self, table: &Arc<Table>, service: usize, exclude: &[SocketAddr]) -> Pick {
-        let eps = &table.services[service].endpoints;
+    fn stateless_pick(
+        &self,
+        table: &Arc<Table>,
+        service: ServiceId,
+        exclude: &[SocketAddr],
+    ) -> Pick {
+        let eps = &table[service].endpoints;
         let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
         let mut rng = rand::rng();
         let mut idx = 0;
@@ -386,7 +396,7 @@ impl Balancer {
         let mut next: HashMap<SocketAddr, Arc<EndpointStats>> = HashMap::new();
         let mut rng = rand::rng();
         let services = table
-            .services
+            .services()
             .iter()
             .map(|svc| {
                 let stats: Vec<_> = svc

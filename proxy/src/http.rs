@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config_model::Table;
+use config_model::{ServiceId, Table};
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -42,11 +42,11 @@ pub struct RequestCtx {
     pub mesh_port: u16,
     /// The table this request routes with (the same one for every attempt).
     pub table: Option<Arc<Table>>,
-    /// Index in `table.services` of the service port the Host matched (metrics labels).
-    pub service: Option<usize>,
-    /// Index of the service port whose endpoints serve the request (differs from `service`
-    /// when a traffic split sent it elsewhere).
-    pub backend: Option<usize>,
+    /// The service port the Host matched (metrics labels).
+    pub service: Option<ServiceId>,
+    /// The service port whose endpoints serve the request (differs from `service` when a
+    /// traffic split sent it elsewhere).
+    pub backend: Option<ServiceId>,
     /// Upstream attempts so far (1 on the first `upstream_peer` call).
     pub attempts: u32,
     /// The endpoint of the current attempt; counted in flight while held.
@@ -64,12 +64,12 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// The service port the request was routed to, if any.
     pub fn service(&self) -> Option<&config_model::Service> {
-        Some(&self.table.as_ref()?.services[self.service?])
+        Some(&self.table.as_ref()?[self.service?])
     }
 
     /// The service port whose endpoints serve the request, if any.
     pub fn backend(&self) -> Option<&config_model::Service> {
-        Some(&self.table.as_ref()?.services[self.backend?])
+        Some(&self.table.as_ref()?[self.backend?])
     }
 
     /// The endpoint of the current attempt.
@@ -229,7 +229,7 @@ impl ProxyHttp for MeshProxy {
             return Ok(true);
         }
         ctx.backend = Some(backend);
-        let svc = &table.services[backend];
+        let svc = &table[backend];
         if svc.endpoints.is_empty() {
             let body = format!("maille: service {} has no ready endpoints\n", svc.key);
             ctx.table = Some(table);
@@ -267,12 +267,12 @@ impl ProxyHttp for MeshProxy {
             .ok_or_else(|| {
                 let mut e = Error::explain(
                     ErrorType::HTTPStatus(503),
-                    format!("service {} has no endpoints", table.services[backend].key),
+                    format!("service {} has no endpoints", table[backend].key),
                 );
                 e.esource = ErrorSource::Upstream;
                 e
             })?;
-        let svc = &table.services[backend];
+        let svc = &table[backend];
         let mut peer = route::peer_for(pick.addr);
         ctx.resilience
             .configure_peer(&mut peer, svc, self.resilience.tls())?;
@@ -292,7 +292,7 @@ impl ProxyHttp for MeshProxy {
             ctx.failed.push(pick.addr);
         }
         let endpoints = match (&ctx.table, ctx.backend) {
-            (Some(t), Some(b)) => t.services.get(b).map_or(0, |s| s.endpoints.len()),
+            (Some(t), Some(b)) => t[b].endpoints.len(),
             _ => 0,
         };
         ctx.resilience.on_connect_failure(&mut e, endpoints);

@@ -157,7 +157,7 @@ impl Resilience {
         }
         let old = self.states.load_full();
         let mut next: States = HashMap::with_capacity(old.len());
-        for svc in &table.services {
+        for svc in table.services() {
             if svc.traffic_type != TrafficType::Http || !needs_state(&svc.options) {
                 continue;
             }

@@ -34,7 +34,7 @@ pub fn swap_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, 
     match Table::from_json(bytes) {
         Ok(table) => {
             let version = table.version;
-            let services = table.services.len();
+            let services = table.len();
             let previous = store.store_json(table, Arc::from(bytes));
             tracing::info!(
                 origin,
@@ -76,7 +76,7 @@ pub fn swap_delta(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64,
     match held.apply_delta(&delta) {
         Ok(table) => {
             let version = table.version;
-            let services = table.services.len();
+            let services = table.len();
             store.store(table);
             tracing::info!(
                 origin,

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use config_model::{HttpMatch, Split, Table};
+use config_model::{HttpMatch, ServiceId, Split, Table};
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use rand::Rng;
 
@@ -32,14 +32,14 @@ impl<'a> RequestView<'a> {
 /// Where a request goes after the splits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
-    /// The service port (index in `table.services`) whose endpoints serve it.
-    Service(usize),
+    /// The service port whose endpoints serve it.
+    Service(ServiceId),
     /// A split that applies has only zero weights: the request gets no backend (503).
     NoTraffic {
         /// `namespace/name` of the TrafficSplit.
         split: String,
-        /// Index of the service port the split is rooted at.
-        root: usize,
+        /// The service port the split is rooted at.
+        root: ServiceId,
     },
 }
 
@@ -64,16 +64,22 @@ pub fn register() {
 /// this ends; the loop is bounded by the table size anyway.
 pub fn select(
     table: &Table,
-    service: usize,
+    service: ServiceId,
     request: Option<&RequestView<'_>>,
     rng: &mut impl Rng,
 ) -> Selection {
     let mut current = service;
-    for _ in 0..=table.services.len() {
-        let svc = &table.services[current];
-        let Some(split) = svc.splits.iter().find(|s| applies(s, request)) else {
+    for _ in 0..=table.len() {
+        let svc = &table[current];
+        let Some((i, split)) = svc
+            .splits
+            .iter()
+            .enumerate()
+            .find(|(_, s)| applies(s, request))
+        else {
             return Selection::Service(current);
         };
+        let targets = table.split_targets(current, i);
         let total = split.total_weight();
         if total == 0 {
             return Selection::NoTraffic {
@@ -82,11 +88,11 @@ pub fn select(
             };
         }
         let mut ticket = rng.random_range(0..total);
-        let mut next = split.backends[split.backends.len() - 1].service;
-        for b in &split.backends {
+        let mut next = targets[targets.len() - 1];
+        for (b, target) in split.backends.iter().zip(targets) {
             let w = u64::from(b.weight);
             if ticket < w {
-                next = b.service;
+                next = *target;
                 break;
             }
             ticket -= w;
@@ -96,10 +102,7 @@ pub fn select(
                 svc.key.namespace.as_str(),
                 svc.key.name.as_str(),
                 &svc.key.port.to_string(),
-                &format!(
-                    "{}/{}",
-                    table.services[next].key.namespace, table.services[next].key.name
-                ),
+                &format!("{}/{}", table[next].key.namespace, table[next].key.name),
             ])
             .inc();
         current = next;
@@ -145,12 +148,16 @@ mod tests {
         Table::try_from(table(1, services)).unwrap()
     }
 
+    fn root(t: &Table) -> ServiceId {
+        t.iter().next().unwrap().0
+    }
+
     fn count(t: &Table, request: Option<&RequestView<'_>>, n: usize) -> Vec<usize> {
         let mut rng = StdRng::seed_from_u64(7);
-        let mut hits = vec![0; t.services.len()];
+        let mut hits = vec![0; t.len()];
         for _ in 0..n {
-            match select(t, 0, request, &mut rng) {
-                Selection::Service(i) => hits[i] += 1,
+            match select(t, root(t), request, &mut rng) {
+                Selection::Service(i) => hits[i.index()] += 1,
                 other => panic!("{other:?}"),
             }
         }
@@ -220,17 +227,17 @@ mod tests {
             headers: &headers,
         };
         assert_eq!(
-            select(&t, 0, Some(&canary), &mut rand::rng()),
+            select(&t, root(&t), Some(&canary), &mut rand::rng()),
             Selection::NoTraffic {
                 split: "shop/ab".into(),
-                root: 0
+                root: root(&t)
             }
         );
     }
 
     #[test]
     fn tcp_splits_pick_by_weight() {
-        let mut root = service(
+        let mut pg = service(
             "db",
             "pg",
             5432,
@@ -238,7 +245,7 @@ mod tests {
             TrafficType::Tcp,
             &["10.0.0.1:5432"],
         );
-        root.splits.push(SplitSpec {
+        pg.splits.push(SplitSpec {
             name: "db/move".into(),
             matches: vec![],
             backends: vec![SplitBackendSpec {
@@ -256,7 +263,10 @@ mod tests {
             TrafficType::Tcp,
             &["10.0.0.2:5432"],
         );
-        let t = Table::try_from(table(1, vec![root, new])).unwrap();
-        assert_eq!(select(&t, 0, None, &mut rand::rng()), Selection::Service(1));
+        let t = Table::try_from(table(1, vec![pg, new])).unwrap();
+        let Selection::Service(to) = select(&t, root(&t), None, &mut rand::rng()) else {
+            panic!("no traffic")
+        };
+        assert_eq!(t[to].key.name, "pg-new");
     }
 }

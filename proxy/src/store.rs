@@ -109,7 +109,7 @@ impl TableStore {
             let _ = metrics::UNROUTABLE_SERVICES.remove_label_values(&labels);
         }
         let mut count = 0;
-        for svc in &table.services {
+        for svc in table.services() {
             let Some((reason, why)) = listeners.unroutable(svc.traffic_type, svc.mesh_port) else {
                 continue;
             };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use config_model::{ServiceKey, Table};
+use config_model::{ServiceId, ServiceKey, Table};
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -109,9 +109,9 @@ pub(crate) enum Refused {
 pub(crate) struct Route {
     /// The service port the client called (the metrics' labels).
     pub(crate) key: ServiceKey,
-    /// Index in [`Table::services`] of the service whose endpoints serve it: the called one,
-    /// or the backend its traffic splits picked.
-    pub(crate) service: usize,
+    /// The service whose endpoints serve it: the called one, or the backend its traffic
+    /// splits picked.
+    pub(crate) service: ServiceId,
 }
 
 /// The route for a connection that arrived on `mesh_port` from `client`: the service mapped
@@ -123,12 +123,11 @@ pub(crate) fn route(
     client: Option<SocketAddr>,
 ) -> Result<Route, Refused> {
     let root = table.tcp_route(mesh_port).ok_or(Refused::Unrouted)?;
-    let root_idx = table.index_of(&root.key).ok_or(Refused::Unrouted)?;
-    let service = match crate::split::select(table, root_idx, None, &mut rand::rng()) {
+    let service = match crate::split::select(table, root, None, &mut rand::rng()) {
         crate::split::Selection::Service(i) => i,
         crate::split::Selection::NoTraffic { split, .. } => return Err(Refused::NoTraffic(split)),
     };
-    let svc = &table.services[service];
+    let svc = &table[service];
     if table.acl {
         // A client without a known address cannot be admitted by any rule.
         let admitted = client.is_some_and(|c| crate::acl::admits_connection(table, svc, c.ip()));
@@ -139,7 +138,7 @@ pub(crate) fn route(
         }
     }
     Ok(Route {
-        key: root.key.clone(),
+        key: table[root].key.clone(),
         service,
     })
 }
@@ -266,10 +265,10 @@ impl TcpProxy {
         }
     }
 
-    /// Connects to one endpoint of `table.services[idx]`, trying others (each at most once)
-    /// when a connect fails: nothing has been sent yet, so another endpoint is always safe.
-    async fn connect(&self, table: &Arc<Table>, idx: usize) -> Option<Upstream> {
-        let endpoints = &table.services[idx].endpoints;
+    /// Connects to one endpoint of service `idx`, trying others (each at most once) when a
+    /// connect fails: nothing has been sent yet, so another endpoint is always safe.
+    async fn connect(&self, table: &Arc<Table>, idx: ServiceId) -> Option<Upstream> {
+        let endpoints = &table[idx].endpoints;
         if endpoints.is_empty() {
             warn!("Service has no ready endpoint, closing");
             return None;

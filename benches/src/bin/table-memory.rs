@@ -47,7 +47,7 @@ fn measure(services: usize, endpoints: usize) -> Figures {
     let peak = alloc_count::peak_bytes() - before;
     let allocations = alloc_count::allocations() - allocs_before;
     let held = alloc_count::live_bytes() - before;
-    assert_eq!(store.load().services.len(), services);
+    assert_eq!(store.load().len(), services);
     Figures {
         services,
         json: json.len(),

@@ -1,5 +1,7 @@
 use proptest::prelude::*;
 
+use std::sync::Arc;
+
 use super::*;
 use crate::testing::{http, service, table};
 use crate::wire::{HttpMatchSpec, OptionsSpec, SplitBackendSpec, SplitSpec, TrafficType};
@@ -17,9 +19,14 @@ fn delta_between(old: &TableSpec, new: &TableSpec) -> TableDelta {
 /// order (endpoints, options, compiled matches, resolved split backends) and each one's routes.
 fn view(t: &Table) -> String {
     let mut out = format!("version {} acl {}\n", t.version, t.acl);
-    for (i, s) in t.services.iter().enumerate() {
+    for (id, s) in t.iter() {
         out.push_str(&format!("{s:?}\n"));
-        assert_eq!(t.index_of(&s.key), Some(i));
+        for (i, _) in s.splits.iter().enumerate() {
+            let targets: Vec<&ServiceKey> =
+                t.split_targets(id, i).iter().map(|b| &t[*b].key).collect();
+            out.push_str(&format!("split {i} → {targets:?}\n"));
+        }
+        assert_eq!(t.service(&s.key), Some(id));
         let routed = match s.traffic_type {
             TrafficType::Http => t.http_route(
                 s.mesh_port,
@@ -28,7 +35,7 @@ fn view(t: &Table) -> String {
             TrafficType::Tcp => t.tcp_route(s.mesh_port),
             TrafficType::Udp => t.udp_route(s.mesh_port),
         };
-        assert_eq!(routed.map(|r| &r.key), Some(&s.key));
+        assert_eq!(routed, Some(id));
     }
     out
 }
@@ -63,8 +70,16 @@ fn a_delta_names_changed_added_and_removed_service_ports_only() {
     assert_eq!(next.version, 9);
     assert!(next.http_route(5000, "gone.shop.maille.mesh").is_none());
     assert!(next.http_route(5000, "new.shop.maille.mesh").is_some());
-    let cart = next.http_route(5000, "cart.shop.maille.mesh").unwrap();
+    let cart = &next[next.http_route(5000, "cart.shop.maille.mesh").unwrap()];
     assert_eq!(cart.endpoints.len(), 2);
+    let web = |t: &Table| {
+        t.shared(t.http_route(5000, "web.shop.maille.mesh").unwrap())
+            .clone()
+    };
+    assert!(
+        Arc::ptr_eq(&web(&held), &web(&next)),
+        "an unchanged service is shared, not copied"
+    );
     assert_eq!(view(&next), view(&Table::try_from(&new).unwrap()));
 
     let mut spec = old.clone();
@@ -209,11 +224,9 @@ fn kept_splits_follow_their_backends_to_new_indices() {
         .unwrap()
         .apply_delta(&delta_between(&old, &new))
         .unwrap();
-    let web = next
-        .index_of(&http("shop", "web", 5000, &[]).key())
-        .unwrap();
-    let backend = next.services[web].splits[0].backends[0].service;
-    assert_eq!(next.services[backend].key.name, "web-v2");
+    let web = next.service(&http("shop", "web", 5000, &[]).key()).unwrap();
+    let backend = next.split_targets(web, 0)[0];
+    assert_eq!(next[backend].key.name, "web-v2");
     assert_eq!(view(&next), view(&Table::try_from(&new).unwrap()));
 }
 
@@ -320,9 +333,17 @@ proptest! {
         let mut held_spec = specs[0].clone();
         for pair in specs.windows(2) {
             let delta = delta_between(&pair[0], &pair[1]);
-            held = held.apply_delta(&delta).unwrap();
             apply_to_spec(&mut held_spec, &delta).unwrap();
             prop_assert_eq!(&held_spec, &pair[1]);
+            let next = held.apply_delta(&delta).unwrap();
+            // Every service the delta does not name is the held table's, shared.
+            for (_, s) in next.iter() {
+                if !delta.changed.iter().any(|c| c.key() == s.key) {
+                    let before = held.service(&s.key).map(|id| held.shared(id));
+                    prop_assert!(before.is_some_and(|b| Arc::ptr_eq(b, s)), "{} copied", s.key);
+                }
+            }
+            held = next;
             prop_assert_eq!(view(&held), view(&Table::try_from(&pair[1]).unwrap()));
         }
     }

@@ -31,11 +31,14 @@ fn routes_http_by_port_and_host_in_any_case_with_or_without_port() {
     .unwrap();
     assert_eq!(t.version, 7);
     assert_eq!(
-        t.http_route(5000, "web.shop.maille.mesh").unwrap().key.name,
+        t[t.http_route(5000, "web.shop.maille.mesh").unwrap()]
+            .key
+            .name,
         "web"
     );
     assert_eq!(
         t.http_route(5000, "WEB.Shop.maille.mesh:80")
+            .map(|id| &t[id])
             .unwrap()
             .key
             .name,
@@ -43,14 +46,20 @@ fn routes_http_by_port_and_host_in_any_case_with_or_without_port() {
     );
     assert_eq!(
         t.http_route(5000, "web.shop.maille.mesh.")
+            .map(|id| &t[id])
             .unwrap()
             .key
             .name,
         "web"
     );
-    assert_eq!(t.http_route(5000, "10.96.0.10:80").unwrap().key.name, "web");
     assert_eq!(
-        t.http_route(5000, "api.shop.maille.mesh").unwrap().key.name,
+        t[t.http_route(5000, "10.96.0.10:80").unwrap()].key.name,
+        "web"
+    );
+    assert_eq!(
+        t[t.http_route(5000, "api.shop.maille.mesh").unwrap()]
+            .key
+            .name,
         "api"
     );
     assert!(
@@ -82,8 +91,8 @@ fn routes_tcp_and_udp_by_port() {
         ),
     ])
     .unwrap();
-    assert_eq!(t.tcp_route(10000).unwrap().key.name, "pg");
-    assert_eq!(t.udp_route(15000).unwrap().key.name, "resolver");
+    assert_eq!(t[t.tcp_route(10000).unwrap()].key.name, "pg");
+    assert_eq!(t[t.udp_route(15000).unwrap()].key.name, "resolver");
     assert!(t.tcp_route(15000).is_none());
     assert!(t.udp_route(10000).is_none());
 }
@@ -127,7 +136,7 @@ fn weight_out_of_range_is_refused_and_zero_weight_is_dropped() {
         EndpointSpec::new("10.0.0.2:80"),
     ];
     let t = build(vec![s]).unwrap();
-    assert_eq!(t.services[0].endpoints.len(), 1);
+    assert_eq!(t.services()[0].endpoints.len(), 1);
 }
 
 #[test]
@@ -195,7 +204,7 @@ fn options_are_validated() {
     s.options.retry_attempts = Some(2);
     let t = build(vec![s]).unwrap();
     assert_eq!(
-        t.services[0].options.retry,
+        t.services()[0].options.retry,
         Some(RetryPolicy {
             attempts: 2,
             budget_percent: 20
@@ -235,9 +244,11 @@ fn splits_resolve_backends_and_refuse_dangling_and_cycles() {
         http("a", "v2", 5000, &[]),
     ])
     .unwrap();
-    let split = &t.services[0].splits[0];
+    let split = &t.services()[0].splits[0];
     assert_eq!(split.total_weight(), 100);
-    assert_eq!(t.services[split.backends[0].service].key.name, "v1");
+    let root_id = t.iter().next().unwrap().0;
+    assert_eq!(t[t.split_targets(root_id, 0)[0]].key.name, "v1");
+    assert_eq!(split.backends[0].service.name, "v1");
 
     let e = build(vec![root.clone(), http("a", "v1", 5000, &[])]).unwrap_err();
     assert_eq!(field_error(e).1, "splits[0].backends[1]");
@@ -262,7 +273,7 @@ fn http_matches_are_anchored_and_anded() {
         }]),
     }];
     let t = build(vec![s.clone()]).unwrap();
-    let rule = &t.services[0].access[0];
+    let rule = &t.services()[0].access[0];
     assert!(rule.admits("127.0.0.2".parse().unwrap()));
     assert!(rule.admits("::ffff:127.0.0.2".parse().unwrap()));
     assert!(!rule.admits("127.0.0.3".parse().unwrap()));
@@ -292,7 +303,7 @@ fn json_round_trip_tolerates_unknown_fields() {
         "endpoints":[{"address":"127.0.0.1:8080"}],"newOption":true}]}"#;
     let t = Table::from_json(json).unwrap();
     assert_eq!(t.version, 3);
-    assert_eq!(t.services[0].endpoints[0].weight, 1);
+    assert_eq!(t.services()[0].endpoints[0].weight, 1);
     assert!(matches!(
         Table::from_json(b"{not json"),
         Err(JsonError::Parse(_))
@@ -307,7 +318,7 @@ fn circuit_breaker_options_are_parsed_and_checked() {
     let mut s = http("a", "web", 5000, &[]);
     s.options.circuit_breaker = Some("NetworkErrorRatio() > 0.5".into());
     let t = build(vec![s.clone()]).unwrap();
-    let cb = t.services[0].options.circuit_breaker.as_ref().unwrap();
+    let cb = t.services()[0].options.circuit_breaker.as_ref().unwrap();
     assert_eq!(
         cb.recovery_ms,
         crate::options::DEFAULT_CIRCUIT_BREAKER_RECOVERY_MS
@@ -317,7 +328,7 @@ fn circuit_breaker_options_are_parsed_and_checked() {
     s.options.circuit_breaker_recovery_ms = Some(2500);
     let t = build(vec![s.clone()]).unwrap();
     assert_eq!(
-        t.services[0]
+        t.services()[0]
             .options
             .circuit_breaker
             .as_ref()
@@ -380,7 +391,7 @@ fn a_chain_of_ten_thousand_nested_splits_is_refused_without_overflowing_the_stac
 fn nested_splits_up_to_the_depth_limit_are_accepted() {
     let n = MAX_SPLIT_DEPTH as usize + 1;
     let t = build(split_chain(n)).unwrap();
-    assert_eq!(t.services[0].splits.len(), 1);
+    assert_eq!(t.services()[0].splits.len(), 1);
     let e = build(split_chain(n + 1)).unwrap_err();
     assert_eq!(field_error(e).0, "a/s0:80");
 }
@@ -416,7 +427,7 @@ fn deeply_nested_json_is_refused_by_the_parser_not_the_stack() {
     );
     let t = std::thread::Builder::new()
         .stack_size(128 * 1024)
-        .spawn(move || Table::from_json(text.as_bytes()).map(|t| t.services.len()))
+        .spawn(move || Table::from_json(text.as_bytes()).map(|t| t.len()))
         .unwrap()
         .join()
         .unwrap();

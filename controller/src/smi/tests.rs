@@ -80,11 +80,11 @@ fn split_yaml(name: &str, root: &str, backends: &[(&str, i64)]) -> String {
 }
 
 fn weights(t: &Table, root: &str) -> Vec<(String, u32)> {
-    let s = t.services.iter().find(|s| s.key.name == root).unwrap();
+    let s = t.services().iter().find(|s| s.key.name == root).unwrap();
     s.splits[0]
         .backends
         .iter()
-        .map(|b| (t.services[b.service].key.name.clone(), b.weight))
+        .map(|b| (b.service.name.clone(), b.weight))
         .collect()
 }
 
@@ -132,7 +132,7 @@ spec:
     - user-agent: ".*Firefox.*"
 "#;
     let t = golden("split_with_match", web_services(), &yaml);
-    let web = t.services.iter().find(|s| s.key.name == "web").unwrap();
+    let web = t.services().iter().find(|s| s.key.name == "web").unwrap();
     assert_eq!(web.splits.len(), 2);
     assert_eq!(web.splits[0].name, "shop/firefox");
     let ua = |v: &'static str| move |h: &str| (h == "user-agent").then_some(v);
@@ -157,9 +157,17 @@ fn split_cycle_is_reported_and_left_out() {
         + &split_yaml("c-back", "web-v2", &[("web-v1", 1)])
         + &split_yaml("d-self", "web-v3", &[("web-v3", 1)]);
     let t = golden("split_cycle", web_services(), &yaml);
-    let v2 = t.services.iter().find(|s| s.key.name == "web-v2").unwrap();
+    let v2 = t
+        .services()
+        .iter()
+        .find(|s| s.key.name == "web-v2")
+        .unwrap();
     assert!(v2.splits.is_empty());
-    let v3 = t.services.iter().find(|s| s.key.name == "web-v3").unwrap();
+    let v3 = t
+        .services()
+        .iter()
+        .find(|s| s.key.name == "web-v3")
+        .unwrap();
     assert!(v3.splits.is_empty());
 }
 
@@ -191,7 +199,7 @@ fn split_backend_lacking_root_port_is_reported() {
         + &split_yaml("no-root", "nope", &[("web-v1", 1)]);
     let t = golden("split_backend_lacks_port", services, &yaml);
     let on_81 = t
-        .services
+        .services()
         .iter()
         .find(|s| s.key.name == "web" && s.key.port == 81)
         .unwrap();
@@ -304,7 +312,7 @@ spec:
 "#;
     let t = golden("acl_http", acl_services(), &yaml);
     let api80 = t
-        .services
+        .services()
         .iter()
         .find(|s| s.key.name == "api" && s.key.port == 80)
         .unwrap();
@@ -351,7 +359,7 @@ spec:
     assert!(!allows("10.2.0.9".parse().unwrap(), "GET", "/api", None));
     // destination.port 8080 restricts web-to-api to the port-80 service port (pod port 8080).
     let api9090 = t
-        .services
+        .services()
         .iter()
         .find(|s| s.key.name == "api" && s.key.port == 9090)
         .unwrap();
@@ -437,7 +445,7 @@ spec:
   sources: [{kind: ServiceAccount, name: web}]
 "#;
     let t = golden("acl_l4", acl_services(), &yaml);
-    let by = |n: &str| t.services.iter().find(|s| s.key.name == n).unwrap();
+    let by = |n: &str| t.services().iter().find(|s| s.key.name == n).unwrap();
     assert_eq!(by("db").access.len(), 1);
     assert!(by("db").access[0].admits("10.2.0.1".parse().unwrap()));
     assert!(!by("db").access[0].admits("10.3.0.1".parse().unwrap()));

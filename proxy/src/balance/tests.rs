@@ -7,6 +7,10 @@ use config_model::{EndpointSpec, Table};
 
 use super::*;
 
+fn first(t: &Table) -> ServiceId {
+    t.iter().next().expect("a service").0
+}
+
 fn weighted(eps: &[(&str, u32)]) -> Arc<Table> {
     let mut svc = http("default", "web", 5000, &[]);
     svc.endpoints = eps
@@ -34,7 +38,7 @@ fn round_robin_is_exact_per_round_and_interleaved() {
     let mut counts = HashMap::new();
     let mut seq = Vec::new();
     for _ in 0..4000 {
-        let p = b.pick(&t, 0, &[]).unwrap();
+        let p = b.pick(&t, first(&t), &[]).unwrap();
         *counts.entry(p.addr).or_insert(0u32) += 1;
         seq.push(p.addr);
     }
@@ -53,7 +57,7 @@ fn without_latency_data_peak_ewma_falls_back_to_round_robin() {
     let mut counts = HashMap::new();
     for _ in 0..400 {
         // Picks are dropped unanswered: no sample is ever recorded.
-        let p = b.pick(&t, 0, &[]).unwrap();
+        let p = b.pick(&t, first(&t), &[]).unwrap();
         *counts.entry(p.addr).or_insert(0u32) += 1;
     }
     assert_eq!(counts[&addr("10.0.0.1:80")], 200);
@@ -67,13 +71,13 @@ fn equal_latency_spreads_by_weight_within_two_points() {
     let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
     // Seed both with the same latency.
     for a in ["10.0.0.1:80", "10.0.0.2:80"] {
-        b.pick(&t, 0, &[]);
+        b.pick(&t, first(&t), &[]);
         b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
     }
     let n = 20_000;
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let p = b.pick(&t, 0, &[]).unwrap();
+        let p = b.pick(&t, first(&t), &[]).unwrap();
         p.stats().observe(Duration::from_millis(1));
         *counts.entry(p.addr).or_insert(0u32) += 1;
     }
@@ -86,11 +90,11 @@ fn equal_latency_spreads_by_weight_within_two_points() {
 fn a_slow_endpoint_gets_less_traffic() {
     let b = Balancer::new(Mode::PeakEwma);
     let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t, 0, &[]);
+    b.pick(&t, first(&t), &[]);
     let n = 4000;
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let p = b.pick(&t, 0, &[]).unwrap();
+        let p = b.pick(&t, first(&t), &[]).unwrap();
         let rtt = if p.addr == addr("10.0.0.1:80") { 20 } else { 1 };
         p.stats().observe(Duration::from_millis(rtt));
         *counts.entry(p.addr).or_insert(0u32) += 1;
@@ -104,18 +108,20 @@ fn a_slow_endpoint_gets_less_traffic() {
 fn busy_endpoint_gets_less_traffic() {
     let b = Balancer::new(Mode::PeakEwma);
     let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t, 0, &[]);
+    b.pick(&t, first(&t), &[]);
     for a in ["10.0.0.1:80", "10.0.0.2:80"] {
         b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
     }
     // Ten requests stuck on the first endpoint.
     let stuck: Vec<_> = (0..100)
-        .filter_map(|_| b.pick(&t, 0, &[]))
+        .filter_map(|_| b.pick(&t, first(&t), &[]))
         .filter(|p| p.addr == addr("10.0.0.1:80"))
         .take(10)
         .collect();
     assert_eq!(stuck.len(), 10);
-    let picks: Vec<_> = (0..200).map(|_| b.pick(&t, 0, &[]).unwrap().addr).collect();
+    let picks: Vec<_> = (0..200)
+        .map(|_| b.pick(&t, first(&t), &[]).unwrap().addr)
+        .collect();
     let busy = picks.iter().filter(|a| **a == addr("10.0.0.1:80")).count();
     assert!(busy < 80, "busy endpoint picked {busy} of 200");
 }
@@ -124,12 +130,12 @@ fn busy_endpoint_gets_less_traffic() {
 fn latency_state_survives_a_table_swap() {
     let b = Balancer::new(Mode::PeakEwma);
     let t1 = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t1, 0, &[]);
+    b.pick(&t1, first(&t1), &[]);
     b.stats(&addr("10.0.0.1:80"))
         .unwrap()
         .observe(Duration::from_millis(7));
     let t2 = weighted(&[("10.0.0.1:80", 5), ("10.0.0.3:80", 1)]);
-    b.pick(&t2, 0, &[]);
+    b.pick(&t2, first(&t2), &[]);
     let kept = b.stats(&addr("10.0.0.1:80")).unwrap();
     assert!(kept.has_sample());
     assert!(kept.estimate_ns() > 1_000_000.0);
@@ -145,7 +151,7 @@ fn excluded_endpoints_are_avoided_while_others_remain() {
         let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
         for _ in 0..200 {
             let p = b
-                .pick(&t, 0, &[addr("10.0.0.1:80"), addr("10.0.0.2:80")])
+                .pick(&t, first(&t), &[addr("10.0.0.1:80"), addr("10.0.0.2:80")])
                 .unwrap();
             assert_eq!(p.addr, addr("10.0.0.3:80"), "{mode:?}");
         }
@@ -156,8 +162,8 @@ fn excluded_endpoints_are_avoided_while_others_remain() {
 fn pending_counts_follow_picks() {
     let b = Balancer::new(Mode::PeakEwma);
     let t = weighted(&[("10.0.0.1:80", 1)]);
-    let p = b.pick(&t, 0, &[]).unwrap();
-    let q = b.pick(&t, 0, &[]).unwrap();
+    let p = b.pick(&t, first(&t), &[]).unwrap();
+    let q = b.pick(&t, first(&t), &[]).unwrap();
     assert_eq!(p.stats().pending(), 2);
     drop(p);
     assert_eq!(q.stats().pending(), 1);
@@ -169,8 +175,7 @@ fn pending_counts_follow_picks() {
 fn no_endpoints_means_no_pick() {
     let b = Balancer::new(Mode::PeakEwma);
     let t = weighted(&[]);
-    assert!(b.pick(&t, 0, &[]).is_none());
-    assert!(b.pick(&t, 7, &[]).is_none());
+    assert!(b.pick(&t, first(&t), &[]).is_none());
 }
 
 #[test]
@@ -201,14 +206,14 @@ fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
                 p.observe_failure();
             }
         };
-        b.pick(&t, 0, &[]).unwrap(); // builds the plan (and the stats registry)
+        b.pick(&t, first(&t), &[]).unwrap(); // builds the plan (and the stats registry)
         fail("10.0.0.1:80", EJECT_AFTER_FAILURES as usize - 1);
         assert!(!b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
         fail("10.0.0.1:80", 1);
         assert!(b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
         for _ in 0..300 {
             assert_ne!(
-                b.pick(&t, 0, &[]).unwrap().addr,
+                b.pick(&t, first(&t), &[]).unwrap().addr,
                 addr("10.0.0.1:80"),
                 "{mode:?}"
             );
@@ -216,16 +221,22 @@ fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
         // With the others ejected or excluded too, picks still find an endpoint.
         fail("10.0.0.2:80", EJECT_AFTER_FAILURES as usize);
         for _ in 0..100 {
-            assert_eq!(b.pick(&t, 0, &[]).unwrap().addr, addr("10.0.0.3:80"));
+            assert_eq!(
+                b.pick(&t, first(&t), &[]).unwrap().addr,
+                addr("10.0.0.3:80")
+            );
         }
         fail("10.0.0.3:80", EJECT_AFTER_FAILURES as usize);
         let exclude = [addr("10.0.0.1:80"), addr("10.0.0.3:80")];
         for _ in 0..100 {
-            assert_eq!(b.pick(&t, 0, &exclude).unwrap().addr, addr("10.0.0.2:80"));
+            assert_eq!(
+                b.pick(&t, first(&t), &exclude).unwrap().addr,
+                addr("10.0.0.2:80")
+            );
         }
         // One success ends the streak and the ejection.
         let p = b
-            .pick(&t, 0, &[addr("10.0.0.2:80"), addr("10.0.0.3:80")])
+            .pick(&t, first(&t), &[addr("10.0.0.2:80"), addr("10.0.0.3:80")])
             .unwrap();
         assert_eq!(p.addr, addr("10.0.0.1:80"));
         p.observe_response();

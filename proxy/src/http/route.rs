@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use config_model::{Service, Table};
+use config_model::{ServiceId, Table};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_proxy::Session;
 
@@ -38,11 +38,9 @@ pub fn request_host(session: &Session) -> Option<&str> {
     req.uri.authority().map(|a| a.as_str())
 }
 
-/// Step 1: the service port answering `host` on listener port `mesh_port`, as an index into
-/// `table.services`.
-pub fn lookup(table: &Table, mesh_port: u16, host: &str) -> Option<usize> {
-    let svc = table.http_route(mesh_port, host)?;
-    Some(service_index(table, svc))
+/// Step 1: the service port answering `host` on listener port `mesh_port`.
+pub fn lookup(table: &Table, mesh_port: u16, host: &str) -> Option<ServiceId> {
+    table.http_route(mesh_port, host)
 }
 
 /// The method, path (without query) and headers that split and access matches look at.
@@ -58,8 +56,12 @@ fn request_view(session: &Session) -> RequestView<'_> {
 /// Step 2: the service port whose endpoints serve the request: the routed one, or the backend
 /// its traffic splits pick (nested splits followed). A split that applies with only zero
 /// weights sends the request nowhere: 503.
-pub fn resolve_split(table: &Table, service: usize, session: &Session) -> Result<usize, Denied> {
-    if table.services[service].splits.is_empty() {
+pub fn resolve_split(
+    table: &Table,
+    service: ServiceId,
+    session: &Session,
+) -> Result<ServiceId, Denied> {
+    if table[service].splits.is_empty() {
         return Ok(service);
     }
     match split::select(
@@ -78,11 +80,11 @@ pub fn resolve_split(table: &Table, service: usize, session: &Session) -> Result
 
 /// Step 3: in ACL mode, whether the client may send this request to the service port that
 /// serves it (whose pods it reaches): 403 when no access rule (TrafficTarget) admits it.
-pub fn check_access(table: &Table, service: usize, session: &Session) -> Result<(), Denied> {
+pub fn check_access(table: &Table, service: ServiceId, session: &Session) -> Result<(), Denied> {
     if !table.acl {
         return Ok(());
     }
-    let svc = &table.services[service];
+    let svc = &table[service];
     let client = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -106,16 +108,6 @@ pub fn peer_for(addr: SocketAddr) -> Box<HttpPeer> {
     Box::new(HttpPeer::new(addr, false, String::new()))
 }
 
-/// Index of `svc`, which must be an element of `table.services`.
-fn service_index(table: &Table, svc: &Service) -> usize {
-    // Offset arithmetic on the slice instead of a hash lookup by key: `svc` borrows from
-    // `table.services`, so the offset is exact.
-    let base = table.services.as_ptr() as usize;
-    let idx = (svc as *const Service as usize - base) / std::mem::size_of::<Service>();
-    debug_assert!(std::ptr::eq(&table.services[idx], svc));
-    idx
-}
-
 #[cfg(test)]
 mod tests {
     use config_model::testing::{http, table};
@@ -131,9 +123,13 @@ mod tests {
             vec![http("shop", "web", 5000, &["10.0.0.1:80"]), b],
         ))
         .unwrap();
-        assert_eq!(lookup(&t, 5000, "web.shop.maille.mesh"), Some(0));
-        assert_eq!(lookup(&t, 5001, "cart.shop.maille.mesh:5001"), Some(1));
-        assert_eq!(lookup(&t, 5001, "10.96.0.7"), Some(1));
+        let name = |id: Option<ServiceId>| id.map(|id| t[id].key.name.as_str());
+        assert_eq!(name(lookup(&t, 5000, "web.shop.maille.mesh")), Some("web"));
+        assert_eq!(
+            name(lookup(&t, 5001, "cart.shop.maille.mesh:5001")),
+            Some("cart")
+        );
+        assert_eq!(name(lookup(&t, 5001, "10.96.0.7")), Some("cart"));
         assert_eq!(lookup(&t, 5000, "cart.shop.maille.mesh"), None);
         assert_eq!(lookup(&t, 5000, "nope.shop.maille.mesh"), None);
     }

@@ -81,7 +81,7 @@ fn retries_stop_at_the_attempt_limit() {
     let r = Resilience::default();
     let t = table_with(&[("a", o)]);
     let s = r.service(&t, &key("a")).unwrap();
-    let svc = t.service(&key("a")).unwrap();
+    let svc = &t[t.service(&key("a")).unwrap()];
     let mut rs = RequestState::start(Some(s));
     rs.admit().unwrap();
     let mut decisions = Vec::new();
@@ -128,7 +128,7 @@ fn expired_deadline_answers_504() {
     };
     let r = Resilience::default();
     let t = table_with(&[("a", o)]);
-    let svc = t.service(&key("a")).unwrap();
+    let svc = &t[t.service(&key("a")).unwrap()];
     let mut rs = RequestState::start(r.service(&t, &key("a")));
     std::thread::sleep(Duration::from_millis(5));
     let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
@@ -154,7 +154,7 @@ fn deadline_caps_peer_timeouts() {
 fn connect_failures_are_retried_on_other_endpoints_without_a_retry_policy() {
     let r = Resilience::default();
     let t = table_with(&[("a", OptionsSpec::default())]);
-    let svc = t.service(&key("a")).unwrap();
+    let svc = &t[t.service(&key("a")).unwrap()];
     for (endpoints, want) in [
         (1, vec![false]),
         (2, vec![true, false]),

@@ -133,7 +133,7 @@ mod tests {
         src.check(&mut seen).await;
         assert_eq!(store.load().version, 3);
         let t = store.load();
-        let svc = t.http_route(5000, "web.a.maille.mesh").unwrap();
+        let svc = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
         assert_eq!(svc.endpoints[0].addr.to_string(), "10.0.0.3:80");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use config_model::{ServiceKey, Table};
+use config_model::{ServiceId, ServiceKey, Table};
 use pingora::server::ShutdownWatch;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -63,12 +63,15 @@ impl Entry {
             return true;
         }
         let s = &self.session;
-        let ok = table.udp_route(mesh_port).is_some_and(|svc| {
-            svc.key == s.key
+        let ok = table
+            .udp_route(mesh_port)
+            .map(|id| &table[id])
+            .is_some_and(|svc| {
+                svc.key == s.key
                 && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
                 // A removed TrafficTarget ends the sessions it allowed.
                 && crate::acl::admits_connection(table, svc, s.client.ip())
-        });
+            });
         if ok {
             self.checked = Arc::downgrade(table);
         }
@@ -174,7 +177,7 @@ impl Listener {
             metrics::dropped_unrouted(self.mesh_port);
             return None;
         };
-        let svc = &table.services[idx];
+        let svc = &table[idx];
         let m = ServiceMetrics::new(&svc.key);
         if !crate::acl::admits_connection(&table, svc, client.ip()) {
             debug!(service = %svc.key, %client, "No TrafficTarget allows this client, dropping");
@@ -267,11 +270,10 @@ impl Listener {
     }
 }
 
-/// The service (index in [`Table::services`]) that a datagram arriving on `mesh_port` goes
-/// to; `None` drops it. The access check follows, where a new session is opened.
-pub(crate) fn route(table: &Table, mesh_port: u16) -> Option<usize> {
-    let svc = table.udp_route(mesh_port)?;
-    table.index_of(&svc.key)
+/// The service that a datagram arriving on `mesh_port` goes to; `None` drops it. The access
+/// check follows, where a new session is opened.
+pub(crate) fn route(table: &Table, mesh_port: u16) -> Option<ServiceId> {
+    table.udp_route(mesh_port)
 }
 
 /// Sends one datagram without waiting: straight to the kernel, which fails with `WouldBlock`

@@ -126,7 +126,7 @@ async fn a_change_arrives_through_the_long_poll_before_the_wait_ends() {
     fake.set("\"v2\"", spec_json(2, "10.0.0.2:80"));
     wait_version(&store, 2, Duration::from_secs(5)).await;
     let t = store.load();
-    let svc = t.http_route(5000, "web.a.maille.mesh").unwrap();
+    let svc = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
     assert_eq!(svc.endpoints[0].addr.to_string(), "10.0.0.2:80");
     stop.send(true).unwrap();
     run.await.unwrap();
@@ -631,9 +631,9 @@ async fn gzip_tables_and_deltas_are_applied_and_a_delta_that_does_not_fit_asks_f
     {
         let t = store.load();
         assert_eq!(t.version, 2);
-        let web = t.http_route(5000, "web.a.maille.mesh").unwrap();
+        let web = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
         assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.2:80");
-        let cart = t.http_route(5000, "cart.a.maille.mesh").unwrap();
+        let cart = &t[t.http_route(5000, "cart.a.maille.mesh").unwrap()];
         assert_eq!(cart.endpoints[0].addr.to_string(), "10.0.0.3:80");
     }
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Resync);
@@ -684,8 +684,8 @@ async fn without_deltas_and_gzip_only_whole_plain_tables_are_asked_for() {
     let mut etag = None;
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(1));
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(2));
-    let web = store.load();
-    let web = web.http_route(5000, "web.a.maille.mesh").unwrap();
+    let t = store.load();
+    let web = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
     assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.2:80");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
