@@ -16,12 +16,29 @@ use crate::store::TableStore;
 /// Answers the admin paths.
 pub struct AdminApp {
     store: Arc<TableStore>,
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl AdminApp {
     /// Admin endpoints reporting on `store`.
     pub fn new(store: Arc<TableStore>) -> Self {
-        AdminApp { store }
+        AdminApp {
+            store,
+            identity: None,
+        }
+    }
+
+    /// `/ready` also shows the mesh certificate held (and warns before it expires).
+    pub fn with_identity(mut self, identity: Option<Arc<crate::identity::Identity>>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    fn identity_detail(&self) -> String {
+        self.identity
+            .as_ref()
+            .map(|i| i.ready_detail())
+            .unwrap_or_default()
     }
 
     /// The response to `GET path`.
@@ -30,11 +47,18 @@ impl AdminApp {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" if self.store.is_ready() => text(
                 StatusCode::OK,
-                format!("ready: table version {}\n", self.store.load().version),
+                format!(
+                    "ready: table version {}\n{}",
+                    self.store.load().version,
+                    self.identity_detail()
+                ),
             ),
             "/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no valid routing table yet\n".into(),
+                format!(
+                    "not ready: no valid routing table yet\n{}",
+                    self.identity_detail()
+                ),
             ),
             "/metrics" => {
                 let encoder = TextEncoder::new();
@@ -80,7 +104,12 @@ impl ServeHttp for AdminApp {
 
 /// The admin listening service on `addr`.
 pub fn service(store: Arc<TableStore>, addr: SocketAddr) -> Service<AdminApp> {
-    let mut svc = Service::new("maille admin".to_string(), AdminApp::new(store));
+    service_with(AdminApp::new(store), addr)
+}
+
+/// The admin listening service on `addr`, answering with `app`.
+pub fn service_with(app: AdminApp, addr: SocketAddr) -> Service<AdminApp> {
+    let mut svc = Service::new("maille admin".to_string(), app);
     svc.add_tcp(&addr.to_string());
     svc.threads = Some(1);
     svc

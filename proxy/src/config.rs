@@ -271,6 +271,16 @@ pub struct Config {
     /// Longest wait before queued spans are sent. Default: `OTEL_BSP_SCHEDULE_DELAY`, else 5s.
     #[arg(long, env = "MAILLE_TRACE_BATCH_DELAY", value_parser = positive_duration)]
     pub trace_batch_delay: Option<Duration>,
+    /// The node this proxy runs on (Kubernetes: `spec.nodeName` through the downward API),
+    /// named in its mesh certificate.
+    #[arg(long, env = "MAILLE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Mesh identity: ask the controller (`--controller-url`) for a certificate for
+    /// `--node-name`, presenting the token in this file (Kubernetes: the projected
+    /// ServiceAccount token; local mode: the controller's DIR/bootstrap-token). Read again
+    /// at every renewal. See docs/security.md, "Identity".
+    #[arg(long, env = "MAILLE_IDENTITY_TOKEN_FILE", requires_all = ["node_name", "controller_url"])]
+    pub identity_token_file: Option<PathBuf>,
 }
 
 /// A ratio flag: a number from 0 to 1.
@@ -372,6 +382,8 @@ impl Default for Config {
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             http_max_connections: 4096,
+            node_name: None,
+            identity_token_file: None,
         }
     }
 }

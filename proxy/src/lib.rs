@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod resilience;

@@ -40,6 +40,9 @@ pub enum Error {
     /// `--upgrade`: the running proxy's listeners could not be taken over.
     #[error(transparent)]
     Upgrade(#[from] crate::upgrade::Error),
+    /// `--identity-token-file`, `--node-name` or the controller URL cannot be used.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::Error),
     /// Pingora refused its configuration.
     #[error("pingora server configuration: {0}")]
     Pingora(String),
@@ -61,6 +64,8 @@ pub struct ProxyServer {
     /// With `--upgrade`: the old process, to be told once this one serves.
     handover: Option<Handover>,
     tracing: crate::trace::Tracing,
+    /// The mesh identity (`--identity-token-file`).
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl ProxyServer {
@@ -72,6 +77,7 @@ impl ProxyServer {
         proxy.add_tcp();
         proxy.add_udp()?;
         proxy.add_admin();
+        proxy.add_identity();
         proxy.add_table_source()?;
         proxy.add_upgrade_confirm();
         Ok(proxy)
@@ -139,7 +145,16 @@ impl ProxyServer {
         } else {
             None
         };
+        let identity = match (&config.identity_token_file, &config.node_name) {
+            (Some(token), Some(node)) => Some(crate::identity::Identity::new(
+                node,
+                token.clone(),
+                config.controller_url.as_deref().unwrap_or(""),
+            )?),
+            _ => None,
+        };
         Ok(ProxyServer {
+            identity,
             server,
             config,
             store,
@@ -236,8 +251,24 @@ impl ProxyServer {
 
     /// The admin endpoints on `--admin-addr`.
     pub fn add_admin(&mut self) {
-        let svc = admin::service(self.store.clone(), self.config.admin_addr);
+        let app = admin::AdminApp::new(self.store.clone()).with_identity(self.identity.clone());
+        let svc = admin::service_with(app, self.config.admin_addr);
         self.server.add_service(WithFds::new(svc, self.fds.clone()));
+    }
+
+    /// The mesh identity (`--identity-token-file`): gets and renews the certificate.
+    pub fn add_identity(&mut self) {
+        if let Some(identity) = &self.identity {
+            self.server.add_service(background_service(
+                "mesh identity",
+                crate::identity::IdentityService(identity.clone()),
+            ));
+        }
+    }
+
+    /// The mesh identity, when `--identity-token-file` is set.
+    pub fn identity(&self) -> Option<&Arc<crate::identity::Identity>> {
+        self.identity.as_ref()
     }
 
     /// The table source: `--config` file or `--controller-url`; neither means the table only

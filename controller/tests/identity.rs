@@ -1,0 +1,413 @@
+//! Mesh identity end to end, local mode: the real `maille-controller` with `--identity-dir` on
+//! a manifests folder, real `maille-proxy` processes with `--node-name` and the bootstrap token.
+//! A proxy of the folder gets a certificate naming its ServiceAccount and node and renews it
+//! (seconds-long lifetimes here) while traffic flows; a wrong token or a node without a proxy
+//! Pod gets nothing and the reason; a proxy whose controller is gone says so before expiry.
+//!
+//! Needs the proxy binary (`cargo build --workspace --bins`, as scripts/test-all does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use maille_controller::testing::{eventually, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proxy_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let proxy = dir.join("maille-proxy");
+    assert!(
+        proxy.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test-all does)",
+        proxy.display()
+    );
+    proxy
+}
+
+const SPIFFE: &str = "spiffe://mesh.test/ns/maille/sa/maille-proxy";
+
+/// The folder: a meshed HTTP service with one endpoint, and node proxy Pods on node-a and
+/// node-b (node-c runs only a client).
+fn manifests(dir: &Path, backend: u16) {
+    let proxy_pod = |name: &str, node: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: maille\n  labels:\n    app.kubernetes.io/name: maille-proxy\nspec:\n  nodeName: {node}\n  serviceAccountName: maille-proxy\n  containers: [{{name: proxy, image: maille-proxy}}]\nstatus:\n  phase: Running\n  podIP: {ip}\n"
+        )
+    };
+    let text = [
+        proxy_pod("proxy-a", "node-a", "127.0.0.1"),
+        proxy_pod("proxy-b", "node-b", "127.0.0.2"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: shop\nspec:\n  nodeName: node-c\n  containers: [{name: c, image: c}]\nstatus:\n  phase: Running\n  podIP: 127.0.0.3\n".to_string(),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.20\n  ports:\n    - name: http\n      port: 80\n".to_string(),
+        format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: {backend}\n    protocol: TCP\n"),
+    ]
+    .join("---\n");
+    std::fs::write(dir.join("mesh.yaml"), text).unwrap();
+}
+
+/// An HTTP/1.1 backend answering `ok` on every request of every connection.
+async fn backend() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+struct Controller {
+    _proc: Proc,
+    api: u16,
+    http_port: u16,
+}
+
+fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Controller {
+    let api = free_port();
+    let http_port = free_port();
+    let proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_maille-controller"))
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--identity-dir")
+            .arg(identity)
+            .args(["--trust-domain", "mesh.test"])
+            .args(["--certificate-lifetime", lifetime])
+            .args(["--api-addr", &format!("127.0.0.1:{api}")])
+            .args(["--http-ports", &format!("{http_port}-{http_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start maille-controller"),
+    );
+    Controller {
+        _proc: proc,
+        api,
+        http_port,
+    }
+}
+
+struct Proxy {
+    _proc: Proc,
+    admin: u16,
+}
+
+fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Path) -> Proxy {
+    let admin = free_port();
+    let proc = Proc(
+        Command::new(proxy_binary())
+            .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
+            .args(["--node-name", node])
+            .arg("--identity-token-file")
+            .arg(token_file)
+            .args(["--listen-ip", "127.0.0.1"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--http-ports", &http_port.to_string()])
+            .args(["--tcp-ports", "none", "--udp-ports", "none"])
+            .arg("--upgrade-sock")
+            .arg(tmp.join(format!("upgrade-{node}-{admin}.sock")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start maille-proxy"),
+    );
+    Proxy { _proc: proc, admin }
+}
+
+async fn get_text(url: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.text().await.ok()
+}
+
+/// The sum of the samples of `name` whose labels contain `labels` in a Prometheus text page.
+fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, l) = series.split_once('{').unwrap_or((series, ""));
+        if n == name && l.contains(labels) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    found
+}
+
+async fn identities(api: u16) -> Vec<serde_json::Value> {
+    get_text(&format!("http://127.0.0.1:{api}/api/identities"))
+        .await
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// One request through the proxy's HTTP listener on a new connection; the status.
+async fn request(port: u16) -> Option<u16> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: web.shop.maille.mesh\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        String::from_utf8_lossy(&out)
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()?
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when_the_controller_is_gone(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
+    std::fs::create_dir(&folder).unwrap();
+    manifests(&folder, backend().await);
+    let controller = start_controller(&folder, &identity, "4s");
+    let token = identity.join("bootstrap-token");
+    eventually("the bootstrap token", Duration::from_secs(15), async || {
+        token.exists().then_some(())
+    })
+    .await;
+    for f in ["ca.crt", "ca.key"] {
+        assert!(identity.join(f).exists(), "{f} made on first start");
+    }
+    let proxy = start_proxy(
+        controller.api,
+        controller.http_port,
+        "node-a",
+        &token,
+        tmp.path(),
+    );
+    let ready = format!("http://127.0.0.1:{}/ready", proxy.admin);
+
+    let detail = eventually(
+        "the proxy holds its certificate",
+        Duration::from_secs(30),
+        async || {
+            get_text(&ready)
+                .await
+                .filter(|t| t.starts_with("ready") && t.contains(SPIFFE))
+        },
+    )
+    .await;
+    assert!(detail.contains("on node node-a"), "{detail}");
+    let rows = identities(controller.api).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["node"], "node-a");
+    assert_eq!(rows[0]["spiffe_id"], SPIFFE);
+    assert_eq!(rows[0]["pod"], "maille/proxy-a");
+    let first_serial = rows[0]["serial"].as_str().unwrap().to_string();
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    let expiry = metric(
+        &page,
+        "maille_proxy_identity_certificate_expiry_timestamp_seconds",
+        "",
+    )
+    .unwrap();
+    assert!(
+        expiry > unix_now() && expiry < unix_now() + 10.0,
+        "{expiry}"
+    );
+
+    // Steady traffic across several renewals (every ~2 s): not one request fails.
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while start.elapsed() < Duration::from_secs(7) {
+        match request(controller.http_port).await {
+            Some(200) => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during renewals",
+        ok + failed
+    );
+    let rows = identities(controller.api).await;
+    let issued = rows[0]["issued"].as_u64().unwrap();
+    assert!(issued >= 3, "renewed at about half of 4 s: {rows:?}");
+    assert_ne!(rows[0]["serial"].as_str().unwrap(), first_serial);
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &page,
+            "maille_proxy_identity_certificates_total",
+            "kind=\"renewal\""
+        )
+        .unwrap()
+            >= 2.0,
+        "{page}"
+    );
+
+    // The controller goes away: the proxy keeps its certificate and says, before it ends,
+    // that it is not renewed; then that it expired. Traffic continues on the last table.
+    drop(controller._proc);
+    let warned = eventually(
+        "a warning before expiry",
+        Duration::from_secs(10),
+        async || get_text(&ready).await.filter(|t| t.contains("WARNING")),
+    )
+    .await;
+    assert!(
+        warned.contains("not renewed") || warned.contains("EXPIRED"),
+        "{warned}"
+    );
+    assert!(warned.contains("requests failing"), "{warned}");
+    eventually("expired, said so", Duration::from_secs(10), async || {
+        get_text(&ready).await.filter(|t| t.contains("EXPIRED"))
+    })
+    .await;
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &page,
+            "maille_proxy_identity_renewal_failures_total",
+            "reason=\"unreachable\""
+        )
+        .unwrap()
+            >= 1.0,
+        "{page}"
+    );
+    assert_eq!(request(controller.http_port).await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
+    std::fs::create_dir(&folder).unwrap();
+    manifests(&folder, backend().await);
+    let controller = start_controller(&folder, &identity, "1h");
+    let token = identity.join("bootstrap-token");
+    eventually("the bootstrap token", Duration::from_secs(15), async || {
+        token.exists().then_some(())
+    })
+    .await;
+    let wrong = tmp.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-bootstrap-token-at-all\n").unwrap();
+
+    // node-c runs a client but no proxy Pod; the other proxy claims node-a with a wrong token.
+    let foreign = start_proxy(
+        controller.api,
+        controller.http_port,
+        "node-c",
+        &token,
+        tmp.path(),
+    );
+    let forged = start_proxy(controller.api, free_port(), "node-a", &wrong, tmp.path());
+    let reason = async |admin: u16, want: &'static str| {
+        eventually(want, Duration::from_secs(30), async || {
+            get_text(&format!("http://127.0.0.1:{admin}/ready"))
+                .await
+                .filter(|t| t.contains(want))
+        })
+        .await
+    };
+    let text = reason(foreign.admin, "runs no proxy Pod").await;
+    assert!(
+        text.contains("no certificate yet for node node-c"),
+        "{text}"
+    );
+    assert!(text.contains("403"), "{text}");
+    let text = reason(forged.admin, "not the bootstrap token").await;
+    assert!(text.contains("401"), "{text}");
+    assert!(identities(controller.api).await.is_empty());
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", controller.api))
+        .await
+        .unwrap();
+    let count = |result: &str| {
+        metric(
+            &page,
+            "maille_controller_certificate_requests_total",
+            &format!("result=\"{result}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        count("forbidden") >= 1.0 && count("unauthenticated") >= 1.0,
+        "{page}"
+    );
+    assert_eq!(count("issued"), 0.0);
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", foreign.admin))
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &page,
+            "maille_proxy_identity_renewal_failures_total",
+            "reason=\"refused\""
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "maille_proxy_identity_certificate_expiry_timestamp_seconds",
+            ""
+        ),
+        Some(0.0)
+    );
+}
