@@ -8,7 +8,6 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use config_model::expr;
 use config_model::CircuitBreaker;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use maille_proxy::resilience::breaker::{Admission, Breaker, Outcome};
@@ -47,10 +46,7 @@ fn on_threads<S: Sync>(threads: usize, iters: u64, state: &S, op: impl Fn(&S) + 
 }
 
 fn breaker(source: &str) -> Breaker {
-    let config = CircuitBreaker {
-        expr: expr::parse(source).expect("valid expression"),
-        recovery_ms: 10_000,
-    };
+    let config = CircuitBreaker::new(source, Some(10_000)).expect("valid expression");
     Breaker::new(
         &config,
         IntGauge::new("bench_breaker_state", "unregistered").expect("metric"),

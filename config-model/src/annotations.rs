@@ -5,16 +5,17 @@
 use std::collections::BTreeMap;
 
 use crate::duration;
-use crate::expr;
-use crate::options::Scheme;
-use crate::wire::{OptionsSpec, RateLimitSpec, TrafficType};
+use crate::options::{
+    self, Form, Given, OptionError, OptionField, OptionProblem, OptionsInput, ServiceOptions,
+};
+use crate::wire::{OptionsSpec, SchemeSpec, TrafficType};
 
 /// Annotation prefixes, in the order they are read: Maille's own first, then Traefik Mesh's.
 pub const PREFIXES: [&str; 3] = ["maille.io/", "mesh.traefik.io/", "maesh.containo.us/"];
 
 /// `traffic-type`: http, tcp or udp.
 pub const TRAFFIC_TYPE: &str = "traffic-type";
-/// `retry-attempts`: integer ≥ 1.
+/// `retry-attempts`: integer from 1 to [`options::MAX_RETRY_ATTEMPTS`].
 pub const RETRY_ATTEMPTS: &str = "retry-attempts";
 /// `retry-budget`: percent of the request rate, 1 to 100.
 pub const RETRY_BUDGET: &str = "retry-budget";
@@ -49,6 +50,9 @@ pub struct AnnotationError {
     pub value: String,
     /// What was expected.
     pub reason: String,
+    /// For an option annotation, what is wrong in terms the table's JSON form shares
+    /// ([`ServiceOptions::build`]); `None` for `traffic-type` and `mesh`.
+    pub problem: Option<OptionProblem>,
 }
 
 /// The first of `maille.io/<name>`, `mesh.traefik.io/<name>`, `maesh.containo.us/<name>` that is
@@ -72,6 +76,7 @@ fn error(key: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
         annotation: crate::cut::cut(key).into_owned(),
         value: crate::cut::cut(value).into_owned(),
         reason: reason.into(),
+        problem: None,
     }
 }
 
@@ -103,151 +108,135 @@ pub fn mesh(annotations: &BTreeMap<String, String>) -> Result<Option<bool>, Anno
     }
 }
 
-fn int_at_least(
-    annotations: &BTreeMap<String, String>,
-    name: &str,
-    min: u32,
-    max: u32,
-    errors: &mut Vec<AnnotationError>,
-) -> Option<u32> {
-    let (k, v) = lookup(annotations, name)?;
-    match v.trim().parse::<u32>() {
-        Ok(n) if (min..=max).contains(&n) => Some(n),
-        _ => {
-            errors.push(error(
-                k,
-                v,
-                format!("expected an integer from {min} to {max}"),
-            ));
-            None
+/// The key and text of each option annotation that is set, in [`OptionField::ALL`] order.
+fn option_annotations(annotations: &BTreeMap<String, String>) -> Vec<(OptionField, &str, &str)> {
+    OptionField::ALL
+        .into_iter()
+        .filter_map(|f| lookup(annotations, f.annotation()).map(|(k, v)| (f, k, v)))
+        .collect()
+}
+
+/// Reads the text of one option annotation: its syntax only, the rules come after
+/// ([`ServiceOptions::build`]).
+fn read<'a>(
+    input: &mut OptionsInput<'a>,
+    field: OptionField,
+    text: &'a str,
+) -> Result<(), OptionProblem> {
+    let t = text.trim();
+    let int = || -> Result<u32, OptionProblem> {
+        t.parse::<u32>().map_err(|_| {
+            let (min, max) = field.bounds().unwrap_or((0, u32::MAX));
+            OptionProblem::Syntax(format!("expected an integer from {min} to {max}"))
+        })
+    };
+    let millis = || duration::parse_millis(text).map_err(|e| OptionProblem::Syntax(e.to_string()));
+    match field {
+        OptionField::RetryAttempts => input.retry_attempts = Given::Value(int()?),
+        OptionField::RetryBudget => {
+            let n = t.strip_suffix('%').unwrap_or(t).trim().parse::<u32>();
+            let n = n.map_err(|_| {
+                OptionProblem::Syntax("expected a percentage from 1 to 100, e.g. 20".into())
+            })?;
+            input.retry_budget_percent = Given::Value(n);
         }
+        OptionField::Timeout => input.timeout_ms = Given::Value(millis()?),
+        OptionField::RateLimitAverage => input.rate_limit_average = Given::Value(int()?),
+        OptionField::RateLimitBurst => input.rate_limit_burst = Given::Value(int()?),
+        OptionField::CircuitBreaker => input.circuit_breaker = Given::Value(text),
+        OptionField::CircuitBreakerRecovery => {
+            input.circuit_breaker_recovery_ms = Given::Value(millis()?)
+        }
+        OptionField::Scheme => input.scheme = Given::Value(SchemeSpec::from(t)),
+        OptionField::TlsServerName => input.tls_server_name = Given::Value(t),
+        OptionField::TlsInsecureSkipVerify => {
+            input.tls_insecure_skip_verify = Given::Value(match t {
+                "true" => true,
+                "false" => false,
+                _ => return Err(OptionProblem::Syntax("expected true or false".into())),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn mark_unreadable(input: &mut OptionsInput<'_>, field: OptionField) {
+    match field {
+        OptionField::RetryAttempts => input.retry_attempts = Given::Unreadable,
+        OptionField::RetryBudget => input.retry_budget_percent = Given::Unreadable,
+        OptionField::Timeout => input.timeout_ms = Given::Unreadable,
+        OptionField::RateLimitAverage => input.rate_limit_average = Given::Unreadable,
+        OptionField::RateLimitBurst => input.rate_limit_burst = Given::Unreadable,
+        OptionField::CircuitBreaker => input.circuit_breaker = Given::Unreadable,
+        OptionField::CircuitBreakerRecovery => {
+            input.circuit_breaker_recovery_ms = Given::Unreadable
+        }
+        OptionField::Scheme => input.scheme = Given::Unreadable,
+        OptionField::TlsServerName => input.tls_server_name = Given::Unreadable,
+        OptionField::TlsInsecureSkipVerify => input.tls_insecure_skip_verify = Given::Unreadable,
     }
 }
 
-/// Reads the middleware annotations of a service of the given traffic type. Returns the
-/// options that parsed and one error per annotation that did not.
+/// Reads the middleware annotations of a service of the given traffic type, with the same
+/// rules as the table ([`ServiceOptions::build`]). Returns the options that passed, their
+/// breaker expression parsed, and one error per annotation that did not.
+pub fn service_options(
+    annotations: &BTreeMap<String, String>,
+    traffic_type: TrafficType,
+) -> (ServiceOptions, Vec<AnnotationError>) {
+    let found = option_annotations(annotations);
+    let located = |e: OptionError| {
+        let (_, k, v) = found
+            .iter()
+            .find(|(f, _, _)| *f == e.field)
+            .copied()
+            .unwrap_or((e.field, e.field.annotation(), ""));
+        AnnotationError {
+            annotation: crate::cut::cut(k).into_owned(),
+            value: crate::cut::cut(v).into_owned(),
+            reason: e.reason(Form::Annotation),
+            problem: Some(e.problem),
+        }
+    };
+    if traffic_type != TrafficType::Http {
+        let mut errors = Vec::new();
+        for &(f, _, v) in &found {
+            if let Err(e) = options::check_traffic_type(f, v, traffic_type) {
+                errors.push(located(e));
+            }
+        }
+        return (ServiceOptions::default(), errors);
+    }
+    let mut errors: Vec<(OptionField, AnnotationError)> = Vec::new();
+    let mut input = OptionsInput::default();
+    for &(f, k, v) in &found {
+        if let Err(problem) = read(&mut input, f, v) {
+            mark_unreadable(&mut input, f);
+            let mut e = error(k, v, String::new());
+            e.reason = match &problem {
+                OptionProblem::Syntax(s) => s.clone(),
+                _ => String::new(),
+            };
+            e.problem = Some(problem);
+            errors.push((f, e));
+        }
+    }
+    let (options, rule_errors) = ServiceOptions::build(traffic_type, &input);
+    errors.extend(rule_errors.into_iter().map(|e| (e.field, located(e))));
+    // One list in option order, whichever stage found the error.
+    errors.sort_by_key(|(f, _)| *f);
+    (options, errors.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Reads the middleware annotations of a service of the given traffic type into the table's
+/// JSON form ([`service_options`], then its canonical spelling). Returns the options that
+/// parsed and one error per annotation that did not.
 pub fn options(
     annotations: &BTreeMap<String, String>,
     traffic_type: TrafficType,
 ) -> (OptionsSpec, Vec<AnnotationError>) {
-    let mut errors = Vec::new();
-    let mut o = OptionsSpec::default();
-    if traffic_type != TrafficType::Http {
-        for name in [
-            RETRY_ATTEMPTS,
-            RETRY_BUDGET,
-            TIMEOUT,
-            RATELIMIT_AVERAGE,
-            RATELIMIT_BURST,
-            CIRCUIT_BREAKER,
-            CIRCUIT_BREAKER_RECOVERY,
-            SCHEME,
-            TLS_SERVER_NAME,
-            TLS_INSECURE_SKIP_VERIFY,
-        ] {
-            if let Some((k, v)) = lookup(annotations, name) {
-                errors.push(error(
-                    k,
-                    v,
-                    format!("only http services support it, this one is {traffic_type}"),
-                ));
-            }
-        }
-        return (o, errors);
-    }
-
-    o.retry_attempts = int_at_least(annotations, RETRY_ATTEMPTS, 1, 100, &mut errors);
-    if let Some((k, v)) = lookup(annotations, RETRY_BUDGET) {
-        let t = v.trim();
-        match t.strip_suffix('%').unwrap_or(t).trim().parse::<u32>() {
-            Ok(n) if (1..=100).contains(&n) => o.retry_budget_percent = Some(n),
-            _ => errors.push(error(k, v, "expected a percentage from 1 to 100, e.g. 20")),
-        }
-        if o.retry_attempts.is_none() && lookup(annotations, RETRY_ATTEMPTS).is_none() {
-            errors.push(error(k, v, "has no effect without retry-attempts"));
-            o.retry_budget_percent = None;
-        }
-    }
-
-    if let Some((k, v)) = lookup(annotations, TIMEOUT) {
-        match duration::parse_millis(v) {
-            Ok(0) => errors.push(error(
-                k,
-                v,
-                "expected a duration above zero, e.g. 5s or 250ms",
-            )),
-            Ok(ms) => o.timeout_ms = Some(ms),
-            Err(e) => errors.push(error(k, v, e.to_string())),
-        }
-    }
-
-    let average = int_at_least(annotations, RATELIMIT_AVERAGE, 1, u32::MAX, &mut errors);
-    let burst = int_at_least(annotations, RATELIMIT_BURST, 1, u32::MAX, &mut errors);
-    match (
-        average,
-        burst,
-        lookup(annotations, RATELIMIT_AVERAGE),
-        lookup(annotations, RATELIMIT_BURST),
-    ) {
-        (Some(average), Some(burst), _, _) => o.rate_limit = Some(RateLimitSpec { average, burst }),
-        (Some(_), None, _, None) => {
-            let (k, v) = lookup(annotations, RATELIMIT_AVERAGE).unwrap_or_default();
-            errors.push(error(k, v, "ratelimit-burst must be set too"));
-        }
-        (None, Some(_), None, _) => {
-            let (k, v) = lookup(annotations, RATELIMIT_BURST).unwrap_or_default();
-            errors.push(error(k, v, "ratelimit-average must be set too"));
-        }
-        _ => {}
-    }
-
-    if let Some((k, v)) = lookup(annotations, CIRCUIT_BREAKER) {
-        match expr::parse(v) {
-            Ok(_) => o.circuit_breaker = Some(v.to_string()),
-            Err(e) => errors.push(error(k, v, e.to_string())),
-        }
-    }
-    if let Some((k, v)) = lookup(annotations, CIRCUIT_BREAKER_RECOVERY) {
-        match duration::parse_millis(v) {
-            _ if lookup(annotations, CIRCUIT_BREAKER).is_none() => errors.push(error(
-                k,
-                v,
-                "has no effect without circuit-breaker-expression",
-            )),
-            Ok(0) => errors.push(error(k, v, "expected a duration above zero, e.g. 10s")),
-            // Only meaningful with a breaker that parsed; a bad expression is reported already.
-            Ok(ms) if o.circuit_breaker.is_some() => o.circuit_breaker_recovery_ms = Some(ms),
-            Ok(_) => {}
-            Err(e) => errors.push(error(k, v, e.to_string())),
-        }
-    }
-
-    if let Some((k, v)) = lookup(annotations, SCHEME) {
-        match Scheme::parse(v.trim()) {
-            Some(Scheme::Http) => {}
-            Some(s) => o.scheme = Some(s.as_str().to_string()),
-            None => errors.push(error(k, v, "expected http, https or h2c")),
-        }
-    }
-    let https = o.scheme.as_deref() == Some("https");
-    if let Some((k, v)) = lookup(annotations, TLS_SERVER_NAME) {
-        if !https {
-            errors.push(error(k, v, "needs scheme https"));
-        } else if v.trim().is_empty() {
-            errors.push(error(k, v, "expected a DNS name"));
-        } else {
-            o.tls_server_name = Some(v.trim().to_string());
-        }
-    }
-    if let Some((k, v)) = lookup(annotations, TLS_INSECURE_SKIP_VERIFY) {
-        match v.trim() {
-            "true" if https => o.tls_insecure_skip_verify = true,
-            "true" => errors.push(error(k, v, "needs scheme https")),
-            "false" => {}
-            _ => errors.push(error(k, v, "expected true or false")),
-        }
-    }
-    (o, errors)
+    let (options, errors) = service_options(annotations, traffic_type);
+    (OptionsSpec::from(&options), errors)
 }
 
 #[cfg(test)]
@@ -317,7 +306,7 @@ mod tests {
         assert_eq!(o.timeout_ms, Some(1500));
         assert_eq!(
             o.rate_limit,
-            Some(RateLimitSpec {
+            Some(crate::RateLimitSpec {
                 average: 100,
                 burst: 200
             })
@@ -327,7 +316,7 @@ mod tests {
             Some("NetworkErrorRatio() > 0.5")
         );
         assert_eq!(o.circuit_breaker_recovery_ms, Some(2000));
-        assert_eq!(o.scheme.as_deref(), Some("https"));
+        assert_eq!(o.scheme, Some(SchemeSpec::Known(crate::Scheme::Https)));
         assert_eq!(o.tls_server_name.as_deref(), Some("api.example"));
     }
 
@@ -442,7 +431,7 @@ mod tests {
         assert_eq!(o.retry_attempts, None);
         assert_eq!(o.timeout_ms, None);
         assert_eq!(o.rate_limit, None);
-        assert_eq!(o.scheme.as_deref(), Some("h2c"));
+        assert_eq!(o.scheme, Some(SchemeSpec::Known(crate::Scheme::H2c)));
         let keys: Vec<_> = errors.iter().map(|e| e.annotation.as_str()).collect();
         assert_eq!(
             keys,
@@ -456,10 +445,75 @@ mod tests {
     }
 
     #[test]
+    fn errors_carry_the_problem_the_table_form_shares() {
+        let a = ann(&[
+            ("maille.io/retry-attempts", "101"),
+            ("maille.io/retry-budget", "many"),
+            ("maille.io/scheme", "HTTPS"),
+            ("maille.io/tls-server-name", "api example"),
+        ]);
+        let (o, errors) = service_options(&a, TrafficType::Http);
+        assert_eq!(o, ServiceOptions::default());
+        let got: Vec<_> = errors
+            .iter()
+            .map(|e| (e.annotation.as_str(), e.value.as_str(), e.problem.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "maille.io/retry-attempts",
+                    "101",
+                    Some(OptionProblem::OutOfRange { min: 1, max: 100 })
+                ),
+                (
+                    "maille.io/retry-budget",
+                    "many",
+                    Some(OptionProblem::Syntax(
+                        "expected a percentage from 1 to 100, e.g. 20".into()
+                    ))
+                ),
+                ("maille.io/scheme", "HTTPS", Some(OptionProblem::UnknownScheme)),
+                // Not blamed for the scheme: only its own rule applies.
+                (
+                    "maille.io/tls-server-name",
+                    "api example",
+                    Some(OptionProblem::ServerName(
+                        "expected a DNS name (labels of letters, digits, - and _, at most 63 \
+                         each) or an IP address"
+                    ))
+                ),
+            ]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "annotation maille.io/retry-attempts: invalid value \"101\": expected an integer from 1 to 100"
+        );
+    }
+
+    #[test]
+    fn the_breaker_expression_comes_out_parsed() {
+        let a = ann(&[(
+            "maille.io/circuit-breaker-expression",
+            "NetworkErrorRatio() > 0.5",
+        )]);
+        let (o, errors) = service_options(&a, TrafficType::Http);
+        assert!(errors.is_empty(), "{errors:?}");
+        let cb = o.circuit_breaker.expect("a breaker");
+        assert_eq!(cb.expr.source, "NetworkErrorRatio() > 0.5");
+        assert!(matches!(cb.expr.ast, crate::expr::Expr::Compare { .. }));
+    }
+
+    #[test]
     fn http_options_on_tcp_service_are_reported() {
         let (o, errors) = options(&ann(&[("maille.io/retry-attempts", "2")]), TrafficType::Tcp);
         assert_eq!(o, OptionsSpec::default());
         assert_eq!(errors.len(), 1);
         assert!(errors[0].reason.contains("only http"));
+        assert_eq!(errors[0].value, "2");
+        assert_eq!(
+            errors[0].problem,
+            Some(OptionProblem::HttpOnly(TrafficType::Tcp))
+        );
     }
 }

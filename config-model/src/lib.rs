@@ -24,14 +24,17 @@ pub mod testing;
 pub mod wire;
 
 pub use delta::DeltaError;
-pub use options::{CircuitBreaker, RateLimit, RetryPolicy, Scheme, ServiceOptions, TlsOptions};
+pub use options::{
+    CircuitBreaker, OptionError, OptionField, OptionProblem, RateLimit, RetryPolicy, Scheme,
+    ServiceOptions, TlsOptions,
+};
 pub use table::{
     is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceId, ServiceKey,
     Split, SplitBackend, Table,
 };
 pub use wire::{
-    AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, ServiceSpec,
-    SplitBackendSpec, SplitSpec, TableDelta, TableSpec, TrafficType, DELTA_MEDIA_TYPE,
+    AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, SchemeSpec,
+    ServiceSpec, SplitBackendSpec, SplitSpec, TableDelta, TableSpec, TrafficType, DELTA_MEDIA_TYPE,
 };
 
 /// The schema version this build writes and accepts. A table with another version is refused.

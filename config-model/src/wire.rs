@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::options::Scheme;
 use crate::table::ServiceKey;
 
 /// The whole routing table as it travels over the wire.
@@ -157,13 +158,65 @@ pub struct OptionsSpec {
     pub circuit_breaker_recovery_ms: Option<u64>,
     /// How the proxy talks to the endpoints: `http`, `https` or `h2c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
+    pub scheme: Option<SchemeSpec>,
     /// For `https`: the name to verify the endpoint's certificate against (and send as SNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
     /// For `https`: skip certificate verification. Only when the user asked for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_insecure_skip_verify: bool,
+}
+
+/// The `scheme` option as it travels: a scheme this build knows, or another value, kept so that
+/// validation can refuse it naming the service, the field and the value (a newer controller may
+/// send a scheme an older proxy does not know). Written as the bare string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SchemeSpec {
+    /// `http`, `https` or `h2c`.
+    Known(Scheme),
+    /// Any other string.
+    Unknown(String),
+}
+
+impl SchemeSpec {
+    /// The string as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            SchemeSpec::Known(s) => s.as_str(),
+            SchemeSpec::Unknown(s) => s,
+        }
+    }
+}
+
+impl From<Scheme> for SchemeSpec {
+    fn from(s: Scheme) -> Self {
+        SchemeSpec::Known(s)
+    }
+}
+
+impl From<&str> for SchemeSpec {
+    fn from(s: &str) -> Self {
+        Scheme::parse(s).map_or_else(|| SchemeSpec::Unknown(s.to_string()), SchemeSpec::Known)
+    }
+}
+
+impl fmt::Display for SchemeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for SchemeSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(SchemeSpec::from(s.as_str()))
+    }
 }
 
 /// A token bucket: `average` requests per second sustained, `burst` at once.

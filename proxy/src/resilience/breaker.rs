@@ -3,6 +3,7 @@
 //! half-open (a few probes) → closed, or open again.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use config_model::expr::{CircuitBreakerExpr, WindowStats};
 use config_model::CircuitBreaker;
@@ -101,7 +102,8 @@ fn latency_bucket_upper(index: usize) -> u64 {
 
 /// The circuit breaker of one service port.
 pub struct Breaker {
-    expr: CircuitBreakerExpr,
+    /// Parsed once, with the table; shared with it.
+    expr: Arc<CircuitBreakerExpr>,
     recovery_ns: u64,
     /// Sorted bounds of the status ranges the expression reads.
     bounds: Vec<u16>,
@@ -331,15 +333,11 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use config_model::expr;
 
     const MS: u64 = 1_000_000;
 
     fn breaker(src: &str, recovery_ms: u64) -> Breaker {
-        let config = CircuitBreaker {
-            expr: expr::parse(src).unwrap(),
-            recovery_ms,
-        };
+        let config = CircuitBreaker::new(src, Some(recovery_ms)).unwrap();
         Breaker::new(
             &config,
             IntGauge::new("g", "g").unwrap(),
