@@ -433,7 +433,7 @@ fn through_table(spec: &OptionsSpec, tt: TrafficType) -> Outcome {
     svc.options = spec.clone();
     let json = serde_json::to_vec(&table(1, vec![svc])).unwrap();
     match Table::from_json(&json) {
-        Ok(t) => Ok(t.services[0].options.clone()),
+        Ok(t) => Ok(t.services()[0].options.clone()),
         Err(crate::table::JsonError::Invalid(Error::InvalidField {
             service,
             field,
