@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use maille_controller::cli::{Cli, Command};
-use maille_controller::dns;
+use maille_controller::{dns, kubernetes};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -11,11 +11,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => maille_controller::run::run(cli.run).await?,
         Some(Command::Prepare(args)) => {
-            let client = dns::kube_client(args.kubeconfig.as_deref()).await?;
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
             dns::prepare(client, &args.options()).await?;
         }
         Some(Command::Cleanup(args)) => {
-            let client = dns::kube_client(args.kubeconfig.as_deref()).await?;
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
             dns::cleanup(client, &args.options()).await?;
         }
     }

@@ -1,6 +1,14 @@
 //! `prepare` and `cleanup` against the fake API server, one test per case of issue 7.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+
+use super::version::Version;
 use super::*;
+use crate::kubernetes::client as kube_client;
+use crate::naming::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::testing::dns::{
     config_volume, configmap, coredns, corefile, deployment, restart_annotation, service, testdata,
 };
@@ -641,6 +649,10 @@ async fn over_http_with_a_kubeconfig_file() {
     let Err(err) = kube_client(Some(&missing)).await else {
         panic!("a missing kubeconfig must fail");
     };
-    assert!(err.to_string().starts_with("kubeconfig: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cannot configure the Kubernetes client"),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope"), "{err}");
 }
