@@ -411,7 +411,7 @@ fn check_applied(fleet: &Fleet, change: &Change, http_port: u16) -> anyhow::Resu
         let table = store.load();
         let got = table
             .http_route(http_port, &change.host)
-            .map(|s| s.endpoints.len());
+            .map(|id| table[id].endpoints.len());
         anyhow::ensure!(
             got == Some(change.ready),
             "simulated proxy {i}: {} has {got:?} endpoints at version {}, expected {}",
