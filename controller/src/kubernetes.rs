@@ -295,28 +295,11 @@ where
     reflect_with(api, required, shared, |_| None)
 }
 
-/// What of a Pod translation reads (`smi::PodIndex`): its addresses, ServiceAccount, host
-/// network and whether it has finished. Status updates that change none of these (readiness,
-/// conditions, container states: most Pod events) cannot change the table.
+/// What of a Pod translation reads, for [`reflect_with`]: see [`crate::smi::pod_fingerprint`].
+/// Status updates that change none of it (readiness, conditions, container states: most Pod
+/// events) cannot change the table.
 fn pod_fingerprint(pod: &Pod) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let spec = pod.spec.as_ref();
-    #[allow(deprecated)]
-    (
-        spec.and_then(|s| s.service_account_name.as_deref()),
-        spec.and_then(|s| s.service_account.as_deref()),
-        spec.and_then(|s| s.host_network),
-    )
-        .hash(&mut h);
-    if let Some(st) = pod.status.as_ref() {
-        matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")).hash(&mut h);
-        st.pod_ip.hash(&mut h);
-        for ip in st.pod_ips.iter().flatten() {
-            ip.ip.hash(&mut h);
-        }
-    }
-    Some(h.finish())
+    Some(crate::smi::pod_fingerprint(pod))
 }
 
 /// [`reflect`], waking the rebuild only for changes `fingerprint` sees: an update whose

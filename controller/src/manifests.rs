@@ -2,7 +2,7 @@
 //! YAML, the objects `kubectl apply` takes) read into a [`Snapshot`], again whenever a file
 //! changes. A file that stops parsing keeps its last good objects and is reported.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -133,15 +133,27 @@ pub fn parse_documents(text: &str, source: &str, out: &mut Snapshot) -> Result<(
     Ok(())
 }
 
-/// A file's identity for change detection.
-type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
+/// A file's identity for change detection: modification time and length.
+type Stamp = (Option<SystemTime>, u64);
 
-/// The manifests folder and the last good objects of each file.
+/// What was last read of one file.
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    /// The objects of its last good content; `None` when it never parsed.
+    last_good: Option<Snapshot>,
+    /// Why its current content could not be used, if it could not.
+    problem: Option<Problem>,
+}
+
+/// The manifests folder and the last good objects of each file. A load re-reads only the
+/// files whose modification time or length changed; the objects of the others are shared
+/// (same `Arc`s) with the last snapshot, which is how translation tells what changed.
 #[derive(Debug)]
 pub struct ManifestsDir {
     dir: PathBuf,
-    last_good: BTreeMap<PathBuf, Snapshot>,
-    fingerprint: Option<Fingerprint>,
+    files: BTreeMap<PathBuf, FileState>,
+    loaded: bool,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -156,28 +168,20 @@ impl ManifestsDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ManifestsDir {
             dir: dir.into(),
-            last_good: BTreeMap::new(),
-            fingerprint: None,
+            files: BTreeMap::new(),
+            loaded: false,
         }
     }
 
-    fn files(&self) -> Result<Vec<PathBuf>> {
+    /// The manifest files of the folder, with their stamps, sorted.
+    fn stamps(&self) -> Result<BTreeMap<PathBuf, Stamp>> {
         let rd = std::fs::read_dir(&self.dir).map_err(|source| Error::Dir {
             path: self.dir.clone(),
             source,
         })?;
-        let mut files: Vec<PathBuf> = rd
+        Ok(rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_manifest(p))
-            .collect();
-        files.sort();
-        Ok(files)
-    }
-
-    fn current_fingerprint(&self) -> Result<Fingerprint> {
-        Ok(self
-            .files()?
-            .into_iter()
             .map(|p| {
                 let md = std::fs::metadata(&p).ok();
                 let stamp = (
@@ -191,56 +195,73 @@ impl ManifestsDir {
 
     /// Whether a file was added, removed or modified since the last [`ManifestsDir::load`].
     pub fn changed(&self) -> bool {
-        match self.current_fingerprint() {
-            Ok(fp) => self.fingerprint.as_ref() != Some(&fp),
+        match self.stamps() {
+            Ok(now) => {
+                !self.loaded
+                    || now.len() != self.files.len()
+                    || now
+                        .iter()
+                        .zip(&self.files)
+                        .any(|((p, st), (q, f))| p != q || *st != f.stamp)
+            }
             Err(_) => true,
         }
     }
 
-    /// Reads every file into one snapshot. A file that does not parse keeps its previous objects
-    /// (if it had any) and is reported; an object defined twice is reported and the first kept.
+    /// Reads the files added or changed since the last load into one snapshot with the
+    /// objects of the others. A file that does not parse keeps its previous objects (if it had
+    /// any) and is reported; an object defined twice is reported and the first kept.
     pub fn load(&mut self) -> Result<Snapshot> {
-        let fingerprint = self.current_fingerprint()?;
-        let mut out = Snapshot::default();
-        let mut problems = Vec::new();
-        let files: BTreeSet<PathBuf> = fingerprint.keys().cloned().collect();
-        self.last_good.retain(|p, _| files.contains(p));
-        for path in &files {
+        let stamps = self.stamps()?;
+        self.files.retain(|p, _| stamps.contains_key(p));
+        for (path, stamp) in stamps {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
             let source = path.display().to_string();
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    problems.push(Problem::new(
-                        ObjectRef::new("File", "", &source),
-                        format!("{source}: cannot read: {e}"),
-                    ));
-                    continue;
+            let file = ObjectRef::new("File", "", &source);
+            let previous = self.files.remove(&path).and_then(|f| f.last_good);
+            let state = match std::fs::read_to_string(&path) {
+                Err(e) => FileState {
+                    stamp,
+                    last_good: previous,
+                    problem: Some(Problem::new(file, format!("{source}: cannot read: {e}"))),
+                },
+                Ok(text) => {
+                    let mut snap = Snapshot::default();
+                    match parse_documents(&text, &source, &mut snap) {
+                        Ok(()) => FileState {
+                            stamp,
+                            last_good: Some(snap),
+                            problem: None,
+                        },
+                        Err(message) => {
+                            let kept = if previous.is_some() {
+                                "; its previous content is still used"
+                            } else {
+                                ""
+                            };
+                            FileState {
+                                stamp,
+                                last_good: previous,
+                                problem: Some(Problem::new(file, format!("{message}{kept}"))),
+                            }
+                        }
+                    }
                 }
             };
-            let mut snap = Snapshot::default();
-            match parse_documents(&text, &source, &mut snap) {
-                Ok(()) => {
-                    self.last_good.insert(path.clone(), snap);
-                }
-                Err(message) => {
-                    let kept = if self.last_good.contains_key(path) {
-                        "; its previous content is still used"
-                    } else {
-                        ""
-                    };
-                    problems.push(Problem::new(
-                        ObjectRef::new("File", "", &source),
-                        format!("{message}{kept}"),
-                    ));
-                }
-            }
-            if let Some(snap) = self.last_good.get(path) {
+            self.files.insert(path, state);
+        }
+        let mut out = Snapshot::default();
+        for f in self.files.values() {
+            if let Some(snap) = &f.last_good {
                 out.extend_from(snap);
             }
         }
-        out.problems.extend(problems);
+        out.problems
+            .extend(self.files.values().filter_map(|f| f.problem.clone()));
         dedup_objects(&mut out);
-        self.fingerprint = Some(fingerprint);
+        self.loaded = true;
         Ok(out)
     }
 }
@@ -250,26 +271,35 @@ fn dedup_kind<K>(items: &mut Vec<Arc<K>>, problems: &mut Vec<Problem>)
 where
     K: kube::Resource<DynamicType = ()>,
 {
-    let kind = K::kind(&());
-    let mut seen = BTreeSet::new();
-    items.retain(|o| {
+    let mut seen: std::collections::HashSet<(&str, &str)> =
+        std::collections::HashSet::with_capacity(items.len());
+    let mut twice = Vec::new();
+    for (i, o) in items.iter().enumerate() {
         let m = o.meta();
         let k = (
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+        );
+        if !seen.insert(k) {
+            twice.push(i);
+        }
+    }
+    if twice.is_empty() {
+        return;
+    }
+    let kind = K::kind(&());
+    for &i in twice.iter().rev() {
+        let o = items.remove(i);
+        let m = o.meta();
+        let (ns, name) = (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         );
-        let fresh = seen.insert(k.clone());
-        if !fresh {
-            problems.push(Problem::new(
-                ObjectRef::new(&kind, &k.0, &k.1),
-                format!(
-                    "{}/{}: {kind} defined more than once; the first definition is used",
-                    k.0, k.1
-                ),
-            ));
-        }
-        fresh
-    });
+        problems.push(Problem::new(
+            ObjectRef::new(&kind, &ns, &name),
+            format!("{ns}/{name}: {kind} defined more than once; the first definition is used"),
+        ));
+    }
 }
 
 fn dedup_objects(s: &mut Snapshot) {

@@ -16,12 +16,14 @@ use crate::metrics;
 use crate::problem::Problem;
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
-use crate::translate::{translate, Translation};
+use crate::translate::{Translation, Translator};
 
 /// Translation state kept between rebuilds.
 pub struct Rebuilder {
     settings: Settings,
     alloc: PortAllocator,
+    /// Stage results kept between rebuilds: a change re-translates only what it touches.
+    translator: Translator,
     api: Arc<ApiState>,
     out: watch::Sender<Option<Arc<Translation>>>,
     reported: BTreeSet<Problem>,
@@ -40,6 +42,7 @@ impl Rebuilder {
     ) -> Self {
         let alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
         Rebuilder {
+            translator: Translator::new(settings.clone()),
             settings,
             alloc,
             api,
@@ -64,6 +67,11 @@ impl Rebuilder {
         &mut self.alloc
     }
 
+    /// What the last rebuild translated again.
+    pub fn work(&self) -> crate::translate::Work {
+        self.translator.work()
+    }
+
     /// Translates, publishes, and returns the translation.
     pub fn rebuild(&mut self, snapshot: &Snapshot) -> Arc<Translation> {
         let m = metrics::register();
@@ -80,7 +88,7 @@ impl Rebuilder {
             shadows.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             crate::kubernetes::seed_from_shadows(shadows, &mut self.alloc, &self.settings);
         }
-        let mut t = translate(snapshot, &self.settings, &mut self.alloc);
+        let mut t = self.translator.translate(snapshot, &mut self.alloc);
         let version =
             self.api
                 .publish_at(t.table.clone(), &t.services, &t.objects, snapshot.revision);

@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use config_model::{HttpMatchSpec, ServiceSpec};
+use config_model::{HttpMatchSpec, ServiceSpec, TrafficType};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
@@ -366,12 +366,70 @@ fn key(o: &impl ResourceExt) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// Checks an HTTP match with the table's own rule ([`config_model::matching`]), so a match
-/// that would make the proxy refuse the whole table is caught here and left out instead.
+/// Checks an HTTP match with the table's own validation, so a match that would make the proxy
+/// refuse the whole table is caught here and left out instead.
 fn check_match(m: &HttpMatchSpec) -> std::result::Result<(), String> {
-    config_model::HttpMatch::try_from(m)
-        .map(drop)
-        .map_err(|e| format!("{} {:?}: {}", e.field.leaf(), e.value, e.reason()))
+    let probe = ServiceSpec {
+        namespace: "probe".into(),
+        name: "probe".into(),
+        port: 1,
+        mesh_port: 1,
+        traffic_type: TrafficType::Http,
+        access: vec![config_model::AccessRuleSpec {
+            name: "probe".into(),
+            sources: Vec::new(),
+            http: Some(vec![m.clone()]),
+        }],
+        ..ServiceSpec::default()
+    };
+    probe.validate().map_err(|e| match e {
+        config_model::Error::InvalidField {
+            field,
+            value,
+            reason,
+            ..
+        } => {
+            let field = field.rsplit('.').next().unwrap_or(&field).to_string();
+            // The regex crate explains on several lines; its last line says what is wrong.
+            let reason = match reason.rsplit_once('\n') {
+                Some((head, last)) => {
+                    let head = head
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end_matches(':');
+                    format!("{head}: {}", last.trim_start_matches("error: "))
+                }
+                None => reason,
+            };
+            format!("{field} {value:?}: {reason}")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// What of a Pod translation reads ([`PodIndex`]): its addresses, ServiceAccount, host
+/// network and whether it has finished, as a hash. Two versions of a Pod with the same
+/// fingerprint (and name) translate alike.
+pub fn pod_fingerprint(pod: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let spec = pod.spec.as_ref();
+    #[allow(deprecated)]
+    (
+        spec.and_then(|s| s.service_account_name.as_deref()),
+        spec.and_then(|s| s.service_account.as_deref()),
+        spec.and_then(|s| s.host_network),
+    )
+        .hash(&mut h);
+    if let Some(st) = pod.status.as_ref() {
+        matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")).hash(&mut h);
+        st.pod_ip.hash(&mut h);
+        for ip in st.pod_ips.iter().flatten() {
+            ip.ip.hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// Pods by IP, for identifying clients and destinations.
@@ -419,13 +477,31 @@ impl PodIndex {
                     ips.push(ip.ip.as_str());
                 }
             }
+            let rank = (info.host_network, info.namespace.clone(), pod.name_any());
             for ip in ips {
                 if let Ok(ip) = ip.parse::<IpAddr>() {
-                    by_ip.insert(ip, info.clone());
+                    // Two pods with one address (host network, or a finished pod's address
+                    // reused): the same one wins whatever the order of the pods, a pod with an
+                    // address of its own first.
+                    match by_ip.entry(ip) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert((rank.clone(), info.clone()));
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut o) => {
+                            if rank < o.get().0 {
+                                o.insert((rank.clone(), info.clone()));
+                            }
+                        }
+                    }
                 }
             }
         }
-        PodIndex { by_ip }
+        PodIndex {
+            by_ip: by_ip
+                .into_iter()
+                .map(|(ip, (_, info))| (ip, info))
+                .collect(),
+        }
     }
 
     pub(crate) fn get(&self, ip: IpAddr) -> Option<&PodInfo> {

@@ -5,12 +5,13 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
 
 /// The `result` label values of `maille_controller_certificate_requests_total`.
-pub const RESULTS: [&str; 5] = [
+pub const RESULTS: [&str; 6] = [
     "issued",
     "bad_request",
     "unauthenticated",
     "forbidden",
     "unavailable",
+    "error",
 ];
 
 /// Every identity metric of the controller.
@@ -27,7 +28,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         requests: register_int_counter_vec!(
             "maille_controller_certificate_requests_total",
-            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable.",
+            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable, error.",
             &["result"]
         )
         .expect("register maille_controller_certificate_requests_total"),

@@ -1,0 +1,147 @@
+//! Stage 6 of translation: the stages' results put together into a [`Translation`]: the table
+//! (service ports kept, with what SMI added), one `/api/services` row per port considered and
+//! per other object with problems, the shadow Services, and every problem, sorted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use config_model::{ServiceSpec, TrafficType};
+
+use super::{
+    shadow_name, ObjectRef, ObjectStatus, Problem, ServiceStatus, ShadowPort, ShadowSpec,
+    TableSpec, Translation, Translator, SCHEMA_VERSION,
+};
+
+/// Puts the translation together; `problems` are those of the port stage and the provider.
+pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translation {
+    let left_out = &t.checks.left_out;
+    let additions = &t.smi.additions;
+    let mut specs: Vec<ServiceSpec> = Vec::with_capacity(t.services.len());
+    let mut statuses: Vec<ServiceStatus> = Vec::with_capacity(t.services.len());
+    let mut shadows: BTreeMap<String, ShadowSpec> = BTreeMap::new();
+    for ((ns, name), slot) in &t.services {
+        problems.extend(slot.entry.problems.iter().cloned());
+        let first = specs.len();
+        for p in &slot.ported {
+            if !left_out.is_empty() || !additions.is_empty() {
+                let key = p.key();
+                if left_out.contains_key(&key) {
+                    continue;
+                }
+                if let Some(add) = additions.get(&key) {
+                    specs.push(ServiceSpec {
+                        splits: add.splits.clone(),
+                        access: add.access.clone(),
+                        ..p.clone()
+                    });
+                    continue;
+                }
+            }
+            specs.push(p.clone());
+        }
+        let kept = &specs[first..];
+        for st in &slot.entry.statuses {
+            let mut st = st.clone();
+            st.mesh_port = kept.iter().find(|s| s.port == st.port).map(|s| s.mesh_port);
+            statuses.push(st);
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        match shadow_name(ns, name) {
+            Ok(shadow) => {
+                shadows.insert(
+                    shadow,
+                    ShadowSpec {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        ports: kept.iter().map(shadow_port).collect(),
+                    },
+                );
+            }
+            Err(e) => problems.push(Problem::new(ObjectRef::service(ns, name), e.to_string())),
+        }
+    }
+    problems.extend(left_out.values().cloned());
+    problems.extend(t.smi.problems.iter().cloned());
+    problems.sort();
+    problems.dedup();
+
+    // Errors of each Service on its rows; problems of other objects (and of Services without
+    // a row) as object rows.
+    let mut errors: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    for p in &problems {
+        if p.object.kind == "Service" {
+            errors
+                .entry((&p.object.namespace, &p.object.name))
+                .or_default()
+                .push(p.message.clone());
+        }
+    }
+    let with_rows: BTreeSet<(&str, &str)> = errors
+        .keys()
+        .filter(|(ns, name)| {
+            t.services
+                .get(&(ns.to_string(), name.to_string()))
+                .is_some_and(|slot| !slot.entry.statuses.is_empty())
+        })
+        .copied()
+        .collect();
+    let mut objects: Vec<ObjectStatus> = Vec::new();
+    for p in &problems {
+        let o = &p.object;
+        if o.kind == "Service" && with_rows.contains(&(o.namespace.as_str(), o.name.as_str())) {
+            continue;
+        }
+        match objects.last_mut() {
+            Some(last)
+                if last.kind == o.kind && last.namespace == o.namespace && last.name == o.name =>
+            {
+                last.errors.push(p.message.clone())
+            }
+            _ => objects.push(ObjectStatus {
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                errors: vec![p.message.clone()],
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        for st in &mut statuses {
+            if let Some(e) = errors.get(&(st.namespace.as_str(), st.name.as_str())) {
+                st.errors = e.clone();
+            }
+        }
+    }
+
+    Translation {
+        table: TableSpec {
+            schema_version: SCHEMA_VERSION,
+            version: 0,
+            acl: t.settings.acl,
+            services: specs,
+        },
+        services: statuses,
+        objects,
+        shadows,
+        problems,
+    }
+}
+
+fn shadow_port(s: &ServiceSpec) -> ShadowPort {
+    ShadowPort {
+        name: s
+            .port_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", s.traffic_type, s.port)),
+        port: s.port,
+        mesh_port: s.mesh_port,
+        protocol: if s.traffic_type == TrafficType::Udp {
+            "UDP"
+        } else {
+            "TCP"
+        }
+        .to_string(),
+        traffic_type: s.traffic_type,
+    }
+}
