@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use config_model::TrafficType;
 
 use crate::settings::{MeshServices, PortRange, Settings};
@@ -25,44 +25,9 @@ pub struct Cli {
     /// Flags of the controller itself.
     #[command(flatten)]
     pub run: RunArgs,
-    /// Log filter, `RUST_LOG` syntax (e.g. `maille_controller=debug,info`). Without it,
-    /// `RUST_LOG`, then `info`.
-    #[arg(long, env = "MAILLE_LOG", global = true)]
-    pub log: Option<String>,
-    /// Log line format: `text` (human-readable) or `json` (one object per line).
-    #[arg(long, env = "MAILLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, its fields at the top level.
-    Json,
-}
-
-impl Cli {
-    /// Installs the global tracing subscriber for `--log` and `--log-format`. A filter that
-    /// does not parse is an error naming the flag and the value.
-    pub fn init_logging(&self) -> anyhow::Result<()> {
-        use tracing_subscriber::EnvFilter;
-        let filter = match &self.log {
-            Some(f) => EnvFilter::try_new(f)
-                .map_err(|e| anyhow::anyhow!("--log (MAILLE_LOG) {f:?}: {e}"))?,
-            None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        };
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        let installed = match self.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        };
-        installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
-    }
+    /// `--log` and `--log-format`, as in the proxy.
+    #[command(flatten)]
+    pub logging: maille_telemetry::LogArgs,
 }
 
 /// One-off tasks (the DNS set-up adds its own here).

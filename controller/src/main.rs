@@ -7,7 +7,7 @@ use maille_controller::{dns, kubernetes};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli.init_logging()?;
+    cli.logging.init()?;
     match cli.command {
         None => maille_controller::run::run(cli.run).await?,
         Some(Command::Prepare(args)) => {

@@ -126,16 +126,6 @@ pub enum Balancer {
     RoundRobin,
 }
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Wire protocol of the OTLP span export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OtlpProtocol {
@@ -214,13 +204,9 @@ pub struct Config {
     /// Write one structured line per HTTP request on the `access` log target.
     #[arg(long, env = "MAILLE_ACCESS_LOG")]
     pub access_log: bool,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `info,maille_proxy=debug`. An
-    /// invalid filter is refused at start, as the controller does.
-    #[arg(long, env = "MAILLE_LOG", default_value = "info", value_parser = log_filter)]
-    pub log: String,
-    /// Log format.
-    #[arg(long, env = "MAILLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// `--log` and `--log-format`, as in the controller.
+    #[command(flatten)]
+    pub logging: maille_telemetry::LogArgs,
     /// Time allowed for one TCP connect attempt to an endpoint (e.g. `5s`, `500ms`).
     #[arg(long, env = "MAILLE_TCP_CONNECT_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub tcp_connect_timeout: Duration,
@@ -328,16 +314,6 @@ fn byte_size(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
-/// A `--log` filter that `tracing_subscriber::EnvFilter` accepts.
-fn log_filter(s: &str) -> std::result::Result<String, String> {
-    match tracing_subscriber::EnvFilter::try_new(s) {
-        Ok(_) => Ok(s.to_string()),
-        Err(e) => Err(format!(
-            "{s:?}: {e}; expected a filter such as info or info,maille_proxy=debug"
-        )),
-    }
-}
-
 /// A duration flag that must be above zero.
 fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
     match duration(s)? {
@@ -366,8 +342,7 @@ impl Default for Config {
             threads: None,
             load_balancer: Balancer::PeakEwma,
             access_log: false,
-            log: "info".into(),
-            log_format: LogFormat::Text,
+            logging: maille_telemetry::LogArgs::default(),
             tcp_connect_timeout: Duration::from_secs(5),
             tcp_connect_attempts: 3,
             tcp_idle_timeout: Duration::from_secs(3600),
@@ -573,7 +548,7 @@ mod tests {
         );
         let c =
             Config::try_parse_from(["maille-proxy", "--log", "info,maille_proxy=debug"]).unwrap();
-        assert_eq!(c.log, "info,maille_proxy=debug");
+        assert_eq!(c.logging.log.as_deref(), Some("info,maille_proxy=debug"));
     }
 
     #[test]

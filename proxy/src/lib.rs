@@ -6,7 +6,6 @@ pub mod balance;
 pub mod config;
 pub mod http;
 pub mod identity;
-pub mod logging;
 pub mod metrics;
 pub mod resilience;
 pub mod server;

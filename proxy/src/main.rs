@@ -1,5 +1,7 @@
+//! `maille-proxy`: parses flags, sets up logging and runs the proxy until a signal.
+
 use clap::Parser;
-use maille_proxy::{logging, Config, ProxyServer};
+use maille_proxy::{Config, ProxyServer};
 
 /// mimalloc rather than glibc's malloc: Pingora allocates several times per request, and glibc's
 /// malloc/free took about a tenth of the proxy's CPU; mimalloc cut the CPU per request to about
@@ -9,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    logging::init(&config.log, config.log_format);
+    config.logging.init()?;
     tracing::info!(
         http_ports = %config.http_ports,
         tcp_ports = %config.tcp_ports,
