@@ -473,7 +473,11 @@ mod tests {
                         "expected a percentage from 1 to 100, e.g. 20".into()
                     ))
                 ),
-                ("maille.io/scheme", "HTTPS", Some(OptionProblem::UnknownScheme)),
+                (
+                    "maille.io/scheme",
+                    "HTTPS",
+                    Some(OptionProblem::UnknownScheme)
+                ),
                 // Not blamed for the scheme: only its own rule applies.
                 (
                     "maille.io/tls-server-name",

@@ -16,6 +16,7 @@ pub mod duration;
 pub mod expr;
 #[cfg(test)]
 mod fuzz;
+pub mod matching;
 pub mod options;
 pub mod split_graph;
 pub mod table;

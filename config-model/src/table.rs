@@ -8,6 +8,7 @@ use std::sync::Arc;
 use regex::Regex;
 
 use crate::cut::{cut_display, cut_message};
+use crate::matching::check_weight;
 use crate::options::ServiceOptions;
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
 use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType};
@@ -472,12 +473,12 @@ impl ServiceSpec {
                     "port 0 is not a port",
                 ));
             }
-            if ep.weight > MAX_WEIGHT {
+            if let Err(e) = check_weight(ep.weight) {
                 return Err(invalid(
                     &id,
                     format!("endpoints[{i}].weight"),
-                    ep.weight,
-                    format!("expected 0 to {MAX_WEIGHT}"),
+                    e.value,
+                    format!("expected an integer from 0 to {MAX_WEIGHT}"),
                 ));
             }
             if ep.weight > 0 {
@@ -529,58 +530,17 @@ impl ServiceSpec {
     }
 }
 
-fn anchored(id: &str, field: &str, pattern: &str) -> Result<Regex> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| invalid(id, field, pattern, format!("not a valid regex: {e}")))
-}
-
+/// A match of the service `id` at `field` (e.g. `splits[0].matches[1]`), by the match rules
+/// ([`crate::matching`]).
 fn validate_match(id: &str, field: &str, m: &HttpMatchSpec) -> Result<HttpMatch> {
-    let path = match &m.path_regex {
-        None => None,
-        Some(p) => Some(anchored(id, &format!("{field}.pathRegex"), p)?),
-    };
-    let mut methods = Vec::new();
-    for meth in &m.methods {
-        if meth == "*" {
-            methods.clear();
-            break;
-        }
-        if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(invalid(
-                id,
-                format!("{field}.methods"),
-                meth,
-                "expected an HTTP method such as GET, or *",
-            ));
-        }
-        methods.push(meth.to_ascii_uppercase());
-    }
-    let mut headers = Vec::with_capacity(m.headers.len());
-    for (name, pattern) in &m.headers {
-        if name.is_empty() || http_token_invalid(name) {
-            return Err(invalid(
-                id,
-                format!("{field}.headers"),
-                name,
-                "expected a header name",
-            ));
-        }
-        headers.push((
-            name.to_ascii_lowercase(),
-            anchored(id, &format!("{field}.headers.{name}"), pattern)?,
-        ));
-    }
-    Ok(HttpMatch {
-        name: m.name.clone(),
-        path,
-        methods,
-        headers,
+    HttpMatch::try_from(m).map_err(|e| {
+        invalid(
+            id,
+            format!("{field}.{}", e.field.path()),
+            &e.value,
+            e.reason(),
+        )
     })
-}
-
-fn http_token_invalid(s: &str) -> bool {
-    !s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn validate_access(
@@ -638,12 +598,12 @@ fn validate_splits(id: &str, specs: &[SplitSpec]) -> Result<Vec<Split>> {
             .collect::<Result<Vec<_>>>()?;
         let mut backends = Vec::with_capacity(s.backends.len());
         for (j, b) in s.backends.iter().enumerate() {
-            if b.weight > MAX_WEIGHT {
+            if let Err(e) = check_weight(b.weight) {
                 return Err(invalid(
                     id,
                     format!("splits[{i}].backends[{j}].weight"),
-                    b.weight,
-                    format!("expected 0 to {MAX_WEIGHT}"),
+                    e.value,
+                    format!("expected an integer from 0 to {MAX_WEIGHT}"),
                 ));
             }
             backends.push(SplitBackend {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use config_model::{HttpMatchSpec, ServiceSpec, TrafficType};
+use config_model::{HttpMatchSpec, ServiceSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
@@ -366,46 +366,12 @@ fn key(o: &impl ResourceExt) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// Checks an HTTP match with the table's own validation, so a match that would make the proxy
-/// refuse the whole table is caught here and left out instead.
+/// Checks an HTTP match with the table's own rule ([`config_model::matching`]), so a match
+/// that would make the proxy refuse the whole table is caught here and left out instead.
 fn check_match(m: &HttpMatchSpec) -> std::result::Result<(), String> {
-    let probe = ServiceSpec {
-        namespace: "probe".into(),
-        name: "probe".into(),
-        port: 1,
-        mesh_port: 1,
-        traffic_type: TrafficType::Http,
-        access: vec![config_model::AccessRuleSpec {
-            name: "probe".into(),
-            sources: Vec::new(),
-            http: Some(vec![m.clone()]),
-        }],
-        ..ServiceSpec::default()
-    };
-    probe.validate().map_err(|e| match e {
-        config_model::Error::InvalidField {
-            field,
-            value,
-            reason,
-            ..
-        } => {
-            let field = field.rsplit('.').next().unwrap_or(&field).to_string();
-            // The regex crate explains on several lines; its last line says what is wrong.
-            let reason = match reason.rsplit_once('\n') {
-                Some((head, last)) => {
-                    let head = head
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .trim_end_matches(':');
-                    format!("{head}: {}", last.trim_start_matches("error: "))
-                }
-                None => reason,
-            };
-            format!("{field} {value:?}: {reason}")
-        }
-        other => other.to_string(),
-    })
+    config_model::HttpMatch::try_from(m)
+        .map(drop)
+        .map_err(|e| format!("{} {:?}: {}", e.field.leaf(), e.value, e.reason()))
 }
 
 /// What of a Pod translation reads ([`PodIndex`]): its addresses, ServiceAccount, host

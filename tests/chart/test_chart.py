@@ -69,6 +69,14 @@ VALUE_SETS = {
         "dns": {"clusterDomain": "corp.example", "coredns": {"enabled": True, "replicas": 1},
                 "corednsVersion": "1.11.1", "rbac": {"configMaps": ["coredns", "rke2-coredns"]}},
     },
+    "identity-user-ca": {
+        "identity": {"trustDomain": "corp.example", "certificateLifetime": "6h", "audience": "mesh-ca",
+                     "tokenExpirationSeconds": 7200,
+                     "ca": {"secretName": "mesh-ca-from-cert-manager", "create": False}},
+    },
+    "identity-off": {
+        "identity": {"enabled": False},
+    },
     "dns-off": {
         "dns": {"prepare": False, "cleanup": False},
         "controller": {"podDisruptionBudget": {"enabled": False}},
@@ -268,10 +276,19 @@ def check_wiring(docs, values):
             for rule in d["rules"]:
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[field], f"{d['kind']} {d['metadata']['name']} has a wildcard in {field}"
-                assert "secrets" not in rule["resources"], f"{d['metadata']['name']} may read secrets"
+                if "secrets" in rule["resources"]:
+                    # Only the mesh CA's Secret, in the mesh namespace: read by name, or created
+                    # once (create cannot be limited by name).
+                    assert d["kind"] == "Role" and d["metadata"]["namespace"] == NAMESPACE, rule
+                    assert rule["resources"] == ["secrets"], rule
+                    reads = set(rule["verbs"]) & {"get", "list", "watch", "update", "patch", "delete"}
+                    assert not reads or (rule["verbs"] == ["get"] and len(rule.get("resourceNames", [])) == 1), \
+                        f"{d['metadata']['name']} may read secrets other than the mesh CA: {rule}"
                 if d["kind"] == "ClusterRole":
                     writes = set(rule["verbs"]) - {"get", "list", "watch"}
-                    assert not writes or rule["resources"] == ["events"], f"cluster-wide write {rule}"
+                    # A TokenReview is a question to the API server, not a stored object.
+                    assert not writes or rule["resources"] == ["events"] or (
+                        rule["resources"] == ["tokenreviews"] and rule["verbs"] == ["create"]), f"cluster-wide write {rule}"
     # Every container runs as non-root with a read-only root and no privilege escalation.
     for w in chart_workloads(docs):
         spec = pod_spec(w)
@@ -407,6 +424,60 @@ def test_controller_rbac_is_least_privilege():
     for rule in dns_role["rules"]:
         if set(rule["verbs"]) & {"update", "patch"}:
             assert set(rule["resourceNames"]) <= {"coredns", "coredns-custom", "kube-dns"}, rule
+
+
+def test_identity_on_by_default_with_a_projected_token_and_least_rights():
+    _, docs = render_set("default")
+    c = container(one(docs, "Deployment", "maille-controller"), "controller")
+    f = flags(c)
+    assert f["identity-ca-secret"] == "maille-mesh-ca" and f["identity-ca-create"] == "true"
+    assert f["trust-domain"] == "cluster.local" and f["certificate-lifetime"] == "24h"
+    assert f["identity-audience"] == "maille"
+    cr = one(docs, "ClusterRole", "maille-controller-maille")
+    assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in cr["rules"]
+    mesh_role = one(docs, "Role", "maille-controller")
+    secret_rules = [r for r in mesh_role["rules"] if "secrets" in r["resources"]]
+    # Read by name only; create (which cannot be limited by name) only to make it once.
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["maille-mesh-ca"], "verbs": ["get"]} in secret_rules
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]} in secret_rules
+    assert not [r for r in secret_rules if set(r["verbs"]) - {"get", "create"}]
+    ds = one(docs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    # The API token stays unmounted; the identity token is for the controller's audience.
+    assert spec["automountServiceAccountToken"] is False
+    proxy = container(ds, "proxy")
+    token_file = flags(proxy)["identity-token-file"]
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "identity-token")
+    assert token_file == mount["mountPath"] + "/token" and mount["readOnly"] is True
+    vol = next(v for v in spec["volumes"] if v["name"] == "identity-token")
+    sat = vol["projected"]["sources"][0]["serviceAccountToken"]
+    assert sat == {"audience": "maille", "expirationSeconds": 3600, "path": "token"}
+    node = next(e for e in proxy["env"] if e["name"] == "MAILLE_NODE_NAME")
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def test_identity_user_supplied_ca_and_off():
+    _, docs = render_set("identity-user-ca")
+    f = flags(container(one(docs, "Deployment", "maille-controller"), "controller"))
+    assert f["identity-ca-secret"] == "mesh-ca-from-cert-manager" and f["identity-ca-create"] == "false"
+    assert f["trust-domain"] == "corp.example" and f["certificate-lifetime"] == "6h"
+    mesh_role = one(docs, "Role", "maille-controller")
+    secret_rules = [r for r in mesh_role["rules"] if "secrets" in r["resources"]]
+    # A supplied CA is only read, by name.
+    assert secret_rules == [{"apiGroups": [""], "resources": ["secrets"],
+                             "resourceNames": ["mesh-ca-from-cert-manager"], "verbs": ["get"]}]
+    ds = one(docs, "DaemonSet")
+    vol = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "identity-token")
+    assert vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "mesh-ca"
+    assert vol["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 7200
+    _, docs = render_set("identity-off")
+    f = flags(container(one(docs, "Deployment", "maille-controller"), "controller"))
+    assert not [k for k in f if k.startswith("identity") or k == "trust-domain"]
+    assert not [r for r in one(docs, "Role", "maille-controller")["rules"] if "secrets" in r["resources"]]
+    cr = one(docs, "ClusterRole", "maille-controller-maille")
+    assert not [r for r in cr["rules"] if "tokenreviews" in r["resources"]]
+    proxy = container(one(docs, "DaemonSet"), "proxy")
+    assert "identity-token-file" not in flags(proxy) and "env" not in proxy
 
 
 def test_cleanup_hook_brings_its_own_rights():
@@ -622,6 +693,10 @@ SCHEMA_REJECTS = [
     ({"proxy": {"threads": 0}}, "threads"),
     ({"dns": {"rbac": {"configMaps": "coredns"}}}, "configMaps"),
     ({"dns": {"corednsVersion": "latest"}}, "corednsVersion"),
+    ({"identity": {"certificateLifetime": "1d"}}, "certificateLifetime"),
+    ({"identity": {"trustDomain": "Cluster Local"}}, "trustDomain"),
+    ({"identity": {"tokenExpirationSeconds": 60}}, "tokenExpirationSeconds"),
+    ({"identity": {"ca": {"secretName": "Mesh_CA"}}}, "secretName"),
 ]
 
 

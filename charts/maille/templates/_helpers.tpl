@@ -109,3 +109,8 @@ capabilities:
 - --coredns-version={{ . }}
 {{- end }}
 {{- end -}}
+
+{{/* The Secret that holds the mesh CA. */}}
+{{- define "maille.identity.caSecret" -}}
+{{- .Values.identity.ca.secretName | default (printf "%s-mesh-ca" (include "maille.fullname" .)) -}}
+{{- end -}}

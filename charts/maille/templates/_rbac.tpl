@@ -26,6 +26,12 @@
 - apiGroups: [split.smi-spec.io]
   resources: [trafficsplits]
   verbs: [get, list, watch]
+{{- if .Values.identity.enabled }}
+# Mesh identity: who a proxy's token stands for (the pod it names is read with pods/get).
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+{{- end }}
 {{- end -}}
 
 {{/* Shadow Services live in the mesh namespace only. */}}
@@ -33,6 +39,18 @@
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, update, patch, delete]
+{{- if .Values.identity.enabled }}
+# The mesh CA: read by name; created once when absent (create cannot be limited by name).
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [{{ include "maille.identity.caSecret" . }}]
+  verbs: [get]
+{{- if .Values.identity.ca.create }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+{{- end }}
+{{- end }}
 {{- if .Values.controller.leaderElection.enabled }}
 # Leader election: the Lease is created once (create cannot be limited by name), then read and
 # renewed by name.

@@ -5,13 +5,12 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
 
 /// The `result` label values of `maille_controller_certificate_requests_total`.
-pub const RESULTS: [&str; 6] = [
+pub const RESULTS: [&str; 5] = [
     "issued",
     "bad_request",
     "unauthenticated",
     "forbidden",
     "unavailable",
-    "error",
 ];
 
 /// Every identity metric of the controller.
@@ -28,7 +27,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         requests: register_int_counter_vec!(
             "maille_controller_certificate_requests_total",
-            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable, error.",
+            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable.",
             &["result"]
         )
         .expect("register maille_controller_certificate_requests_total"),

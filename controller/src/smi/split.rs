@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use config_model::cut::cut_message;
+use config_model::matching::check_weight;
 use config_model::split_graph::{self, MAX_SPLIT_DEPTH};
 use config_model::table::MAX_WEIGHT;
 use config_model::{ServiceSpec, SplitBackendSpec, SplitSpec, TrafficType};
@@ -99,12 +100,16 @@ fn translate(
             ts.spec.service
         ));
     };
+    let mut weights = Vec::with_capacity(ts.spec.backends.len());
     for (i, b) in ts.spec.backends.iter().enumerate() {
-        if !(0..=i64::from(MAX_WEIGHT)).contains(&b.weight) {
-            return fail(format!(
-                "spec.backends[{i}].weight {}: expected an integer from 0 to {MAX_WEIGHT}; split left out",
-                b.weight
-            ));
+        match check_weight(b.weight) {
+            Ok(w) => weights.push(w),
+            Err(_) => {
+                return fail(format!(
+                    "spec.backends[{i}].weight {}: expected an integer from 0 to {MAX_WEIGHT}; split left out",
+                    b.weight
+                ))
+            }
         }
     }
     let mut matches = Vec::new();
@@ -204,7 +209,7 @@ fn translate(
                 namespace: ns.clone(),
                 name: bname.to_string(),
                 port: rs.port,
-                weight: b.weight as u32,
+                weight: weights[i],
             });
         }
         if backends.is_empty() {
