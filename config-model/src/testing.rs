@@ -37,3 +37,21 @@ pub fn service(
 pub fn http(namespace: &str, name: &str, mesh_port: u16, endpoints: &[&str]) -> ServiceSpec {
     service(namespace, name, 80, mesh_port, TrafficType::Http, endpoints)
 }
+
+/// An HTTP service port whose endpoints (`address`, `weight`) carry the given weights.
+pub fn weighted<A: AsRef<str>>(
+    namespace: &str,
+    name: &str,
+    mesh_port: u16,
+    endpoints: &[(A, u32)],
+) -> ServiceSpec {
+    let mut svc = http(namespace, name, mesh_port, &[]);
+    svc.endpoints = endpoints
+        .iter()
+        .map(|(address, weight)| EndpointSpec {
+            address: address.as_ref().to_string(),
+            weight: *weight,
+        })
+        .collect();
+    svc
+}

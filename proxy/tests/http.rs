@@ -5,26 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_model::testing::{http, table};
-use config_model::{EndpointSpec, ServiceSpec};
+use config_model::testing::{http, table, weighted};
 use maille_proxy::config::Balancer;
 use maille_proxy::source::apply_json;
 use maille_proxy::testing::client::{self, HttpClient};
 use maille_proxy::testing::{
     eventually, metric_in, metric_with, HttpBackend, TestProxy, TestProxyOptions,
 };
-
-fn weighted(ns: &str, name: &str, mesh_port: u16, eps: &[(&HttpBackend, u32)]) -> ServiceSpec {
-    let mut s = http(ns, name, mesh_port, &[]);
-    s.endpoints = eps
-        .iter()
-        .map(|(b, w)| EndpointSpec {
-            address: b.addr_str(),
-            weight: *w,
-        })
-        .collect();
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_listener_port_and_host() {
@@ -133,7 +120,7 @@ async fn weighted_round_robin_spreads_exactly_by_weight() {
             "w",
             "rr",
             proxy.ports.http[0],
-            &[(&a, 1), (&b, 3)],
+            &[(a.addr_str(), 1), (b.addr_str(), 3)],
         )],
     ));
     let c = HttpClient::http1();
@@ -153,7 +140,12 @@ async fn peak_ewma_spreads_by_weight_within_tolerance() {
     let proxy = TestProxy::start(|p| {
         table(
             1,
-            vec![weighted("w", "p2c", p.http[0], &[(&a, 1), (&b, 3)])],
+            vec![weighted(
+                "w",
+                "p2c",
+                p.http[0],
+                &[(a.addr_str(), 1), (b.addr_str(), 3)],
+            )],
         )
     });
     let c = HttpClient::http1();
@@ -188,7 +180,12 @@ async fn peak_ewma_sends_less_to_a_slow_endpoint() {
     let proxy = TestProxy::start(|p| {
         table(
             1,
-            vec![weighted("w", "lat", p.http[0], &[(&fast, 1), (&slow, 1)])],
+            vec![weighted(
+                "w",
+                "lat",
+                p.http[0],
+                &[(fast.addr_str(), 1), (slow.addr_str(), 1)],
+            )],
         )
     });
     let c = HttpClient::http1();

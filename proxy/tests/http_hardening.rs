@@ -9,7 +9,7 @@ use std::time::Duration;
 use config_model::testing::{http, table};
 use config_model::{AccessRuleSpec, HttpMatchSpec, TableSpec};
 use maille_proxy::testing::client::HttpClient;
-use maille_proxy::testing::{TestProxy, TestProxyOptions, PATIENCE};
+use maille_proxy::testing::{metric, TestProxy, TestProxyOptions, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -309,16 +309,6 @@ async fn pipelined_requests_are_all_answered_in_order() {
     assert_eq!(bodies, ["/one", "/two", "/three"], "{text:?}");
 }
 
-fn counter(name: &str, label: &str) -> f64 {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&prometheus::gather())
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A proxy with small connection limits in front of the recorder.
 async fn limited(configure: fn(&mut maille_proxy::Config)) -> (Recorder, TestProxy) {
     let rec = Recorder::start().await;
@@ -383,9 +373,9 @@ async fn silent_and_slowloris_clients_are_closed_after_the_header_timeout() {
     })
     .await;
     let to = proxy.http[0];
-    let before = counter(
+    let before = metric(
         "maille_proxy_http_client_timeouts_total",
-        "phase=\"header\"",
+        &[("phase", "header")],
     );
 
     // Silent: connects and sends nothing (Pingora alone waits forever for the h2c preface).
@@ -424,9 +414,9 @@ async fn silent_and_slowloris_clients_are_closed_after_the_header_timeout() {
         }
     }
     assert!(closed, "slowloris connection still open after 10 s");
-    let after = counter(
+    let after = metric(
         "maille_proxy_http_client_timeouts_total",
-        "phase=\"header\"",
+        &[("phase", "header")],
     );
     assert!(after >= before + 2.0, "{before} -> {after}");
 
@@ -441,7 +431,10 @@ async fn idle_keepalive_connections_are_closed_after_the_idle_timeout() {
         c.http_idle_timeout = Duration::from_millis(300);
     })
     .await;
-    let before = counter("maille_proxy_http_client_timeouts_total", "phase=\"idle\"");
+    let before = metric(
+        "maille_proxy_http_client_timeouts_total",
+        &[("phase", "idle")],
+    );
     let mut conn = TcpStream::connect(proxy.http[0]).await.unwrap();
     assert_eq!(keepalive_request(&mut conn, "/a").await, "/a");
     // Reused while it is not idle too long...
@@ -451,7 +444,10 @@ async fn idle_keepalive_connections_are_closed_after_the_idle_timeout() {
         closed_by_proxy(&mut conn).await,
         "idle connection still open"
     );
-    let after = counter("maille_proxy_http_client_timeouts_total", "phase=\"idle\"");
+    let after = metric(
+        "maille_proxy_http_client_timeouts_total",
+        &[("phase", "idle")],
+    );
     assert!(after > before, "{before} -> {after}");
     assert_eq!(rec.seen(), ["GET /a HTTP/1.1", "GET /b HTTP/1.1"]);
 
@@ -479,7 +475,7 @@ async fn connections_beyond_the_bound_are_refused_and_counted() {
     })
     .await;
     let to = proxy.http[0];
-    let before = counter("maille_proxy_http_connections_refused_total", "");
+    let before = metric("maille_proxy_http_connections_refused_total", &[]);
     let mut first = TcpStream::connect(to).await.unwrap();
     let mut second = TcpStream::connect(to).await.unwrap();
     assert_eq!(keepalive_request(&mut first, "/1").await, "/1");
@@ -495,7 +491,7 @@ async fn connections_beyond_the_bound_are_refused_and_counted() {
     assert!(read.is_ok(), "third connection neither served nor closed");
     assert!(got.is_empty(), "third connection answered: {got:?}");
     assert_eq!(
-        counter("maille_proxy_http_connections_refused_total", ""),
+        metric("maille_proxy_http_connections_refused_total", &[]),
         before + 1.0
     );
 
