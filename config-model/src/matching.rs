@@ -1,6 +1,7 @@
-//! The rules of HTTP matches and of split and endpoint weights: one constructor each,
-//! returning a typed error, called by table validation and by the controller's SMI translation
-//! (which leaves out what the table would refuse).
+//! The rules of HTTP matches, traffic splits and endpoint weights: one constructor or check
+//! each, returning a typed error, called by table validation and by the controller's SMI
+//! translation (which leaves out what the table would refuse). Cycles and depth of nested
+//! splits are [`crate::split_graph`]'s.
 
 use std::fmt;
 
@@ -8,7 +9,7 @@ use regex::Regex;
 
 use crate::cut::{cut, cut_display};
 use crate::table::{HttpMatch, MAX_WEIGHT};
-use crate::wire::HttpMatchSpec;
+use crate::wire::{HttpMatchSpec, TrafficType};
 
 /// The part of an HTTP match a [`MatchError`] is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +193,43 @@ pub fn check_weight(weight: impl Into<i64> + fmt::Display + Copy) -> Result<u32,
     }
 }
 
+/// What a traffic split may not do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// UDP datagrams are not split.
+    #[error("traffic splits apply to http and tcp services only, this one is udp")]
+    UdpRoot,
+    /// HTTP matches on a root that does not carry HTTP.
+    #[error("HTTP matches need an http service, this one is {0}")]
+    MatchesNeedHttp(TrafficType),
+    /// A backend that carries another kind of traffic than its root.
+    #[error("backend is {backend} but the root is {root}")]
+    TrafficType {
+        /// The root's traffic type.
+        root: TrafficType,
+        /// The backend's.
+        backend: TrafficType,
+    },
+}
+
+/// The rule of a split's root: an http or tcp service, and http when the split has matches.
+pub fn check_split_root(root: TrafficType, has_matches: bool) -> Result<(), SplitError> {
+    match root {
+        TrafficType::Udp => Err(SplitError::UdpRoot),
+        TrafficType::Tcp if has_matches => Err(SplitError::MatchesNeedHttp(root)),
+        _ => Ok(()),
+    }
+}
+
+/// The rule of a split's backend: it carries the same traffic as its root.
+pub fn check_split_backend(root: TrafficType, backend: TrafficType) -> Result<(), SplitError> {
+    if root == backend {
+        Ok(())
+    } else {
+        Err(SplitError::TrafficType { root, backend })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -269,6 +307,69 @@ mod tests {
         let huge = "(?:a{1000}){1000}";
         let e = HttpMatch::try_from(&spec(Some(huge), &[], &[])).unwrap_err();
         assert!(matches!(e.problem, MatchProblem::Regex(_)), "{e}");
+    }
+
+    #[test]
+    fn splits_root_on_http_or_tcp_and_keep_to_its_traffic() {
+        use TrafficType::*;
+        assert_eq!(check_split_root(Http, true), Ok(()));
+        assert_eq!(check_split_root(Tcp, false), Ok(()));
+        assert_eq!(
+            check_split_root(Tcp, true),
+            Err(SplitError::MatchesNeedHttp(Tcp))
+        );
+        assert_eq!(check_split_root(Udp, false), Err(SplitError::UdpRoot));
+        assert_eq!(check_split_backend(Tcp, Tcp), Ok(()));
+        assert_eq!(
+            check_split_backend(Http, Tcp).unwrap_err().to_string(),
+            "backend is tcp but the root is http"
+        );
+    }
+
+    #[test]
+    fn the_table_refuses_what_the_split_rules_refuse() {
+        use crate::testing::{service, table};
+        use crate::{Error, SplitBackendSpec, SplitSpec, Table};
+        let split = |to: &str| SplitSpec {
+            name: "shop/canary".into(),
+            matches: vec![],
+            backends: vec![SplitBackendSpec {
+                namespace: "shop".into(),
+                name: to.into(),
+                port: 80,
+                weight: 1,
+            }],
+        };
+        let refused = |services| match Table::try_from(table(1, services)).unwrap_err() {
+            Error::InvalidField {
+                service,
+                field,
+                value,
+                reason,
+            } => (service, field, value, reason),
+            other => panic!("{other}"),
+        };
+        let mut dns = service("shop", "dns", 80, 15000, TrafficType::Udp, &[]);
+        dns.splits = vec![split("dns-v2")];
+        let dns2 = service("shop", "dns-v2", 80, 15001, TrafficType::Udp, &[]);
+        assert_eq!(
+            refused(vec![dns, dns2]),
+            (
+                "shop/dns:80".into(),
+                "splits[0]".into(),
+                "shop/canary".into(),
+                SplitError::UdpRoot.to_string()
+            )
+        );
+        let mut db = service("shop", "db", 80, 10000, TrafficType::Tcp, &[]);
+        db.splits = vec![split("web")];
+        let web = service("shop", "web", 80, 5000, TrafficType::Http, &[]);
+        let (svc, field, value, reason) = refused(vec![db, web]);
+        assert_eq!(
+            (svc.as_str(), field.as_str(), value.as_str()),
+            ("shop/db:80", "splits[0].backends[0]", "shop/web:80")
+        );
+        assert_eq!(reason, "backend is http but the root is tcp");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use regex::Regex;
 
 use crate::cut::{cut_display, cut_message};
-use crate::matching::check_weight;
+use crate::matching::{check_split_backend, check_split_root, check_weight, SplitError};
 use crate::options::ServiceOptions;
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
 use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec, TableSpec, TrafficType};
@@ -493,22 +493,13 @@ impl ServiceSpec {
         for (i, rule) in self.access.iter().enumerate() {
             access.push(validate_access(&id, i, self.traffic_type, rule)?);
         }
-        if !self.splits.is_empty() && self.traffic_type == TrafficType::Udp {
-            return Err(invalid(
-                &id,
-                "splits",
-                self.splits.len(),
-                "traffic splits apply to http and tcp services only",
-            ));
-        }
         for (i, split) in self.splits.iter().enumerate() {
-            if self.traffic_type != TrafficType::Http && !split.matches.is_empty() {
-                return Err(invalid(
-                    &id,
-                    format!("splits[{i}].matches"),
-                    &split.name,
-                    "HTTP matches need an http service",
-                ));
+            if let Err(e) = check_split_root(self.traffic_type, !split.matches.is_empty()) {
+                let field = match e {
+                    SplitError::UdpRoot => format!("splits[{i}]"),
+                    _ => format!("splits[{i}].matches"),
+                };
+                return Err(invalid(&id, field, &split.name, e.to_string()));
             }
         }
         let splits = validate_splits(&id, &self.splits)?;
@@ -753,17 +744,8 @@ fn resolve_backend(
             "a split cannot send traffic to its own root",
         ));
     }
-    if table[backend].traffic_type != root_tt {
-        return Err(invalid(
-            id,
-            field,
-            key,
-            format!(
-                "backend is {} but the root is {root_tt}",
-                table[backend].traffic_type
-            ),
-        ));
-    }
+    check_split_backend(root_tt, table[backend].traffic_type)
+        .map_err(|e| invalid(id, field, key, e.to_string()))?;
     Ok(backend)
 }
 

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use config_model::cut::cut_message;
-use config_model::matching::check_weight;
+use config_model::matching::{check_split_backend, check_split_root, check_weight, SplitError};
 use config_model::split_graph::{self, MAX_SPLIT_DEPTH};
 use config_model::table::MAX_WEIGHT;
-use config_model::{ServiceSpec, SplitBackendSpec, SplitSpec, TrafficType};
+use config_model::{ServiceSpec, SplitBackendSpec, SplitSpec};
 use kube::ResourceExt;
 
 use super::{problem, Problem, Routes, SmiObjects, TrafficSplit};
@@ -137,28 +137,31 @@ fn translate(
     let mut out = Vec::new();
     for &r in root_ports {
         let rs = &services[r];
-        if rs.traffic_type == TrafficType::Udp {
-            problems.push(problem(
-                KIND,
-                ts,
-                format!(
-                    "root {} is a udp service; UDP traffic is not split; port left out",
-                    rs.display_name()
-                ),
-            ));
-            continue;
-        }
-        if !matches.is_empty() && rs.traffic_type != TrafficType::Http {
-            problems.push(problem(
-                KIND,
-                ts,
-                format!(
-                    "root {} is a {} service but spec.matches needs http; port left out",
-                    rs.display_name(),
-                    rs.traffic_type
-                ),
-            ));
-            continue;
+        match check_split_root(rs.traffic_type, !matches.is_empty()) {
+            Ok(()) => {}
+            Err(SplitError::UdpRoot) => {
+                problems.push(problem(
+                    KIND,
+                    ts,
+                    format!(
+                        "root {} is a udp service; UDP traffic is not split; port left out",
+                        rs.display_name()
+                    ),
+                ));
+                continue;
+            }
+            Err(_) => {
+                problems.push(problem(
+                    KIND,
+                    ts,
+                    format!(
+                        "root {} is a {} service but spec.matches needs http; port left out",
+                        rs.display_name(),
+                        rs.traffic_type
+                    ),
+                ));
+                continue;
+            }
         }
         let mut backends = Vec::new();
         for (i, b) in ts.spec.backends.iter().enumerate() {
@@ -191,7 +194,7 @@ fn translate(
                 continue;
             };
             let bs = &services[bi];
-            if bs.traffic_type != rs.traffic_type {
+            if check_split_backend(rs.traffic_type, bs.traffic_type).is_err() {
                 problems.push(problem(
                     KIND,
                     ts,
