@@ -147,6 +147,42 @@ fn scheme_is_an_enum_on_the_wire() {
 }
 
 #[test]
+fn a_bad_scheme_in_table_json_names_service_field_and_value() {
+    let long = "f".repeat(5000);
+    for (scheme, shown) in [
+        ("ftp".to_string(), "ftp".to_string()),
+        (long.clone(), crate::cut::cut(&long).into_owned()),
+    ] {
+        let json = format!(
+            r#"{{"schemaVersion":1,"services":[{{"namespace":"shop","name":"web","port":80,
+                "meshPort":5000,"options":{{"scheme":"{scheme}"}}}}]}}"#
+        );
+        match Table::from_json(json.as_bytes()) {
+            Err(crate::table::JsonError::Invalid(Error::InvalidField {
+                service,
+                field,
+                value,
+                reason,
+            })) => {
+                assert_eq!(
+                    (service.as_str(), field.as_str(), value.as_str()),
+                    ("shop/web:80", "options.scheme", shown.as_str())
+                );
+                assert_eq!(reason, "expected http, https or h2c");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Not a string at all: the JSON is not a table.
+    let json = br#"{"schemaVersion":1,"services":[{"namespace":"shop","name":"web","port":80,
+        "meshPort":5000,"options":{"scheme":7}}]}"#;
+    assert!(matches!(
+        Table::from_json(json),
+        Err(crate::table::JsonError::Parse(_))
+    ));
+}
+
+#[test]
 fn tls_server_name_is_a_dns_name_or_an_address() {
     for ok in [
         "api.example",
