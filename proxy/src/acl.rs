@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
-use config_model::{Service, Table};
+use config_model::Service;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 
+use crate::compiled::ServiceRuntime;
 use crate::split::RequestView;
 
 /// Denials, by service port and client address.
@@ -24,16 +25,24 @@ pub fn register() {
     LazyLock::force(&ACL_DENIED);
 }
 
-/// Whether `client` may send this HTTP request to `service`. Always true outside ACL mode.
+/// Whether `client` may send this HTTP request to the service of `rt`. Always true outside
+/// ACL mode (`acl` is the table's mode).
 pub fn admits_request(
-    table: &Table,
-    service: &Service,
+    acl: bool,
+    rt: &ServiceRuntime,
     client: IpAddr,
     request: &RequestView<'_>,
 ) -> bool {
-    !table.acl
-        || service.access.iter().any(|rule| {
-            rule.admits(client)
+    if !acl {
+        return true;
+    }
+    let client = canonical(client);
+    rt.service()
+        .access
+        .iter()
+        .zip(rt.access.iter())
+        .any(|(rule, sources)| {
+            sources.contains(&client)
                 && rule
                     .http
                     .as_ref()
@@ -41,28 +50,35 @@ pub fn admits_request(
         })
 }
 
-/// Whether `client` may open a TCP connection or send a UDP datagram to `service`. Always
-/// true outside ACL mode. Rules restricted to HTTP requests do not open a connection.
-pub fn admits_connection(table: &Table, service: &Service, client: IpAddr) -> bool {
-    !table.acl
-        || service
-            .access
-            .iter()
-            .any(|rule| rule.admits(client) && rule.http.is_none())
+/// Whether `client` may open a TCP connection or send a UDP datagram to the service of `rt`.
+/// Always true outside ACL mode. Rules restricted to HTTP requests do not open a connection.
+pub fn admits_connection(acl: bool, rt: &ServiceRuntime, client: IpAddr) -> bool {
+    if !acl {
+        return true;
+    }
+    let client = canonical(client);
+    rt.service()
+        .access
+        .iter()
+        .zip(rt.access.iter())
+        .any(|(rule, sources)| rule.http.is_none() && sources.contains(&client))
+}
+
+/// Client addresses compare as the table stores them: an IPv4-mapped IPv6 address as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 /// Counts a denial and logs it.
-pub fn count_denied(service: &Service, client: IpAddr) {
-    let k = &service.key;
+pub fn count_denied(rt: &ServiceRuntime, client: IpAddr) {
+    let [ns, name, port] = rt.labels();
     ACL_DENIED
-        .with_label_values(&[
-            k.namespace.as_str(),
-            k.name.as_str(),
-            &k.port.to_string(),
-            &client.to_string(),
-        ])
+        .with_label_values(&[ns, name, port, &client.to_string()])
         .inc();
-    tracing::debug!(service = %k, %client, "Denied: no TrafficTarget allows it");
+    tracing::debug!(service = %rt.service().key, %client, "Denied: no TrafficTarget allows it");
 }
 
 /// The body of a 403: short, naming the client and the service port.
@@ -78,7 +94,22 @@ mod tests {
     use config_model::testing::{http, service, table};
     use config_model::{AccessRuleSpec, HttpMatchSpec, TrafficType};
 
+    use std::sync::Arc;
+
+    use config_model::{ServiceId, Table, TableSpec};
+
     use super::*;
+    use crate::compiled::CompiledTable;
+
+    fn compile(spec: &TableSpec) -> Arc<CompiledTable> {
+        let store = crate::store::TableStore::new();
+        store.store(Table::try_from(spec).unwrap());
+        store.current()
+    }
+
+    fn id(t: &CompiledTable, i: usize) -> ServiceId {
+        t.iter().nth(i).unwrap().0
+    }
 
     fn rule(sources: &[&str], http: Option<Vec<HttpMatchSpec>>) -> AccessRuleSpec {
         AccessRuleSpec {
@@ -110,7 +141,7 @@ mod tests {
         db.access.push(rule(&["127.0.0.2"], None));
         let mut spec = table(1, vec![web, db]);
         spec.acl = true;
-        let t = Table::try_from(&spec).unwrap();
+        let t = compile(&spec);
         let h = http::HeaderMap::new();
         let req = |path| RequestView {
             method: "POST",
@@ -119,40 +150,50 @@ mod tests {
         };
         let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
         let v4_mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
-        assert!(admits_request(&t, &t.services()[0], a, &req("/api")));
+        assert!(admits_request(t.acl, t.runtime(id(&t, 0)), a, &req("/api")));
         assert!(admits_request(
-            &t,
-            &t.services()[0],
+            t.acl,
+            t.runtime(id(&t, 0)),
             v4_mapped,
             &req("/api")
         ));
-        assert!(!admits_request(&t, &t.services()[0], a, &req("/")));
-        assert!(!admits_request(&t, &t.services()[0], b, &req("/api")));
+        assert!(!admits_request(t.acl, t.runtime(id(&t, 0)), a, &req("/")));
+        assert!(!admits_request(
+            t.acl,
+            t.runtime(id(&t, 0)),
+            b,
+            &req("/api")
+        ));
         // Methods are case-sensitive (RFC 9110): `post` does not fit a `POST` rule.
         let mut only_post = spec.clone();
         only_post.services[0].access[0].http.as_mut().unwrap()[0].methods = vec!["POST".into()];
-        let t2 = Table::try_from(&only_post).unwrap();
-        assert!(admits_request(&t2, &t2.services()[0], a, &req("/api")));
+        let t2 = compile(&only_post);
+        assert!(admits_request(
+            t2.acl,
+            t2.runtime(id(&t2, 0)),
+            a,
+            &req("/api")
+        ));
         let lower = RequestView {
             method: "post",
             path: "/api",
             headers: &h,
         };
-        assert!(!admits_request(&t2, &t2.services()[0], a, &lower));
+        assert!(!admits_request(t2.acl, t2.runtime(id(&t2, 0)), a, &lower));
         assert!(
-            !admits_connection(&t, &t.services()[0], a),
+            !admits_connection(t.acl, t.runtime(id(&t, 0)), a),
             "HTTP-only rule opens no raw connection"
         );
-        assert!(admits_connection(&t, &t.services()[1], a));
-        assert!(!admits_connection(&t, &t.services()[1], b));
+        assert!(admits_connection(t.acl, t.runtime(id(&t, 1)), a));
+        assert!(!admits_connection(t.acl, t.runtime(id(&t, 1)), b));
         assert_eq!(
             denied_body(&t.services()[1], b),
             "maille: access denied: no TrafficTarget allows 127.0.0.3 to reach shop/db:5432\n"
         );
         spec.acl = false;
-        let open = Table::try_from(&spec).unwrap();
+        let open = compile(&spec);
         assert!(
-            admits_connection(&open, &open.services()[1], b),
+            admits_connection(open.acl, open.runtime(id(&open, 1)), b),
             "ACL off: everything passes"
         );
     }

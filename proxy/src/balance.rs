@@ -1,6 +1,7 @@
 //! Endpoint selection: weighted power-of-two-choices over peak-EWMA latency (as Linkerd does),
 //! with weighted round robin while latency data is missing. Latency state is kept per endpoint
-//! address, so it survives table swaps.
+//! address, so it survives table swaps; each service's [`EndpointPlan`] is built when a table is
+//! compiled, so a pick takes no lock.
 //!
 //! How a pick works (mode [`Balancer::PeakEwma`](crate::config::Balancer::PeakEwma)):
 //! 1. Two candidates are drawn at random, each with probability proportional to its weight.
@@ -24,15 +25,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use config_model::{ServiceId, Table};
+use config_model::Service;
 use prometheus::{register_int_counter, IntCounter};
 use rand::Rng;
 
 use crate::config::Balancer as Mode;
+use crate::picker::WeightedPicker;
 
 /// Time constant of the EWMA: a sample's influence falls to 1/e after this long, and an
 /// unmeasured endpoint's estimate decays toward zero at the same pace.
@@ -231,211 +232,136 @@ impl Drop for Pick {
     }
 }
 
-/// Per-service selection data derived from one table.
+/// The endpoints of one service port with their statistics and a weighted picker over them,
+/// built when a table is compiled ([`crate::compiled`]).
 #[derive(Debug)]
-struct ServicePlan {
-    stats: Vec<Arc<EndpointStats>>,
-    /// Cumulative weights: endpoint i owns `[cumulative[i-1], cumulative[i])`.
-    cumulative: Vec<u64>,
-    /// A step coprime with the total weight, so that `counter * stride mod total` visits
-    /// every slot once per round while interleaving endpoints.
-    stride: u64,
-    rr: AtomicU64,
+pub struct EndpointPlan {
+    addrs: Box<[SocketAddr]>,
+    stats: Box<[Arc<EndpointStats>]>,
+    picker: WeightedPicker,
 }
 
-impl ServicePlan {
-    fn total(&self) -> u64 {
-        self.cumulative.last().copied().unwrap_or(0)
+impl EndpointPlan {
+    /// The plan of `svc`'s endpoints, with the statistics `registry` holds for their addresses.
+    pub(crate) fn new(svc: &Service, registry: &EndpointRegistry) -> EndpointPlan {
+        EndpointPlan {
+            addrs: svc.endpoints.iter().map(|e| e.addr).collect(),
+            stats: svc
+                .endpoints
+                .iter()
+                .map(|e| registry.stats_for(e.addr))
+                .collect(),
+            picker: WeightedPicker::new(svc.endpoints.iter().map(|e| e.weight)),
+        }
     }
 
-    fn slot_owner(&self, slot: u64) -> usize {
-        self.cumulative.partition_point(|c| *c <= slot)
+    /// The endpoint addresses with their statistics.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = (SocketAddr, &Arc<EndpointStats>)> {
+        self.addrs.iter().copied().zip(self.stats.iter())
     }
 
-    fn weighted_random(&self, rng: &mut impl Rng) -> usize {
-        self.slot_owner(rng.random_range(0..self.total()))
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
     }
 
-    fn round_robin(&self) -> usize {
-        let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        let slot = (u128::from(n) * u128::from(self.stride) % u128::from(self.total())) as u64;
-        self.slot_owner(slot)
+    /// Whether the service has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
     }
 }
 
+/// Latency statistics per endpoint address, carried from one compiled table to the next. Only
+/// table compilation touches it (under the store's lock), never a request.
 #[derive(Debug)]
-struct Plan {
-    table: Arc<Table>,
-    services: Vec<ServicePlan>,
+pub(crate) struct EndpointRegistry {
+    epoch: Instant,
+    stats: HashMap<SocketAddr, Arc<EndpointStats>>,
 }
 
-/// Picks endpoints for every service of the current table. One per proxy, shared by all
-/// listeners that want it.
+impl Default for EndpointRegistry {
+    fn default() -> Self {
+        EndpointRegistry {
+            epoch: Instant::now(),
+            stats: HashMap::new(),
+        }
+    }
+}
+
+impl EndpointRegistry {
+    /// The statistics of `addr`: those it had, or new ones.
+    fn stats_for(&self, addr: SocketAddr) -> Arc<EndpointStats> {
+        self.stats
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(EndpointStats::new(self.epoch)))
+    }
+
+    /// Keeps exactly the statistics of these plans' endpoints (those of the table now used).
+    pub(crate) fn retain_plans<'a>(&mut self, plans: impl Iterator<Item = &'a EndpointPlan>) {
+        let mut next = HashMap::with_capacity(self.stats.len());
+        for plan in plans {
+            for (addr, stats) in plan.endpoints() {
+                next.insert(addr, stats.clone());
+            }
+        }
+        self.stats = next;
+    }
+
+    /// The statistics of an address of the current table.
+    pub(crate) fn get(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
+        self.stats.get(addr).cloned()
+    }
+}
+
+/// Picks endpoints with a service's [`EndpointPlan`]. One per proxy, shared by all listeners.
 #[derive(Debug)]
 pub struct Balancer {
     mode: Mode,
-    epoch: Instant,
-    plan: ArcSwapOption<Plan>,
-    /// Only the (rare) plan rebuild takes this lock; requests never wait on it.
-    registry: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
 }
 
 impl Balancer {
-    /// A balancer with no state yet.
+    /// A balancer picking the way `mode` says.
     pub fn new(mode: Mode) -> Self {
-        Balancer {
-            mode,
-            epoch: Instant::now(),
-            plan: ArcSwapOption::empty(),
-            registry: Mutex::new(HashMap::new()),
-        }
+        Balancer { mode }
     }
 
-    /// Chooses an endpoint of `table.services[service]`, avoiding the addresses in `exclude`
-    /// when another endpoint is left. `None` when the service has no endpoint.
-    pub fn pick(
-        &self,
-        table: &Arc<Table>,
-        service: ServiceId,
-        exclude: &[SocketAddr],
-    ) -> Option<Pick> {
-        let svc = &table[service];
-        if svc.endpoints.is_empty() {
+    /// Chooses an endpoint of a service, avoiding the addresses in `exclude` when another
+    /// endpoint is left. `None` when the service has no endpoint.
+    pub fn pick(&self, plan: &EndpointPlan, exclude: &[SocketAddr]) -> Option<Pick> {
+        let n = plan.len();
+        if n == 0 {
             return None;
         }
-        let plan = self.plan_for(table);
-        let Some(plan) = plan else {
-            // Another thread is building the plan for this table: pick without state.
-            return Some(self.stateless_pick(table, service, exclude));
-        };
-        let sp = &plan.services[service.index()];
-        let eps = &svc.endpoints;
+        let eps = &plan.addrs;
+        let sp = plan;
         let mut rng = rand::rng();
-        let usable = |i: usize| !exclude.contains(&eps[i].addr) && !sp.stats[i].is_ejected();
-        let mut idx = if eps.len() == 1 {
+        let usable = |i: usize| !exclude.contains(&eps[i]) && !sp.stats[i].is_ejected();
+        let round_robin = || sp.picker.round_robin().unwrap_or(0);
+        let mut idx = if n == 1 {
             0
         } else if self.mode == Mode::RoundRobin {
-            retry_until(|| sp.round_robin(), usable, eps.len())
+            retry_until(round_robin, usable, n)
         } else {
-            let a = retry_until(|| sp.weighted_random(&mut rng), usable, eps.len());
-            let b = retry_until(|| sp.weighted_random(&mut rng), usable, eps.len());
+            let mut draw = || sp.picker.random(&mut rand::rng()).unwrap_or(0);
+            let a = retry_until(&mut draw, usable, n);
+            let b = retry_until(&mut draw, usable, n);
             choose(sp, a, b, &mut rng, usable)
         };
-        if !usable(idx) && eps.len() > 1 {
+        if !usable(idx) && n > 1 {
             // The draws kept landing on excluded or ejected endpoints: take the first usable one
             // from a random start; failing that, one not excluded (never eject them all).
-            let start = rng.random_range(0..eps.len());
-            let order = (0..eps.len()).map(|k| (start + k) % eps.len());
+            let start = rng.random_range(0..n);
+            let order = (0..n).map(|k| (start + k) % n);
             if let Some(i) = order
                 .clone()
                 .find(|&i| usable(i))
-                .or_else(|| order.clone().find(|&i| !exclude.contains(&eps[i].addr)))
+                .or_else(|| order.clone().find(|&i| !exclude.contains(&eps[i])))
             {
                 idx = i;
             }
         }
-        Some(Pick::new(eps[idx].addr, sp.stats[idx].clone()))
-    }
-
-    /// Latency statistics of an address, if the balancer has seen it in a table.
-    pub fn stats(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
-        self.registry
-            .lock()
-            .expect("balancer registry poisoned")
-            .get(addr)
-            .cloned()
-    }
-
-    fn stateless_pick(
-        &self,
-        table: &Arc<Table>,
-        service: ServiceId,
-        exclude: &[SocketAddr],
-    ) -> Pick {
-        let eps = &table[service].endpoints;
-        let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
-        let mut rng = rand::rng();
-        let mut idx = 0;
-        for _ in 0..eps.len().max(4) {
-            let mut slot = rng.random_range(0..total);
-            idx = eps
-                .iter()
-                .position(|e| {
-                    let w = u64::from(e.weight);
-                    if slot < w {
-                        true
-                    } else {
-                        slot -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
-            if !exclude.contains(&eps[idx].addr) {
-                break;
-            }
-        }
-        let addr = eps[idx].addr;
-        Pick::new(addr, Arc::new(EndpointStats::new(self.epoch)))
-    }
-
-    /// The plan of this table, building it if this thread can; `None` while another thread
-    /// builds it.
-    fn plan_for(&self, table: &Arc<Table>) -> Option<Arc<Plan>> {
-        if let Some(p) = &*self.plan.load() {
-            if Arc::ptr_eq(&p.table, table) {
-                return Some(p.clone());
-            }
-        }
-        let mut registry = self.registry.try_lock().ok()?;
-        // Re-check: the plan may have been built while we waited for the lock.
-        if let Some(p) = &*self.plan.load() {
-            if Arc::ptr_eq(&p.table, table) {
-                return Some(p.clone());
-            }
-        }
-        let mut next: HashMap<SocketAddr, Arc<EndpointStats>> = HashMap::new();
-        let mut rng = rand::rng();
-        let services = table
-            .services()
-            .iter()
-            .map(|svc| {
-                let stats: Vec<_> = svc
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        let s = registry
-                            .get(&e.addr)
-                            .cloned()
-                            .unwrap_or_else(|| Arc::new(EndpointStats::new(self.epoch)));
-                        next.insert(e.addr, s.clone());
-                        s
-                    })
-                    .collect();
-                let mut acc = 0u64;
-                let cumulative: Vec<u64> = svc
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        acc += u64::from(e.weight);
-                        acc
-                    })
-                    .collect();
-                let stride = coprime_stride(acc);
-                ServicePlan {
-                    stats,
-                    cumulative,
-                    stride,
-                    rr: AtomicU64::new(if acc > 0 { rng.random_range(0..acc) } else { 0 }),
-                }
-            })
-            .collect();
-        *registry = next;
-        let plan = Arc::new(Plan {
-            table: table.clone(),
-            services,
-        });
-        self.plan.store(Some(plan.clone()));
-        Some(plan)
+        Some(Pick::new(eps[idx], sp.stats[idx].clone()))
     }
 }
 
@@ -452,7 +378,7 @@ fn retry_until(mut draw: impl FnMut() -> usize, ok: impl Fn(usize) -> bool, n: u
 }
 
 fn choose(
-    sp: &ServicePlan,
+    sp: &EndpointPlan,
     a: usize,
     b: usize,
     rng: &mut impl Rng,
@@ -460,7 +386,10 @@ fn choose(
 ) -> usize {
     let (sa, sb) = (&sp.stats[a], &sp.stats[b]);
     match (sa.has_sample(), sb.has_sample()) {
-        (false, false) => return retry_until(|| sp.round_robin(), &usable, sp.stats.len()),
+        (false, false) => {
+            let round_robin = || sp.picker.round_robin().unwrap_or(a);
+            return retry_until(round_robin, &usable, sp.stats.len());
+        }
         _ if a == b => return a,
         (false, true) => return a,
         (true, false) => return b,
@@ -480,26 +409,6 @@ fn choose(
     } else {
         b
     }
-}
-
-/// A stride near total/φ that shares no factor with `total`.
-fn coprime_stride(total: u64) -> u64 {
-    if total <= 2 {
-        return 1;
-    }
-    let mut s = ((total as f64) * 0.618_033_988_75) as u64;
-    s = s.max(1);
-    while gcd(s, total) != 1 {
-        s += 1;
-    }
-    s
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 #[cfg(test)]

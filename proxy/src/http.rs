@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use config_model::{ServiceId, Table};
+use config_model::ServiceId;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -26,9 +26,11 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::balance::{Balancer, Pick};
+use crate::compiled::CompiledTable;
 use crate::metrics;
-use crate::resilience::{Rejection, RequestState, Resilience};
+use crate::resilience::{Rejection, RequestState};
 use crate::store::TableStore;
+use crate::upstream::{self, UpstreamTls};
 use conn::{ClientStream, ConnLimits};
 
 pub use route::Denied;
@@ -41,21 +43,20 @@ pub struct RequestCtx {
     /// Listener port the request arrived on.
     pub mesh_port: u16,
     /// The table this request routes with (the same one for every attempt).
-    pub table: Option<Arc<Table>>,
+    pub table: Option<Arc<CompiledTable>>,
     /// The service port the Host matched (metrics labels).
     pub service: Option<ServiceId>,
     /// The service port whose endpoints serve the request (differs from `service` when a
     /// traffic split sent it elsewhere).
     pub backend: Option<ServiceId>,
-    /// Upstream attempts so far (1 on the first `upstream_peer` call).
-    pub attempts: u32,
     /// The endpoint of the current attempt; counted in flight while held.
     pub pick: Option<Pick>,
     /// Endpoints that failed during this request, avoided by later attempts.
     pub failed: Vec<SocketAddr>,
     /// Status the proxy answered itself (404, 503, ...), if it did.
     pub local_status: Option<u16>,
-    /// Rate limit, breaker, retry and deadline bookkeeping of this request.
+    /// Rate limit, breaker, retry and deadline bookkeeping of this request, and its count of
+    /// upstream attempts.
     pub resilience: RequestState,
     /// The request's span, when tracing is on ([`crate::trace`]).
     pub trace: Option<crate::trace::HttpSpan>,
@@ -83,18 +84,19 @@ pub struct MeshProxy {
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
     access_log: bool,
-    resilience: Arc<Resilience>,
+    upstream_tls: UpstreamTls,
     tracing: crate::trace::Tracing,
 }
 
 impl MeshProxy {
     /// A proxy routing through `store`, picking endpoints with `balancer`.
     pub fn new(store: Arc<TableStore>, balancer: Arc<Balancer>, access_log: bool) -> Self {
+        crate::resilience::metrics::register();
         MeshProxy {
             store,
             balancer,
             access_log,
-            resilience: Arc::new(Resilience::default()),
+            upstream_tls: UpstreamTls::default(),
             tracing: crate::trace::Tracing::off(),
         }
     }
@@ -105,9 +107,9 @@ impl MeshProxy {
         self
     }
 
-    /// Uses this resilience state (shared with the server, which owns the TLS settings).
-    pub fn with_resilience(mut self, resilience: Arc<Resilience>) -> Self {
-        self.resilience = resilience;
+    /// Verifies `https` upstreams with these CAs (the system's by default).
+    pub fn with_upstream_tls(mut self, tls: UpstreamTls) -> Self {
+        self.upstream_tls = tls;
         self
     }
 
@@ -160,7 +162,6 @@ impl ProxyHttp for MeshProxy {
             table: None,
             service: None,
             backend: None,
-            attempts: 0,
             pick: None,
             failed: Vec::new(),
             local_status: None,
@@ -236,7 +237,7 @@ impl ProxyHttp for MeshProxy {
             Self::answer(session, ctx, 503, body).await;
             return Ok(true);
         }
-        ctx.resilience = RequestState::start(self.resilience.service(&table, &svc.key));
+        ctx.resilience = RequestState::start(table.runtime(backend).resilience.clone());
         if let Err(rejection) = ctx.resilience.admit() {
             let key = svc.key.to_string();
             ctx.table = Some(table);
@@ -252,7 +253,6 @@ impl ProxyHttp for MeshProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.attempts += 1;
         let (Some(table), Some(backend)) = (ctx.table.as_ref(), ctx.backend) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -261,21 +261,17 @@ impl ProxyHttp for MeshProxy {
         };
         // Release the previous attempt's in-flight count before taking a new one.
         ctx.pick = None;
-        let pick = self
-            .balancer
-            .pick(table, backend, &ctx.failed)
-            .ok_or_else(|| {
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    format!("service {} has no endpoints", table[backend].key),
-                );
-                e.esource = ErrorSource::Upstream;
-                e
-            })?;
-        let svc = &table[backend];
-        let mut peer = route::peer_for(pick.addr);
-        ctx.resilience
-            .configure_peer(&mut peer, svc, self.resilience.tls())?;
+        let plan = &table.runtime(backend).endpoints;
+        let pick = self.balancer.pick(plan, &ctx.failed).ok_or_else(|| {
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("service {} has no endpoints", table[backend].key),
+            );
+            e.esource = ErrorSource::Upstream;
+            e
+        })?;
+        let mut peer = upstream::peer(pick.addr, &table[backend], &self.upstream_tls);
+        ctx.resilience.start_attempt(&mut peer)?;
         ctx.pick = Some(pick);
         Ok(peer)
     }
@@ -439,13 +435,9 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
     let mut port_buf = itoa::Buffer::new();
     let mut code_buf = itoa::Buffer::new();
     let code = code_buf.format(status);
-    let (ns, name, port) = match ctx.service() {
-        Some(s) => (
-            s.key.namespace.as_str(),
-            s.key.name.as_str(),
-            port_buf.format(s.key.port),
-        ),
-        None => ("", "", port_buf.format(ctx.mesh_port)),
+    let [ns, name, port] = match (&ctx.table, ctx.service) {
+        (Some(table), Some(id)) => table.runtime(id).labels(),
+        _ => ["", "", port_buf.format(ctx.mesh_port)],
     };
     metrics::HTTP_REQUESTS
         .with_label_values(&[ns, name, port, code])
@@ -469,7 +461,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
             service = name,
             port,
             upstream = %ctx.endpoint().map(|a| a.to_string()).unwrap_or_default(),
-            attempts = ctx.attempts,
+            attempts = ctx.resilience.attempts(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = %e.map(|e| e.to_string()).unwrap_or_default(),
         );

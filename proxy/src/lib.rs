@@ -3,10 +3,12 @@
 pub mod acl;
 pub mod admin;
 pub mod balance;
+pub mod compiled;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod picker;
 pub mod resilience;
 pub mod server;
 pub mod source;
@@ -18,6 +20,7 @@ pub mod testing;
 pub mod trace;
 pub mod udp;
 pub mod upgrade;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::ProxyServer;

@@ -1,10 +1,11 @@
-//! Per-service resilience: rate limits, circuit breakers, retries with a budget, whole-request
-//! deadlines and the upstream scheme (h2c, https). State is kept per [`ServiceKey`] and
-//! survives table swaps; it is rebuilt only when that service's options change. Nothing here
-//! takes a lock on the request path.
+//! Per-service resilience: rate limits, circuit breakers, retries with a budget and
+//! whole-request deadlines. A service's [`ServiceState`] is built when a table is compiled
+//! ([`crate::compiled`]) and carried over to the next table while the service's options are
+//! unchanged. Nothing here takes a lock on the request path.
 //!
-//! The HTTP proxy calls, per request: [`Resilience::service`] and [`RequestState::admit`] in
-//! `request_filter`, [`RequestState::configure_peer`] in `upstream_peer`,
+//! The HTTP proxy calls, per request: [`RequestState::start`] with the compiled service's state
+//! and [`RequestState::admit`] in `request_filter`, [`RequestState::start_attempt`] in
+//! `upstream_peer`,
 //! [`RequestState::on_connect_failure`] / [`RequestState::on_error_while_proxy`] to decide
 //! retries, [`RequestState::error_status`] in `fail_to_proxy`, and [`RequestState::finish`]
 //! in `logging`.
@@ -14,16 +15,12 @@ pub mod budget;
 pub mod clock;
 pub mod metrics;
 pub mod ratelimit;
-pub mod upstream;
 pub mod window;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
-use config_model::{Service, ServiceKey, ServiceOptions, Table, TrafficType};
+use config_model::{Service, ServiceOptions, TrafficType};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 
@@ -36,12 +33,10 @@ use ratelimit::TokenBucket;
 /// another endpoint while there is one), like `--tcp-connect-attempts` for TCP.
 pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
 
-pub use upstream::{load_ca_file, UpstreamTls};
-
-/// The resilience state of one service port, built from its options.
+/// The resilience state of one service port, built from its options when a table is
+/// compiled ([`crate::compiled`]) and carried over to the next table while they are unchanged.
 #[derive(Debug)]
 pub struct ServiceState {
-    key: ServiceKey,
     options: ServiceOptions,
     rate_limit: Option<TokenBucket>,
     breaker: Option<Breaker>,
@@ -54,7 +49,6 @@ impl ServiceState {
         let metrics = ServiceMetrics::new(&svc.key);
         let o = &svc.options;
         ServiceState {
-            key: svc.key.clone(),
             options: o.clone(),
             rate_limit: o.rate_limit.map(|r| TokenBucket::new(r.average, r.burst)),
             breaker: o.circuit_breaker.as_ref().map(|cb| {
@@ -69,19 +63,25 @@ impl ServiceState {
         }
     }
 
-    /// The service port this state belongs to.
-    pub fn key(&self) -> &ServiceKey {
-        &self.key
+    /// The state of `svc` in a new table: `previous` (the state of the same service port in
+    /// the table before) when its options are unchanged, so that tokens, breaker windows and
+    /// budgets live on; else new state; `None` when its options need none.
+    pub fn carry_or_build(
+        svc: &Service,
+        previous: Option<&Arc<ServiceState>>,
+    ) -> Option<Arc<ServiceState>> {
+        if svc.traffic_type != TrafficType::Http || !needs_state(&svc.options) {
+            return None;
+        }
+        match previous {
+            Some(s) if s.options == svc.options => Some(s.clone()),
+            _ => Some(Arc::new(ServiceState::new(svc))),
+        }
     }
 
-    /// The options it was built from.
-    pub fn options(&self) -> &ServiceOptions {
-        &self.options
-    }
-
-    /// The circuit breaker's state, if the service has one.
-    pub fn breaker_state(&self) -> Option<breaker::State> {
-        self.breaker.as_ref().map(Breaker::state)
+    /// Whether it has a circuit breaker (whose state gauge is dropped with it).
+    pub(crate) fn has_breaker(&self) -> bool {
+        self.breaker.is_some()
     }
 }
 
@@ -91,91 +91,6 @@ fn needs_state(o: &ServiceOptions) -> bool {
         || o.timeout_ms.is_some()
         || o.rate_limit.is_some()
         || o.circuit_breaker.is_some()
-}
-
-type States = HashMap<ServiceKey, Arc<ServiceState>>;
-
-/// Resilience state of every service, kept in step with the routing table.
-#[derive(Debug)]
-pub struct Resilience {
-    /// The table the states were last built for (held so its address cannot be reused).
-    synced: ArcSwapOption<Table>,
-    states: ArcSwap<States>,
-    sync_lock: Mutex<()>,
-    tls: UpstreamTls,
-}
-
-impl Default for Resilience {
-    fn default() -> Self {
-        Resilience::new(UpstreamTls::default())
-    }
-}
-
-impl Resilience {
-    /// Empty state; `tls` says which CAs verify `https` upstreams.
-    pub fn new(tls: UpstreamTls) -> Self {
-        metrics::register();
-        Resilience {
-            synced: ArcSwapOption::empty(),
-            states: ArcSwap::from_pointee(HashMap::new()),
-            sync_lock: Mutex::new(()),
-            tls,
-        }
-    }
-
-    /// The TLS settings for `https` upstreams.
-    pub fn tls(&self) -> &UpstreamTls {
-        &self.tls
-    }
-
-    /// The state of a service port of `table`, if its options need one. The first call after
-    /// a table swap brings the states in step with the new table (under a lock taken only
-    /// then); every other call is a pointer comparison and a hash lookup.
-    pub fn service(&self, table: &Arc<Table>, key: &ServiceKey) -> Option<Arc<ServiceState>> {
-        let in_step = self
-            .synced
-            .load()
-            .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(t, table));
-        if !in_step {
-            self.sync(table);
-        }
-        self.states.load().get(key).cloned()
-    }
-
-    /// Brings the states in step with `table`: keeps the state of every service whose options
-    /// are unchanged, builds the others, drops those gone.
-    pub fn sync(&self, table: &Arc<Table>) {
-        let _guard = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self
-            .synced
-            .load()
-            .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(t, table))
-        {
-            return;
-        }
-        let old = self.states.load_full();
-        let mut next: States = HashMap::with_capacity(old.len());
-        for svc in table.services() {
-            if svc.traffic_type != TrafficType::Http || !needs_state(&svc.options) {
-                continue;
-            }
-            let state = match old.get(&svc.key) {
-                Some(s) if s.options == svc.options => s.clone(),
-                _ => Arc::new(ServiceState::new(svc)),
-            };
-            next.insert(svc.key.clone(), state);
-        }
-        for (key, s) in old.iter() {
-            let kept_breaker = next.get(key).is_some_and(|n| n.breaker.is_some());
-            if s.breaker.is_some() && !kept_breaker {
-                ServiceMetrics::forget_breaker(key);
-            }
-        }
-        self.states.store(Arc::new(next));
-        self.synced.store(Some(table.clone()));
-    }
 }
 
 /// Why a request is answered without going upstream.
@@ -209,8 +124,6 @@ pub struct RequestState {
     admission: Option<Admission>,
     /// Upstream attempts started (1 for the first).
     attempts: u32,
-    /// Endpoints already tried for this request, most recent last.
-    tried: Vec<SocketAddr>,
     timed_out: bool,
     upstream_failed: bool,
     finished: bool,
@@ -276,12 +189,8 @@ impl RequestState {
         Ok(())
     }
 
-    /// Endpoints tried so far, so that a retry picks another one.
-    pub fn tried(&self) -> &[SocketAddr] {
-        &self.tried
-    }
-
-    /// Upstream attempts started so far.
+    /// Upstream attempts started so far (1 once the first has begun), for the access log and
+    /// the trace as well as the retry decisions.
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -292,14 +201,10 @@ impl RequestState {
             .map(|d| Duration::from_nanos(d.saturating_sub(clock::now_ns())))
     }
 
-    /// Sets the peer's protocol, TLS and timeouts for this attempt (called from
+    /// Counts an upstream attempt and sets the peer's timeouts from the time left (called from
     /// `upstream_peer`, once per attempt). Fails with 504 when the deadline has passed.
-    pub fn configure_peer(
-        &mut self,
-        peer: &mut HttpPeer,
-        svc: &Service,
-        tls: &UpstreamTls,
-    ) -> pingora_error::Result<()> {
+    pub fn start_attempt(&mut self, peer: &mut HttpPeer) -> pingora_error::Result<()> {
+        self.attempts += 1;
         if let Some(left) = self.remaining() {
             if left.is_zero() {
                 self.timed_out = true;
@@ -308,12 +213,7 @@ impl RequestState {
                     "whole-request timeout expired before an upstream attempt",
                 ));
             }
-            upstream::apply_deadline(peer, left);
-        }
-        upstream::apply_scheme(peer, svc, tls);
-        self.attempts += 1;
-        if let Some(addr) = peer._address.as_inet() {
-            self.tried.push(*addr);
+            crate::upstream::apply_deadline(peer, left);
         }
         Ok(())
     }

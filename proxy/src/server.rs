@@ -10,13 +10,13 @@ use pingora_core::services::background::background_service;
 
 use crate::balance::Balancer;
 use crate::config::Config;
-use crate::resilience::{Resilience, UpstreamTls};
 use crate::source::controller::ControllerSource;
 use crate::source::file::FileSource;
 use crate::store::TableStore;
 use crate::tcp::TcpSettings;
 use crate::udp::{UdpHandle, UdpSettings};
 use crate::upgrade::{Confirm, Handover, Signals, WithFds};
+use crate::upstream::UpstreamTls;
 use crate::{admin, http, metrics, tcp, udp, upgrade};
 
 /// Why the proxy could not be assembled.
@@ -36,7 +36,7 @@ pub enum Error {
     Tracing(#[from] crate::trace::Error),
     /// `--upstream-ca-file` cannot be used.
     #[error(transparent)]
-    UpstreamCa(#[from] crate::resilience::upstream::CaError),
+    UpstreamCa(#[from] crate::upstream::CaError),
     /// `--upgrade`: the running proxy's listeners could not be taken over.
     #[error(transparent)]
     Upgrade(#[from] crate::upgrade::Error),
@@ -58,7 +58,7 @@ pub struct ProxyServer {
     config: Config,
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
-    resilience: Arc<Resilience>,
+    upstream_tls: UpstreamTls,
     /// Maille's listening sockets (handed over on upgrade; see [`crate::upgrade`]).
     fds: ListenFds,
     /// With `--upgrade`: the old process, to be told once this one serves.
@@ -92,6 +92,7 @@ impl ProxyServer {
         crate::acl::register();
         crate::split::register();
         crate::balance::register();
+        crate::resilience::metrics::register();
         let conf = ServerConf {
             threads: config.worker_threads(),
             grace_period_seconds: Some(config.grace_period_seconds),
@@ -159,7 +160,7 @@ impl ProxyServer {
             config,
             store,
             balancer,
-            resilience: Arc::new(Resilience::new(tls)),
+            upstream_tls: tls,
             fds,
             handover,
             tracing,
@@ -174,11 +175,6 @@ impl ProxyServer {
     /// The endpoint balancer (latency state per endpoint address).
     pub fn balancer(&self) -> &Arc<Balancer> {
         &self.balancer
-    }
-
-    /// Per-service resilience state (rate limits, breakers, retry budgets).
-    pub fn resilience(&self) -> &Arc<Resilience> {
-        &self.resilience
     }
 
     /// The proxy's tracing (off unless an OTLP endpoint is configured).
@@ -202,7 +198,7 @@ impl ProxyServer {
             self.balancer.clone(),
             self.config.access_log,
         )
-        .with_resilience(self.resilience.clone())
+        .with_upstream_tls(self.upstream_tls.clone())
         .with_tracing(self.tracing.clone());
         let svc = http::service(
             &self.server.configuration,

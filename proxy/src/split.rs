@@ -3,9 +3,11 @@
 
 use std::sync::LazyLock;
 
-use config_model::{HttpMatch, ServiceId, Split, Table};
+use config_model::{HttpMatch, ServiceId, Split};
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use rand::Rng;
+
+use crate::compiled::CompiledTable;
 
 /// The parts of an HTTP request that split and access matches look at.
 #[derive(Clone, Copy, Debug)]
@@ -60,10 +62,10 @@ pub fn register() {
 
 /// Follows the splits from `service`: at each service port the first split whose matches fit
 /// (all splits fit when `request` is `None`, except those with matches) picks a backend by
-/// weight, until a service port with no applicable split. Validation refuses split cycles, so
-/// this ends; the loop is bounded by the table size anyway.
+/// weight with its precomputed picker, until a service port with no applicable split.
+/// Validation refuses split cycles, so this ends; the loop is bounded by the table size anyway.
 pub fn select(
-    table: &Table,
+    table: &CompiledTable,
     service: ServiceId,
     request: Option<&RequestView<'_>>,
     rng: &mut impl Rng,
@@ -79,33 +81,15 @@ pub fn select(
         else {
             return Selection::Service(current);
         };
-        let targets = table.split_targets(current, i);
-        let total = split.total_weight();
-        if total == 0 {
+        let compiled = &table.runtime(current).splits[i];
+        let Some(pos) = compiled.picker.random(rng) else {
             return Selection::NoTraffic {
                 split: split.name.clone(),
                 root: current,
             };
-        }
-        let mut ticket = rng.random_range(0..total);
-        let mut next = targets[targets.len() - 1];
-        for (b, target) in split.backends.iter().zip(targets) {
-            let w = u64::from(b.weight);
-            if ticket < w {
-                next = *target;
-                break;
-            }
-            ticket -= w;
-        }
-        SPLIT_REQUESTS
-            .with_label_values(&[
-                svc.key.namespace.as_str(),
-                svc.key.name.as_str(),
-                &svc.key.port.to_string(),
-                &format!("{}/{}", table[next].key.namespace, table[next].key.name),
-            ])
-            .inc();
-        current = next;
+        };
+        compiled.sent[pos].inc();
+        current = table.split_targets(current, i)[pos];
     }
     Selection::Service(current)
 }
@@ -120,7 +104,9 @@ fn applies(split: &Split, request: Option<&RequestView<'_>>) -> bool {
 #[cfg(test)]
 mod tests {
     use config_model::testing::{http, service, table};
-    use config_model::{SplitBackendSpec, SplitSpec, TrafficType};
+    use std::sync::Arc;
+
+    use config_model::{SplitBackendSpec, SplitSpec, Table, TrafficType};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -135,7 +121,13 @@ mod tests {
         }
     }
 
-    fn table_with(splits: Vec<(usize, SplitSpec)>) -> Table {
+    fn compiled(t: Table) -> Arc<CompiledTable> {
+        let store = crate::store::TableStore::new();
+        store.store(t);
+        store.current()
+    }
+
+    fn table_with(splits: Vec<(usize, SplitSpec)>) -> Arc<CompiledTable> {
         let mut services = vec![
             http("shop", "web", 5000, &["10.0.0.1:80"]),
             http("shop", "v1", 5000, &["10.0.0.2:80"]),
@@ -145,14 +137,14 @@ mod tests {
         for (i, s) in splits {
             services[i].splits.push(s);
         }
-        Table::try_from(table(1, services)).unwrap()
+        compiled(Table::try_from(table(1, services)).unwrap())
     }
 
-    fn root(t: &Table) -> ServiceId {
+    fn root(t: &CompiledTable) -> ServiceId {
         t.iter().next().unwrap().0
     }
 
-    fn count(t: &Table, request: Option<&RequestView<'_>>, n: usize) -> Vec<usize> {
+    fn count(t: &CompiledTable, request: Option<&RequestView<'_>>, n: usize) -> Vec<usize> {
         let mut rng = StdRng::seed_from_u64(7);
         let mut hits = vec![0; t.len()];
         for _ in 0..n {
@@ -263,7 +255,7 @@ mod tests {
             TrafficType::Tcp,
             &["10.0.0.2:5432"],
         );
-        let t = Table::try_from(table(1, vec![pg, new])).unwrap();
+        let t = compiled(Table::try_from(table(1, vec![pg, new])).unwrap());
         let Selection::Service(to) = select(&t, root(&t), None, &mut rand::rng()) else {
             panic!("no traffic")
         };

@@ -1,5 +1,6 @@
-//! The proxy's current routing table: one immutable [`Table`] behind an `ArcSwap`, replaced
-//! whole on every update and read without locks on the request path.
+//! The proxy's current routing table: one immutable [`CompiledTable`] (the validated [`Table`]
+//! and the per-service runtime built from it) behind an `ArcSwap`, replaced whole on every
+//! update and read without locks on the request path.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use config_model::{Table, TrafficType};
 
+use crate::balance::{EndpointRegistry, EndpointStats};
+use crate::compiled::CompiledTable;
 use crate::metrics;
 
 /// The ports this proxy listens on, by traffic type: a service whose mesh port is not among
@@ -59,7 +62,10 @@ impl Listeners {
 /// Holds the table every listener (HTTP, TCP, UDP) routes with.
 #[derive(Debug)]
 pub struct TableStore {
-    current: ArcSwap<Table>,
+    current: ArcSwap<CompiledTable>,
+    /// Latency statistics per endpoint address, carried from one compiled table to the next.
+    /// The lock also makes applies one at a time; requests never take it.
+    endpoints: Mutex<EndpointRegistry>,
     ready: AtomicBool,
     /// The JSON the current table was built from, handed to a new process on upgrade.
     json: Mutex<Option<Arc<[u8]>>>,
@@ -74,7 +80,8 @@ pub struct TableStore {
 impl Default for TableStore {
     fn default() -> Self {
         TableStore {
-            current: ArcSwap::new(Table::empty()),
+            current: ArcSwap::from_pointee(CompiledTable::default()),
+            endpoints: Mutex::new(EndpointRegistry::default()),
             ready: AtomicBool::new(false),
             json: Mutex::new(None),
             listeners: None,
@@ -136,19 +143,28 @@ impl TableStore {
 
     /// The current table, for the request path (no lock, no reference-count traffic in the
     /// common case).
-    pub fn load(&self) -> Guard<Arc<Table>> {
+    pub fn load(&self) -> Guard<Arc<CompiledTable>> {
         self.current.load()
     }
 
-    /// The current table as an owned `Arc`, for long-lived holders (a TCP connection).
-    pub fn current(&self) -> Arc<Table> {
+    /// The current table as an owned `Arc`, for holders across awaits (a request, a TCP
+    /// connection while it connects).
+    pub fn current(&self) -> Arc<CompiledTable> {
         self.current.load_full()
+    }
+
+    /// Latency and passive-health statistics of an endpoint address of the current table.
+    pub fn endpoint_stats(&self, addr: &std::net::SocketAddr) -> Option<Arc<EndpointStats>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
     }
 
     /// Replaces the table whole with one built from `json` (the whole table, in the wire
     /// form), which is kept to hand over to a new process on upgrade. Returns the previous
     /// table.
-    pub fn store_json(&self, table: Table, json: Arc<[u8]>) -> Arc<Table> {
+    pub fn store_json(&self, table: Table, json: Arc<[u8]>) -> Arc<CompiledTable> {
         let old = self.swap(table);
         *self.json.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
         old
@@ -157,7 +173,7 @@ impl TableStore {
     /// Replaces the table whole and marks the store ready. Returns the previous table.
     /// A table stored this way has no JSON form: an upgrade hands none over (the new process
     /// then waits for its source); sources use [`Self::store_json`].
-    pub fn store(&self, table: Table) -> Arc<Table> {
+    pub fn store(&self, table: Table) -> Arc<CompiledTable> {
         let old = self.swap(table);
         *self.json.lock().unwrap_or_else(|p| p.into_inner()) = None;
         old
@@ -168,11 +184,16 @@ impl TableStore {
         self.json.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Updates the table gauges and the swap counter.
-    fn swap(&self, table: Table) -> Arc<Table> {
+    /// Compiles the table against the current one, swaps it in, and updates the table gauges
+    /// and the swap counter.
+    fn swap(&self, table: Table) -> Arc<CompiledTable> {
         let version = table.version;
         self.check_routable(&table);
-        let old = self.current.swap(Arc::new(table));
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let compiled =
+            CompiledTable::compile(Arc::new(table), &self.current.load(), &mut endpoints);
+        let old = self.current.swap(Arc::new(compiled));
+        drop(endpoints);
         self.ready.store(true, Ordering::Release);
         metrics::TABLE_SWAPS.inc();
         metrics::TABLE_VERSION.set(i64::try_from(version).unwrap_or(i64::MAX));

@@ -1,7 +1,6 @@
 //! Raw TCP through the mesh: a Pingora `ServerApp` listening on every port of the TCP range,
 //! routing each connection by the port it arrived on.
 
-pub(crate) mod balance;
 pub mod metrics;
 pub(crate) mod relay;
 #[cfg(any(test, feature = "testing"))]
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use config_model::{ServiceId, ServiceKey, Table};
+use config_model::ServiceId;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -21,6 +20,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::balance::{Balancer, Pick};
+use crate::compiled::CompiledTable;
 use crate::config::Config;
 use crate::store::TableStore;
 use relay::End;
@@ -105,10 +105,10 @@ pub(crate) enum Refused {
 }
 
 /// Where a connection goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Route {
     /// The service port the client called (the metrics' labels).
-    pub(crate) key: ServiceKey,
+    pub(crate) root: ServiceId,
     /// The service whose endpoints serve it: the called one, or the backend its traffic
     /// splits picked.
     pub(crate) service: ServiceId,
@@ -118,7 +118,7 @@ pub(crate) struct Route {
 /// to the port, or the backend its traffic splits pick; refused when no service is mapped, or
 /// in ACL mode when no access rule of the serving service port admits the client.
 pub(crate) fn route(
-    table: &Table,
+    table: &CompiledTable,
     mesh_port: u16,
     client: Option<SocketAddr>,
 ) -> Result<Route, Refused> {
@@ -127,20 +127,17 @@ pub(crate) fn route(
         crate::split::Selection::Service(i) => i,
         crate::split::Selection::NoTraffic { split, .. } => return Err(Refused::NoTraffic(split)),
     };
-    let svc = &table[service];
+    let rt = table.runtime(service);
     if table.acl {
         // A client without a known address cannot be admitted by any rule.
-        let admitted = client.is_some_and(|c| crate::acl::admits_connection(table, svc, c.ip()));
+        let admitted = client.is_some_and(|c| crate::acl::admits_connection(true, rt, c.ip()));
         if !admitted {
             let ip = client.map(|c| c.ip()).unwrap_or([0u8; 4].into());
-            crate::acl::count_denied(svc, ip);
+            crate::acl::count_denied(rt, ip);
             return Err(Refused::Denied);
         }
     }
-    Ok(Route {
-        key: table[root].key.clone(),
-        service,
-    })
+    Ok(Route { root, service })
 }
 
 /// The endpoint a connection is relayed to. The balancer's pick, when there is one, stays
@@ -148,7 +145,7 @@ pub(crate) fn route(
 struct Upstream {
     stream: TcpStream,
     addr: SocketAddr,
-    _pick: Option<Pick>,
+    _pick: Pick,
 }
 
 impl TcpProxy {
@@ -191,8 +188,9 @@ impl TcpProxy {
             Ok(r) => r,
             Err(refused) => return self.refuse(refused, mesh_port, peer, &mut trace),
         };
-        trace.routed(&route.key);
-        let span = tracing::info_span!("tcp", service = %route.key, mesh_port, client = ?peer);
+        let key = &table[route.root].key;
+        trace.routed(key);
+        let span = tracing::info_span!("tcp", service = %key, mesh_port, client = ?peer);
         self.proxy(client, table, route, &mut trace)
             .instrument(span)
             .await;
@@ -225,11 +223,11 @@ impl TcpProxy {
     async fn proxy(
         &self,
         client: Stream,
-        table: Arc<Table>,
+        table: Arc<CompiledTable>,
         route: Route,
         trace: &mut crate::trace::TcpSpan,
     ) {
-        let conn = metrics::ConnMetrics::open(&route.key);
+        let conn = metrics::ConnMetrics::open(table.runtime(route.root).labels());
         let upstream = self.connect(&table, route.service).await;
         // From here on the connection holds no table: swaps cannot touch it.
         drop(table);
@@ -267,8 +265,9 @@ impl TcpProxy {
 
     /// Connects to one endpoint of service `idx`, trying others (each at most once) when a
     /// connect fails: nothing has been sent yet, so another endpoint is always safe.
-    async fn connect(&self, table: &Arc<Table>, idx: ServiceId) -> Option<Upstream> {
+    async fn connect(&self, table: &CompiledTable, idx: ServiceId) -> Option<Upstream> {
         let endpoints = &table[idx].endpoints;
+        let plan = &table.runtime(idx).endpoints;
         if endpoints.is_empty() {
             warn!("Service has no ready endpoint, closing");
             return None;
@@ -276,26 +275,18 @@ impl TcpProxy {
         let attempts = self.settings.connect_attempts.clamp(1, endpoints.len());
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
         while tried.len() < attempts {
-            let (addr, pick) = match self.balancer.pick(table, idx, &tried) {
-                Some(p) if !tried.contains(&p.addr) => (p.addr, Some(p)),
-                // The balancer avoids excluded endpoints only probabilistically; finish the
-                // round with a plain weighted choice among those not tried yet.
-                _ => {
-                    let tried_idx: Vec<usize> = (0..endpoints.len())
-                        .filter(|i| tried.contains(&endpoints[*i].addr))
-                        .collect();
-                    let i = balance::pick(endpoints, &tried_idx)?;
-                    (endpoints[i].addr, None)
-                }
-            };
+            // The balancer returns an excluded endpoint only when every one is excluded.
+            let pick = self
+                .balancer
+                .pick(plan, &tried)
+                .filter(|p| !tried.contains(&p.addr))?;
+            let addr = pick.addr;
             tried.push(addr);
             match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
                 .await
             {
                 Ok(Ok(stream)) => {
-                    if let Some(p) = &pick {
-                        p.observe_response();
-                    }
+                    pick.observe_response();
                     // Interactive protocols (databases, SSH) need their small writes sent now.
                     let _ = stream.set_nodelay(true);
                     return Some(Upstream {
@@ -311,9 +302,7 @@ impl TcpProxy {
                     "Connect to endpoint timed out"
                 ),
             }
-            if let Some(p) = &pick {
-                p.observe_failure();
-            }
+            pick.observe_failure();
         }
         warn!(
             attempts = tried.len(),

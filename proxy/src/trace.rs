@@ -315,8 +315,9 @@ impl HttpSpan {
         if let Some(ep) = ctx.endpoint() {
             attrs.push(KeyValue::new("maille.endpoint", ep.to_string()));
         }
-        if ctx.attempts > 0 {
-            attrs.push(KeyValue::new("maille.retries", i64::from(ctx.attempts - 1)));
+        let attempts = ctx.resilience.attempts();
+        if attempts > 0 {
+            attrs.push(KeyValue::new("maille.retries", i64::from(attempts - 1)));
         }
         if let Some(reason) = local_reason(ctx, e, status) {
             attrs.push(KeyValue::new("maille.local_reason", reason));

@@ -639,9 +639,9 @@ async fn an_endpoint_refusing_connections_is_ejected_costs_no_502_and_gets_traff
     }
     assert_eq!(good.accepted(), 60);
     let stats = proxy
-        .balancer()
-        .stats(&dead)
-        .expect("the balancer knows the endpoint");
+        .store()
+        .endpoint_stats(&dead)
+        .expect("the store knows the endpoint");
     assert!(stats.is_ejected(), "the refusing endpoint is ejected");
     let after = ejections(
         &client::get_url(&proxy.admin_url("/metrics"))
@@ -664,4 +664,166 @@ async fn an_endpoint_refusing_connections_is_ejected_costs_no_502_and_gets_traff
         "traffic returned to the recovered endpoint"
     );
     assert!(!stats.is_ejected());
+}
+
+/// A table where `api` (namespace `ns`) has options `o` and endpoints `eps`, beside a plain
+/// service `other` whose endpoints are `other_eps`.
+fn swap_table(
+    version: u64,
+    ns: &str,
+    port: u16,
+    o: &OptionsSpec,
+    eps: &[&str],
+    other_eps: &[&str],
+) -> TableSpec {
+    let mut spec = table(
+        version,
+        vec![
+            with_options(http(ns, "api", port, eps), o.clone()),
+            http(ns, "other", port, other_eps),
+        ],
+    );
+    spec.sort_services();
+    spec
+}
+
+/// Swaps in the table `next` as a delta from `held` (what the controller source does), so the
+/// services the delta does not name are shared with the table held.
+fn swap_by_delta(proxy: &TestProxy, held: &TableSpec, next: &TableSpec) {
+    let delta = next.delta_for(held.version, &held.changed_keys(next));
+    let bytes = serde_json::to_vec(&delta).unwrap();
+    maille_proxy::source::swap_delta(proxy.store(), &bytes, "test").unwrap();
+    assert_eq!(proxy.store().load().version, next.version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_swap_keeps_a_tripped_breaker_open_unless_its_options_change() {
+    const NS: &str = "r10";
+    let backend = RawBackend::start("api", Mode::Fail, 0).await;
+    let spare = HttpBackend::start("spare").await;
+    let other = HttpBackend::start("other").await;
+    let o = OptionsSpec {
+        circuit_breaker: Some("ResponseCodeRatio(500, 600, 0, 600) > 0.5".into()),
+        // Long enough that the breaker stays open for the whole test unless replaced.
+        circuit_breaker_recovery_ms: Some(60_000),
+        ..OptionsSpec::default()
+    };
+    let (b, s, x) = (backend.addr_str(), spare.addr_str(), other.addr_str());
+    let mut port = 0;
+    let proxy = start(|p| {
+        port = p.http[0];
+        swap_table(1, NS, port, &o, &[&b], &[])
+    });
+    let held = swap_table(1, NS, port, &o, &[&b], &[]);
+    let c = HttpClient::http1();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+        if r.status == 503 {
+            break;
+        }
+        assert_eq!(r.status, 500);
+        assert!(Instant::now() < deadline, "breaker never tripped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = backend.accepted();
+    let still_open = |what: &'static str| {
+        let c = &c;
+        let proxy = &proxy;
+        async move {
+            for _ in 0..3 {
+                let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+                assert_eq!(r.status, 503, "{what}: the breaker is still open");
+            }
+        }
+    };
+
+    // A delta that changes another service: `api` is shared with the table held.
+    let v2 = swap_table(2, NS, port, &o, &[&b], &[&x]);
+    swap_by_delta(&proxy, &held, &v2);
+    still_open("delta naming another service").await;
+    // A whole new table where `api` gained an endpoint but kept its options.
+    proxy.set_table(&swap_table(3, NS, port, &o, &[&b, &s], &[&x]));
+    still_open("same options, another endpoint").await;
+    assert_eq!(
+        backend.accepted(),
+        seen,
+        "an open breaker sends nothing upstream"
+    );
+    assert_eq!(spare.hits(), 0);
+    assert_eq!(
+        metric(&proxy, "maille_proxy_circuit_breaker_state", NS).await,
+        1.0
+    );
+
+    // Changed options: a new breaker, closed, so requests reach the endpoints again.
+    let changed = OptionsSpec {
+        circuit_breaker: Some("ResponseCodeRatio(500, 600, 0, 600) > 0.6".into()),
+        ..o.clone()
+    };
+    proxy.set_table(&swap_table(4, NS, port, &changed, &[&b], &[&x]));
+    let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+    assert_eq!(r.status, 500, "the new breaker is closed");
+    assert_eq!(backend.accepted(), seen + 1);
+    assert_eq!(
+        metric(&proxy, "maille_proxy_circuit_breaker_state", NS).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_swap_keeps_a_drained_token_bucket_drained_unless_its_options_change() {
+    const NS: &str = "r11";
+    const BURST: u32 = 5;
+    let web = HttpBackend::start("web").await;
+    let other = HttpBackend::start("other").await;
+    let limit = |burst| OptionsSpec {
+        rate_limit: Some(RateLimitSpec { average: 1, burst }),
+        ..OptionsSpec::default()
+    };
+    let o = limit(BURST);
+    let (w, x) = (web.addr_str(), other.addr_str());
+    let mut port = 0;
+    let proxy = start(|p| {
+        port = p.http[0];
+        swap_table(1, NS, port, &o, &[&w], &[])
+    });
+    let held = swap_table(1, NS, port, &o, &[&w], &[]);
+    let c = HttpClient::http1();
+    let passed = |n: usize| {
+        let c = &c;
+        let proxy = &proxy;
+        async move {
+            let mut ok = 0u64;
+            for _ in 0..n {
+                let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+                assert!(r.status == 200 || r.status == 429, "{}", r.status);
+                ok += u64::from(r.status == 200);
+            }
+            ok
+        }
+    };
+    let drained = Instant::now();
+    let first = passed(BURST as usize + 2).await;
+    assert!(first >= u64::from(BURST), "the burst passes: {first}");
+
+    // The bucket refills one token a second: after the swaps, at most that many pass.
+    let v2 = swap_table(2, NS, port, &o, &[&w], &[&x]);
+    swap_by_delta(&proxy, &held, &v2);
+    proxy.set_table(&swap_table(3, NS, port, &o, &[&w, &x], &[&x]));
+    let after_swaps = passed(BURST as usize).await;
+    let refilled = drained.elapsed().as_secs() + 1;
+    assert!(
+        first + after_swaps <= u64::from(BURST) + refilled,
+        "the bucket stayed drained: {first} then {after_swaps} passed within {refilled} s"
+    );
+
+    // Changed options: a new, full bucket.
+    proxy.set_table(&swap_table(4, NS, port, &limit(BURST + 1), &[&w], &[&x]));
+    let fresh = passed(BURST as usize + 1).await;
+    assert_eq!(
+        fresh,
+        u64::from(BURST) + 1,
+        "a new bucket lets its burst through"
+    );
 }

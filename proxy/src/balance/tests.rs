@@ -6,12 +6,40 @@ use config_model::testing::{http, table};
 use config_model::{EndpointSpec, Table};
 
 use super::*;
+use crate::compiled::CompiledTable;
+use crate::store::TableStore;
 
-fn first(t: &Table) -> ServiceId {
-    t.iter().next().expect("a service").0
+/// A balancer and the store whose compiled tables give it endpoint plans.
+struct Lb {
+    balancer: Balancer,
+    store: Arc<TableStore>,
 }
 
-fn weighted(eps: &[(&str, u32)]) -> Arc<Table> {
+impl Lb {
+    fn new(mode: Mode) -> Lb {
+        Lb {
+            balancer: Balancer::new(mode),
+            store: TableStore::new(),
+        }
+    }
+
+    /// Swaps in a table of one service with these weighted endpoints.
+    fn load(&self, eps: &[(&str, u32)]) -> Arc<CompiledTable> {
+        self.store.store(weighted(eps));
+        self.store.current()
+    }
+
+    fn pick(&self, t: &CompiledTable, exclude: &[SocketAddr]) -> Option<Pick> {
+        let id = t.iter().next().expect("a service").0;
+        self.balancer.pick(&t.runtime(id).endpoints, exclude)
+    }
+
+    fn stats(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
+        self.store.endpoint_stats(addr)
+    }
+}
+
+fn weighted(eps: &[(&str, u32)]) -> Table {
     let mut svc = http("default", "web", 5000, &[]);
     svc.endpoints = eps
         .iter()
@@ -20,7 +48,7 @@ fn weighted(eps: &[(&str, u32)]) -> Arc<Table> {
             weight: *w,
         })
         .collect();
-    Arc::new(Table::try_from(table(1, vec![svc])).unwrap())
+    Table::try_from(table(1, vec![svc])).unwrap()
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -33,12 +61,12 @@ fn share(counts: &HashMap<SocketAddr, u32>, a: &str, n: u32) -> f64 {
 
 #[test]
 fn round_robin_is_exact_per_round_and_interleaved() {
-    let b = Balancer::new(Mode::RoundRobin);
-    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
+    let b = Lb::new(Mode::RoundRobin);
+    let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
     let mut counts = HashMap::new();
     let mut seq = Vec::new();
     for _ in 0..4000 {
-        let p = b.pick(&t, first(&t), &[]).unwrap();
+        let p = b.pick(&t, &[]).unwrap();
         *counts.entry(p.addr).or_insert(0u32) += 1;
         seq.push(p.addr);
     }
@@ -52,12 +80,12 @@ fn round_robin_is_exact_per_round_and_interleaved() {
 
 #[test]
 fn without_latency_data_peak_ewma_falls_back_to_round_robin() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[("10.0.0.1:80", 2), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[("10.0.0.1:80", 2), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
     let mut counts = HashMap::new();
     for _ in 0..400 {
         // Picks are dropped unanswered: no sample is ever recorded.
-        let p = b.pick(&t, first(&t), &[]).unwrap();
+        let p = b.pick(&t, &[]).unwrap();
         *counts.entry(p.addr).or_insert(0u32) += 1;
     }
     assert_eq!(counts[&addr("10.0.0.1:80")], 200);
@@ -67,17 +95,17 @@ fn without_latency_data_peak_ewma_falls_back_to_round_robin() {
 
 #[test]
 fn equal_latency_spreads_by_weight_within_two_points() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 3)]);
     // Seed both with the same latency.
     for a in ["10.0.0.1:80", "10.0.0.2:80"] {
-        b.pick(&t, first(&t), &[]);
+        b.pick(&t, &[]);
         b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
     }
     let n = 20_000;
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let p = b.pick(&t, first(&t), &[]).unwrap();
+        let p = b.pick(&t, &[]).unwrap();
         p.stats().observe(Duration::from_millis(1));
         *counts.entry(p.addr).or_insert(0u32) += 1;
     }
@@ -88,13 +116,13 @@ fn equal_latency_spreads_by_weight_within_two_points() {
 
 #[test]
 fn a_slow_endpoint_gets_less_traffic() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t, first(&t), &[]);
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t, &[]);
     let n = 4000;
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let p = b.pick(&t, first(&t), &[]).unwrap();
+        let p = b.pick(&t, &[]).unwrap();
         let rtt = if p.addr == addr("10.0.0.1:80") { 20 } else { 1 };
         p.stats().observe(Duration::from_millis(rtt));
         *counts.entry(p.addr).or_insert(0u32) += 1;
@@ -106,36 +134,34 @@ fn a_slow_endpoint_gets_less_traffic() {
 
 #[test]
 fn busy_endpoint_gets_less_traffic() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t, first(&t), &[]);
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t, &[]);
     for a in ["10.0.0.1:80", "10.0.0.2:80"] {
         b.stats(&addr(a)).unwrap().observe(Duration::from_millis(1));
     }
     // Ten requests stuck on the first endpoint.
     let stuck: Vec<_> = (0..100)
-        .filter_map(|_| b.pick(&t, first(&t), &[]))
+        .filter_map(|_| b.pick(&t, &[]))
         .filter(|p| p.addr == addr("10.0.0.1:80"))
         .take(10)
         .collect();
     assert_eq!(stuck.len(), 10);
-    let picks: Vec<_> = (0..200)
-        .map(|_| b.pick(&t, first(&t), &[]).unwrap().addr)
-        .collect();
+    let picks: Vec<_> = (0..200).map(|_| b.pick(&t, &[]).unwrap().addr).collect();
     let busy = picks.iter().filter(|a| **a == addr("10.0.0.1:80")).count();
     assert!(busy < 80, "busy endpoint picked {busy} of 200");
 }
 
 #[test]
 fn latency_state_survives_a_table_swap() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t1 = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
-    b.pick(&t1, first(&t1), &[]);
+    let b = Lb::new(Mode::PeakEwma);
+    let t1 = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1)]);
+    b.pick(&t1, &[]);
     b.stats(&addr("10.0.0.1:80"))
         .unwrap()
         .observe(Duration::from_millis(7));
-    let t2 = weighted(&[("10.0.0.1:80", 5), ("10.0.0.3:80", 1)]);
-    b.pick(&t2, first(&t2), &[]);
+    let t2 = b.load(&[("10.0.0.1:80", 5), ("10.0.0.3:80", 1)]);
+    b.pick(&t2, &[]);
     let kept = b.stats(&addr("10.0.0.1:80")).unwrap();
     assert!(kept.has_sample());
     assert!(kept.estimate_ns() > 1_000_000.0);
@@ -147,11 +173,11 @@ fn latency_state_survives_a_table_swap() {
 #[test]
 fn excluded_endpoints_are_avoided_while_others_remain() {
     for mode in [Mode::PeakEwma, Mode::RoundRobin] {
-        let b = Balancer::new(mode);
-        let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+        let b = Lb::new(mode);
+        let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
         for _ in 0..200 {
             let p = b
-                .pick(&t, first(&t), &[addr("10.0.0.1:80"), addr("10.0.0.2:80")])
+                .pick(&t, &[addr("10.0.0.1:80"), addr("10.0.0.2:80")])
                 .unwrap();
             assert_eq!(p.addr, addr("10.0.0.3:80"), "{mode:?}");
         }
@@ -160,10 +186,10 @@ fn excluded_endpoints_are_avoided_while_others_remain() {
 
 #[test]
 fn pending_counts_follow_picks() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[("10.0.0.1:80", 1)]);
-    let p = b.pick(&t, first(&t), &[]).unwrap();
-    let q = b.pick(&t, first(&t), &[]).unwrap();
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[("10.0.0.1:80", 1)]);
+    let p = b.pick(&t, &[]).unwrap();
+    let q = b.pick(&t, &[]).unwrap();
     assert_eq!(p.stats().pending(), 2);
     drop(p);
     assert_eq!(q.stats().pending(), 1);
@@ -173,9 +199,9 @@ fn pending_counts_follow_picks() {
 
 #[test]
 fn no_endpoints_means_no_pick() {
-    let b = Balancer::new(Mode::PeakEwma);
-    let t = weighted(&[]);
-    assert!(b.pick(&t, first(&t), &[]).is_none());
+    let b = Lb::new(Mode::PeakEwma);
+    let t = b.load(&[]);
+    assert!(b.pick(&t, &[]).is_none());
 }
 
 #[test]
@@ -197,8 +223,8 @@ fn peak_then_decay() {
 #[test]
 fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
     for mode in [Mode::RoundRobin, Mode::PeakEwma] {
-        let b = Balancer::new(mode);
-        let t = weighted(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
+        let b = Lb::new(mode);
+        let t = b.load(&[("10.0.0.1:80", 1), ("10.0.0.2:80", 1), ("10.0.0.3:80", 1)]);
         let fail = |a: &str, times: usize| {
             for _ in 0..times {
                 // Failures are charged to the endpoint whatever pick made the attempt.
@@ -206,14 +232,13 @@ fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
                 p.observe_failure();
             }
         };
-        b.pick(&t, first(&t), &[]).unwrap(); // builds the plan (and the stats registry)
         fail("10.0.0.1:80", EJECT_AFTER_FAILURES as usize - 1);
         assert!(!b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
         fail("10.0.0.1:80", 1);
         assert!(b.stats(&addr("10.0.0.1:80")).unwrap().is_ejected());
         for _ in 0..300 {
             assert_ne!(
-                b.pick(&t, first(&t), &[]).unwrap().addr,
+                b.pick(&t, &[]).unwrap().addr,
                 addr("10.0.0.1:80"),
                 "{mode:?}"
             );
@@ -221,22 +246,16 @@ fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
         // With the others ejected or excluded too, picks still find an endpoint.
         fail("10.0.0.2:80", EJECT_AFTER_FAILURES as usize);
         for _ in 0..100 {
-            assert_eq!(
-                b.pick(&t, first(&t), &[]).unwrap().addr,
-                addr("10.0.0.3:80")
-            );
+            assert_eq!(b.pick(&t, &[]).unwrap().addr, addr("10.0.0.3:80"));
         }
         fail("10.0.0.3:80", EJECT_AFTER_FAILURES as usize);
         let exclude = [addr("10.0.0.1:80"), addr("10.0.0.3:80")];
         for _ in 0..100 {
-            assert_eq!(
-                b.pick(&t, first(&t), &exclude).unwrap().addr,
-                addr("10.0.0.2:80")
-            );
+            assert_eq!(b.pick(&t, &exclude).unwrap().addr, addr("10.0.0.2:80"));
         }
         // One success ends the streak and the ejection.
         let p = b
-            .pick(&t, first(&t), &[addr("10.0.0.2:80"), addr("10.0.0.3:80")])
+            .pick(&t, &[addr("10.0.0.2:80"), addr("10.0.0.3:80")])
             .unwrap();
         assert_eq!(p.addr, addr("10.0.0.1:80"));
         p.observe_response();

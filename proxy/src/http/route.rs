@@ -1,14 +1,14 @@
 //! The routing steps of an HTTP request, each its own function so that later features extend
 //! one step: route lookup → split resolution → access check → (endpoint pick, in
-//! [`crate::balance`]) → upstream peer.
+//! [`crate::balance`]; upstream peer, in [`crate::upstream`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use config_model::{ServiceId, Table};
-use pingora_core::upstreams::peer::HttpPeer;
+use config_model::ServiceId;
 use pingora_proxy::Session;
 
 use crate::acl;
+use crate::compiled::CompiledTable;
 use crate::split::{self, RequestView, Selection};
 
 /// A request the access check refused, with the answer to send.
@@ -39,7 +39,7 @@ pub fn request_host(session: &Session) -> Option<&str> {
 }
 
 /// Step 1: the service port answering `host` on listener port `mesh_port`.
-pub fn lookup(table: &Table, mesh_port: u16, host: &str) -> Option<ServiceId> {
+pub fn lookup(table: &CompiledTable, mesh_port: u16, host: &str) -> Option<ServiceId> {
     table.http_route(mesh_port, host)
 }
 
@@ -57,7 +57,7 @@ fn request_view(session: &Session) -> RequestView<'_> {
 /// its traffic splits pick (nested splits followed). A split that applies with only zero
 /// weights sends the request nowhere: 503.
 pub fn resolve_split(
-    table: &Table,
+    table: &CompiledTable,
     service: ServiceId,
     session: &Session,
 ) -> Result<ServiceId, Denied> {
@@ -80,32 +80,29 @@ pub fn resolve_split(
 
 /// Step 3: in ACL mode, whether the client may send this request to the service port that
 /// serves it (whose pods it reaches): 403 when no access rule (TrafficTarget) admits it.
-pub fn check_access(table: &Table, service: ServiceId, session: &Session) -> Result<(), Denied> {
+pub fn check_access(
+    table: &CompiledTable,
+    service: ServiceId,
+    session: &Session,
+) -> Result<(), Denied> {
     if !table.acl {
         return Ok(());
     }
-    let svc = &table[service];
+    let rt = table.runtime(service);
     let client = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
         // Without a client address no rule can admit the request.
         .unwrap_or(IpAddr::from([0u8; 4]));
-    if acl::admits_request(table, svc, client, &request_view(session)) {
+    if acl::admits_request(table.acl, rt, client, &request_view(session)) {
         return Ok(());
     }
-    acl::count_denied(svc, client);
+    acl::count_denied(rt, client);
     Err(Denied {
         status: 403,
-        body: acl::denied_body(svc, client),
+        body: acl::denied_body(rt.service(), client),
     })
-}
-
-/// Step 5: how to reach endpoint `addr`: plain HTTP/1.1 with keep-alive (Pingora pools
-/// upstream connections per peer). The service's scheme, TLS and timeouts are set on it
-/// afterwards ([`crate::resilience::RequestState::configure_peer`]).
-pub fn peer_for(addr: SocketAddr) -> Box<HttpPeer> {
-    Box::new(HttpPeer::new(addr, false, String::new()))
 }
 
 #[cfg(test)]
@@ -118,11 +115,15 @@ mod tests {
     fn lookup_returns_the_index_of_the_matching_service() {
         let mut b = http("shop", "cart", 5001, &["10.0.0.2:80"]);
         b.cluster_ip = Some("10.96.0.7".into());
-        let t = Table::try_from(table(
-            1,
-            vec![http("shop", "web", 5000, &["10.0.0.1:80"]), b],
-        ))
-        .unwrap();
+        let store = crate::store::TableStore::new();
+        store.store(
+            config_model::Table::try_from(table(
+                1,
+                vec![http("shop", "web", 5000, &["10.0.0.1:80"]), b],
+            ))
+            .unwrap(),
+        );
+        let t = store.current();
         let name = |id: Option<ServiceId>| id.map(|id| t[id].key.name.as_str());
         assert_eq!(name(lookup(&t, 5000, "web.shop.maille.mesh")), Some("web"));
         assert_eq!(

@@ -4,6 +4,7 @@ use config_model::testing::{http, table};
 use config_model::{OptionsSpec, RateLimitSpec, ServiceKey, Table};
 
 use super::*;
+use crate::compiled::CompiledTable;
 
 fn key(name: &str) -> ServiceKey {
     ServiceKey {
@@ -13,7 +14,24 @@ fn key(name: &str) -> ServiceKey {
     }
 }
 
-fn table_with(limits: &[(&str, OptionsSpec)]) -> Arc<Table> {
+/// Compiled tables from one store, as a proxy swaps them in.
+#[derive(Default)]
+struct Tables(Arc<crate::store::TableStore>);
+
+impl Tables {
+    /// Swaps in a table of these services and returns it compiled.
+    fn load(&self, limits: &[(&str, OptionsSpec)]) -> Arc<CompiledTable> {
+        self.0.store(table_with(limits));
+        self.0.current()
+    }
+
+    /// The resilience state of a service of `t`.
+    fn service(&self, t: &CompiledTable, key: &ServiceKey) -> Option<Arc<ServiceState>> {
+        t.runtime(t.service(key)?).resilience.clone()
+    }
+}
+
+fn table_with(limits: &[(&str, OptionsSpec)]) -> Table {
     let services = limits
         .iter()
         .enumerate()
@@ -23,7 +41,7 @@ fn table_with(limits: &[(&str, OptionsSpec)]) -> Arc<Table> {
             s
         })
         .collect();
-    Arc::new(Table::try_from(table(1, services)).unwrap())
+    Table::try_from(table(1, services)).unwrap()
 }
 
 fn limited(average: u32, burst: u32) -> OptionsSpec {
@@ -35,8 +53,8 @@ fn limited(average: u32, burst: u32) -> OptionsSpec {
 
 #[test]
 fn state_survives_swaps_and_is_rebuilt_only_on_change() {
-    let r = Resilience::default();
-    let t1 = table_with(&[
+    let r = Tables::default();
+    let t1 = r.load(&[
         ("a", limited(1, 2)),
         ("b", limited(1, 1)),
         ("c", OptionsSpec::default()),
@@ -49,7 +67,7 @@ fn state_survives_swaps_and_is_rebuilt_only_on_change() {
     let mut rs = RequestState::start(Some(a1.clone()));
     assert!(rs.admit().is_ok());
     assert!(RequestState::start(Some(a1.clone())).admit().is_ok());
-    let t2 = table_with(&[
+    let t2 = r.load(&[
         ("a", limited(1, 2)),
         ("b", limited(5, 5)),
         ("c", OptionsSpec::default()),
@@ -67,7 +85,7 @@ fn state_survives_swaps_and_is_rebuilt_only_on_change() {
     );
 
     // A service that left the table loses its state.
-    let t3 = table_with(&[("b", limited(5, 5))]);
+    let t3 = r.load(&[("b", limited(5, 5))]);
     assert!(r.service(&t3, &key("a")).is_none());
 }
 
@@ -78,16 +96,15 @@ fn retries_stop_at_the_attempt_limit() {
         ..OptionsSpec::default()
     };
     o.retry_budget_percent = Some(100);
-    let r = Resilience::default();
-    let t = table_with(&[("a", o)]);
+    let r = Tables::default();
+    let t = r.load(&[("a", o)]);
     let s = r.service(&t, &key("a")).unwrap();
-    let svc = &t[t.service(&key("a")).unwrap()];
     let mut rs = RequestState::start(Some(s));
     rs.admit().unwrap();
     let mut decisions = Vec::new();
     for _ in 0..4 {
         let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
-        rs.configure_peer(&mut peer, svc, r.tls()).unwrap();
+        rs.start_attempt(&mut peer).unwrap();
         let mut e = Error::new_up(ErrorType::ConnectRefused);
         rs.on_connect_failure(&mut e, 5);
         decisions.push(e.retry());
@@ -105,8 +122,8 @@ fn non_idempotent_requests_are_not_retried_after_sending() {
         retry_attempts: Some(3),
         ..OptionsSpec::default()
     };
-    let r = Resilience::default();
-    let t = table_with(&[("a", o)]);
+    let r = Tables::default();
+    let t = r.load(&[("a", o)]);
     let mut rs = RequestState::start(r.service(&t, &key("a")));
     rs.admit().unwrap();
     let mut e = Error::new_up(ErrorType::ConnectionClosed);
@@ -126,13 +143,12 @@ fn expired_deadline_answers_504() {
         timeout_ms: Some(1),
         ..OptionsSpec::default()
     };
-    let r = Resilience::default();
-    let t = table_with(&[("a", o)]);
-    let svc = &t[t.service(&key("a")).unwrap()];
+    let r = Tables::default();
+    let t = r.load(&[("a", o)]);
     let mut rs = RequestState::start(r.service(&t, &key("a")));
     std::thread::sleep(Duration::from_millis(5));
     let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
-    let e = rs.configure_peer(&mut peer, svc, r.tls()).unwrap_err();
+    let e = rs.start_attempt(&mut peer).unwrap_err();
     assert_eq!(rs.error_status(&e), Some(504));
 }
 
@@ -141,7 +157,7 @@ fn deadline_caps_peer_timeouts() {
     let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
     peer.options.read_timeout = Some(Duration::from_secs(60));
     peer.options.connection_timeout = Some(Duration::from_millis(100));
-    upstream::apply_deadline(&mut peer, Duration::from_millis(500));
+    crate::upstream::apply_deadline(&mut peer, Duration::from_millis(500));
     assert_eq!(peer.options.read_timeout, Some(Duration::from_millis(500)));
     assert_eq!(peer.options.write_timeout, Some(Duration::from_millis(500)));
     assert_eq!(
@@ -152,9 +168,8 @@ fn deadline_caps_peer_timeouts() {
 
 #[test]
 fn connect_failures_are_retried_on_other_endpoints_without_a_retry_policy() {
-    let r = Resilience::default();
-    let t = table_with(&[("a", OptionsSpec::default())]);
-    let svc = &t[t.service(&key("a")).unwrap()];
+    let r = Tables::default();
+    let t = r.load(&[("a", OptionsSpec::default())]);
     for (endpoints, want) in [
         (1, vec![false]),
         (2, vec![true, false]),
@@ -165,7 +180,7 @@ fn connect_failures_are_retried_on_other_endpoints_without_a_retry_policy() {
         let mut decisions = Vec::new();
         for _ in 0..5 {
             let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
-            rs.configure_peer(&mut peer, svc, r.tls()).unwrap();
+            rs.start_attempt(&mut peer).unwrap();
             let mut e = Error::new_up(ErrorType::ConnectRefused);
             rs.on_connect_failure(&mut e, endpoints);
             decisions.push(e.retry());

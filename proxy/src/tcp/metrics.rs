@@ -2,7 +2,6 @@
 
 use std::sync::LazyLock;
 
-use config_model::ServiceKey;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec};
 use prometheus::{IntGauge, IntGaugeVec};
 
@@ -97,9 +96,7 @@ pub(crate) struct ConnMetrics {
 impl ConnMetrics {
     /// Counts a new routed connection and returns the handles for the rest of its life. The
     /// returned guard counts it closed when dropped, however the connection ends.
-    pub(crate) fn open(key: &ServiceKey) -> OpenConn {
-        let port = key.port.to_string();
-        let labels = [key.namespace.as_str(), key.name.as_str(), port.as_str()];
+    pub(crate) fn open(labels: [&str; 3]) -> OpenConn {
         OPENED.with_label_values(&labels).inc();
         let m = ConnMetrics {
             closed: CLOSED.with_label_values(&labels),

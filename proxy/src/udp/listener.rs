@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use config_model::{ServiceId, ServiceKey, Table};
+use config_model::{ServiceId, ServiceKey};
 use pingora::server::ShutdownWatch;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::metrics::{self, DropReason, ServiceMetrics};
 use super::{UdpSettings, MAX_DATAGRAM};
 use crate::balance::{Balancer, Pick};
+use crate::compiled::CompiledTable;
 use crate::store::TableStore;
 use crate::tcp::relay::Activity;
 
@@ -47,33 +48,37 @@ struct Session {
     _pick: Pick,
 }
 
-/// The listener's record of a session.
+/// The listener's record of a session: its binding to a service port of one table.
 struct Entry {
     session: Arc<Session>,
     task: JoinHandle<()>,
     /// The table the session's route was last checked against.
-    checked: Weak<Table>,
+    checked: Weak<CompiledTable>,
+    /// The service port the session is bound to, in `checked`.
+    service: ServiceId,
 }
 
 impl Entry {
     /// Whether the session may go on carrying datagrams under `table`: same service on the
-    /// port, and its endpoint still one of the service's. Checked once per table.
-    fn still_routed(&mut self, table: &Arc<Table>, mesh_port: u16) -> bool {
+    /// port, its endpoint still one of the service's, and (ACL mode) the client still admitted.
+    /// Checked once per table; the binding then moves to the service's id in `table`.
+    fn still_routed(&mut self, table: &Arc<CompiledTable>, mesh_port: u16) -> bool {
         if std::ptr::eq(self.checked.as_ptr(), Arc::as_ptr(table)) {
             return true;
         }
         let s = &self.session;
-        let ok = table
-            .udp_route(mesh_port)
-            .map(|id| &table[id])
-            .is_some_and(|svc| {
-                svc.key == s.key
-                && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
-                // A removed TrafficTarget ends the sessions it allowed.
-                && crate::acl::admits_connection(table, svc, s.client.ip())
-            });
+        let Some(id) = table.udp_route(mesh_port) else {
+            return false;
+        };
+        let rt = table.runtime(id);
+        let svc = rt.service();
+        let ok = svc.key == s.key
+            && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
+            // A removed TrafficTarget ends the sessions it allowed.
+            && crate::acl::admits_connection(table.acl, rt, s.client.ip());
         if ok {
             self.checked = Arc::downgrade(table);
+            self.service = id;
         }
         ok
     }
@@ -177,11 +182,12 @@ impl Listener {
             metrics::dropped_unrouted(self.mesh_port);
             return None;
         };
-        let svc = &table[idx];
-        let m = ServiceMetrics::new(&svc.key);
-        if !crate::acl::admits_connection(&table, svc, client.ip()) {
+        let rt = table.runtime(idx);
+        let svc = rt.service();
+        let m = ServiceMetrics::new(rt.labels());
+        if !crate::acl::admits_connection(table.acl, rt, client.ip()) {
             debug!(service = %svc.key, %client, "No TrafficTarget allows this client, dropping");
-            crate::acl::count_denied(svc, client.ip());
+            crate::acl::count_denied(rt, client.ip());
             m.dropped(DropReason::Denied);
             return None;
         }
@@ -202,7 +208,7 @@ impl Listener {
             m.dropped(DropReason::SessionLimit);
             return None;
         }
-        let Some(pick) = self.balancer.pick(&table, idx, &[]) else {
+        let Some(pick) = self.balancer.pick(&rt.endpoints, &[]) else {
             self.open.fetch_sub(1, Ordering::AcqRel);
             m.dropped(DropReason::NoEndpoint);
             return None;
@@ -244,6 +250,7 @@ impl Listener {
                 session: session.clone(),
                 task,
                 checked: Arc::downgrade(&table),
+                service: idx,
             },
         );
         Some(session)
@@ -271,8 +278,8 @@ impl Listener {
 }
 
 /// The service that a datagram arriving on `mesh_port` goes to; `None` drops it. The access
-/// check follows, where a new session is opened.
-pub(crate) fn route(table: &Table, mesh_port: u16) -> Option<ServiceId> {
+/// check follows: where a new session is opened, and for a live session once per new table.
+pub(crate) fn route(table: &CompiledTable, mesh_port: u16) -> Option<ServiceId> {
     table.udp_route(mesh_port)
 }
 

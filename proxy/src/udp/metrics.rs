@@ -2,7 +2,6 @@
 
 use std::sync::LazyLock;
 
-use config_model::ServiceKey;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec};
 use prometheus::{IntGauge, IntGaugeVec};
 
@@ -123,13 +122,8 @@ pub(crate) struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    pub(crate) fn new(key: &ServiceKey) -> ServiceMetrics {
-        let labels = [
-            key.namespace.clone(),
-            key.name.clone(),
-            key.port.to_string(),
-        ];
-        let l = [labels[0].as_str(), labels[1].as_str(), labels[2].as_str()];
+    pub(crate) fn new(l: [&str; 3]) -> ServiceMetrics {
+        let labels = l.map(str::to_string);
         ServiceMetrics {
             datagrams_received: DATAGRAMS_RECEIVED.with_label_values(&l),
             datagrams_sent: DATAGRAMS_SENT.with_label_values(&l),

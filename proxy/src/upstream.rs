@@ -1,6 +1,8 @@
 //! How the proxy talks to a service's endpoints: clear HTTP/1.1, h2c, or TLS with certificate
-//! verification; and the per-attempt timeouts that enforce a whole-request deadline.
+//! verification (the service's `scheme` and TLS options, the proxy's CA bundle); and the
+//! per-attempt timeouts that enforce a whole-request deadline.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,8 +94,17 @@ pub fn server_name(svc: &Service) -> String {
         .unwrap_or_else(|| format!("{}.{}.svc.cluster.local", svc.key.name, svc.key.namespace))
 }
 
+/// How to reach endpoint `addr` of `svc`: HTTP/1.1 with keep-alive (Pingora pools upstream
+/// connections per peer) unless the service's scheme asks for h2c or TLS. The timeouts of the
+/// attempt are set afterwards ([`crate::resilience::RequestState::start_attempt`]).
+pub fn peer(addr: SocketAddr, svc: &Service, tls: &UpstreamTls) -> Box<HttpPeer> {
+    let mut peer = Box::new(HttpPeer::new(addr, false, String::new()));
+    apply_scheme(&mut peer, svc, tls);
+    peer
+}
+
 /// Sets the peer's protocol from the service's `scheme`.
-pub fn apply_scheme(peer: &mut HttpPeer, svc: &Service, tls: &UpstreamTls) {
+fn apply_scheme(peer: &mut HttpPeer, svc: &Service, tls: &UpstreamTls) {
     match svc.options.scheme {
         Scheme::Http => {}
         Scheme::H2c => {

@@ -1,0 +1,229 @@
+use std::fmt::Write;
+
+use config_model::testing::{http, service, table};
+use config_model::{
+    AccessRuleSpec, OptionsSpec, RateLimitSpec, SplitBackendSpec, SplitSpec, TableSpec, TrafficType,
+};
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::TableStore;
+
+/// Everything the request path reads of a compiled table, in a form two can be compared by.
+fn describe(t: &CompiledTable) -> String {
+    let mut out = format!("version {} acl {}\n", t.version, t.acl);
+    for (id, svc) in t.iter() {
+        let rt = t.runtime(id);
+        assert!(
+            Arc::ptr_eq(&rt.service, svc),
+            "runtime of {} built for it",
+            svc.key
+        );
+        let endpoints: Vec<_> = rt
+            .endpoints
+            .endpoints()
+            .map(|(a, s)| (a, s.pending()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{} labels {:?} endpoints {endpoints:?}",
+            svc.key,
+            rt.labels()
+        );
+        for (i, split) in rt.splits.iter().enumerate() {
+            let targets: Vec<_> = t.split_targets(id, i).iter().map(|b| &t[*b].key).collect();
+            let _ = writeln!(
+                out,
+                "  split {i}: total {} over {} → {targets:?}, {} counters",
+                split.picker.total(),
+                split.picker.len(),
+                split.sent.len()
+            );
+        }
+        for (i, sources) in rt.access.iter().enumerate() {
+            let mut sources: Vec<_> = sources.iter().collect();
+            sources.sort();
+            let _ = writeln!(out, "  access {i}: {sources:?}");
+        }
+        let _ = writeln!(
+            out,
+            "  resilience {:?}",
+            rt.resilience.as_ref().map(|s| s.has_breaker())
+        );
+    }
+    out
+}
+
+fn compiled(spec: &TableSpec) -> Arc<CompiledTable> {
+    let store = TableStore::new();
+    store.store(Table::try_from(spec).unwrap());
+    store.current()
+}
+
+/// One service port of a generated table.
+#[derive(Clone, Debug)]
+struct Entry {
+    name: usize,
+    tcp: bool,
+    endpoints: Vec<u8>,
+    limit: Option<u32>,
+    sources: Vec<u8>,
+    split_to: Option<(usize, u32)>,
+}
+
+const NAMES: usize = 5;
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (
+        0..NAMES,
+        any::<bool>(),
+        proptest::collection::vec(1u8..6, 0..4),
+        proptest::option::of(1u32..3),
+        proptest::collection::vec(1u8..4, 0..3),
+        proptest::option::of((0..NAMES, 0u32..3)),
+    )
+        .prop_map(|(name, tcp, endpoints, limit, sources, split_to)| Entry {
+            name,
+            tcp,
+            endpoints,
+            limit,
+            sources,
+            split_to,
+        })
+}
+
+/// A valid table from generated entries (splits only towards higher-numbered names of the
+/// same traffic type, so no cycles), services in key order as deltas leave them.
+fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
+    let mut by_name: Vec<Option<&Entry>> = vec![None; NAMES];
+    for e in entries {
+        by_name[e.name] = Some(e);
+    }
+    let mut services = Vec::new();
+    for (n, e) in by_name.iter().enumerate() {
+        let Some(e) = e else { continue };
+        let eps: Vec<String> = e
+            .endpoints
+            .iter()
+            .map(|i| format!("10.0.0.{i}:80"))
+            .collect();
+        let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+        let name = format!("svc{n}");
+        let mut s = if e.tcp {
+            service("ns", &name, 81, 10000 + n as u16, TrafficType::Tcp, &eps)
+        } else {
+            let mut s = http("ns", &name, 5000, &eps);
+            s.options = OptionsSpec {
+                rate_limit: e.limit.map(|burst| RateLimitSpec { average: 1, burst }),
+                ..OptionsSpec::default()
+            };
+            s
+        };
+        if !e.sources.is_empty() {
+            s.access = vec![AccessRuleSpec {
+                name: "ns/tt".into(),
+                sources: e.sources.iter().map(|i| format!("10.1.0.{i}")).collect(),
+                http: None,
+            }];
+        }
+        if let Some((to, weight)) = e.split_to {
+            let target = by_name.get(to).copied().flatten();
+            if to > n && target.is_some_and(|t| t.tcp == e.tcp) {
+                s.splits = vec![SplitSpec {
+                    name: format!("ns/split{n}"),
+                    matches: Vec::new(),
+                    backends: vec![SplitBackendSpec {
+                        namespace: "ns".into(),
+                        name: format!("svc{to}"),
+                        port: s.port,
+                        weight,
+                    }],
+                }];
+            }
+        }
+        services.push(s);
+    }
+    let mut spec = table(version, services);
+    spec.acl = acl;
+    spec.sort_services();
+    spec
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Applying the deltas between any sequence of tables gives, at every step, the same
+    /// compiled table as compiling that step's full table; the runtime of every service the
+    /// delta does not name is the one held (shared), and a changed service whose options are
+    /// equal keeps its resilience state.
+    #[test]
+    fn any_sequence_of_deltas_gives_the_compiled_full_table(
+        versions in proptest::collection::vec(
+            (any::<bool>(), proptest::collection::vec(entry(), 0..6)),
+            1..6,
+        )
+    ) {
+        let specs: Vec<TableSpec> = versions
+            .iter()
+            .enumerate()
+            .map(|(i, (acl, entries))| build(i as u64 + 1, *acl, entries))
+            .collect();
+        let store = TableStore::new();
+        store.store(Table::try_from(&specs[0]).unwrap());
+        for pair in specs.windows(2) {
+            let held = store.current();
+            let delta = pair[1].delta_for(pair[0].version, &pair[0].changed_keys(&pair[1]));
+            let bytes = serde_json::to_vec(&delta).unwrap();
+            crate::source::swap_delta(&store, &bytes, "test").unwrap();
+            let now = store.current();
+            prop_assert_eq!(describe(&now), describe(&compiled(&pair[1])));
+            for (id, svc) in now.iter() {
+                let Some(before) = held.service(&svc.key) else { continue };
+                let (old, new) = (held.runtime(before), now.runtime(id));
+                if !delta.changed.iter().any(|c| c.key() == svc.key) {
+                    prop_assert!(std::ptr::eq(old, new), "{} runtime rebuilt", svc.key);
+                } else if old.service.options == svc.options {
+                    prop_assert_eq!(
+                        old.resilience.as_ref().map(Arc::as_ptr),
+                        new.resilience.as_ref().map(Arc::as_ptr),
+                        "{} resilience state not carried", &svc.key
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_full_table_with_equal_options_keeps_resilience_state_and_endpoint_statistics() {
+    let limited = |eps: &[&str]| {
+        let mut s = http("ns", "api", 5000, eps);
+        s.options.rate_limit = Some(RateLimitSpec {
+            average: 1,
+            burst: 2,
+        });
+        s
+    };
+    let store = TableStore::new();
+    store.store(Table::try_from(table(1, vec![limited(&["10.0.0.1:80"])])).unwrap());
+    let t1 = store.current();
+    let (id1, _) = t1.iter().next().unwrap();
+    let stats = store
+        .endpoint_stats(&"10.0.0.1:80".parse().unwrap())
+        .unwrap();
+    store.store(Table::try_from(table(2, vec![limited(&["10.0.0.1:80", "10.0.0.2:80"])])).unwrap());
+    let t2 = store.current();
+    let (id2, _) = t2.iter().next().unwrap();
+    assert!(
+        !std::ptr::eq(t1.runtime(id1), t2.runtime(id2)),
+        "endpoints changed"
+    );
+    assert!(Arc::ptr_eq(
+        t1.runtime(id1).resilience.as_ref().unwrap(),
+        t2.runtime(id2).resilience.as_ref().unwrap()
+    ));
+    let kept = store
+        .endpoint_stats(&"10.0.0.1:80".parse().unwrap())
+        .unwrap();
+    assert!(Arc::ptr_eq(&stats, &kept), "statistics are per address");
+}
