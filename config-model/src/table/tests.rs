@@ -1,6 +1,8 @@
 use super::*;
 use crate::options::RetryPolicy;
+use crate::split_graph::MAX_SPLIT_DEPTH;
 use crate::testing::{http, service, table};
+use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec};
 use crate::wire::{EndpointSpec, SplitBackendSpec};
 
 fn build(services: Vec<ServiceSpec>) -> Result<Table> {
