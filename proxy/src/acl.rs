@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
-use config_model::Service;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 
 use crate::compiled::ServiceRuntime;
@@ -72,21 +71,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts a denial and logs it.
+/// Counts a denial (the caller logs it as a [`crate::refusal::Refused`]).
 pub fn count_denied(rt: &ServiceRuntime, client: IpAddr) {
     let [ns, name, port] = rt.labels();
     ACL_DENIED
         .with_label_values(&[ns, name, port, &client.to_string()])
         .inc();
-    tracing::debug!(service = %rt.service().key, %client, "Denied: no TrafficTarget allows it");
-}
-
-/// The body of a 403: short, naming the client and the service port.
-pub fn denied_body(service: &Service, client: IpAddr) -> String {
-    format!(
-        "maille: access denied: no TrafficTarget allows {client} to reach {}\n",
-        service.key
-    )
 }
 
 #[cfg(test)]
@@ -187,7 +177,7 @@ mod tests {
         assert!(admits_connection(t.acl, t.runtime(id(&t, 1)), a));
         assert!(!admits_connection(t.acl, t.runtime(id(&t, 1)), b));
         assert_eq!(
-            denied_body(&t.services()[1], b),
+            crate::refusal::Refused::access_denied(&t.services()[1].key, b).body(),
             "maille: access denied: no TrafficTarget allows 127.0.0.3 to reach shop/db:5432\n"
         );
         spec.acl = false;

@@ -28,12 +28,11 @@ use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use crate::balance::{Balancer, Pick};
 use crate::compiled::CompiledTable;
 use crate::metrics;
+use crate::refusal::Refused;
 use crate::resilience::{Rejection, RequestState};
 use crate::store::TableStore;
 use crate::upstream::{self, UpstreamTls};
 use conn::{ClientStream, ConnLimits};
-
-pub use route::Denied;
 
 /// Per-request state shared by the hooks of [`MeshProxy`].
 #[derive(Debug)]
@@ -116,6 +115,14 @@ impl MeshProxy {
     /// Answers the request locally with a short plain-text body.
     async fn answer(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: String) {
         Self::answer_with(session, ctx, status, body, None).await
+    }
+
+    /// Answers a request the proxy refuses (no route, access denied, no traffic, no
+    /// endpoint), logging it as TCP and UDP refusals are.
+    async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refused: Refused) {
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        refused.log("http", client);
+        Self::answer(session, ctx, refused.refusal.http_status(), refused.body()).await
     }
 
     /// Same, with one extra header (e.g. `Retry-After`).
@@ -206,12 +213,10 @@ impl ProxyHttp for MeshProxy {
                 Self::answer(session, ctx, 503, body.to_string()).await;
                 return Ok(true);
             }
-            let body = format!(
-                "maille: no mesh route matches host {host:?} on port {}\n",
-                ctx.mesh_port
-            );
+            let refused =
+                Refused::no_route(format_args!("host {host:?} on port {}", ctx.mesh_port));
             ctx.table = Some(table);
-            Self::answer(session, ctx, 404, body).await;
+            Self::refuse(session, ctx, refused).await;
             return Ok(true);
         };
         ctx.service = Some(service);
@@ -219,22 +224,22 @@ impl ProxyHttp for MeshProxy {
             Ok(b) => b,
             Err(refused) => {
                 ctx.table = Some(table);
-                Self::answer(session, ctx, refused.status, refused.body).await;
+                Self::refuse(session, ctx, refused).await;
                 return Ok(true);
             }
         };
         // The access rules of the service port whose pods are reached (the split's pick).
-        if let Err(denied) = route::check_access(&table, backend, session) {
+        if let Err(refused) = route::check_access(&table, backend, session) {
             ctx.table = Some(table);
-            Self::answer(session, ctx, denied.status, denied.body).await;
+            Self::refuse(session, ctx, refused).await;
             return Ok(true);
         }
         ctx.backend = Some(backend);
         let svc = &table[backend];
         if svc.endpoints.is_empty() {
-            let body = format!("maille: service {} has no ready endpoints\n", svc.key);
+            let refused = Refused::no_endpoint(&svc.key);
             ctx.table = Some(table);
-            Self::answer(session, ctx, 503, body).await;
+            Self::refuse(session, ctx, refused).await;
             return Ok(true);
         }
         ctx.resilience = RequestState::start(table.runtime(backend).resilience.clone());

@@ -9,6 +9,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod picker;
+pub mod refusal;
 pub mod resilience;
 pub mod server;
 pub mod source;

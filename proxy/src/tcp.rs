@@ -22,6 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::balance::{Balancer, Pick};
 use crate::compiled::CompiledTable;
 use crate::config::Config;
+use crate::refusal::{Refusal, Refused};
 use crate::store::TableStore;
 use relay::End;
 
@@ -93,17 +94,6 @@ pub fn service(
     service
 }
 
-/// Why a connection is closed without being proxied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// No TCP service is mapped to the mesh port.
-    Unrouted,
-    /// ACL mode and no TrafficTarget allows the client (counted in the ACL metrics).
-    Denied,
-    /// A traffic split that applies has only zero weights.
-    NoTraffic(String),
-}
-
 /// Where a connection goes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Route {
@@ -122,10 +112,14 @@ pub(crate) fn route(
     mesh_port: u16,
     client: Option<SocketAddr>,
 ) -> Result<Route, Refused> {
-    let root = table.tcp_route(mesh_port).ok_or(Refused::Unrouted)?;
+    let root = table
+        .tcp_route(mesh_port)
+        .ok_or_else(|| Refused::no_route(format_args!("TCP port {mesh_port}")))?;
     let service = match crate::split::select(table, root, None, &mut rand::rng()) {
         crate::split::Selection::Service(i) => i,
-        crate::split::Selection::NoTraffic { split, .. } => return Err(Refused::NoTraffic(split)),
+        crate::split::Selection::NoTraffic { split, .. } => {
+            return Err(Refused::no_traffic(&split))
+        }
     };
     let rt = table.runtime(service);
     if table.acl {
@@ -134,7 +128,7 @@ pub(crate) fn route(
         if !admitted {
             let ip = client.map(|c| c.ip()).unwrap_or([0u8; 4].into());
             crate::acl::count_denied(rt, ip);
-            return Err(Refused::Denied);
+            return Err(Refused::access_denied(&rt.service().key, ip));
         }
     }
     Ok(Route { root, service })
@@ -203,20 +197,10 @@ impl TcpProxy {
         peer: Option<SocketAddr>,
         trace: &mut crate::trace::TcpSpan,
     ) {
-        match refused {
-            Refused::Unrouted => {
-                trace.ended("no_route", true);
-                debug!(mesh_port, client = ?peer, "No TCP service on this port, closing");
-                metrics::unrouted(mesh_port);
-            }
-            Refused::Denied => {
-                trace.ended("access_denied", true);
-                info!(mesh_port, client = ?peer, "No TrafficTarget allows this client, closing");
-            }
-            Refused::NoTraffic(split) => {
-                trace.ended("no_traffic", true);
-                info!(mesh_port, client = ?peer, %split, "Traffic split sends no traffic (all weights are 0), closing");
-            }
+        trace.ended(refused.refusal.reason(), true);
+        refused.log("tcp", peer);
+        if refused.refusal == Refusal::NoRoute {
+            metrics::unrouted(mesh_port);
         }
     }
 
@@ -228,6 +212,15 @@ impl TcpProxy {
         trace: &mut crate::trace::TcpSpan,
     ) {
         let conn = metrics::ConnMetrics::open(table.runtime(route.root).labels());
+        let svc = &table[route.service];
+        if svc.endpoints.is_empty() {
+            conn.failed();
+            let refused = Refused::no_endpoint(&svc.key);
+            trace.ended(refused.refusal.reason(), true);
+            // The connection's span names the client.
+            refused.log("tcp", None);
+            return;
+        }
         let upstream = self.connect(&table, route.service).await;
         // From here on the connection holds no table: swaps cannot touch it.
         drop(table);
@@ -269,7 +262,7 @@ impl TcpProxy {
         let endpoints = &table[idx].endpoints;
         let plan = &table.runtime(idx).endpoints;
         if endpoints.is_empty() {
-            warn!("Service has no ready endpoint, closing");
+            // Refused by the caller already; no attempt to count.
             return None;
         }
         let attempts = self.settings.connect_attempts.clamp(1, endpoints.len());

@@ -28,6 +28,7 @@ use pingora_proxy::Session;
 
 use crate::config::{Config, OtlpProtocol};
 use crate::http::RequestCtx;
+use crate::refusal::Refusal;
 use headers::B3;
 pub use settings::TraceSettings;
 
@@ -339,14 +340,16 @@ pub fn local_reason(ctx: &RequestCtx, e: Option<&PError>, status: u16) -> Option
     if let Some(s) = ctx.local_status {
         return Some(match s {
             400 => "bad_request",
-            404 => "no_route",
-            403 => "access_denied",
+            404 => Refusal::NoRoute.reason(),
+            403 => Refusal::AccessDenied.reason(),
             429 => "rate_limited",
             // Before the first table nothing routes.
             503 if ctx.service.is_none() => "no_table",
             // A split with only zero weights refuses before a backend is chosen.
-            503 if ctx.backend.is_none() => "no_traffic",
-            503 if ctx.backend().is_some_and(|b| b.endpoints.is_empty()) => "no_endpoints",
+            503 if ctx.backend.is_none() => Refusal::NoTraffic.reason(),
+            503 if ctx.backend().is_some_and(|b| b.endpoints.is_empty()) => {
+                Refusal::NoEndpoint.reason()
+            }
             503 => "circuit_open",
             _ => "local_answer",
         });
@@ -354,7 +357,7 @@ pub fn local_reason(ctx: &RequestCtx, e: Option<&PError>, status: u16) -> Option
     let e = e?;
     Some(match (e.etype(), status) {
         (_, 504) => "timeout",
-        (ErrorType::HTTPStatus(503), _) => "no_endpoints",
+        (ErrorType::HTTPStatus(503), _) => Refusal::NoEndpoint.reason(),
         (_, 502) => "upstream_failed",
         _ => return None,
     })
@@ -386,7 +389,7 @@ impl TcpSpan {
     }
 
     /// How the connection ended (`finished`, `idle`, ...) or why it was refused
-    /// (`no_route`, `access_denied`, `no_traffic`, `no_endpoint_reachable`); refusals and
+    /// ([`Refusal::reason`], or `no_endpoint_reachable`); refusals and
     /// errors mark the span as failed.
     pub fn ended(&mut self, reason: &'static str, failed: bool) {
         if let Some(s) = self.recording() {

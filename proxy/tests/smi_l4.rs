@@ -143,7 +143,7 @@ async fn udp_datagrams_from_unlisted_sources_are_dropped() {
     let labels = [
         ("namespace", "acl-udp"),
         ("service", "dns"),
-        ("reason", "denied"),
+        ("reason", "access_denied"),
     ];
     assert_eq!(metric("maille_proxy_udp_dropped_total", &labels), 1.0);
     assert_eq!(

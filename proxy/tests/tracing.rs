@@ -459,7 +459,7 @@ async fn local_answers_carry_their_reason() {
         (
             "empty.shop.maille.mesh",
             503,
-            "no_endpoints",
+            "no_endpoint",
             "7777777777777777eeeeeeeeeeeeeeee",
         ),
         // An encoded slash in the path: refused before routing.

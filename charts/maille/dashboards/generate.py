@@ -263,7 +263,7 @@ def proxies():
           unit="reqps")
     b.add("timeseries", "TCP connection failures", "TCP connections that reached no endpoint, per proxy.",
           [q(f"sum by (instance) (rate(maille_proxy_tcp_connections_failed_total{{{INST}}}[{RI}]))", "{{instance}}")], unit="ops")
-    b.add("timeseries", "UDP drops by reason", "Datagrams dropped per second (no route, session limit, denied...).",
+    b.add("timeseries", "UDP drops by reason", "Datagrams dropped per second (no_route, no_endpoint, access_denied, session_limit...).",
           [q(f"sum by (instance, reason) (rate(maille_proxy_udp_dropped_total{{{INST}}}[{RI}]))", "{{reason}} {{instance}}")], unit="pps")
     return b
 

@@ -9,16 +9,8 @@ use pingora_proxy::Session;
 
 use crate::acl;
 use crate::compiled::CompiledTable;
+use crate::refusal::Refused;
 use crate::split::{self, RequestView, Selection};
-
-/// A request the access check refused, with the answer to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
-    /// Status code to answer with.
-    pub status: u16,
-    /// Plain-text body.
-    pub body: String,
-}
 
 /// The local port the request arrived on (the mesh port), 0 if unknown.
 pub fn listener_port(session: &Session) -> u16 {
@@ -60,7 +52,7 @@ pub fn resolve_split(
     table: &CompiledTable,
     service: ServiceId,
     session: &Session,
-) -> Result<ServiceId, Denied> {
+) -> Result<ServiceId, Refused> {
     if table[service].splits.is_empty() {
         return Ok(service);
     }
@@ -71,10 +63,7 @@ pub fn resolve_split(
         &mut rand::rng(),
     ) {
         Selection::Service(i) => Ok(i),
-        Selection::NoTraffic { split, .. } => Err(Denied {
-            status: 503,
-            body: format!("maille: traffic split {split} sends no traffic (all weights are 0)\n"),
-        }),
+        Selection::NoTraffic { split, .. } => Err(Refused::no_traffic(&split)),
     }
 }
 
@@ -84,7 +73,7 @@ pub fn check_access(
     table: &CompiledTable,
     service: ServiceId,
     session: &Session,
-) -> Result<(), Denied> {
+) -> Result<(), Refused> {
     if !table.acl {
         return Ok(());
     }
@@ -99,10 +88,7 @@ pub fn check_access(
         return Ok(());
     }
     acl::count_denied(rt, client);
-    Err(Denied {
-        status: 403,
-        body: acl::denied_body(rt.service(), client),
-    })
+    Err(Refused::access_denied(&rt.service().key, client))
 }
 
 #[cfg(test)]

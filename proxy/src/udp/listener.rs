@@ -21,6 +21,7 @@ use super::metrics::{self, DropReason, ServiceMetrics};
 use super::{UdpSettings, MAX_DATAGRAM};
 use crate::balance::{Balancer, Pick};
 use crate::compiled::CompiledTable;
+use crate::refusal::{Refusal, Refused};
 use crate::store::TableStore;
 use crate::tcp::relay::Activity;
 
@@ -178,7 +179,7 @@ impl Listener {
             self.close(entry);
         }
         let Some(idx) = route(&table, self.mesh_port) else {
-            debug!(mesh_port = self.mesh_port, %client, "No UDP service on this port, dropping");
+            Refused::no_route(format_args!("UDP port {}", self.mesh_port)).log("udp", Some(client));
             metrics::dropped_unrouted(self.mesh_port);
             return None;
         };
@@ -186,14 +187,14 @@ impl Listener {
         let svc = rt.service();
         let m = ServiceMetrics::new(rt.labels());
         if !crate::acl::admits_connection(table.acl, rt, client.ip()) {
-            debug!(service = %svc.key, %client, "No TrafficTarget allows this client, dropping");
             crate::acl::count_denied(rt, client.ip());
-            m.dropped(DropReason::Denied);
+            Refused::access_denied(&svc.key, client.ip()).log("udp", Some(client));
+            m.dropped(DropReason::Refused(Refusal::AccessDenied));
             return None;
         }
         if svc.endpoints.is_empty() {
-            debug!(service = %svc.key, "UDP service has no ready endpoint, dropping");
-            m.dropped(DropReason::NoEndpoint);
+            Refused::no_endpoint(&svc.key).log("udp", Some(client));
+            m.dropped(DropReason::Refused(Refusal::NoEndpoint));
             return None;
         }
         let max = self.settings.max_sessions;
@@ -210,7 +211,7 @@ impl Listener {
         }
         let Some(pick) = self.balancer.pick(&rt.endpoints, &[]) else {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            m.dropped(DropReason::NoEndpoint);
+            m.dropped(DropReason::Refused(Refusal::NoEndpoint));
             return None;
         };
         let endpoint = pick.addr;

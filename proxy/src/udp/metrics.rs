@@ -5,6 +5,8 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec};
 use prometheus::{IntGauge, IntGaugeVec};
 
+use crate::refusal::Refusal;
+
 const LABELS: &[&str] = &["namespace", "service", "port"];
 
 static DATAGRAMS_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -75,29 +77,23 @@ pub fn register() {
 /// Why a datagram was dropped; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DropReason {
-    /// No UDP service is mapped to the mesh port.
-    NoRoute,
-    /// The service has no ready endpoint.
-    NoEndpoint,
+    /// Refused before any endpoint saw it: no route, access denied, no endpoint.
+    Refused(Refusal),
     /// A new session was needed but `--udp-max-sessions` are open.
     SessionLimit,
     /// The upstream socket could not be opened or the datagram not sent on it.
     UpstreamError,
     /// The reply could not be sent back to the client.
     ClientError,
-    /// ACL mode and no TrafficTarget allows the client.
-    Denied,
 }
 
 impl DropReason {
     fn reason(self) -> &'static str {
         match self {
-            DropReason::NoRoute => "no_route",
-            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::Refused(r) => r.reason(),
             DropReason::SessionLimit => "session_limit",
             DropReason::UpstreamError => "upstream_error",
             DropReason::ClientError => "client_error",
-            DropReason::Denied => "denied",
         }
     }
 }
@@ -106,7 +102,7 @@ impl DropReason {
 /// and `service` and the mesh (listener) port as `port`.
 pub(crate) fn dropped_unrouted(mesh_port: u16) {
     DROPPED
-        .with_label_values(&["", "", &mesh_port.to_string(), DropReason::NoRoute.reason()])
+        .with_label_values(&["", "", &mesh_port.to_string(), Refusal::NoRoute.reason()])
         .inc();
 }
 
