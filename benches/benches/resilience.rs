@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use config_model::CircuitBreaker;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use maille_proxy::clock::now_ns;
 use maille_proxy::resilience::breaker::{Admission, Breaker, Outcome};
 use maille_proxy::resilience::budget::RetryBudget;
-use maille_proxy::resilience::clock::now_ns;
 use maille_proxy::resilience::ratelimit::TokenBucket;
 use prometheus::{IntCounter, IntGauge};
 

@@ -32,6 +32,7 @@ use config_model::Service;
 use prometheus::{register_int_counter, IntCounter};
 use rand::Rng;
 
+use crate::clock;
 use crate::config::Balancer as Mode;
 use crate::picker::WeightedPicker;
 
@@ -71,7 +72,7 @@ pub fn register() {
 pub struct EndpointStats {
     /// Peak-EWMA round-trip time in nanoseconds, as `f64` bits; 0 = no sample yet.
     ewma_ns: AtomicU64,
-    /// When `ewma_ns` was last updated, in nanoseconds since the balancer's epoch.
+    /// When `ewma_ns` was last updated ([`clock::now_ns`]).
     stamp_ns: AtomicU64,
     /// Requests sent and not yet answered.
     pending: AtomicI64,
@@ -79,13 +80,12 @@ pub struct EndpointStats {
     failures: AtomicU32,
     /// Ejections in a row: the next one lasts `EJECTION_BASE · 2^ejections`.
     ejections: AtomicU32,
-    /// Ejected until this time (nanoseconds since the epoch); 0 = not ejected.
+    /// Ejected until this time ([`clock::now_ns`]); 0 = not ejected.
     ejected_until_ns: AtomicU64,
-    epoch: Instant,
 }
 
 impl EndpointStats {
-    fn new(epoch: Instant) -> Self {
+    fn new() -> Self {
         EndpointStats {
             ewma_ns: AtomicU64::new(0f64.to_bits()),
             stamp_ns: AtomicU64::new(0),
@@ -93,14 +93,13 @@ impl EndpointStats {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
-            epoch,
         }
     }
 
     /// Whether passive health has ejected this endpoint now.
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ns.load(Ordering::Relaxed);
-        until != 0 && self.now_ns() < until
+        until != 0 && clock::now_ns() < until
     }
 
     /// Counts a failure; ejects the endpoint once [`EJECT_AFTER_FAILURES`] are in a row (and
@@ -115,9 +114,8 @@ impl EndpointStats {
         }
         let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let length = EJECTION_BASE.saturating_mul(1 << k).min(EJECTION_MAX);
-        let until = self
-            .now_ns()
-            .saturating_add(u64::try_from(length.as_nanos()).unwrap_or(u64::MAX));
+        let until =
+            clock::now_ns().saturating_add(u64::try_from(length.as_nanos()).unwrap_or(u64::MAX));
         self.ejected_until_ns.store(until, Ordering::Relaxed);
         EJECTIONS.inc();
     }
@@ -131,10 +129,6 @@ impl EndpointStats {
         }
     }
 
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// Whether a latency sample was ever recorded.
     pub fn has_sample(&self) -> bool {
         f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) > 0.0
@@ -143,9 +137,7 @@ impl EndpointStats {
     /// The estimate decayed to now, in nanoseconds.
     pub fn estimate_ns(&self) -> f64 {
         let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let since = self
-            .now_ns()
-            .saturating_sub(self.stamp_ns.load(Ordering::Relaxed));
+        let since = clock::now_ns().saturating_sub(self.stamp_ns.load(Ordering::Relaxed));
         ewma * (-(since as f64) / DECAY.as_nanos() as f64).exp()
     }
 
@@ -162,7 +154,7 @@ impl EndpointStats {
     /// a lower one is blended in according to the time since the last sample.
     pub fn observe(&self, rtt: Duration) {
         let rtt = (rtt.as_nanos() as f64).max(1.0);
-        let now = self.now_ns();
+        let now = clock::now_ns();
         let last = self.stamp_ns.swap(now, Ordering::Relaxed);
         let elapsed = now.saturating_sub(last) as f64;
         let decay = (-elapsed / DECAY.as_nanos() as f64).exp();
@@ -273,19 +265,9 @@ impl EndpointPlan {
 
 /// Latency statistics per endpoint address, carried from one compiled table to the next. Only
 /// table compilation touches it (under the store's lock), never a request.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct EndpointRegistry {
-    epoch: Instant,
     stats: HashMap<SocketAddr, Arc<EndpointStats>>,
-}
-
-impl Default for EndpointRegistry {
-    fn default() -> Self {
-        EndpointRegistry {
-            epoch: Instant::now(),
-            stats: HashMap::new(),
-        }
-    }
 }
 
 impl EndpointRegistry {
@@ -294,7 +276,7 @@ impl EndpointRegistry {
         self.stats
             .get(&addr)
             .cloned()
-            .unwrap_or_else(|| Arc::new(EndpointStats::new(self.epoch)))
+            .unwrap_or_else(|| Arc::new(EndpointStats::new()))
     }
 
     /// Keeps exactly the statistics of these plans' endpoints (those of the table now used).

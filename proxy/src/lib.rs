@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod admin;
 pub mod balance;
+pub mod clock;
 pub mod compiled;
 pub mod config;
 pub mod http;

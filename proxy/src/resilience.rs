@@ -12,7 +12,6 @@
 
 pub mod breaker;
 pub mod budget;
-pub mod clock;
 pub mod metrics;
 pub mod ratelimit;
 pub mod window;
@@ -24,6 +23,7 @@ use config_model::{Service, ServiceOptions, TrafficType};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 
+use crate::clock;
 use breaker::{Admission, Breaker, Outcome};
 use budget::RetryBudget;
 use metrics::ServiceMetrics;

@@ -206,7 +206,7 @@ fn no_endpoints_means_no_pick() {
 
 #[test]
 fn peak_then_decay() {
-    let s = EndpointStats::new(Instant::now());
+    let s = EndpointStats::new();
     s.observe(Duration::from_millis(1));
     s.observe(Duration::from_millis(50));
     assert!(
@@ -265,9 +265,9 @@ fn consecutive_failures_eject_an_endpoint_but_never_all_of_them() {
 
 #[test]
 fn ejections_in_a_row_grow_up_to_the_maximum() {
-    let s = EndpointStats::new(Instant::now());
+    let s = EndpointStats::new();
     let until = |s: &EndpointStats| {
-        Duration::from_nanos(s.ejected_until_ns.load(Ordering::Relaxed) - s.now_ns())
+        Duration::from_nanos(s.ejected_until_ns.load(Ordering::Relaxed) - crate::clock::now_ns())
     };
     for _ in 0..EJECT_AFTER_FAILURES {
         s.record_failure();

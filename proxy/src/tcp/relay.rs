@@ -9,6 +9,8 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::clock;
+
 /// Per-direction copy buffer. Two per connection.
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -21,27 +23,25 @@ pub(crate) enum End {
     Idle,
 }
 
-/// Time of the last byte moved in either direction, shared by the two copy loops.
+/// Time of the last byte moved in either direction ([`clock::now_ns`]), shared by the two
+/// copy loops (and by a UDP session's two directions).
 pub(crate) struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
+    last_ns: AtomicU64,
 }
 
 impl Activity {
     pub(crate) fn new() -> Activity {
         Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ns: AtomicU64::new(clock::now_ns()),
         }
     }
 
     pub(crate) fn touch(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        self.last_ns.fetch_max(clock::now_ns(), Ordering::Relaxed);
     }
 
     pub(crate) fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        clock::instant(self.last_ns.load(Ordering::Relaxed))
     }
 }
 
