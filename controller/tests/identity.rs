@@ -125,10 +125,12 @@ fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Contro
 struct Proxy {
     _proc: Proc,
     admin: u16,
+    tunnel: u16,
 }
 
 fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Path) -> Proxy {
     let admin = free_port();
+    let tunnel = free_port();
     let proc = Proc(
         Command::new(proxy_binary())
             .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
@@ -139,6 +141,7 @@ fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Pa
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--http-ports", &http_port.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
+            .args(["--tunnel-port", &tunnel.to_string()])
             .arg("--upgrade-sock")
             .arg(tmp.join(format!("upgrade-{node}-{admin}.sock")))
             .stdout(Stdio::null())
@@ -146,7 +149,11 @@ fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Pa
             .spawn()
             .expect("start maille-proxy"),
     );
-    Proxy { _proc: proc, admin }
+    Proxy {
+        _proc: proc,
+        admin,
+        tunnel,
+    }
 }
 
 async fn get_text(url: &str) -> Option<String> {
@@ -299,6 +306,41 @@ async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when
         "{page}"
     );
 
+    // The tunnel port admits a peer with a certificate of this mesh (signed here with the
+    // CA of the identity folder) and refuses a plain client and a foreign CA's certificate.
+    let mesh_ca = TestCa::from_dir(&identity);
+    let peer = mesh_ca.leaf(SPIFFE, "node-b");
+    tunnel_handshake(proxy.tunnel, &mesh_ca, Some(peer))
+        .await
+        .expect("a mesh peer gets through the tunnel handshake");
+    let foreign = TestCa::new();
+    let forged = foreign.leaf(SPIFFE, "node-b");
+    assert!(tunnel_handshake(proxy.tunnel, &mesh_ca, Some(forged))
+        .await
+        .is_err());
+    assert!(tunnel_handshake(proxy.tunnel, &mesh_ca, None)
+        .await
+        .is_err());
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", proxy.tunnel))
+        .await
+        .unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = plain.read_to_end(&mut out).await;
+    assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1"));
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    let tunnel = |r: &str| {
+        metric(
+            &page,
+            "maille_proxy_tunnel_handshakes_total",
+            &format!("result=\"{r}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(tunnel("ok") >= 1.0 && tunnel("unknown_ca") >= 1.0, "{page}");
+
     // The controller goes away: the proxy keeps its certificate and says, before it ends,
     // that it is not renewed; then that it expired. Traffic continues on the last table.
     drop(controller._proc);
@@ -410,4 +452,85 @@ async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the
         ),
         Some(0.0)
     );
+}
+
+/// A CA to sign test certificates with: the mesh's (read from the identity folder) or another.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        TestCa { cert, key, der }
+    }
+
+    fn from_dir(dir: &Path) -> TestCa {
+        let pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap())
+            .unwrap();
+        let params = rcgen::CertificateParams::from_ca_cert_pem(&pem).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = maille_controller::identity::ca::pem_der(&pem)
+            .unwrap()
+            .into();
+        TestCa { cert, key, der }
+    }
+
+    fn leaf(
+        &self,
+        spiffe: &str,
+        node: &str,
+    ) -> (rustls::pki_types::CertificateDer<'static>, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![
+            rcgen::SanType::URI(rcgen::Ia5String::try_from(spiffe.to_string()).unwrap()),
+            rcgen::SanType::DnsName(rcgen::Ia5String::try_from(node.to_string()).unwrap()),
+        ];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after = now + time::Duration::hours(1);
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.der().clone(), key)
+    }
+}
+
+/// A TLS 1.3 handshake with the proxy's tunnel port (server name `node-a`, trusting `roots`);
+/// Ok once the proxy closed the accepted session, Err when it refused.
+async fn tunnel_handshake(
+    port: u16,
+    roots: &TestCa,
+    client: Option<(rustls::pki_types::CertificateDer<'static>, rcgen::KeyPair)>,
+) -> std::io::Result<()> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut store = rustls::RootCertStore::empty();
+    store.add(roots.der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(store);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("node-a").unwrap(), tcp)
+        .await?;
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await.map(|_| ())
 }

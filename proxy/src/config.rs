@@ -267,6 +267,11 @@ pub struct Config {
     /// at every renewal. See docs/security.md, "Identity".
     #[arg(long, env = "MAILLE_IDENTITY_TOKEN_FILE", requires_all = ["node_name", "controller_url"])]
     pub identity_token_file: Option<PathBuf>,
+    /// With `--identity-token-file`: the tunnel port on `--listen-ip`, which accepts only
+    /// mutual TLS with a mesh certificate of this trust domain (what it carries is not built
+    /// yet; see docs/security.md).
+    #[arg(long, env = "MAILLE_TUNNEL_PORT", default_value_t = 15008)]
+    pub tunnel_port: u16,
 }
 
 /// A ratio flag: a number from 0 to 1.
@@ -359,6 +364,7 @@ impl Default for Config {
             http_max_connections: 4096,
             node_name: None,
             identity_token_file: None,
+            tunnel_port: 15008,
         }
     }
 }
@@ -374,6 +380,28 @@ impl Config {
                 first: "--http-ports",
                 second: "--tcp-ports",
             });
+        }
+        if self.identity_token_file.is_some() {
+            let tunnel = self.tunnel_port;
+            for (ports, flag) in [
+                (&self.http_ports, "--http-ports"),
+                (&self.tcp_ports, "--tcp-ports"),
+            ] {
+                if ports.0.contains(&tunnel) {
+                    return Err(Error::PortClash {
+                        port: tunnel,
+                        first: flag,
+                        second: "--tunnel-port",
+                    });
+                }
+            }
+            if self.admin_addr.port() == tunnel && self.admin_addr.ip() == self.listen_ip {
+                return Err(Error::PortClash {
+                    port: tunnel,
+                    first: "--admin-addr",
+                    second: "--tunnel-port",
+                });
+            }
         }
         if http.contains(&self.admin_addr.port()) {
             return Err(Error::PortClash {

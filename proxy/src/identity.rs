@@ -5,6 +5,7 @@
 //! metric, `/ready` detail) when it nears its end without a renewal. See docs/security.md.
 
 pub mod metrics;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -43,6 +43,14 @@ pub enum Error {
     /// `--identity-token-file`, `--node-name` or the controller URL cannot be used.
     #[error(transparent)]
     Identity(#[from] crate::identity::Error),
+    /// The tunnel port cannot be bound.
+    #[error("cannot listen on --tunnel-port {addr}: {source}")]
+    Tunnel {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Pingora refused its configuration.
     #[error("pingora server configuration: {0}")]
     Pingora(String),
@@ -77,7 +85,7 @@ impl ProxyServer {
         proxy.add_tcp();
         proxy.add_udp()?;
         proxy.add_admin();
-        proxy.add_identity();
+        proxy.add_identity()?;
         proxy.add_table_source()?;
         proxy.add_upgrade_confirm();
         Ok(proxy)
@@ -252,14 +260,23 @@ impl ProxyServer {
         self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
 
-    /// The mesh identity (`--identity-token-file`): gets and renews the certificate.
-    pub fn add_identity(&mut self) {
+    /// The mesh identity (`--identity-token-file`): gets and renews the certificate, and
+    /// listens on the tunnel port.
+    pub fn add_identity(&mut self) -> Result<()> {
         if let Some(identity) = &self.identity {
             self.server.add_service(background_service(
                 "mesh identity",
                 crate::identity::IdentityService(identity.clone()),
             ));
+            let addr = std::net::SocketAddr::new(self.config.listen_ip, self.config.tunnel_port);
+            let tunnel = crate::identity::tunnel::Tunnel::bind(identity.clone(), addr)
+                .map_err(|source| Error::Tunnel { addr, source })?;
+            self.server.add_service(background_service(
+                "mesh tunnel",
+                crate::identity::tunnel::TunnelService(tunnel),
+            ));
         }
+        Ok(())
     }
 
     /// The mesh identity, when `--identity-token-file` is set.

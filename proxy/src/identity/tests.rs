@@ -1,4 +1,5 @@
 use super::*;
+use std::net::SocketAddr;
 
 fn identity() -> Arc<Identity> {
     Identity::new(
@@ -151,4 +152,235 @@ fn controller_urls_must_be_http() {
         id.uris[1].to_string(),
         "http://b:9000/api/identity/certificate"
     );
+}
+
+mod tunnel {
+    use super::*;
+    use crate::identity::tunnel::{Tunnel, HANDSHAKES_FOR_TESTS};
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// A leaf of `ca` for `spiffe` and `node`, valid from `from` to `to` seconds from now.
+    fn leaf(
+        ca: &Ca,
+        spiffe: &str,
+        node: &str,
+        from: i64,
+        to: i64,
+    ) -> (CertificateDer<'static>, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![
+            rcgen::SanType::URI(rcgen::Ia5String::try_from(spiffe.to_string()).unwrap()),
+            rcgen::SanType::DnsName(rcgen::Ia5String::try_from(node.to_string()).unwrap()),
+        ];
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::seconds(from);
+        p.not_after = now + time::Duration::seconds(to);
+        let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        (cert.der().clone(), key)
+    }
+
+    fn count(result: &str) -> u64 {
+        HANDSHAKES_FOR_TESTS.with_label_values(&[result]).get()
+    }
+
+    /// Waits for the server to count `result` once more than `before` (the client may see the
+    /// refusal before the server's task counts it).
+    async fn counted(result: &str, before: u64) {
+        let start = std::time::Instant::now();
+        while count(result) < before + 1 {
+            let all: Vec<(&str, u64)> = crate::identity::tunnel::RESULTS
+                .iter()
+                .map(|r| (*r, count(r)))
+                .collect();
+            assert!(
+                start.elapsed() < crate::testing::PATIENCE,
+                "{result} not counted: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn start(identity: Arc<Identity>) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+        let tunnel = Tunnel::bind(identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = tunnel.local_addr();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(tunnel.run(rx));
+        (addr, tx)
+    }
+
+    /// A TLS client presenting `client` (if any), trusting `roots`; Ok once the server closed
+    /// the session cleanly, Err when it refused.
+    async fn connect(
+        addr: SocketAddr,
+        roots: &CertificateDer<'static>,
+        client: Option<(CertificateDer<'static>, rcgen::KeyPair)>,
+    ) -> std::io::Result<()> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut store = rustls::RootCertStore::empty();
+        store.add(roots.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(store);
+        let config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![cert],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("node-a").unwrap(), tcp)
+            .await?;
+        // TLS 1.3: the server judges the client's certificate after the client finished; a
+        // refusal arrives as an alert on the first read.
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn only_mesh_certificates_of_this_trust_domain_get_through_the_handshake() {
+        let mesh = ca();
+        let id = identity();
+        let (server_cert, server_key) = leaf(
+            &mesh,
+            "spiffe://mesh.test/ns/maille/sa/proxy",
+            "node-a",
+            -60,
+            3600,
+        );
+        id.current.store(Some(Arc::new(Held {
+            spiffe_id: "spiffe://mesh.test/ns/maille/sa/proxy".into(),
+            node: "node-a".into(),
+            chain: vec![server_cert],
+            key: PrivatePkcs8KeyDer::from(server_key.serialize_der()),
+            trust_bundle: vec![mesh.cert.der().clone()],
+            not_before: unix_now() - 60,
+            not_after: unix_now() + 3600,
+            received: unix_now(),
+        })));
+        let (addr, _stop) = start(id).await;
+        let roots = mesh.cert.der().clone();
+        let peer = || {
+            leaf(
+                &mesh,
+                "spiffe://mesh.test/ns/maille/sa/proxy",
+                "node-b",
+                -60,
+                3600,
+            )
+        };
+
+        let ok = count("ok");
+        connect(addr, &roots, Some(peer()))
+            .await
+            .expect("a mesh peer is accepted");
+        counted("ok", ok).await;
+
+        // Plain bytes.
+        let before = count("not_tls");
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = plain.read_to_end(&mut out).await;
+        assert!(
+            !String::from_utf8_lossy(&out).contains("HTTP/1.1"),
+            "{out:?}"
+        );
+        counted("not_tls", before).await;
+
+        // TLS without a client certificate.
+        let before = count("no_client_certificate");
+        assert!(connect(addr, &roots, None).await.is_err());
+        counted("no_client_certificate", before).await;
+
+        // A certificate of another CA with the very same names.
+        let foreign = ca();
+        let before = count("unknown_ca");
+        let forged = leaf(
+            &foreign,
+            "spiffe://mesh.test/ns/maille/sa/proxy",
+            "node-b",
+            -60,
+            3600,
+        );
+        assert!(connect(addr, &roots, Some(forged)).await.is_err());
+        counted("unknown_ca", before).await;
+
+        // Our CA, but expired.
+        let before = count("expired");
+        let old = leaf(
+            &mesh,
+            "spiffe://mesh.test/ns/maille/sa/proxy",
+            "node-b",
+            -7200,
+            -60,
+        );
+        assert!(connect(addr, &roots, Some(old)).await.is_err());
+        counted("expired", before).await;
+
+        // Our CA, another trust domain.
+        let before = count("foreign_trust_domain");
+        let other = leaf(
+            &mesh,
+            "spiffe://other.test/ns/maille/sa/proxy",
+            "node-b",
+            -60,
+            3600,
+        );
+        assert!(connect(addr, &roots, Some(other)).await.is_err());
+        counted("foreign_trust_domain", before).await;
+
+        // Nothing else was affected.
+        connect(addr, &roots, Some(peer()))
+            .await
+            .expect("still accepts mesh peers");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_without_a_certificate_accepts_nobody() {
+        let mesh = ca();
+        let (addr, _stop) = start(identity()).await;
+        let before = count("no_identity");
+        let peer = leaf(
+            &mesh,
+            "spiffe://mesh.test/ns/maille/sa/proxy",
+            "node-b",
+            -60,
+            3600,
+        );
+        assert!(connect(addr, mesh.cert.der(), Some(peer)).await.is_err());
+        counted("no_identity", before).await;
+    }
 }
