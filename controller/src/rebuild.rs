@@ -27,6 +27,8 @@ pub struct Rebuilder {
     api: Arc<ApiState>,
     out: watch::Sender<Option<Arc<Translation>>>,
     reported: BTreeSet<Problem>,
+    /// The last translation, as published.
+    last: Option<Arc<Translation>>,
     /// Kubernetes provider: TCP/UDP ports come from the shadow services of this mesh namespace
     /// at every rebuild, not from this replica's memory.
     ports_from_shadows: Option<String>,
@@ -48,6 +50,7 @@ impl Rebuilder {
             api,
             out,
             reported: BTreeSet::new(),
+            last: None,
             ports_from_shadows: None,
         }
     }
@@ -88,16 +91,35 @@ impl Rebuilder {
             shadows.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
             crate::kubernetes::seed_from_shadows(shadows, &mut self.alloc, &self.settings);
         }
-        let mut t = self.translator.translate(snapshot, &mut self.alloc);
+        for (kind, n) in snapshot.counts() {
+            m.objects_watched.with_label_values(&[kind]).set(n as i64);
+        }
+        let mut t = match self
+            .translator
+            .translate_if_changed(snapshot, &mut self.alloc)
+        {
+            Some(t) => t,
+            None => {
+                // Nothing translation reads changed: the table, its version and the rows
+                // stay as published.
+                if let Some(last) = &self.last {
+                    m.rebuild_duration.observe(start.elapsed().as_secs_f64());
+                    m.rebuilds.inc();
+                    tracing::debug!(
+                        elapsed_us = start.elapsed().as_micros() as u64,
+                        "Nothing to rebuild"
+                    );
+                    return last.clone();
+                }
+                self.translator.translate(snapshot, &mut self.alloc)
+            }
+        };
         let version =
             self.api
                 .publish_at(t.table.clone(), &t.services, &t.objects, snapshot.revision);
         t.table.version = version;
         m.rebuild_duration.observe(start.elapsed().as_secs_f64());
         m.rebuilds.inc();
-        for (kind, n) in snapshot.counts() {
-            m.objects_watched.with_label_values(&[kind]).set(n as i64);
-        }
         for tt in [TrafficType::Http, TrafficType::Tcp, TrafficType::Udp] {
             let ports = t
                 .table
@@ -130,6 +152,7 @@ impl Rebuilder {
             "Table rebuilt"
         );
         let t = Arc::new(t);
+        self.last = Some(t.clone());
         self.out.send_replace(Some(t.clone()));
         t
     }

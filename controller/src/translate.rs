@@ -129,14 +129,17 @@ pub struct Translator {
     smi: smi_pass::SmiPass,
     checks: checks::Checks,
     work: Work,
+    /// The port stage's and the provider's problems at the last `translate_if_changed`.
+    last_problems: Option<Vec<Problem>>,
 }
 
 /// The work of the last [`Translator::translate`], for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Work {
-    /// Services translated again (their object or EndpointSlices changed).
+    /// Services translated again (their object or EndpointSlices changed, or their mesh
+    /// ports moved).
     pub services: usize,
-    /// Whether the SMI stage ran.
+    /// Whether the SMI stage ran (or dropped what it had, the last SMI object gone).
     pub smi: bool,
 }
 
@@ -158,6 +161,7 @@ impl Translator {
             smi: smi_pass::SmiPass::default(),
             checks: checks::Checks::default(),
             work: Work::default(),
+            last_problems: None,
         }
     }
 
@@ -168,6 +172,27 @@ impl Translator {
 
     /// Translates `snapshot`, redoing only what its changes since the last call touch.
     pub fn translate(&mut self, snapshot: &Snapshot, alloc: &mut PortAllocator) -> Translation {
+        let problems = self.update(snapshot, alloc);
+        // Stage 6: table, statuses, shadows and problems.
+        status::assemble(self, problems)
+    }
+
+    /// [`Translator::translate`], or `None` when the result would equal the last one returned
+    /// (say, a snapshot after a Pod update that changes nothing translation reads): then not
+    /// even the result is put together.
+    pub fn translate_if_changed(
+        &mut self,
+        snapshot: &Snapshot,
+        alloc: &mut PortAllocator,
+    ) -> Option<Translation> {
+        let problems = self.update(snapshot, alloc);
+        let same = self.work == Work::default() && self.last_problems.as_ref() == Some(&problems);
+        self.last_problems = Some(problems.clone());
+        (!same).then(|| status::assemble(self, problems))
+    }
+
+    /// Stages 1 to 5; returns the problems of the port stage and the provider.
+    fn update(&mut self, snapshot: &Snapshot, alloc: &mut PortAllocator) -> Vec<Problem> {
         // Stage 1: which Services changed (their object or their EndpointSlices).
         let changes = self.objects.update(snapshot);
 
@@ -202,7 +227,7 @@ impl Translator {
         // Stage 4: SMI splits and access rules, for the Services SMI objects reach.
         let (smi_ran, smi_touched) = self.smi.run(&self.services, &touched, &changes, snapshot);
         self.work = Work {
-            services: changes.services.len(),
+            services: touched.len(),
             smi: smi_ran,
         };
 
@@ -210,9 +235,8 @@ impl Translator {
         self.checks
             .update(&self.services, &touched, &smi_touched, &self.smi);
 
-        // Stage 6: table, statuses, shadows and problems.
         problems.extend(snapshot.problems.iter().cloned());
-        status::assemble(self, problems)
+        problems
     }
 
     /// Assigns the TCP/UDP mesh ports and fills each touched Service's `ported`. Returns the

@@ -187,6 +187,11 @@ fn run(acl: bool, start: &[(u8, u8, u8)], changes: &[(u8, u8, u8)]) {
     let mut translator = Translator::new(settings.clone());
     let mut alloc_inc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
     let mut alloc_full = alloc_inc.clone();
+    // A second one through `translate_if_changed`, as the rebuild loop uses it: `None` must
+    // mean "the same as the last one returned".
+    let mut lazy = Translator::new(settings.clone());
+    let mut alloc_lazy = alloc_inc.clone();
+    let mut last_lazy: Option<Translation> = None;
     for (step, &(kind, i, v)) in std::iter::once(&(255, 0, 0)).chain(changes).enumerate() {
         if kind != 255 {
             let slot = slot_of(kind, i);
@@ -220,6 +225,10 @@ fn run(acl: bool, start: &[(u8, u8, u8)], changes: &[(u8, u8, u8)]) {
         let inc = translator.translate(&snap, &mut alloc_inc);
         let full = translate(&snap, &settings, &mut alloc_full);
         assert_same(&inc, &full, step);
+        if let Some(t) = lazy.translate_if_changed(&snap, &mut alloc_lazy) {
+            last_lazy = Some(t);
+        }
+        assert_same(last_lazy.as_ref().expect("a first result"), &full, step);
         if let Err(e) = Table::try_from(&inc.table) {
             panic!("step {step}: the proxy refuses the table: {e}");
         }

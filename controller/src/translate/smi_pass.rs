@@ -41,8 +41,8 @@ pub(super) struct SmiPass {
 }
 
 impl SmiPass {
-    /// Brings the additions up to date. Returns whether `smi::apply` ran, and the Services
-    /// whose additions changed.
+    /// Brings the additions up to date. Returns whether `smi::apply` ran (or what it gave was
+    /// dropped), and the Services whose additions changed.
     pub fn run(
         &mut self,
         services: &BTreeMap<Name, Slot>,
@@ -52,9 +52,11 @@ impl SmiPass {
     ) -> (bool, BTreeSet<Name>) {
         let smi = &snap.smi;
         if smi.is_empty() {
+            // The last SMI object gone: what it added and its problems go too.
+            let had = !self.additions.is_empty() || !self.problems.is_empty();
             let changed = names_of(self.additions.keys());
             *self = SmiPass::default();
-            return (false, changed);
+            return (had, changed);
         }
         let inputs = changes.smi || (changes.pods && !smi.traffic_targets.is_empty());
         if inputs {
