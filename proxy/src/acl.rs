@@ -2,27 +2,9 @@
 //! TrafficTargets). Clients are identified by their IP address.
 
 use std::net::IpAddr;
-use std::sync::LazyLock;
-
-use prometheus::{register_int_counter_vec, IntCounterVec};
 
 use crate::compiled::ServiceRuntime;
 use crate::split::RequestView;
-
-/// Denials, by service port and client address.
-pub static ACL_DENIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_acl_denied_total",
-        "Requests (403), TCP connections (closed) and UDP datagrams (dropped) that no TrafficTarget allowed, by service port and client address.",
-        &["namespace", "service", "port", "source"]
-    )
-    .expect("register maille_proxy_acl_denied_total")
-});
-
-/// Registers the ACL metrics (idempotent).
-pub fn register() {
-    LazyLock::force(&ACL_DENIED);
-}
 
 /// Whether `client` may send this HTTP request to the service of `rt`. Always true outside
 /// ACL mode (`acl` is the table's mode).
@@ -74,7 +56,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Counts a denial (the caller logs it as a [`crate::refusal::Refused`]).
 pub fn count_denied(rt: &ServiceRuntime, client: IpAddr) {
     let [ns, name, port] = rt.labels();
-    ACL_DENIED
+    crate::metrics::register()
+        .acl_denied
         .with_label_values(&[ns, name, port, &client.to_string()])
         .inc();
 }

@@ -25,11 +25,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use config_model::Service;
-use prometheus::{register_int_counter, IntCounter};
 use rand::Rng;
 
 use crate::clock;
@@ -52,20 +51,6 @@ pub const EJECT_AFTER_FAILURES: u32 = 3;
 pub const EJECTION_BASE: Duration = Duration::from_secs(2);
 /// Longest ejection.
 pub const EJECTION_MAX: Duration = Duration::from_secs(60);
-
-/// Endpoint ejections by passive health.
-pub static EJECTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "maille_proxy_endpoint_ejections_total",
-        "Endpoints ejected by passive health after consecutive connect failures or resets (each ejection counts once)."
-    )
-    .expect("register maille_proxy_endpoint_ejections_total")
-});
-
-/// Registers the balancer's metrics (idempotent).
-pub fn register() {
-    LazyLock::force(&EJECTIONS);
-}
 
 /// Latency and load of one endpoint address.
 #[derive(Debug)]
@@ -117,7 +102,7 @@ impl EndpointStats {
         let until =
             clock::now_ns().saturating_add(u64::try_from(length.as_nanos()).unwrap_or(u64::MAX));
         self.ejected_until_ns.store(until, Ordering::Relaxed);
-        EJECTIONS.inc();
+        crate::metrics::register().endpoint_ejections.inc();
     }
 
     /// Ends a failure streak.

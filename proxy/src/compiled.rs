@@ -147,12 +147,14 @@ impl ServiceRuntime {
                     .iter()
                     .map(|b| {
                         let backend = format!("{}/{}", b.service.namespace, b.service.name);
-                        crate::split::SPLIT_REQUESTS.with_label_values(&[
-                            svc.key.namespace.as_str(),
-                            svc.key.name.as_str(),
-                            &port_label,
-                            &backend,
-                        ])
+                        crate::metrics::register()
+                            .split_requests
+                            .with_label_values(&[
+                                svc.key.namespace.as_str(),
+                                svc.key.name.as_str(),
+                                &port_label,
+                                &backend,
+                            ])
                     })
                     .collect(),
             })

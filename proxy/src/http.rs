@@ -90,7 +90,6 @@ pub struct MeshProxy {
 impl MeshProxy {
     /// A proxy routing through `store`, picking endpoints with `balancer`.
     pub fn new(store: Arc<TableStore>, balancer: Arc<Balancer>, access_log: bool) -> Self {
-        crate::resilience::metrics::register();
         MeshProxy {
             store,
             balancer,
@@ -444,11 +443,13 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
         (Some(table), Some(id)) => table.runtime(id).labels(),
         _ => ["", "", port_buf.format(ctx.mesh_port)],
     };
-    metrics::HTTP_REQUESTS
+    metrics::register()
+        .http_requests
         .with_label_values(&[ns, name, port, code])
         .inc();
     if ctx.service.is_some() {
-        metrics::HTTP_DURATION
+        metrics::register()
+            .http_duration
             .with_label_values(&[ns, name, port])
             .observe(elapsed.as_secs_f64());
     }
@@ -487,14 +488,14 @@ struct OpenConnection;
 
 impl OpenConnection {
     fn new() -> Self {
-        metrics::HTTP_CONNECTIONS_OPEN.inc();
+        metrics::register().http_connections_open.inc();
         OpenConnection
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        metrics::HTTP_CONNECTIONS_OPEN.dec();
+        metrics::register().http_connections_open.dec();
     }
 }
 
@@ -507,7 +508,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountingApp<A> {
     ) -> Option<Stream> {
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             // Closed at once: nothing read, nothing buffered. The client sees a reset or EOF.
-            metrics::HTTP_CONNECTIONS_REFUSED.inc();
+            metrics::register().http_connections_refused.inc();
             return None;
         };
         let _open = OpenConnection::new();

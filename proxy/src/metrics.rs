@@ -1,5 +1,7 @@
-//! The proxy's HTTP and table metrics, registered once in the `prometheus` default registry
-//! (the one `/metrics` serves).
+//! Every metric of the proxy, in one [`Metrics`] registered once in the `prometheus` default
+//! registry (the one `/metrics` serves), as the controller's `metrics.rs` does. Subsystems take
+//! their handles from [`register`]; per-service handles are resolved from it once per table
+//! or connection (`tcp::metrics`, `udp::metrics`, `resilience::metrics`).
 
 use std::sync::LazyLock;
 
@@ -11,115 +13,275 @@ use prometheus::{
 /// Labels of a service port: `namespace`, `service`, `port` (the Service port).
 pub const SERVICE_LABELS: [&str; 3] = ["namespace", "service", "port"];
 
-/// Requests answered, by service port and status code. Requests that matched no route are
-/// counted with empty `namespace`/`service` and the listener port.
-pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_http_requests_total",
-        "HTTP requests answered by the proxy, by service port and status code.",
-        &["namespace", "service", "port", "code"]
-    )
-    .expect("register maille_proxy_http_requests_total")
-});
+/// Every metric of the proxy.
+pub struct Metrics {
+    /// `maille_proxy_http_requests_total{namespace,service,port,code}`; requests that matched
+    /// no route have empty `namespace`/`service` and the listener port.
+    pub http_requests: IntCounterVec,
+    /// `maille_proxy_http_request_duration_seconds{namespace,service,port}`.
+    pub http_duration: HistogramVec,
+    /// `maille_proxy_http_connections_open`.
+    pub http_connections_open: IntGauge,
+    /// `maille_proxy_http_client_timeouts_total{phase}`.
+    pub http_client_timeouts: IntCounterVec,
+    /// `maille_proxy_http_connections_refused_total`.
+    pub http_connections_refused: IntCounter,
+    /// `maille_proxy_table_version`.
+    pub table_version: IntGauge,
+    /// `maille_proxy_table_last_swap_timestamp_seconds`.
+    pub table_last_swap: IntGauge,
+    /// `maille_proxy_unroutable_services{namespace,service,port,reason}`.
+    pub unroutable_services: IntGaugeVec,
+    /// `maille_proxy_table_swaps_total`.
+    pub table_swaps: IntCounter,
+    /// `maille_proxy_table_refusals_total`.
+    pub table_refusals: IntCounter,
+    /// `maille_proxy_tcp_connections_opened_total{namespace,service,port}`.
+    pub tcp_opened: IntCounterVec,
+    /// `maille_proxy_tcp_connections_closed_total{namespace,service,port}`.
+    pub tcp_closed: IntCounterVec,
+    /// `maille_proxy_tcp_connections_failed_total{namespace,service,port}`.
+    pub tcp_failed: IntCounterVec,
+    /// `maille_proxy_tcp_connections_open{namespace,service,port}`.
+    pub tcp_open: IntGaugeVec,
+    /// `maille_proxy_tcp_received_bytes_total{namespace,service,port}`.
+    pub tcp_received: IntCounterVec,
+    /// `maille_proxy_tcp_sent_bytes_total{namespace,service,port}`.
+    pub tcp_sent: IntCounterVec,
+    /// `maille_proxy_udp_datagrams_received_total{namespace,service,port}`.
+    pub udp_datagrams_received: IntCounterVec,
+    /// `maille_proxy_udp_datagrams_sent_total{namespace,service,port}`.
+    pub udp_datagrams_sent: IntCounterVec,
+    /// `maille_proxy_udp_received_bytes_total{namespace,service,port}`.
+    pub udp_bytes_received: IntCounterVec,
+    /// `maille_proxy_udp_sent_bytes_total{namespace,service,port}`.
+    pub udp_bytes_sent: IntCounterVec,
+    /// `maille_proxy_udp_sessions_active{namespace,service,port}`.
+    pub udp_sessions: IntGaugeVec,
+    /// `maille_proxy_udp_dropped_total{namespace,service,port,reason}`.
+    pub udp_dropped: IntCounterVec,
+    /// `maille_proxy_retries_total{namespace,service,port}`.
+    pub retries: IntCounterVec,
+    /// `maille_proxy_retry_budget_exhausted_total{namespace,service,port}`.
+    pub retry_budget_exhausted: IntCounterVec,
+    /// `maille_proxy_ratelimited_requests_total{namespace,service,port}`.
+    pub ratelimited: IntCounterVec,
+    /// `maille_proxy_timeouts_total{namespace,service,port}`.
+    pub timeouts: IntCounterVec,
+    /// `maille_proxy_circuit_breaker_trips_total{namespace,service,port}`.
+    pub breaker_trips: IntCounterVec,
+    /// `maille_proxy_circuit_breaker_rejected_total{namespace,service,port}`.
+    pub breaker_rejected: IntCounterVec,
+    /// `maille_proxy_circuit_breaker_state{namespace,service,port}`.
+    pub breaker_state: IntGaugeVec,
+    /// `maille_proxy_endpoint_ejections_total`.
+    pub endpoint_ejections: IntCounter,
+    /// `maille_proxy_acl_denied_total{namespace,service,port,source}`.
+    pub acl_denied: IntCounterVec,
+    /// `maille_proxy_split_requests_total{namespace,service,port,backend}`.
+    pub split_requests: IntCounterVec,
+    /// `maille_proxy_trace_spans_exported_total`.
+    pub spans_exported: IntCounter,
+    /// `maille_proxy_trace_spans_dropped_total{reason}`.
+    pub spans_dropped: IntCounterVec,
+}
 
-/// Time from the request header to the end of the response, by service port.
-pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "maille_proxy_http_request_duration_seconds",
-        "Time from the request header to the end of the response, by service port.",
-        &SERVICE_LABELS,
-        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-    )
-    .expect("register maille_proxy_http_request_duration_seconds")
-});
+fn counter(name: &str, help: &str) -> IntCounter {
+    register_int_counter!(name, help).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
 
-/// Client connections open on the HTTP listeners.
-pub static HTTP_CONNECTIONS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "maille_proxy_http_connections_open",
-        "Client connections open on the HTTP listeners."
-    )
-    .expect("register maille_proxy_http_connections_open")
-});
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
 
-/// Client connections closed because a deadline passed, by what was awaited.
-pub static HTTP_CLIENT_TIMEOUTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_http_client_timeouts_total",
-        "Client connections on the HTTP listeners closed because a request header was not read in time (phase=header) or no next request came (phase=idle).",
-        &["phase"]
-    )
-    .expect("register maille_proxy_http_client_timeouts_total")
-});
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register_int_gauge!(name, help).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
 
-/// Client connections closed at accept because `--http-max-connections` were open.
-pub static HTTP_CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "maille_proxy_http_connections_refused_total",
-        "Client connections closed at accept because --http-max-connections were already open."
-    )
-    .expect("register maille_proxy_http_connections_refused_total")
-});
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register_int_gauge_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
 
-/// Version (controller generation) of the table in use.
-pub static TABLE_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "maille_proxy_table_version",
-        "Version (controller generation) of the routing table in use."
-    )
-    .expect("register maille_proxy_table_version")
-});
+/// The `reason` values of `maille_proxy_trace_spans_dropped_total`.
+pub const SPAN_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 
-/// Unix time of the last table swap.
-pub static TABLE_LAST_SWAP: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "maille_proxy_table_last_swap_timestamp_seconds",
-        "Unix time at which the routing table in use was swapped in."
-    )
-    .expect("register maille_proxy_table_last_swap_timestamp_seconds")
-});
-
-/// Services of the current table that this proxy cannot route, by service port and reason.
-pub static UNROUTABLE_SERVICES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
-        "maille_proxy_unroutable_services",
-        "Service ports of the current table that this proxy cannot route (1 each), by reason: no_listener (the mesh port is not among this proxy's listener ports of the service's traffic type) or wrong_listener (the port is a listener of another traffic type).",
-        &["namespace", "service", "port", "reason"]
-    )
-    .expect("register maille_proxy_unroutable_services")
-});
-
-/// Tables swapped in.
-pub static TABLE_SWAPS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "maille_proxy_table_swaps_total",
-        "Routing tables swapped in."
-    )
-    .expect("register maille_proxy_table_swaps_total")
-});
-
-/// Tables refused (bad JSON or failed validation); the previous table stays.
-pub static TABLE_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "maille_proxy_table_refusals_total",
-        "Routing tables refused because they did not parse or validate."
-    )
-    .expect("register maille_proxy_table_refusals_total")
-});
-
-/// Registers the HTTP and table metrics (idempotent), so that they appear on `/metrics`
-/// before the first request.
-pub fn register() {
-    LazyLock::force(&HTTP_REQUESTS);
-    LazyLock::force(&HTTP_DURATION);
-    LazyLock::force(&HTTP_CONNECTIONS_OPEN);
-    LazyLock::force(&HTTP_CONNECTIONS_REFUSED);
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    const S: &[&str] = &SERVICE_LABELS;
+    let m = Metrics {
+        http_requests: counter_vec(
+            "maille_proxy_http_requests_total",
+            "HTTP requests answered by the proxy, by service port and status code.",
+            &["namespace", "service", "port", "code"],
+        ),
+        http_duration: register_histogram_vec!(
+            "maille_proxy_http_request_duration_seconds",
+            "Time from the request header to the end of the response, by service port.",
+            S,
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        )
+        .expect("register maille_proxy_http_request_duration_seconds"),
+        http_connections_open: gauge(
+            "maille_proxy_http_connections_open",
+            "Client connections open on the HTTP listeners.",
+        ),
+        http_client_timeouts: counter_vec(
+            "maille_proxy_http_client_timeouts_total",
+            "Client connections on the HTTP listeners closed because a request header was not read in time (phase=header) or no next request came (phase=idle).",
+            &["phase"],
+        ),
+        http_connections_refused: counter(
+            "maille_proxy_http_connections_refused_total",
+            "Client connections closed at accept because --http-max-connections were already open.",
+        ),
+        table_version: gauge(
+            "maille_proxy_table_version",
+            "Version (controller generation) of the routing table in use.",
+        ),
+        table_last_swap: gauge(
+            "maille_proxy_table_last_swap_timestamp_seconds",
+            "Unix time at which the routing table in use was swapped in.",
+        ),
+        unroutable_services: gauge_vec(
+            "maille_proxy_unroutable_services",
+            "Service ports of the current table that this proxy cannot route (1 each), by reason: no_listener (the mesh port is not among this proxy's listener ports of the service's traffic type) or wrong_listener (the port is a listener of another traffic type).",
+            &["namespace", "service", "port", "reason"],
+        ),
+        table_swaps: counter("maille_proxy_table_swaps_total", "Routing tables swapped in."),
+        table_refusals: counter(
+            "maille_proxy_table_refusals_total",
+            "Routing tables refused because they did not parse or validate.",
+        ),
+        tcp_opened: counter_vec(
+            "maille_proxy_tcp_connections_opened_total",
+            "TCP connections accepted on a mesh port and routed to a service.",
+            S,
+        ),
+        tcp_closed: counter_vec(
+            "maille_proxy_tcp_connections_closed_total",
+            "Routed TCP connections that have ended, for whatever reason.",
+            S,
+        ),
+        tcp_failed: counter_vec(
+            "maille_proxy_tcp_connections_failed_total",
+            "TCP connections closed without reaching an endpoint (no route, no endpoint, or every connect attempt failed).",
+            S,
+        ),
+        tcp_open: gauge_vec(
+            "maille_proxy_tcp_connections_open",
+            "Routed TCP connections currently open.",
+            S,
+        ),
+        tcp_received: counter_vec(
+            "maille_proxy_tcp_received_bytes_total",
+            "Bytes received from TCP clients and forwarded to endpoints.",
+            S,
+        ),
+        tcp_sent: counter_vec(
+            "maille_proxy_tcp_sent_bytes_total",
+            "Bytes received from endpoints and sent to TCP clients.",
+            S,
+        ),
+        udp_datagrams_received: counter_vec(
+            "maille_proxy_udp_datagrams_received_total",
+            "Datagrams received from UDP clients and routed to a service.",
+            S,
+        ),
+        udp_datagrams_sent: counter_vec(
+            "maille_proxy_udp_datagrams_sent_total",
+            "Datagrams from endpoints sent back to UDP clients.",
+            S,
+        ),
+        udp_bytes_received: counter_vec(
+            "maille_proxy_udp_received_bytes_total",
+            "Payload bytes received from UDP clients and routed to a service.",
+            S,
+        ),
+        udp_bytes_sent: counter_vec(
+            "maille_proxy_udp_sent_bytes_total",
+            "Payload bytes from endpoints sent back to UDP clients.",
+            S,
+        ),
+        udp_sessions: gauge_vec(
+            "maille_proxy_udp_sessions_active",
+            "UDP sessions (client address with its own upstream socket) currently open.",
+            S,
+        ),
+        udp_dropped: counter_vec(
+            "maille_proxy_udp_dropped_total",
+            "Datagrams dropped, by reason.",
+            &["namespace", "service", "port", "reason"],
+        ),
+        retries: counter_vec(
+            "maille_proxy_retries_total",
+            "Requests sent again to another endpoint after a connect failure or an upstream error.",
+            S,
+        ),
+        retry_budget_exhausted: counter_vec(
+            "maille_proxy_retry_budget_exhausted_total",
+            "Retries not made because the service's retry budget was spent.",
+            S,
+        ),
+        ratelimited: counter_vec(
+            "maille_proxy_ratelimited_requests_total",
+            "Requests answered 429 by the service's rate limit.",
+            S,
+        ),
+        timeouts: counter_vec(
+            "maille_proxy_timeouts_total",
+            "Requests answered 504 because the service's whole-request timeout expired.",
+            S,
+        ),
+        breaker_trips: counter_vec(
+            "maille_proxy_circuit_breaker_trips_total",
+            "Times the service's circuit breaker opened.",
+            S,
+        ),
+        breaker_rejected: counter_vec(
+            "maille_proxy_circuit_breaker_rejected_total",
+            "Requests answered 503 at once because the service's circuit breaker was open.",
+            S,
+        ),
+        breaker_state: gauge_vec(
+            "maille_proxy_circuit_breaker_state",
+            "State of the service's circuit breaker: 0 closed, 1 open, 2 half-open.",
+            S,
+        ),
+        endpoint_ejections: counter(
+            "maille_proxy_endpoint_ejections_total",
+            "Endpoints ejected by passive health after consecutive connect failures or resets (each ejection counts once).",
+        ),
+        acl_denied: counter_vec(
+            "maille_proxy_acl_denied_total",
+            "Requests (403), TCP connections (closed) and UDP datagrams (dropped) that no TrafficTarget allowed, by service port and client address.",
+            &["namespace", "service", "port", "source"],
+        ),
+        split_requests: counter_vec(
+            "maille_proxy_split_requests_total",
+            "Requests (HTTP) or connections (TCP) sent by a traffic split to a backend, by root service port and backend service (namespace/name).",
+            &["namespace", "service", "port", "backend"],
+        ),
+        spans_exported: counter(
+            "maille_proxy_trace_spans_exported_total",
+            "Spans sent to the OTLP collector and accepted by it.",
+        ),
+        spans_dropped: counter_vec(
+            "maille_proxy_trace_spans_dropped_total",
+            "Spans not exported, by reason: queue_full (export queue full) or export_failed.",
+            &["reason"],
+        ),
+    };
+    // Series of fixed label values are served at zero before anything happens.
     for phase in ["header", "idle"] {
-        HTTP_CLIENT_TIMEOUTS.with_label_values(&[phase]);
+        m.http_client_timeouts.with_label_values(&[phase]);
     }
-    LazyLock::force(&TABLE_VERSION);
-    LazyLock::force(&TABLE_LAST_SWAP);
-    LazyLock::force(&TABLE_SWAPS);
-    LazyLock::force(&UNROUTABLE_SERVICES);
-    LazyLock::force(&TABLE_REFUSALS);
+    for reason in SPAN_DROP_REASONS {
+        m.spans_dropped.with_label_values(&[reason]);
+    }
+    m
+});
+
+/// Every metric of the proxy, registered in the default registry on the first call (the
+/// server calls it at start, so that `/metrics` shows them before any traffic).
+pub fn register() -> &'static Metrics {
+    &METRICS
 }

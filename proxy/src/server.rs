@@ -96,11 +96,8 @@ impl ProxyServer {
     /// it sends them); [`Self::add_upgrade_confirm`] then lets it go.
     pub fn new(config: Config) -> Result<ProxyServer> {
         config.validate()?;
+        // Every metric on /metrics at zero before any traffic.
         metrics::register();
-        crate::acl::register();
-        crate::split::register();
-        crate::balance::register();
-        crate::resilience::metrics::register();
         let conf = ServerConf {
             threads: config.worker_threads(),
             grace_period_seconds: Some(config.grace_period_seconds),

@@ -46,7 +46,7 @@ pub fn swap_json(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64, 
             Ok(version)
         }
         Err(e) => {
-            metrics::TABLE_REFUSALS.inc();
+            metrics::register().table_refusals.inc();
             Err(e)
         }
     }
@@ -93,7 +93,7 @@ pub fn swap_delta(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64,
             Err(DeltaFailure::Resync(e))
         }
         Err(e) => {
-            metrics::TABLE_REFUSALS.inc();
+            metrics::register().table_refusals.inc();
             Err(DeltaFailure::Invalid(e))
         }
     }
@@ -125,7 +125,7 @@ mod tests {
         let good =
             serde_json::to_vec(&table(3, vec![http("a", "web", 5000, &["10.0.0.1:80"])])).unwrap();
         assert_eq!(apply_json(&store, &good, "test").unwrap(), 3);
-        let before = metrics::TABLE_REFUSALS.get();
+        let before = metrics::register().table_refusals.get();
         let bad =
             serde_json::to_vec(&table(4, vec![http("a", "web", 5000, &["10.0.0.1"])])).unwrap();
         let e = apply_json(&store, &bad, "test").unwrap_err().to_string();
@@ -133,7 +133,7 @@ mod tests {
         assert!(e.contains("endpoints[0].address"), "{e}");
         assert!(e.contains("10.0.0.1"), "{e}");
         assert!(apply_json(&store, b"{not json", "test").is_err());
-        assert!(metrics::TABLE_REFUSALS.get() >= before + 2);
+        assert!(metrics::register().table_refusals.get() >= before + 2);
         assert_eq!(store.load().version, 3);
         assert!(store.load().http_route(5000, "web.a.maille.mesh").is_some());
     }

@@ -1,10 +1,7 @@
 //! Traffic-split selection: which service port's endpoints serve a request (or a TCP
 //! connection) addressed to a root service port, by weight, following nested splits.
 
-use std::sync::LazyLock;
-
 use config_model::{HttpMatch, ServiceId, Split};
-use prometheus::{register_int_counter_vec, IntCounterVec};
 use rand::Rng;
 
 use crate::compiled::CompiledTable;
@@ -43,21 +40,6 @@ pub enum Selection {
         /// The service port the split is rooted at.
         root: ServiceId,
     },
-}
-
-/// Splits chosen, by root service port and backend service (`namespace/name`).
-pub static SPLIT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_split_requests_total",
-        "Requests (HTTP) or connections (TCP) sent by a traffic split to a backend, by root service port and backend service (namespace/name).",
-        &["namespace", "service", "port", "backend"]
-    )
-    .expect("register maille_proxy_split_requests_total")
-});
-
-/// Registers the split metrics (idempotent).
-pub fn register() {
-    LazyLock::force(&SPLIT_REQUESTS);
 }
 
 /// Follows the splits from `service`: at each service port the first split whose matches fit

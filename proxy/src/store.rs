@@ -113,7 +113,9 @@ impl TableStore {
         let mut previous = self.unroutable.lock().unwrap_or_else(|p| p.into_inner());
         for labels in previous.drain(..) {
             let labels: [&str; 4] = std::array::from_fn(|i| labels[i].as_str());
-            let _ = metrics::UNROUTABLE_SERVICES.remove_label_values(&labels);
+            let _ = metrics::register()
+                .unroutable_services
+                .remove_label_values(&labels);
         }
         let mut count = 0;
         for svc in table.services() {
@@ -127,7 +129,8 @@ impl TableStore {
                 svc.key.port.to_string(),
                 reason.to_string(),
             ];
-            metrics::UNROUTABLE_SERVICES
+            metrics::register()
+                .unroutable_services
                 .with_label_values(&std::array::from_fn::<&str, 4, _>(|i| labels[i].as_str()))
                 .set(1);
             previous.push(labels);
@@ -195,13 +198,17 @@ impl TableStore {
         let old = self.current.swap(Arc::new(compiled));
         drop(endpoints);
         self.ready.store(true, Ordering::Release);
-        metrics::TABLE_SWAPS.inc();
-        metrics::TABLE_VERSION.set(i64::try_from(version).unwrap_or(i64::MAX));
+        metrics::register().table_swaps.inc();
+        metrics::register()
+            .table_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        metrics::TABLE_LAST_SWAP.set(i64::try_from(now).unwrap_or(i64::MAX));
+        metrics::register()
+            .table_last_swap
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
         old
     }
 

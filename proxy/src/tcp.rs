@@ -82,10 +82,6 @@ pub fn service(
     listen: &[SocketAddr],
     tracing: crate::trace::Tracing,
 ) -> Service<TcpProxy> {
-    metrics::register();
-    crate::acl::register();
-    crate::split::register();
-    crate::balance::register();
     let app = TcpProxy::new(store, balancer, settings).with_tracing(tracing);
     let mut service = Service::new("maille tcp".to_string(), app);
     for addr in listen {

@@ -131,8 +131,6 @@ impl UdpProxy {
         settings: UdpSettings,
         listen: &[SocketAddr],
     ) -> Result<UdpProxy> {
-        metrics::register();
-        crate::acl::register();
         let mut sockets = Vec::with_capacity(listen.len());
         let mut local_addrs = Vec::with_capacity(listen.len());
         for &addr in listen {

@@ -139,7 +139,8 @@ impl ClientStream {
         } else {
             "header"
         };
-        metrics::HTTP_CLIENT_TIMEOUTS
+        metrics::register()
+            .http_client_timeouts
             .with_label_values(&[label])
             .inc();
         Poll::Ready(std::io::Error::new(

@@ -1,82 +1,13 @@
-//! Prometheus metrics of the TCP listeners.
+//! The per-connection handles of the TCP listeners' metrics, taken from
+//! [`crate::metrics::Metrics`].
 
-use std::sync::LazyLock;
-
-use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec};
-use prometheus::{IntGauge, IntGaugeVec};
-
-const LABELS: &[&str] = &["namespace", "service", "port"];
-
-static OPENED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_tcp_connections_opened_total",
-        "TCP connections accepted on a mesh port and routed to a service.",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_connections_opened_total")
-});
-
-static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_tcp_connections_closed_total",
-        "Routed TCP connections that have ended, for whatever reason.",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_connections_closed_total")
-});
-
-static FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_tcp_connections_failed_total",
-        "TCP connections closed without reaching an endpoint (no route, no endpoint, or every \
-         connect attempt failed).",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_connections_failed_total")
-});
-
-static OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
-        "maille_proxy_tcp_connections_open",
-        "Routed TCP connections currently open.",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_connections_open")
-});
-
-static RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_tcp_received_bytes_total",
-        "Bytes received from TCP clients and forwarded to endpoints.",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_received_bytes_total")
-});
-
-static SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_tcp_sent_bytes_total",
-        "Bytes received from endpoints and sent to TCP clients.",
-        LABELS
-    )
-    .expect("register maille_proxy_tcp_sent_bytes_total")
-});
-
-/// Registers the TCP metrics with the default registry, so that they are served (at zero)
-/// before the first connection.
-pub fn register() {
-    LazyLock::force(&OPENED);
-    LazyLock::force(&CLOSED);
-    LazyLock::force(&FAILED);
-    LazyLock::force(&OPEN);
-    LazyLock::force(&RECEIVED);
-    LazyLock::force(&SENT);
-}
+use prometheus::{IntCounter, IntGauge};
 
 /// A connection on a mesh port that no TCP service is mapped to: counted as failed with empty
 /// `namespace` and `service` and the mesh (listener) port as `port`.
 pub(crate) fn unrouted(mesh_port: u16) {
-    FAILED
+    crate::metrics::register()
+        .tcp_failed
         .with_label_values(&["", "", &mesh_port.to_string()])
         .inc();
 }
@@ -97,13 +28,14 @@ impl ConnMetrics {
     /// Counts a new routed connection and returns the handles for the rest of its life. The
     /// returned guard counts it closed when dropped, however the connection ends.
     pub(crate) fn open(labels: [&str; 3]) -> OpenConn {
-        OPENED.with_label_values(&labels).inc();
+        let all = crate::metrics::register();
+        all.tcp_opened.with_label_values(&labels).inc();
         let m = ConnMetrics {
-            closed: CLOSED.with_label_values(&labels),
-            failed: FAILED.with_label_values(&labels),
-            open: OPEN.with_label_values(&labels),
-            received: RECEIVED.with_label_values(&labels),
-            sent: SENT.with_label_values(&labels),
+            closed: all.tcp_closed.with_label_values(&labels),
+            failed: all.tcp_failed.with_label_values(&labels),
+            open: all.tcp_open.with_label_values(&labels),
+            received: all.tcp_received.with_label_values(&labels),
+            sent: all.tcp_sent.with_label_values(&labels),
         };
         m.open.inc();
         OpenConn(m)

@@ -6,44 +6,14 @@
 //! proxy needs it as a metric, so that a slow or absent collector shows on `/metrics`.
 
 use std::sync::mpsc as std_mpsc;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use prometheus::{register_int_counter, register_int_counter_vec, IntCounter, IntCounterVec};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// Spans sent to the collector and accepted by it.
-pub static SPANS_EXPORTED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "maille_proxy_trace_spans_exported_total",
-        "Spans sent to the OTLP collector and accepted by it."
-    )
-    .expect("register maille_proxy_trace_spans_exported_total")
-});
-
-/// Spans given up: `queue_full` (the collector does not keep up), `export_failed` (it refused
-/// them, could not be reached or did not answer in time).
-pub static SPANS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_trace_spans_dropped_total",
-        "Spans not exported, by reason: queue_full (export queue full) or export_failed.",
-        &["reason"]
-    )
-    .expect("register maille_proxy_trace_spans_dropped_total")
-});
-
-/// Registers the tracing metrics, both drop reasons at zero.
-pub fn register() {
-    LazyLock::force(&SPANS_EXPORTED);
-    for reason in ["queue_full", "export_failed"] {
-        SPANS_DROPPED.with_label_values(&[reason]);
-    }
-}
 
 /// How the queue is drained.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +63,6 @@ impl QueueProcessor {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
-        register();
         let (spans, rx) = mpsc::channel(batching.queue_size.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
@@ -148,7 +117,10 @@ impl SpanProcessor for QueueProcessor {
 
     fn on_end(&self, span: SpanData) {
         if self.spans.try_send(span).is_err() {
-            SPANS_DROPPED.with_label_values(&["queue_full"]).inc();
+            crate::metrics::register()
+                .spans_dropped
+                .with_label_values(&["queue_full"])
+                .inc();
         }
     }
 
@@ -241,13 +213,14 @@ async fn export<E: SpanExporter>(
     };
     match result {
         Ok(()) => {
-            SPANS_EXPORTED.inc_by(n);
+            crate::metrics::register().spans_exported.inc_by(n);
             if std::mem::take(failing) {
                 tracing::info!("Span export works again");
             }
         }
         Err(e) => {
-            SPANS_DROPPED
+            crate::metrics::register()
+                .spans_dropped
                 .with_label_values(&["export_failed"])
                 .inc_by(n);
             if !std::mem::replace(failing, true) {

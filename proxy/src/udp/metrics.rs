@@ -1,78 +1,9 @@
-//! Prometheus metrics of the UDP listeners.
+//! The per-session handles of the UDP listeners' metrics, and why datagrams are dropped;
+//! the metrics themselves are [`crate::metrics::Metrics`]'.
 
-use std::sync::LazyLock;
-
-use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounter, IntCounterVec};
-use prometheus::{IntGauge, IntGaugeVec};
+use prometheus::{IntCounter, IntGauge};
 
 use crate::refusal::Refusal;
-
-const LABELS: &[&str] = &["namespace", "service", "port"];
-
-static DATAGRAMS_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_udp_datagrams_received_total",
-        "Datagrams received from UDP clients and routed to a service.",
-        LABELS
-    )
-    .expect("register maille_proxy_udp_datagrams_received_total")
-});
-
-static DATAGRAMS_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_udp_datagrams_sent_total",
-        "Datagrams from endpoints sent back to UDP clients.",
-        LABELS
-    )
-    .expect("register maille_proxy_udp_datagrams_sent_total")
-});
-
-static BYTES_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_udp_received_bytes_total",
-        "Payload bytes received from UDP clients and routed to a service.",
-        LABELS
-    )
-    .expect("register maille_proxy_udp_received_bytes_total")
-});
-
-static BYTES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_udp_sent_bytes_total",
-        "Payload bytes from endpoints sent back to UDP clients.",
-        LABELS
-    )
-    .expect("register maille_proxy_udp_sent_bytes_total")
-});
-
-static SESSIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
-        "maille_proxy_udp_sessions_active",
-        "UDP sessions (client address with its own upstream socket) currently open.",
-        LABELS
-    )
-    .expect("register maille_proxy_udp_sessions_active")
-});
-
-static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "maille_proxy_udp_dropped_total",
-        "Datagrams dropped, by reason.",
-        &["namespace", "service", "port", "reason"]
-    )
-    .expect("register maille_proxy_udp_dropped_total")
-});
-
-/// Registers the UDP metrics with the default registry, so that they are served (at zero)
-/// before the first datagram.
-pub fn register() {
-    LazyLock::force(&DATAGRAMS_RECEIVED);
-    LazyLock::force(&DATAGRAMS_SENT);
-    LazyLock::force(&BYTES_RECEIVED);
-    LazyLock::force(&BYTES_SENT);
-    LazyLock::force(&SESSIONS);
-    LazyLock::force(&DROPPED);
-}
 
 /// Why a datagram was dropped; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +32,8 @@ impl DropReason {
 /// A datagram on a mesh port that no UDP service is mapped to: counted with empty `namespace`
 /// and `service` and the mesh (listener) port as `port`.
 pub(crate) fn dropped_unrouted(mesh_port: u16) {
-    DROPPED
+    crate::metrics::register()
+        .udp_dropped
         .with_label_values(&["", "", &mesh_port.to_string(), Refusal::NoRoute.reason()])
         .inc();
 }
@@ -119,13 +51,14 @@ pub(crate) struct ServiceMetrics {
 
 impl ServiceMetrics {
     pub(crate) fn new(l: [&str; 3]) -> ServiceMetrics {
+        let m = crate::metrics::register();
         let labels = l.map(str::to_string);
         ServiceMetrics {
-            datagrams_received: DATAGRAMS_RECEIVED.with_label_values(&l),
-            datagrams_sent: DATAGRAMS_SENT.with_label_values(&l),
-            bytes_received: BYTES_RECEIVED.with_label_values(&l),
-            bytes_sent: BYTES_SENT.with_label_values(&l),
-            sessions: SESSIONS.with_label_values(&l),
+            datagrams_received: m.udp_datagrams_received.with_label_values(&l),
+            datagrams_sent: m.udp_datagrams_sent.with_label_values(&l),
+            bytes_received: m.udp_bytes_received.with_label_values(&l),
+            bytes_sent: m.udp_bytes_sent.with_label_values(&l),
+            sessions: m.udp_sessions.with_label_values(&l),
             labels,
         }
     }
@@ -144,7 +77,8 @@ impl ServiceMetrics {
 
     pub(crate) fn dropped(&self, why: DropReason) {
         let [ns, name, port] = &self.labels;
-        DROPPED
+        crate::metrics::register()
+            .udp_dropped
             .with_label_values(&[ns.as_str(), name.as_str(), port.as_str(), why.reason()])
             .inc();
     }
