@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_model::testing::{http, table};
-use config_model::{EndpointSpec, Table};
+use config_model::testing::{table, weighted};
+use config_model::Table;
 
 use super::*;
 use crate::compiled::CompiledTable;
@@ -25,7 +25,9 @@ impl Lb {
 
     /// Swaps in a table of one service with these weighted endpoints.
     fn load(&self, eps: &[(&str, u32)]) -> Arc<CompiledTable> {
-        self.store.store(weighted(eps));
+        let svc = weighted("default", "web", 5000, eps);
+        self.store
+            .store(Table::try_from(table(1, vec![svc])).unwrap());
         self.store.current()
     }
 
@@ -37,18 +39,6 @@ impl Lb {
     fn stats(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
         self.store.endpoint_stats(addr)
     }
-}
-
-fn weighted(eps: &[(&str, u32)]) -> Table {
-    let mut svc = http("default", "web", 5000, &[]);
-    svc.endpoints = eps
-        .iter()
-        .map(|(a, w)| EndpointSpec {
-            address: a.to_string(),
-            weight: *w,
-        })
-        .collect();
-    Table::try_from(table(1, vec![svc])).unwrap()
 }
 
 fn addr(s: &str) -> SocketAddr {
