@@ -98,7 +98,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_returns_the_index_of_the_matching_service() {
+    fn lookup_returns_the_id_of_the_matching_service() {
         let mut b = http("shop", "cart", 5001, &["10.0.0.2:80"]);
         b.cluster_ip = Some("10.96.0.7".into());
         let store = crate::store::TableStore::new();
