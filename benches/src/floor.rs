@@ -81,10 +81,8 @@ mod tests {
     }
 
     fn free_port() -> SocketAddr {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        let port = crate::fleet::real::free_port().unwrap();
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 //! about half its lifetime, kept while the controller is away, and reported loudly (log,
 //! metric, `/ready` detail) when it nears its end without a renewal. See docs/security.md.
 
-pub mod metrics;
 pub mod tunnel;
 
 use std::path::PathBuf;
@@ -213,7 +212,7 @@ impl Identity {
     /// The identity of the proxy on `node`, asking the controller(s) of `controller_url` with
     /// the token in `token_file`. Holds nothing until [`Self::renew`] succeeds.
     pub fn new(node: &str, token_file: PathBuf, controller_url: &str) -> Result<Arc<Identity>> {
-        metrics::register();
+        crate::metrics::register();
         if node.trim().is_empty() {
             return Err(Error::Flag {
                 flag: "--node-name",
@@ -269,7 +268,7 @@ impl Identity {
     /// it. On failure the certificate held stays.
     pub async fn renew(&self) -> Result<Arc<Held>> {
         let result = self.request().await;
-        let m = metrics::register();
+        let m = crate::metrics::register();
         match &result {
             Ok(held) => {
                 let kind = if self.current.load().is_some() {
@@ -277,13 +276,13 @@ impl Identity {
                 } else {
                     "first"
                 };
-                m.renewals.with_label_values(&[kind]).inc();
-                m.expiry.set(held.not_after);
+                m.identity_certificates.with_label_values(&[kind]).inc();
+                m.identity_expiry.set(held.not_after);
                 self.current.store(Some(held.clone()));
                 *self.failing.lock().expect("failing lock") = Failing::default();
             }
             Err(e) => {
-                m.failures.with_label_values(&[e.label()]).inc();
+                m.identity_failures.with_label_values(&[e.label()]).inc();
                 let mut f = self.failing.lock().expect("failing lock");
                 f.since.get_or_insert_with(unix_now);
                 f.last = Some(e.to_string());

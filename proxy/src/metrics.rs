@@ -84,6 +84,14 @@ pub struct Metrics {
     pub spans_exported: IntCounter,
     /// `maille_proxy_trace_spans_dropped_total{reason}`.
     pub spans_dropped: IntCounterVec,
+    /// `maille_proxy_identity_certificate_expiry_timestamp_seconds`.
+    pub identity_expiry: IntGauge,
+    /// `maille_proxy_identity_certificates_total{kind}`.
+    pub identity_certificates: IntCounterVec,
+    /// `maille_proxy_identity_renewal_failures_total{reason}`.
+    pub identity_failures: IntCounterVec,
+    /// `maille_proxy_tunnel_handshakes_total{result}`.
+    pub tunnel_handshakes: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -101,6 +109,9 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register_int_gauge_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
 }
+
+/// The `reason` values of `maille_proxy_identity_renewal_failures_total`.
+pub const IDENTITY_FAILURE_REASONS: [&str; 4] = ["token", "unreachable", "refused", "invalid"];
 
 /// The `reason` values of `maille_proxy_trace_spans_dropped_total`.
 pub const SPAN_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
@@ -269,6 +280,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Spans not exported, by reason: queue_full (export queue full) or export_failed.",
             &["reason"],
         ),
+        identity_expiry: gauge(
+            "maille_proxy_identity_certificate_expiry_timestamp_seconds",
+            "When the proxy's mesh certificate expires (Unix seconds); 0 while it holds none.",
+        ),
+        identity_certificates: counter_vec(
+            "maille_proxy_identity_certificates_total",
+            "Certificates the proxy received from the controller (first and renewals).",
+            &["kind"],
+        ),
+        identity_failures: counter_vec(
+            "maille_proxy_identity_renewal_failures_total",
+            "Failed certificate requests, by reason: token (unreadable token file), unreachable (no controller answered), refused (the controller said no), invalid (an answer the proxy cannot use).",
+            &["reason"],
+        ),
+        tunnel_handshakes: counter_vec(
+            "maille_proxy_tunnel_handshakes_total",
+            "Connections to the tunnel port by handshake result: ok, no_client_certificate, unknown_ca, expired, foreign_trust_domain, bad_certificate, not_tls, timeout, no_identity (this proxy holds no certificate), overload.",
+            &["result"],
+        ),
     };
     // Series of fixed label values are served at zero before anything happens.
     for phase in ["header", "idle"] {
@@ -276,6 +306,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for reason in SPAN_DROP_REASONS {
         m.spans_dropped.with_label_values(&[reason]);
+    }
+    for reason in IDENTITY_FAILURE_REASONS {
+        m.identity_failures.with_label_values(&[reason]);
+    }
+    for kind in ["first", "renewal"] {
+        m.identity_certificates.with_label_values(&[kind]);
+    }
+    for result in crate::identity::tunnel::RESULTS {
+        m.tunnel_handshakes.with_label_values(&[result]);
     }
     m
 });

@@ -31,8 +31,10 @@ use tokio::net::TcpListener;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-/// Upper bound on any wait, so that a bug fails the test instead of hanging it.
-const PATIENCE: Duration = Duration::from_secs(20);
+/// Upper bound on any wait, so that a bug fails the test instead of hanging it: twice the
+/// suite's usual patience, since a span reaches the collector only after the exporter's batch
+/// delay and, in the binary tests, the proxy's start.
+const PATIENCE: Duration = maille_proxy::testing::PATIENCE.saturating_mul(2);
 
 /// One span as the collector received it.
 #[derive(Clone, Debug)]

@@ -156,7 +156,7 @@ fn controller_urls_must_be_http() {
 
 mod tunnel {
     use super::*;
-    use crate::identity::tunnel::{Tunnel, HANDSHAKES_FOR_TESTS};
+    use crate::identity::tunnel::Tunnel;
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -205,7 +205,10 @@ mod tunnel {
     }
 
     fn count(result: &str) -> u64 {
-        HANDSHAKES_FOR_TESTS.with_label_values(&[result]).get()
+        crate::metrics::register()
+            .tunnel_handshakes
+            .with_label_values(&[result])
+            .get()
     }
 
     /// Waits for the server to count `result` once more than `before` (the client may see the

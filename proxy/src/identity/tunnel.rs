@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use prometheus::{register_int_counter_vec, IntCounterVec};
+use prometheus::IntCounterVec;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -44,26 +44,9 @@ pub const RESULTS: [&str; 10] = [
     "overload",
 ];
 
-static HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let m = register_int_counter_vec!(
-        "maille_proxy_tunnel_handshakes_total",
-        "Connections to the tunnel port by handshake result: ok, no_client_certificate, unknown_ca, expired, foreign_trust_domain, bad_certificate, not_tls, timeout, no_identity (this proxy holds no certificate), overload.",
-        &["result"]
-    )
-    .expect("register maille_proxy_tunnel_handshakes_total");
-    for r in RESULTS {
-        m.with_label_values(&[r]);
-    }
-    m
-});
-
-/// `maille_proxy_tunnel_handshakes_total`, for tests.
-#[cfg(test)]
-pub(crate) static HANDSHAKES_FOR_TESTS: &LazyLock<IntCounterVec> = &HANDSHAKES;
-
-/// Registers the tunnel metrics (once).
-pub fn register() {
-    LazyLock::force(&HANDSHAKES);
+/// `maille_proxy_tunnel_handshakes_total`, in the proxy's one set of metrics.
+fn handshakes() -> &'static IntCounterVec {
+    &crate::metrics::register().tunnel_handshakes
 }
 
 /// The SPIFFE IDs (URI SANs starting `spiffe://`) of a DER certificate.
@@ -221,7 +204,7 @@ impl Tunnel {
     /// Binds `addr` now (`SO_REUSEPORT`, so that a new process can bind it during an upgrade:
     /// the tunnel socket is not handed over).
     pub fn bind(identity: Arc<Identity>, addr: SocketAddr) -> std::io::Result<Arc<Tunnel>> {
-        register();
+        crate::metrics::register();
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -273,7 +256,7 @@ impl Tunnel {
     }
 
     fn refused(&self, peer: SocketAddr, result: &'static str, detail: &str) {
-        HANDSHAKES.with_label_values(&[result]).inc();
+        handshakes().with_label_values(&[result]).inc();
         let now = Instant::now();
         let mut logged = self.logged.lock().expect("tunnel log lock");
         if logged.len() > 4096 {
@@ -306,7 +289,7 @@ impl Tunnel {
             Err(_) => self.refused(peer, "timeout", "no complete handshake in time"),
             Ok(Err(e)) => self.refused(peer, classify(&e), &e.to_string()),
             Ok(Ok(mut tls)) => {
-                HANDSHAKES.with_label_values(&["ok"]).inc();
+                handshakes().with_label_values(&["ok"]).inc();
                 let (_, session) = tls.get_ref();
                 let peer_id = session
                     .peer_certificates()
