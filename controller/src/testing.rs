@@ -5,12 +5,41 @@ pub mod dns;
 pub mod fake_api;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 pub use fake_api::FakeApi;
 
 /// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
 pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A process under test, killed and reaped when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `maille-proxy` binary of this build (`target/<profile>/maille-proxy`, next to the
+/// `deps/` folder an integration test runs from); panics saying how to build it when absent.
+pub fn proxy_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let proxy = dir.join("maille-proxy");
+    assert!(
+        proxy.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test-all does)",
+        proxy.display()
+    );
+    proxy
+}
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
 /// process under test that must be told its port on the command line.

@@ -7,35 +7,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use maille_controller::testing::{eventually, free_port};
+use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Kills the child when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn proxy_binary() -> PathBuf {
-    // .../target/debug/deps/e2e-<hash> → .../target/debug/maille-proxy
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let proxy = dir.join("maille-proxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test-all does)",
-        proxy.display()
-    );
-    proxy
-}
 
 /// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
 fn backend(name: &'static str) -> u16 {
@@ -127,7 +104,7 @@ async fn routing_follows_manifest_edits_within_a_second() {
         free_port(),
     );
     let range = |flag: &str, p: u16| [format!("--{flag}"), format!("{p}-{p}")];
-    let _controller = Proc(
+    let _controller = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_maille-controller"))
             .arg("--manifests")
             .arg(dir.path())
@@ -139,7 +116,7 @@ async fn routing_follows_manifest_edits_within_a_second() {
             .spawn()
             .expect("start maille-controller"),
     );
-    let _proxy = Proc(
+    let _proxy = KillOnDrop(
         Command::new(proxy_binary())
             .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
             .args([

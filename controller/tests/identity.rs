@@ -6,33 +6,12 @@
 //!
 //! Needs the proxy binary (`cargo build --workspace --bins`, as scripts/test-all does).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, free_port};
+use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn proxy_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let proxy = dir.join("maille-proxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test-all does)",
-        proxy.display()
-    );
-    proxy
-}
 
 const SPIFFE: &str = "spiffe://mesh.test/ns/maille/sa/maille-proxy";
 
@@ -92,7 +71,7 @@ async fn backend() -> u16 {
 }
 
 struct Controller {
-    _proc: Proc,
+    _proc: KillOnDrop,
     api: u16,
     http_port: u16,
 }
@@ -100,7 +79,7 @@ struct Controller {
 fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Controller {
     let api = free_port();
     let http_port = free_port();
-    let proc = Proc(
+    let proc = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_maille-controller"))
             .arg("--manifests")
             .arg(manifests)
@@ -123,7 +102,7 @@ fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Contro
 }
 
 struct Proxy {
-    _proc: Proc,
+    _proc: KillOnDrop,
     admin: u16,
     tunnel: u16,
 }
@@ -131,7 +110,7 @@ struct Proxy {
 fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Path) -> Proxy {
     let admin = free_port();
     let tunnel = free_port();
-    let proc = Proc(
+    let proc = KillOnDrop(
         Command::new(proxy_binary())
             .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
             .args(["--node-name", node])

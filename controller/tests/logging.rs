@@ -1,18 +1,11 @@
 //! `--log` and `--log-format` of the real `maille-controller` binary.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use maille_controller::testing::KillOnDrop;
 use std::sync::mpsc;
 use std::time::Duration;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn controller(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_maille-controller"));
@@ -32,7 +25,7 @@ fn controller(dir: &std::path::Path, args: &[&str]) -> Command {
 #[test]
 fn json_format_writes_one_object_per_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Proc(
+    let mut child = KillOnDrop(
         controller(dir.path(), &["--log-format", "json"])
             .spawn()
             .expect("start maille-controller"),
@@ -64,7 +57,7 @@ fn json_format_writes_one_object_per_line() {
 #[test]
 fn text_format_is_the_default() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Proc(controller(dir.path(), &[]).spawn().expect("start"));
+    let mut child = KillOnDrop(controller(dir.path(), &[]).spawn().expect("start"));
     let stderr = child.0.stderr.take().expect("stderr");
     let mut first = String::new();
     BufReader::new(stderr)

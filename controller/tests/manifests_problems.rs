@@ -4,18 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use maille_controller::testing::KillOnDrop;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80}]\n";
 const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: shop}\nspec: {service: web, backends: [{service: web, weight: 1}]}\n";
@@ -47,7 +40,7 @@ async fn broken_file_and_duplicate_reach_api_services_and_the_log() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", &format!("{SERVICE}---\n{SPLIT}"));
     write(dir.path(), "b.yaml", SPLIT);
-    let mut child = Proc(
+    let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_maille-controller"))
             .arg("--manifests")
             .arg(dir.path())
