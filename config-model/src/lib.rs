@@ -18,6 +18,7 @@ pub mod expr;
 mod fuzz;
 pub mod matching;
 pub mod options;
+pub mod route;
 pub mod split_graph;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
@@ -29,6 +30,7 @@ pub use options::{
     CircuitBreaker, OptionError, OptionField, OptionProblem, RateLimit, RetryPolicy, Scheme,
     ServiceOptions, TlsOptions,
 };
+pub use route::{Route, RouteError, RouteKind, RouteSpec};
 pub use table::{
     is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceId, ServiceKey,
     Split, SplitBackend, Table,

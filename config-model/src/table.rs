@@ -94,6 +94,9 @@ impl ServiceId {
     }
 }
 
+/// Per split (or route entry) of one service, its backends resolved in one table.
+type Targets = Box<[Box<[ServiceId]>]>;
+
 /// The validated routing table. Immutable once built; share it behind an `Arc`. Its services
 /// are `Arc`s, shared with the table it was built from by [`Table::apply_delta`] when unchanged.
 #[derive(Debug, Default)]
@@ -105,7 +108,9 @@ pub struct Table {
     /// All service ports, in the order of the spec; [`ServiceId`] is the position.
     services: Vec<Arc<Service>>,
     /// Per service, per split, the backends resolved in this table (empty without splits).
-    split_targets: Vec<Box<[Box<[ServiceId]>]>>,
+    split_targets: Vec<Targets>,
+    /// Per service, per route entry, the backends resolved in this table (empty without routes).
+    route_targets: Vec<Targets>,
     /// HTTP: lower-case host → (listener port, service) pairs.
     http_hosts: HashMap<Box<str>, Vec<(u16, ServiceId)>>,
     tcp_ports: HashMap<u16, ServiceId>,
@@ -205,6 +210,12 @@ impl Table {
     /// its [`Split::backends`].
     pub fn split_targets(&self, id: ServiceId, split: usize) -> &[ServiceId] {
         &self.split_targets[id.index()][split]
+    }
+
+    /// The backends of route entry `route` of service `id`, resolved in this table, in the
+    /// order of its [`Route::backends`](crate::route::Route::backends).
+    pub fn route_targets(&self, id: ServiceId, route: usize) -> &[ServiceId] {
+        &self.route_targets[id.index()][route]
     }
 }
 

@@ -106,6 +106,10 @@ pub struct ServiceSpec {
     /// In ACL mode, who may reach this service port. Ignored when the table's `acl` is false.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRuleSpec>,
+    /// Gateway API routes attached to this service port: one entry per match, in precedence
+    /// order; the first that fits a request wins, and none fitting is answered 404.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::route::RouteSpec>,
 }
 
 /// One backend address of a service port.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{invalid, Error, Result, Service, ServiceId, ServiceKey, Table};
+use super::{invalid, Error, Result, Service, ServiceId, ServiceKey, Table, Targets};
 use crate::cut::cut_message;
 use crate::matching::check_split_backend;
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
@@ -116,9 +116,47 @@ impl Builder {
             split_targets.push(splits.into_boxed_slice());
         }
         table.split_targets = split_targets;
+        table.route_targets = resolve_routes(&table)?;
         check_split_graph(&table)?;
         Ok(table)
     }
+}
+
+/// The route backends of every service, resolved in `table`: each an http service port of the
+/// table, the parent itself allowed (a route's backends receive the request as it is, their
+/// own routes and splits are not applied again, so no cycle can form).
+fn resolve_routes(table: &Table) -> Result<Vec<Targets>> {
+    let mut all = Vec::with_capacity(table.services.len());
+    for (_, svc) in table.iter() {
+        if svc.routes.is_empty() {
+            all.push(Box::default());
+            continue;
+        }
+        let id = svc.key.to_string();
+        let mut routes = Vec::with_capacity(svc.routes.len());
+        for (i, route) in svc.routes.iter().enumerate() {
+            let mut targets = Vec::with_capacity(route.backends.len());
+            for (j, b) in route.backends.iter().enumerate() {
+                let field = format!("routes[{i}].backends[{j}]");
+                let backend = table.service(&b.service).ok_or_else(|| {
+                    invalid(&id, &field, &b.service, "no such service port in the table")
+                })?;
+                let tt = table[backend].traffic_type;
+                if tt != TrafficType::Http {
+                    return Err(invalid(
+                        &id,
+                        field,
+                        &b.service,
+                        format!("a route backend must be an http service, this one is {tt}"),
+                    ));
+                }
+                targets.push(backend);
+            }
+            routes.push(targets.into_boxed_slice());
+        }
+        all.push(routes.into_boxed_slice());
+    }
+    Ok(all)
 }
 
 /// A split backend named by `key`, resolved in `table` and checked against the root.

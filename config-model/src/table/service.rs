@@ -144,4 +144,6 @@ pub struct Service {
     pub splits: Vec<Split>,
     /// Access rules (meaningful in ACL mode only).
     pub access: Vec<AccessRule>,
+    /// Gateway API route entries, in precedence order (http services only).
+    pub routes: Vec<crate::route::Route>,
 }

@@ -2,6 +2,7 @@
 //! options, HTTP matches, access rules and splits (references to other services are checked
 //! when the table is put together, in `build`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
@@ -10,6 +11,7 @@ use super::{
 };
 use crate::matching::{check_split_root, check_weight, SplitError};
 use crate::options::ServiceOptions;
+use crate::route::{check_route_entries, Route, RouteSpec};
 use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec, TrafficType};
 use crate::MESH_DOMAIN;
 
@@ -130,6 +132,7 @@ impl ServiceSpec {
             }
         }
         let splits = validate_splits(&id, &self.splits)?;
+        let routes = validate_routes(&id, self.traffic_type, &self.routes)?;
         Ok(Service {
             key: ServiceKey {
                 namespace: self.namespace.clone(),
@@ -144,8 +147,38 @@ impl ServiceSpec {
             options,
             splits,
             access,
+            routes,
         })
     }
+}
+
+/// The route entries of a service on their own, by the route rules ([`crate::route`]):
+/// http services only, at most [`crate::route::MAX_MATCHES_PER_ROUTE`] entries per route; backends named by
+/// key (resolved when the table is put together).
+fn validate_routes(id: &str, tt: TrafficType, specs: &[RouteSpec]) -> Result<Vec<Route>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if tt != TrafficType::Http {
+        return Err(invalid(
+            id,
+            "routes",
+            &specs[0].route,
+            format!("Gateway API routes need an http service, this one is {tt}"),
+        ));
+    }
+    let mut per_route: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let n = per_route.entry(spec.route.as_str()).or_default();
+        *n += 1;
+        check_route_entries(&spec.route, *n)
+            .map_err(|e| invalid(id, format!("routes[{i}].{}", e.field), &e.value, e.reason()))?;
+        let route = Route::try_from(spec)
+            .map_err(|e| invalid(id, format!("routes[{i}].{}", e.field), &e.value, e.reason()))?;
+        routes.push(route);
+    }
+    Ok(routes)
 }
 
 /// A match of the service `id` at `field` (e.g. `splits[0].matches[1]`), by the match rules
