@@ -17,6 +17,7 @@ pub mod expr;
 #[cfg(test)]
 mod fuzz;
 pub mod matching;
+pub mod mesh;
 pub mod options;
 pub mod route;
 pub mod split_graph;
@@ -25,7 +26,8 @@ pub mod table;
 pub mod testing;
 pub mod wire;
 
-pub use delta::DeltaError;
+pub use delta::{Changes, DeltaError};
+pub use mesh::{MtlsMode, Node, NodeSpec, Workload, WorkloadIdentity, WorkloadSpec, Workloads};
 pub use options::{
     CircuitBreaker, OptionError, OptionField, OptionProblem, RateLimit, RetryPolicy, Scheme,
     ServiceOptions, TlsOptions,

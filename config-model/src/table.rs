@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::cut::cut_display;
+use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::wire::{TableSpec, TrafficType};
 
 mod build;
@@ -71,6 +72,19 @@ pub enum Error {
     /// The same service port appears twice.
     #[error("service {0} appears more than once in the table")]
     DuplicateService(String),
+    /// A field of the mesh part of the table (a node proxy, a workload) has a value that is
+    /// not allowed. The value is cut to a bounded length.
+    #[error("{object}: field {field}: invalid value {value:?}: {reason}")]
+    InvalidMeshField {
+        /// What is wrong: `node <name>`, `workload <ip>` or `table`.
+        object: String,
+        /// Path of the field, e.g. `workloads[3].node`.
+        field: String,
+        /// The offending value.
+        value: String,
+        /// What was expected instead.
+        reason: String,
+    },
 }
 
 /// `pub type Result` of this crate.
@@ -105,6 +119,12 @@ pub struct Table {
     pub version: u64,
     /// Access-control mode.
     pub acl: bool,
+    /// Mutual-TLS mode ([`Table::mtls`]).
+    pub(crate) mtls: MtlsMode,
+    /// The node proxies, shared with the previous table when a delta leaves them.
+    pub(crate) nodes: Arc<Nodes>,
+    /// The workloads, shared with the previous table when a delta leaves them.
+    pub(crate) workloads: Arc<Workloads>,
     /// All service ports, in the order of the spec; [`ServiceId`] is the position.
     services: Vec<Arc<Service>>,
     /// Per service, per split, the backends resolved in this table (empty without splits).
@@ -257,7 +277,7 @@ pub(crate) fn invalid(
 }
 
 /// Client addresses as the table keeps them: an IPv4-mapped IPv6 address as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

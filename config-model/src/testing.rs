@@ -10,6 +10,7 @@ pub fn table(version: u64, services: Vec<ServiceSpec>) -> TableSpec {
         version,
         acl: false,
         services,
+        ..TableSpec::default()
     }
 }
 
@@ -51,6 +52,7 @@ pub fn weighted<A: AsRef<str>>(
         .map(|(address, weight)| EndpointSpec {
             address: address.as_ref().to_string(),
             weight: *weight,
+            node: None,
         })
         .collect();
     svc

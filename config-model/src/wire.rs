@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::{MtlsMode, NodeSpec, WorkloadSpec};
 use crate::options::Scheme;
 use crate::table::ServiceKey;
 
@@ -27,6 +28,16 @@ pub struct TableSpec {
     /// One entry per meshed service port.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// How traffic between nodes is carried (default `disabled`: directly, as before; not
+    /// written when disabled, so tables without mutual TLS read as they always did).
+    #[serde(default, skip_serializing_if = "MtlsMode::is_disabled")]
+    pub mtls: MtlsMode,
+    /// The node proxies and their tunnel addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    /// The workloads (pod IP, node, ServiceAccount), filled only when `mtls` is not disabled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadSpec>,
 }
 
 /// How the proxy carries a service's traffic.
@@ -121,6 +132,9 @@ pub struct EndpointSpec {
     /// Relative weight, 1 to [`crate::table::MAX_WEIGHT`]; 0 takes the endpoint out of rotation.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The node the endpoint runs on (EndpointSlice `endpoints[].nodeName`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -133,7 +147,14 @@ impl EndpointSpec {
         EndpointSpec {
             address: address.into(),
             weight: 1,
+            node: None,
         }
+    }
+
+    /// This endpoint, running on `node`.
+    pub fn on_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
     }
 }
 
@@ -283,8 +304,13 @@ pub struct HttpMatchSpec {
 pub struct AccessRuleSpec {
     /// `namespace/name` of the TrafficTarget, for logs and metrics.
     pub name: String,
-    /// Client IP addresses (pod IPs of the source ServiceAccounts).
+    /// Client IP addresses (pod IPs of the source ServiceAccounts), checked by a proxy for
+    /// clients on its own node.
     pub sources: Vec<String>,
+    /// The source identities, `namespace/serviceaccount`, checked by the destination proxy
+    /// for traffic that arrives through the tunnel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
     /// For HTTP: requests must fit one of these matches. `None` allows any request or
     /// connection (a TCPRoute, or a rule without HTTP restrictions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,4 +341,16 @@ pub struct TableDelta {
     /// Service ports no longer in the table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<ServiceKey>,
+    /// Mutual-TLS mode of the new version.
+    #[serde(default, skip_serializing_if = "MtlsMode::is_disabled")]
+    pub mtls: MtlsMode,
+    /// The node proxies of the new version, whole; `None` leaves them as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeSpec>>,
+    /// Workloads added or changed, each whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads_changed: Vec<WorkloadSpec>,
+    /// IPs of the workloads no longer in the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads_removed: Vec<String>,
 }

@@ -88,6 +88,7 @@ mod tests {
         AccessRuleSpec {
             name: "shop/tt".into(),
             sources: sources.iter().map(|s| s.to_string()).collect(),
+            identities: vec![],
             http,
         }
     }

@@ -118,6 +118,7 @@ fn guarded(port: u16, backend: &Recorder) -> TableSpec {
     web.access = vec![AccessRuleSpec {
         name: "shop/api-only".into(),
         sources: vec!["127.0.0.2".into()],
+        identities: vec![],
         http: Some(vec![HttpMatchSpec {
             path_regex: Some("/api(/.*)?".into()),
             methods: vec!["GET".into()],

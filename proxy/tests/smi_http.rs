@@ -236,6 +236,7 @@ fn allow(matches: Option<Vec<HttpMatchSpec>>) -> AccessRuleSpec {
     AccessRuleSpec {
         name: "shop/web-to-api".into(),
         sources: vec!["127.0.0.2".into()],
+        identities: vec![],
         http: matches,
     }
 }

@@ -50,6 +50,7 @@ fn rule(name: &str, sources: &[[u8; 4]]) -> AccessRuleSpec {
             .iter()
             .map(|s| IpAddr::from(*s).to_string())
             .collect(),
+        identities: vec![],
         http: None,
     }
 }

@@ -101,10 +101,12 @@ async fn many_concurrent_connections_spread_over_weighted_endpoints() {
         EndpointSpec {
             address: light.addr_str(),
             weight: 1,
+            node: None,
         },
         EndpointSpec {
             address: heavy.addr_str(),
             weight: 3,
+            node: None,
         },
     ];
     p.set_table(&table(1, vec![svc]));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{invalid, Error, Result, Service, ServiceId, ServiceKey, Table, Targets};
 use crate::cut::cut_message;
 use crate::matching::check_split_backend;
+use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
 use crate::wire::{TableSpec, TrafficType};
 use crate::{MESH_DOMAIN, SCHEMA_VERSION};
@@ -37,6 +38,13 @@ impl Builder {
             tcp_claims: BTreeMap::new(),
             udp_claims: BTreeMap::new(),
         }
+    }
+
+    /// Sets the mesh part: the mutual-TLS mode, node proxies and workloads (already validated).
+    pub(crate) fn mesh(&mut self, mtls: MtlsMode, nodes: Arc<Nodes>, workloads: Arc<Workloads>) {
+        self.table.mtls = mtls;
+        self.table.nodes = nodes;
+        self.table.workloads = workloads;
     }
 
     /// Adds one service port (shared as it is: nothing in it depends on the table).
@@ -203,6 +211,11 @@ impl TryFrom<&TableSpec> for Table {
             });
         }
         let mut builder = Builder::new(spec.version, spec.acl, spec.services.len());
+        builder.mesh(
+            spec.mtls,
+            Arc::new(Nodes::from_specs(&spec.nodes)?),
+            Arc::new(Workloads::from_specs(&spec.workloads)?),
+        );
         for s in &spec.services {
             builder.push(Arc::new(s.validate_local()?))?;
         }

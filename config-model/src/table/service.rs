@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use regex::Regex;
 
 use super::canonical_ip;
+use crate::mesh::WorkloadIdentity;
 use crate::options::ServiceOptions;
 use crate::wire::TrafficType;
 
@@ -30,12 +32,14 @@ impl fmt::Display for ServiceKey {
 }
 
 /// A backend address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Relative weight, 1 to [`MAX_WEIGHT`](super::MAX_WEIGHT).
     pub weight: u32,
+    /// The node it runs on, when known.
+    pub node: Option<Arc<str>>,
 }
 
 /// A compiled HTTP match; conditions are ANDed.
@@ -109,8 +113,10 @@ impl Split {
 pub struct AccessRule {
     /// `namespace/name` of the TrafficTarget.
     pub name: String,
-    /// Allowed client addresses.
+    /// Allowed client addresses (checked for clients on the proxy's own node).
     pub sources: Vec<IpAddr>,
+    /// Allowed client identities (checked for traffic arriving through the tunnel).
+    pub identities: Vec<WorkloadIdentity>,
     /// For HTTP, the requests allowed (any of them); `None` allows everything.
     pub http: Option<Vec<HttpMatch>>,
 }
@@ -120,6 +126,11 @@ impl AccessRule {
     pub fn admits(&self, client: IpAddr) -> bool {
         let client = canonical_ip(client);
         self.sources.contains(&client)
+    }
+
+    /// Whether the rule lets a client of this identity in (before any HTTP match).
+    pub fn admits_identity(&self, identity: &WorkloadIdentity) -> bool {
+        self.identities.contains(identity)
     }
 }
 

@@ -125,6 +125,7 @@ fn weight_out_of_range_is_refused_and_zero_weight_is_dropped() {
     s.endpoints = vec![EndpointSpec {
         address: "10.0.0.1:80".into(),
         weight: MAX_WEIGHT + 1,
+        node: None,
     }];
     assert_eq!(
         field_error(build(vec![s.clone()]).unwrap_err()).1,
@@ -134,6 +135,7 @@ fn weight_out_of_range_is_refused_and_zero_weight_is_dropped() {
         EndpointSpec {
             address: "10.0.0.1:80".into(),
             weight: 0,
+            node: None,
         },
         EndpointSpec::new("10.0.0.2:80"),
     ];
@@ -267,6 +269,7 @@ fn http_matches_are_anchored_and_anded() {
     s.access = vec![AccessRuleSpec {
         name: "a/tt".into(),
         sources: vec!["127.0.0.2".into()],
+        identities: vec![],
         http: Some(vec![HttpMatchSpec {
             name: Some("api".into()),
             path_regex: Some("/api.*".into()),

@@ -10,6 +10,7 @@ use super::{
     SplitBackend, MAX_WEIGHT,
 };
 use crate::matching::{check_split_root, check_weight, SplitError};
+use crate::mesh::{is_dns_subdomain, WorkloadIdentity};
 use crate::options::ServiceOptions;
 use crate::route::{check_route_entries, Route, RouteSpec};
 use crate::wire::{AccessRuleSpec, HttpMatchSpec, ServiceSpec, SplitSpec, TrafficType};
@@ -110,10 +111,23 @@ impl ServiceSpec {
                     format!("expected an integer from 0 to {MAX_WEIGHT}"),
                 ));
             }
+            let node = match &ep.node {
+                None => None,
+                Some(n) if is_dns_subdomain(n) => Some(n.as_str().into()),
+                Some(n) => {
+                    return Err(invalid(
+                        &id,
+                        format!("endpoints[{i}].node"),
+                        n,
+                        "expected a node name (DNS subdomain: a-z, 0-9, -, .; at most 253)",
+                    ))
+                }
+            };
             if ep.weight > 0 {
                 endpoints.push(Endpoint {
                     addr,
                     weight: ep.weight,
+                    node,
                 });
             }
         }
@@ -212,6 +226,13 @@ fn validate_access(
         })?;
         sources.push(canonical_ip(ip));
     }
+    let mut identities = Vec::with_capacity(rule.identities.len());
+    for (j, s) in rule.identities.iter().enumerate() {
+        let identity: WorkloadIdentity = s
+            .parse()
+            .map_err(|e: String| invalid(id, format!("access[{i}].identities[{j}]"), s, e))?;
+        identities.push(identity);
+    }
     let http = match &rule.http {
         None => None,
         Some(_) if tt != TrafficType::Http => {
@@ -232,6 +253,7 @@ fn validate_access(
     Ok(AccessRule {
         name: rule.name.clone(),
         sources,
+        identities,
         http,
     })
 }

@@ -231,6 +231,7 @@ fn translate(
         s.access.push(AccessRuleSpec {
             name: name.clone(),
             sources: sources.clone(),
+            identities: Vec::new(),
             http,
         });
     }

@@ -120,6 +120,7 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
             version: 0,
             acl: t.settings.acl,
             services: specs,
+            ..TableSpec::default()
         },
         services: statuses,
         objects,

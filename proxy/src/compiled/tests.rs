@@ -123,6 +123,7 @@ fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
             s.access = vec![AccessRuleSpec {
                 name: "ns/tt".into(),
                 sources: e.sources.iter().map(|i| format!("10.1.0.{i}")).collect(),
+                identities: vec![],
                 http: None,
             }];
         }
