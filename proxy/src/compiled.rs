@@ -9,7 +9,10 @@
 //! new table shares with the old one (the same `Arc`, as [`Table::apply_delta`] leaves
 //! unchanged services) keeps its runtime as it is; a changed service gets a new runtime that
 //! takes over the resilience state when its options are equal. Latency statistics are kept
-//! per endpoint address whatever happens to the services.
+//! per endpoint address whatever happens to the services. The table is compiled knowing this
+//! proxy's node, so that it can say how each endpoint is reached ([`mesh`]).
+
+pub mod mesh;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -29,6 +32,9 @@ use crate::resilience::ServiceState;
 pub struct CompiledTable {
     table: Arc<Table>,
     runtimes: Vec<Arc<ServiceRuntime>>,
+    /// This proxy's node (`--node-name`): what [`CompiledTable::hop`] and
+    /// [`CompiledTable::local_identity`] compare with.
+    node: Option<Arc<str>>,
 }
 
 impl Deref for CompiledTable {
@@ -58,6 +64,7 @@ impl CompiledTable {
         table: Arc<Table>,
         previous: &CompiledTable,
         endpoints: &mut EndpointRegistry,
+        node: Option<Arc<str>>,
     ) -> CompiledTable {
         let mut runtimes = Vec::with_capacity(table.len());
         for (_, svc) in table.iter() {
@@ -77,7 +84,11 @@ impl CompiledTable {
         }
         endpoints.retain_plans(runtimes.iter().map(|rt| &rt.endpoints));
         forget_dropped_breakers(previous, &table, &runtimes);
-        CompiledTable { table, runtimes }
+        CompiledTable {
+            table,
+            runtimes,
+            node,
+        }
     }
 }
 
@@ -117,6 +128,8 @@ pub struct ServiceRuntime {
     pub access: Box<[HashSet<IpAddr>]>,
     /// Rate limit, breaker and retry budget, when the options ask for any.
     pub resilience: Option<Arc<ServiceState>>,
+    /// The node of each endpoint whose node is known ([`CompiledTable::hop`]).
+    pub nodes: mesh::EndpointNodes,
     /// The `port` label value (the Service port), formatted once.
     port_label: Box<str>,
 }
@@ -168,6 +181,7 @@ impl ServiceRuntime {
                 .map(|rule| rule.sources.iter().copied().collect())
                 .collect(),
             resilience: ServiceState::carry_or_build(svc, previous),
+            nodes: mesh::EndpointNodes::new(svc),
             port_label,
             service: svc.clone(),
         }

@@ -4,6 +4,7 @@
 //! about half its lifetime, kept while the controller is away, and reported loudly (log,
 //! metric, `/ready` detail) when it nears its end without a renewal. See docs/security.md.
 
+pub mod claim;
 pub mod tunnel;
 
 use std::path::PathBuf;

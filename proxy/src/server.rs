@@ -118,11 +118,14 @@ impl ProxyServer {
             None => UpstreamTls::default(),
         };
         let tracing = crate::trace::Tracing::from_config(&config)?;
-        let store = TableStore::with_listeners(crate::store::Listeners {
-            http: config.http_ports.0.iter().copied().collect(),
-            tcp: config.tcp_ports.0.iter().copied().collect(),
-            udp: config.udp_ports.0.iter().copied().collect(),
-        });
+        let store = TableStore::on_node(
+            config.node_name.as_deref(),
+            Some(crate::store::Listeners {
+                http: config.http_ports.0.iter().copied().collect(),
+                tcp: config.tcp_ports.0.iter().copied().collect(),
+                udp: config.udp_ports.0.iter().copied().collect(),
+            }),
+        );
         let fds = upgrade::new_fds();
         let handover = if config.upgrade {
             let h = upgrade::receive(

@@ -75,6 +75,8 @@ pub struct TableStore {
     /// Label values of the `maille_proxy_unroutable_services` series this store set, removed
     /// at the next table (only its own: tests run several stores in one process).
     unroutable: Mutex<Vec<[String; 4]>>,
+    /// The node this proxy runs on (`--node-name`), given to every compiled table.
+    node: Option<Arc<str>>,
 }
 
 impl Default for TableStore {
@@ -86,6 +88,7 @@ impl Default for TableStore {
             json: Mutex::new(None),
             listeners: None,
             unroutable: Mutex::new(Vec::new()),
+            node: None,
         }
     }
 }
@@ -100,6 +103,17 @@ impl TableStore {
     pub fn with_listeners(listeners: Listeners) -> Arc<TableStore> {
         Arc::new(TableStore {
             listeners: Some(listeners),
+            ..TableStore::default()
+        })
+    }
+
+    /// [`TableStore::new`] for a proxy on node `node` (`--node-name`), listening on these
+    /// ports when known: the tables it compiles tell endpoints of this node from others
+    /// ([`CompiledTable::hop`]).
+    pub fn on_node(node: Option<&str>, listeners: Option<Listeners>) -> Arc<TableStore> {
+        Arc::new(TableStore {
+            listeners,
+            node: node.map(Arc::from),
             ..TableStore::default()
         })
     }
@@ -193,8 +207,12 @@ impl TableStore {
         let version = table.version;
         self.check_routable(&table);
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let compiled =
-            CompiledTable::compile(Arc::new(table), &self.current.load(), &mut endpoints);
+        let compiled = CompiledTable::compile(
+            Arc::new(table),
+            &self.current.load(),
+            &mut endpoints,
+            self.node.clone(),
+        );
         let old = self.current.swap(Arc::new(compiled));
         drop(endpoints);
         self.ready.store(true, Ordering::Release);
