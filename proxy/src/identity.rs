@@ -239,6 +239,12 @@ impl Identity {
         self.current.load_full()
     }
 
+    /// Holds `held` as if the controller had just sent it (tests: no controller needed).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn hold(&self, held: Held) {
+        self.current.store(Some(Arc::new(held)));
+    }
+
     /// The node name this proxy claims.
     pub fn node(&self) -> &str {
         &self.node
@@ -526,7 +532,7 @@ impl Identity {
 }
 
 /// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

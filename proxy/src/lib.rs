@@ -20,6 +20,7 @@ pub mod tcp;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
+pub mod tunnel;
 pub mod udp;
 pub mod upgrade;
 pub mod upstream;

@@ -92,6 +92,18 @@ pub struct Metrics {
     pub identity_failures: IntCounterVec,
     /// `maille_proxy_tunnel_handshakes_total{result}`.
     pub tunnel_handshakes: IntCounterVec,
+    /// `maille_proxy_tunnel_streams_total{direction,protocol,result}`.
+    pub tunnel_streams: IntCounterVec,
+    /// `maille_proxy_tunnel_bytes_total{direction,way}`.
+    pub tunnel_bytes: IntCounterVec,
+    /// `maille_proxy_tunnel_sessions_open{direction}`.
+    pub tunnel_sessions: IntGaugeVec,
+    /// `maille_proxy_tunnel_denied_total{reason}`.
+    pub tunnel_denied: IntCounterVec,
+    /// `maille_proxy_mtls_cleartext_total{namespace,service,port,protocol}`.
+    pub mtls_cleartext: IntCounterVec,
+    /// `maille_proxy_mtls_refused_total{namespace,service,port,protocol}`.
+    pub mtls_refused: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -112,6 +124,16 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 /// The `reason` values of `maille_proxy_identity_renewal_failures_total`.
 pub const IDENTITY_FAILURE_REASONS: [&str; 4] = ["token", "unreachable", "refused", "invalid"];
+
+/// The `result` values of `maille_proxy_tunnel_streams_total`: out (this proxy opened the
+/// stream) and in (a peer did).
+pub const TUNNEL_STREAM_RESULTS: [(&str, &[&str]); 2] = [
+    (
+        "out",
+        &["ok", "no_identity", "dial_failed", "denied", "unreachable", "refused", "timeout", "error"],
+    ),
+    ("in", &["ok", "bad_request", "denied", "unreachable", "error"]),
+];
 
 /// The `reason` values of `maille_proxy_trace_spans_dropped_total`.
 pub const SPAN_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
@@ -299,6 +321,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Connections to the tunnel port by handshake result: ok, no_client_certificate, unknown_ca, expired, foreign_trust_domain, bad_certificate, not_tls, timeout, no_identity (this proxy holds no certificate), overload.",
             &["result"],
         ),
+        tunnel_streams: counter_vec(
+            "maille_proxy_tunnel_streams_total",
+            "Streams through the tunnel between node proxies, by direction (out: opened by this proxy for a client; in: opened by a peer proxy), protocol (tcp, also HTTP; udp) and result: ok, no_identity (no certificate held), dial_failed (no session to the peer), denied (the destination refused the claim), unreachable (the destination could not reach the endpoint), refused, timeout, bad_request (in: a claim that cannot be read), error.",
+            &["direction", "protocol", "result"],
+        ),
+        tunnel_bytes: counter_vec(
+            "maille_proxy_tunnel_bytes_total",
+            "Payload bytes of tunnel streams, by direction (out, in: who opened the stream) and way (sent, received by this proxy).",
+            &["direction", "way"],
+        ),
+        tunnel_sessions: gauge_vec(
+            "maille_proxy_tunnel_sessions_open",
+            "Mutual-TLS sessions with peer node proxies currently open, by direction (out: dialled by this proxy; in: accepted).",
+            &["direction"],
+        ),
+        tunnel_denied: counter_vec(
+            "maille_proxy_tunnel_denied_total",
+            "Tunnel streams this proxy refused to carry to a pod of its node, by reason.",
+            &["reason"],
+        ),
+        mtls_cleartext: counter_vec(
+            "maille_proxy_mtls_cleartext_total",
+            "Requests (HTTP), connections (TCP) and sessions (UDP) sent in cleartext to an endpoint on another node because that node runs no proxy (mtls: permissive).",
+            &["namespace", "service", "port", "protocol"],
+        ),
+        mtls_refused: counter_vec(
+            "maille_proxy_mtls_refused_total",
+            "Requests (503), connections (closed) and datagrams (dropped) not sent because the endpoint's node runs no proxy (mtls: strict).",
+            &["namespace", "service", "port", "protocol"],
+        ),
     };
     // Series of fixed label values are served at zero before anything happens.
     for phase in ["header", "idle"] {
@@ -315,6 +367,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for result in crate::identity::tunnel::RESULTS {
         m.tunnel_handshakes.with_label_values(&[result]);
+    }
+    for (direction, results) in TUNNEL_STREAM_RESULTS {
+        for result in results {
+            m.tunnel_streams
+                .with_label_values(&[direction, "tcp", result]);
+        }
+        for way in ["sent", "received"] {
+            m.tunnel_bytes.with_label_values(&[direction, way]);
+        }
+        m.tunnel_sessions.with_label_values(&[direction]);
     }
     m
 });

@@ -269,14 +269,29 @@ impl ProxyServer {
                 crate::identity::IdentityService(identity.clone()),
             ));
             let addr = std::net::SocketAddr::new(self.config.listen_ip, self.config.tunnel_port);
-            let tunnel = crate::identity::tunnel::Tunnel::bind(identity.clone(), addr)
-                .map_err(|source| Error::Tunnel { addr, source })?;
+            let forward = crate::tunnel::server::Forward {
+                admission: crate::tunnel::admit::TableAdmission::new(self.store.clone()),
+                settings: self.tunnel_settings(),
+            };
+            let tunnel =
+                crate::identity::tunnel::Tunnel::bind_with(identity.clone(), addr, Some(forward))
+                    .map_err(|source| Error::Tunnel { addr, source })?;
             self.server.add_service(background_service(
                 "mesh tunnel",
                 crate::identity::tunnel::TunnelService(tunnel),
             ));
         }
         Ok(())
+    }
+
+    /// The tunnel's bounds: the TCP connect and idle timeouts of the flags.
+    fn tunnel_settings(&self) -> crate::tunnel::TunnelSettings {
+        let tcp = TcpSettings::from_config(&self.config);
+        crate::tunnel::TunnelSettings {
+            connect_timeout: tcp.connect_timeout,
+            stream_idle: tcp.idle_timeout,
+            ..crate::tunnel::TunnelSettings::default()
+        }
     }
 
     /// The mesh identity, when `--identity-token-file` is set.

@@ -1,9 +1,9 @@
 //! The tunnel listener (`--tunnel-port`, default 15008 on `--listen-ip`): accepts only mutual
 //! TLS 1.3 with a client certificate of this mesh (chaining to the trust bundle held, valid
 //! now, its single SPIFFE ID in this proxy's trust domain) and refuses everything else during
-//! the handshake, counted by reason and logged once a minute per source address. What goes
-//! through an accepted session (HTTP/2 CONNECT streams between node proxies) is not built yet:
-//! the session is closed after the handshake. See docs/security.md, "Next: the tunnel".
+//! the handshake, counted by reason and logged once a minute per source address. An accepted
+//! session carries HTTP/2 `CONNECT` streams from the peer proxy ([`crate::tunnel::server`]),
+//! the peer's node name taken from its certificate. See docs/security.md, "The tunnel".
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -167,6 +167,107 @@ pub fn server_config(held: &Held) -> Result<rustls::ServerConfig, String> {
     Ok(config)
 }
 
+/// The node a mesh certificate is for: its DNS name (the controller writes the node name as
+/// the one DNS SAN), if it has exactly one.
+pub fn node_name(cert: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    let mut names = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+        _ => None,
+    });
+    let one = names.next()?;
+    names.next().is_none().then_some(one)
+}
+
+/// The web PKI checks of the trust bundle and the node name asked for, then: exactly one
+/// SPIFFE ID, in `trust_domain`.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    trust_domain: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        match spiffe_ids(end_entity).as_slice() {
+            [one] if trust_domain(one) == Some(self.trust_domain.as_str()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The client configuration for the certificate held: its chain and key presented, the peer
+/// proxy verified against its trust bundle, the node name dialled (the `ServerName` of each
+/// connection) and the trust domain; TLS 1.3 only, ALPN `h2`.
+pub fn client_config(held: &Held) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &held.trust_bundle {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("trust bundle: {e}"))?;
+    }
+    let td = trust_domain(&held.spiffe_id)
+        .ok_or_else(|| format!("{} is not a SPIFFE ID", held.spiffe_id))?
+        .to_string();
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("server verifier: {e}"))?;
+    let verifier = Arc::new(MeshServerVerifier {
+        inner,
+        trust_domain: td,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            held.chain.clone(),
+            PrivateKeyDer::Pkcs8(held.key.clone_key()),
+        )
+        .map_err(|e| format!("certificate: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// Why a handshake failed, as a `result` label.
 fn classify(e: &std::io::Error) -> &'static str {
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
@@ -198,12 +299,23 @@ pub struct Tunnel {
     config: Mutex<Option<(Arc<Held>, Arc<rustls::ServerConfig>)>>,
     handshakes: Arc<Semaphore>,
     logged: Mutex<HashMap<IpAddr, Instant>>,
+    /// What serves accepted sessions; without it a session is closed after the handshake.
+    forward: Option<crate::tunnel::server::Forward>,
 }
 
 impl Tunnel {
     /// Binds `addr` now (`SO_REUSEPORT`, so that a new process can bind it during an upgrade:
     /// the tunnel socket is not handed over).
     pub fn bind(identity: Arc<Identity>, addr: SocketAddr) -> std::io::Result<Arc<Tunnel>> {
+        Self::bind_with(identity, addr, None)
+    }
+
+    /// Same, serving the streams of accepted sessions with `forward`.
+    pub fn bind_with(
+        identity: Arc<Identity>,
+        addr: SocketAddr,
+        forward: Option<crate::tunnel::server::Forward>,
+    ) -> std::io::Result<Arc<Tunnel>> {
         crate::metrics::register();
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -225,6 +337,7 @@ impl Tunnel {
             config: Mutex::new(None),
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             logged: Mutex::new(HashMap::new()),
+            forward,
         }))
     }
 
@@ -271,8 +384,13 @@ impl Tunnel {
         }
     }
 
-    async fn handle(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
-        let Ok(_permit) = self.handshakes.clone().try_acquire_owned() else {
+    async fn handle(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        shutdown: ShutdownWatch,
+    ) {
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
             self.refused(peer, "overload", "too many handshakes in progress");
             return;
         };
@@ -289,16 +407,37 @@ impl Tunnel {
             Err(_) => self.refused(peer, "timeout", "no complete handshake in time"),
             Ok(Err(e)) => self.refused(peer, classify(&e), &e.to_string()),
             Ok(Ok(mut tls)) => {
-                handshakes().with_label_values(&["ok"]).inc();
+                drop(permit);
                 let (_, session) = tls.get_ref();
-                let peer_id = session
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| spiffe_ids(c).join(","))
-                    .unwrap_or_default();
-                tracing::debug!(%peer, peer_identity = %peer_id, "Tunnel session accepted (forwarding not built yet: closing)");
-                use tokio::io::AsyncWriteExt;
-                let _ = tls.shutdown().await;
+                let leaf = session.peer_certificates().and_then(|c| c.first());
+                let peer_id = leaf.map(|c| spiffe_ids(c).join(",")).unwrap_or_default();
+                // The node the peer speaks for is the one its certificate names, never a
+                // claim of its own.
+                let Some(node) = leaf.and_then(|c| node_name(c)) else {
+                    self.refused(peer, "bad_certificate", "the certificate names no single node");
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.shutdown().await;
+                    return;
+                };
+                handshakes().with_label_values(&["ok"]).inc();
+                match &self.forward {
+                    Some(forward) => {
+                        tracing::debug!(%peer, peer_identity = %peer_id, %node, "Tunnel session accepted");
+                        crate::tunnel::server::serve(
+                            tls,
+                            Arc::from(node.as_str()),
+                            peer,
+                            forward.clone(),
+                            shutdown,
+                        )
+                        .await;
+                    }
+                    None => {
+                        tracing::debug!(%peer, peer_identity = %peer_id, %node, "Tunnel session accepted (no forwarding: closing)");
+                        use tokio::io::AsyncWriteExt;
+                        let _ = tls.shutdown().await;
+                    }
+                }
             }
         }
     }
@@ -320,7 +459,8 @@ impl Tunnel {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((tcp, peer)) => {
-                        tokio::spawn(self.clone().handle(tcp, peer));
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(self.clone().handle(tcp, peer, shutdown.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Tunnel accept failed");

@@ -99,7 +99,7 @@ pub async fn connect(addr: SocketAddr) -> (TcpStream, String) {
 }
 
 /// Reads up to a newline (excluded); panics on end of stream or after [`PATIENCE`].
-pub async fn read_line(conn: &mut TcpStream) -> String {
+pub async fn read_line<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> String {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -116,7 +116,10 @@ pub async fn read_line(conn: &mut TcpStream) -> String {
 }
 
 /// Writes `msg` and reads as many bytes back.
-pub async fn echo(conn: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+pub async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut S,
+    msg: &[u8],
+) -> Vec<u8> {
     conn.write_all(msg).await.expect("write");
     let mut back = vec![0u8; msg.len()];
     tokio::time::timeout(PATIENCE, conn.read_exact(&mut back))
