@@ -130,9 +130,21 @@ pub const IDENTITY_FAILURE_REASONS: [&str; 4] = ["token", "unreachable", "refuse
 pub const TUNNEL_STREAM_RESULTS: [(&str, &[&str]); 2] = [
     (
         "out",
-        &["ok", "no_identity", "dial_failed", "denied", "unreachable", "refused", "timeout", "error"],
+        &[
+            "ok",
+            "no_identity",
+            "dial_failed",
+            "denied",
+            "unreachable",
+            "refused",
+            "timeout",
+            "error",
+        ],
     ),
-    ("in", &["ok", "bad_request", "denied", "unreachable", "error"]),
+    (
+        "in",
+        &["ok", "bad_request", "denied", "unreachable", "error"],
+    ),
 ];
 
 /// The `reason` values of `maille_proxy_trace_spans_dropped_total`.

@@ -219,9 +219,7 @@ impl StreamClaim {
             .parse()
             .map_err(|_| bad(":authority", authority, "expected ip:port"))?;
         let h = req.headers();
-        let one = |name: &'static str| -> Result<Option<&str>, BadClaim> {
-            one_header(h, name)
-        };
+        let one = |name: &'static str| -> Result<Option<&str>, BadClaim> { one_header(h, name) };
         let source_ip = match one(header::SOURCE_IP)? {
             Some(v) => Some(
                 v.parse::<IpAddr>()

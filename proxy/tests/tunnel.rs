@@ -30,7 +30,9 @@ struct Rule {
 
 impl Admission for Rule {
     fn admit(&self, peer_node: &str, claim: &StreamClaim) -> Result<(), Denied> {
-        self.seen.lock().push((peer_node.to_string(), claim.clone()));
+        self.seen
+            .lock()
+            .push((peer_node.to_string(), claim.clone()));
         match self.deny {
             Some(reason) => Err(Denied {
                 reason,
@@ -83,7 +85,11 @@ fn claim(target: std::net::SocketAddr, protocol: Protocol) -> StreamClaim {
 fn out(protocol: &str, result: &str) -> f64 {
     metric(
         "maille_proxy_tunnel_streams_total",
-        &[("direction", "out"), ("protocol", protocol), ("result", result)],
+        &[
+            ("direction", "out"),
+            ("protocol", protocol),
+            ("result", result),
+        ],
     )
 }
 
@@ -116,16 +122,30 @@ async fn tcp_streams_share_one_encrypted_session() {
     for t in tasks {
         tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap();
     }
-    assert_eq!(relay.connections(), 1, "one TLS session carried all streams");
-    assert!(relay.captured().len() > 1000, "the session crossed the relay");
+    assert_eq!(
+        relay.connections(),
+        1,
+        "one TLS session carried all streams"
+    );
+    assert!(
+        relay.captured().len() > 1000,
+        "the session crossed the relay"
+    );
     for clear in [&b"SECRET-PAYLOAD"[..], b"db-on-b", b"shop/web", b"CONNECT"] {
-        assert!(!relay.saw(clear), "{:?} crossed in the clear", String::from_utf8_lossy(clear));
+        assert!(
+            !relay.saw(clear),
+            "{:?} crossed in the clear",
+            String::from_utf8_lossy(clear)
+        );
     }
     assert_eq!(backend.accepted(), 8);
     let seen = admission.seen.lock();
     assert_eq!(seen.len(), 8);
-    assert!(seen.iter().all(|(node, c)| node == "node-a" && *c == claim(backend.addr, Protocol::Tcp)),
-        "the destination judged each claim, from the node the certificate names");
+    assert!(
+        seen.iter()
+            .all(|(node, c)| node == "node-a" && *c == claim(backend.addr, Protocol::Tcp)),
+        "the destination judged each claim, from the node the certificate names"
+    );
     assert!(out("tcp", "ok") >= ok_before + 8.0);
 }
 
@@ -155,7 +175,11 @@ async fn udp_datagrams_keep_their_boundaries_through_the_tunnel() {
         let want: &[u8] = if msg == b"whoami" { b"dns-on-b" } else { msg };
         assert_eq!(&buf[..n], want);
     }
-    assert_eq!(backend.sources().len(), 1, "one session socket at the destination");
+    assert_eq!(
+        backend.sources().len(),
+        1,
+        "one session socket at the destination"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +202,10 @@ async fn refusals_name_their_reason() {
 
     // An endpoint nobody listens on: the destination says so (502).
     let b2 = listen(ca.identity("node-b"), rule(None), "127.0.0.3:0");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let peer2 = PeerNode {
         name: "node-b".into(),
         addr: b2.addr,
@@ -233,7 +260,11 @@ async fn a_renewed_certificate_opens_a_new_session_and_old_streams_finish() {
     a.hold(ca.held("node-a", 3600));
     let mut new = pool.open(&peer, &c).await.unwrap();
     assert_eq!(read_line(&mut new).await, "db");
-    assert_eq!(relay.connections(), 2, "the new certificate dialled a new session");
+    assert_eq!(
+        relay.connections(),
+        2,
+        "the new certificate dialled a new session"
+    );
     assert_eq!(echo(&mut old, b"still here").await, b"still here");
     assert_eq!(echo(&mut new, b"new one").await, b"new one");
     // Further streams use the new session.

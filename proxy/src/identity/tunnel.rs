@@ -197,8 +197,13 @@ impl rustls::client::danger::ServerCertVerifier for MeshServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         match spiffe_ids(end_entity).as_slice() {
             [one] if trust_domain(one) == Some(self.trust_domain.as_str()) => {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
@@ -246,10 +251,12 @@ pub fn client_config(held: &Held) -> Result<rustls::ClientConfig, String> {
     let td = trust_domain(&held.spiffe_id)
         .ok_or_else(|| format!("{} is not a SPIFFE ID", held.spiffe_id))?
         .to_string();
-    let inner =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("server verifier: {e}"))?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("server verifier: {e}"))?;
     let verifier = Arc::new(MeshServerVerifier {
         inner,
         trust_domain: td,
@@ -414,7 +421,11 @@ impl Tunnel {
                 // The node the peer speaks for is the one its certificate names, never a
                 // claim of its own.
                 let Some(node) = leaf.and_then(|c| node_name(c)) else {
-                    self.refused(peer, "bad_certificate", "the certificate names no single node");
+                    self.refused(
+                        peer,
+                        "bad_certificate",
+                        "the certificate names no single node",
+                    );
                     use tokio::io::AsyncWriteExt;
                     let _ = tls.shutdown().await;
                     return;

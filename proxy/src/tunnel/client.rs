@@ -119,7 +119,9 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.last_used_ns.fetch_max(clock::now_ns(), Ordering::Relaxed);
+        self.0
+            .last_used_ns
+            .fetch_max(clock::now_ns(), Ordering::Relaxed);
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -298,9 +300,12 @@ impl Pool {
     async fn session(&self, peer: &PeerNode) -> Result<Arc<Session>, OpenError> {
         let slot = self.peers.lock().entry(peer.clone()).or_default().clone();
         let mut slot = slot.lock().await;
-        let held = self.identity.current().ok_or_else(|| OpenError::NoIdentity {
-            peer: peer.to_string(),
-        })?;
+        let held = self
+            .identity
+            .current()
+            .ok_or_else(|| OpenError::NoIdentity {
+                peer: peer.to_string(),
+            })?;
         if let Some(s) = slot.as_ref() {
             if s.usable() && Arc::ptr_eq(&s.held, &held) {
                 return Ok(s.clone());

@@ -121,7 +121,8 @@ pub async fn serve<T>(
         streams: AtomicUsize::new(0),
         last_ns: AtomicU64::new(clock::now_ns()),
     });
-    let tick = (settings.session_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let tick =
+        (settings.session_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -252,14 +253,9 @@ async fn stream(
             count(proto, "ok");
             let tunnel = TunnelStream::new(send, req.into_body(), "in", Some(Box::new(guard)));
             debug!(node = %peer_node, source = ?claim.source_ip, source_identity = claim.identity.as_deref().unwrap_or(""), service = %claim.service, endpoint = %claim.target, "Tunnel stream carried");
-            let end = crate::tcp::relay::relay(
-                tunnel,
-                tcp,
-                settings.stream_idle,
-                &UNCOUNTED,
-                &UNCOUNTED,
-            )
-            .await;
+            let end =
+                crate::tcp::relay::relay(tunnel, tcp, settings.stream_idle, &UNCOUNTED, &UNCOUNTED)
+                    .await;
             debug!(node = %peer_node, endpoint = %claim.target, end = ?end, "Tunnel stream ended");
         }
         Protocol::Udp => {

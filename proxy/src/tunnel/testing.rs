@@ -99,7 +99,9 @@ impl CaptureRelay {
     pub async fn start(listen: &str, target: std::net::SocketAddr) -> CaptureRelay {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind relay");
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
         let captured = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -150,7 +152,10 @@ impl CaptureRelay {
 
     /// Whether `needle` crossed the relay in the clear.
     pub fn saw(&self, needle: &[u8]) -> bool {
-        self.captured.lock().windows(needle.len()).any(|w| w == needle)
+        self.captured
+            .lock()
+            .windows(needle.len())
+            .any(|w| w == needle)
     }
 
     /// Connections accepted so far.

@@ -52,7 +52,10 @@ fn a_bad_claim_is_refused_naming_the_field_and_value() {
     let mut req = claim().to_request();
     req.headers_mut()
         .append(header::SOURCE_IDENTITY, "shop/other".parse().unwrap());
-    assert_eq!(StreamClaim::from_request(&req).unwrap_err().reason, "repeated");
+    assert_eq!(
+        StreamClaim::from_request(&req).unwrap_err().reason,
+        "repeated"
+    );
     let mut req = claim().to_request();
     let long = format!("shop/{}", "a".repeat(5000));
     req.headers_mut()
@@ -61,7 +64,10 @@ fn a_bad_claim_is_refused_naming_the_field_and_value() {
     assert!(e.value.len() <= 64, "quoted value cut: {}", e.value.len());
     let mut req = claim().to_request();
     *req.method_mut() = Method::GET;
-    assert_eq!(StreamClaim::from_request(&req).unwrap_err().field, ":method");
+    assert_eq!(
+        StreamClaim::from_request(&req).unwrap_err().field,
+        ":method"
+    );
     let mut req = claim().to_request();
     *req.uri_mut() = "db.shop:5432".parse().unwrap();
     assert_eq!(

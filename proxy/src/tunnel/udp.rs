@@ -114,7 +114,9 @@ mod tests {
             for n in sizes {
                 write_datagram(&mut a, &vec![n as u8; n]).await.unwrap();
             }
-            assert!(write_datagram(&mut a, &vec![0; MAX_FRAME + 1]).await.is_err());
+            assert!(write_datagram(&mut a, &vec![0; MAX_FRAME + 1])
+                .await
+                .is_err());
         });
         let mut buf = vec![0u8; MAX_FRAME];
         for n in sizes {
