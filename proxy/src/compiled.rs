@@ -27,6 +27,8 @@ use crate::picker::WeightedPicker;
 use crate::resilience::metrics::ServiceMetrics as ResilienceMetrics;
 use crate::resilience::ServiceState;
 
+pub mod routes;
+
 /// A table and the runtime of each of its service ports. Immutable; replaced whole.
 #[derive(Debug, Default)]
 pub struct CompiledTable {
@@ -124,6 +126,9 @@ pub struct ServiceRuntime {
     /// Per split (in the order of [`Service::splits`]): a picker over its backends' positions,
     /// and the counter of requests it sent to each backend.
     pub splits: Box<[SplitRuntime]>,
+    /// Per Gateway API route entry (in the order of [`Service::routes`]): its picker, header
+    /// changes, policy and counter.
+    pub routes: Box<[routes::RouteRuntime]>,
     /// Per access rule (in the order of [`Service::access`]): the client addresses it admits.
     pub access: Box<[HashSet<IpAddr>]>,
     /// Rate limit, breaker and retry budget, when the options ask for any.
@@ -175,6 +180,7 @@ impl ServiceRuntime {
         ServiceRuntime {
             endpoints: EndpointPlan::new(svc, endpoints),
             splits,
+            routes: routes::compile(svc, &port_label),
             access: svc
                 .access
                 .iter()

@@ -5,9 +5,11 @@
 //! [`crate::balance`], bookkeeping in [`log_request`]. Per-request state is [`RequestCtx`].
 
 pub mod conn;
+pub mod filters;
 pub mod path;
 pub mod request;
 pub mod route;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct RequestCtx {
     /// The service port whose endpoints serve the request (differs from `service` when a
     /// traffic split sent it elsewhere).
     pub backend: Option<ServiceId>,
+    /// The Gateway API route entry of `service` that matched, by position.
+    pub route: Option<usize>,
     /// The endpoint of the current attempt; counted in flight while held.
     pub pick: Option<Pick>,
     /// Endpoints that failed during this request, avoided by later attempts.
@@ -70,6 +74,14 @@ impl RequestCtx {
     /// The service port whose endpoints serve the request, if any.
     pub fn backend(&self) -> Option<&config_model::Service> {
         Some(&self.table.as_ref()?[self.backend?])
+    }
+
+    /// The route entry that matched and its runtime, if one did.
+    pub fn route_entry(
+        &self,
+    ) -> Option<(&config_model::Route, &crate::compiled::routes::RouteRuntime)> {
+        let (table, service, i) = (self.table.as_ref()?, self.service?, self.route?);
+        Some((&table[service].routes[i], &table.runtime(service).routes[i]))
     }
 
     /// The endpoint of the current attempt.
@@ -168,6 +180,7 @@ impl ProxyHttp for MeshProxy {
             table: None,
             service: None,
             backend: None,
+            route: None,
             pick: None,
             failed: Vec::new(),
             local_status: None,
@@ -219,9 +232,15 @@ impl ProxyHttp for MeshProxy {
             return Ok(true);
         };
         ctx.service = Some(service);
-        let backend = match route::resolve_split(&table, service, session) {
-            Ok(b) => b,
-            Err(refused) => {
+        let backend = match routes::resolve(&table, service, session, &mut ctx.route) {
+            routes::Routed::To(b) => b,
+            routes::Routed::Redirect { status, location } => {
+                ctx.table = Some(table);
+                let header = Some((http::header::LOCATION, location));
+                Self::answer_with(session, ctx, status, String::new(), header).await;
+                return Ok(true);
+            }
+            routes::Routed::Refused(refused) => {
                 ctx.table = Some(table);
                 Self::refuse(session, ctx, refused).await;
                 return Ok(true);
@@ -241,7 +260,11 @@ impl ProxyHttp for MeshProxy {
             Self::refuse(session, ctx, refused).await;
             return Ok(true);
         }
-        ctx.resilience = RequestState::start(table.runtime(backend).resilience.clone());
+        let policy = ctx
+            .route
+            .and_then(|i| table.runtime(service).routes[i].policy.clone());
+        ctx.resilience =
+            RequestState::start_routed(table.runtime(backend).resilience.clone(), policy);
         if let Err(rejection) = ctx.resilience.admit() {
             let key = svc.key.to_string();
             ctx.table = Some(table);
@@ -265,6 +288,9 @@ impl ProxyHttp for MeshProxy {
         };
         // Release the previous attempt's in-flight count before taking a new one.
         ctx.pick = None;
+        if let Some(pause) = ctx.resilience.backoff() {
+            tokio::time::sleep(pause).await;
+        }
         let plan = &table.runtime(backend).endpoints;
         let pick = self.balancer.pick(plan, &ctx.failed).ok_or_else(|| {
             let mut e = Error::explain(
@@ -352,17 +378,33 @@ impl ProxyHttp for MeshProxy {
         if let Some(span) = &ctx.trace {
             span.inject(upstream_request);
         }
+        if let Some((route, rt)) = ctx.route_entry() {
+            filters::on_upstream_request(route, rt, upstream_request)?;
+        }
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(pick) = &ctx.pick {
             pick.observe_response();
+        }
+        if ctx.route.is_some() {
+            let status = upstream_response.status.as_u16();
+            let truncated = session.as_ref().retry_buffer_truncated();
+            if ctx.resilience.retry_status(status, truncated) {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "retried status code of the route rule",
+                ));
+            }
+            if let Some((_, rt)) = ctx.route_entry() {
+                filters::on_response(rt, upstream_response)?;
+            }
         }
         Ok(())
     }
@@ -467,6 +509,8 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
             service = name,
             port,
             upstream = %ctx.endpoint().map(|a| a.to_string()).unwrap_or_default(),
+            route = ctx.route_entry().map_or("", |(r, _)| r.route.as_str()),
+            rule = ctx.route_entry().map(|(r, _)| r.rule),
             attempts = ctx.resilience.attempts(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = %e.map(|e| e.to_string()).unwrap_or_default(),

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub acl_denied: IntCounterVec,
     /// `maille_proxy_split_requests_total{namespace,service,port,backend}`.
     pub split_requests: IntCounterVec,
+    /// `maille_proxy_route_requests_total{namespace,service,port,route,rule}`.
+    pub route_requests: IntCounterVec,
     /// `maille_proxy_trace_spans_exported_total`.
     pub spans_exported: IntCounter,
     /// `maille_proxy_trace_spans_dropped_total{reason}`.
@@ -304,6 +306,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "maille_proxy_split_requests_total",
             "Requests (HTTP) or connections (TCP) sent by a traffic split to a backend, by root service port and backend service (namespace/name).",
             &["namespace", "service", "port", "backend"],
+        ),
+        route_requests: counter_vec(
+            "maille_proxy_route_requests_total",
+            "Requests to a service port that a Gateway API route entry matched, by route (namespace/name) and rule index.",
+            &["namespace", "service", "port", "route", "rule"],
         ),
         spans_exported: counter(
             "maille_proxy_trace_spans_exported_total",

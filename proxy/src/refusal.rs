@@ -18,6 +18,9 @@ pub enum Refusal {
     NoTraffic,
     /// The service has no ready endpoint.
     NoEndpoint,
+    /// A Gateway API route entry sent the request to a backendRef that did not resolve (or
+    /// its weights are all 0): 500, as the Gateway API requires.
+    BackendNotFound,
 }
 
 impl Refusal {
@@ -28,6 +31,7 @@ impl Refusal {
             Refusal::AccessDenied => "access_denied",
             Refusal::NoTraffic => "no_traffic",
             Refusal::NoEndpoint => "no_endpoint",
+            Refusal::BackendNotFound => "backend_not_found",
         }
     }
 
@@ -37,6 +41,7 @@ impl Refusal {
             Refusal::NoRoute => 404,
             Refusal::AccessDenied => 403,
             Refusal::NoTraffic | Refusal::NoEndpoint => 503,
+            Refusal::BackendNotFound => 500,
         }
     }
 }
@@ -81,6 +86,16 @@ impl Refused {
         }
     }
 
+    /// Rule `rule` of route `route` sent the request to a backend that did not resolve.
+    pub fn backend_not_found(route: &str, rule: u32) -> Refused {
+        Refused {
+            refusal: Refusal::BackendNotFound,
+            message: format!(
+                "rule {rule} of route {route} sends this request to a backend that does not exist or is not meshed"
+            ),
+        }
+    }
+
     /// `service` has no ready endpoint.
     pub fn no_endpoint(service: &ServiceKey) -> Refused {
         Refused {
@@ -112,6 +127,7 @@ mod tests {
             (Refusal::AccessDenied, "access_denied", 403),
             (Refusal::NoTraffic, "no_traffic", 503),
             (Refusal::NoEndpoint, "no_endpoint", 503),
+            (Refusal::BackendNotFound, "backend_not_found", 500),
         ];
         for (r, name, status) in all {
             assert_eq!((r.reason(), r.http_status()), (name, status));

@@ -9,6 +9,12 @@
 //! [`RequestState::on_connect_failure`] / [`RequestState::on_error_while_proxy`] to decide
 //! retries, [`RequestState::error_status`] in `fail_to_proxy`, and [`RequestState::finish`]
 //! in `logging`.
+//!
+//! A request that a Gateway API route entry matched carries that rule's [`RoutePolicy`]
+//! ([`RequestState::start_routed`]): its request timeout and retry replace the service's
+//! (annotation) ones when the rule sets them; its backend-request timeout bounds each attempt;
+//! its retried codes turn those responses into retries ([`RequestState::retry_status`]); its
+//! backoff pauses before each retry ([`RequestState::backoff`]).
 
 pub mod breaker;
 pub mod budget;
@@ -19,7 +25,8 @@ pub mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_model::{Service, ServiceOptions, TrafficType};
+use config_model::route::RouteRetry;
+use config_model::{Service, ServiceKey, ServiceOptions, TrafficType};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 
@@ -93,6 +100,49 @@ fn needs_state(o: &ServiceOptions) -> bool {
         || o.circuit_breaker.is_some()
 }
 
+/// The timeouts and retries of one route entry, built when the table is compiled
+/// ([`crate::compiled::routes`]) for an entry that sets any.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    /// Whole request, retries included; replaces the service's `timeout` when set.
+    request_ms: Option<u64>,
+    /// Each attempt.
+    backend_request_ms: Option<u64>,
+    /// Replaces the service's retry options when set.
+    retry: Option<RouteRetry>,
+    /// The rule's own retry budget (the service's percentage, or the default).
+    budget: Option<RetryBudget>,
+    /// The parent service port's resilience metrics.
+    metrics: ServiceMetrics,
+}
+
+impl RoutePolicy {
+    /// The policy of a route entry of service `parent`; `None` when the entry sets neither
+    /// timeouts nor retry (the service's options then apply as they are).
+    pub fn new(
+        parent: &ServiceKey,
+        options: &ServiceOptions,
+        route: &config_model::Route,
+    ) -> Option<RoutePolicy> {
+        let t = route.timeouts;
+        if t.request_ms.is_none() && t.backend_request_ms.is_none() && route.retry.is_none() {
+            return None;
+        }
+        let percent = options
+            .retry
+            .map_or(config_model::options::DEFAULT_RETRY_BUDGET_PERCENT, |r| {
+                r.budget_percent
+            });
+        Some(RoutePolicy {
+            request_ms: t.request_ms,
+            backend_request_ms: t.backend_request_ms,
+            budget: route.retry.as_ref().map(|_| RetryBudget::new(percent)),
+            retry: route.retry.clone(),
+            metrics: ServiceMetrics::new(parent),
+        })
+    }
+}
+
 /// Why a request is answered without going upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -119,6 +169,10 @@ impl Rejection {
 #[derive(Debug, Default)]
 pub struct RequestState {
     service: Option<Arc<ServiceState>>,
+    route: Option<Arc<RoutePolicy>>,
+    /// A response of a retried code was turned into an error to retry
+    /// ([`RequestState::retry_status`]); `error_while_proxy` keeps that decision.
+    status_retry: bool,
     start_ns: u64,
     deadline_ns: Option<u64>,
     admission: Option<Admission>,
@@ -147,21 +201,48 @@ impl RequestState {
     /// Starts tracking a request to a service (whose state may be `None`: nothing to enforce
     /// but the upstream scheme).
     pub fn start(service: Option<Arc<ServiceState>>) -> Self {
+        Self::start_routed(service, None)
+    }
+
+    /// Same, for a request a route entry with this policy matched.
+    pub fn start_routed(
+        service: Option<Arc<ServiceState>>,
+        route: Option<Arc<RoutePolicy>>,
+    ) -> Self {
         let start_ns = clock::now_ns();
-        let deadline_ns = service
-            .as_ref()
-            .and_then(|s| s.options.timeout_ms)
-            .map(|ms| start_ns.saturating_add(ms.saturating_mul(1_000_000)));
+        let timeout_ms = match route.as_ref().and_then(|r| r.request_ms) {
+            Some(ms) => Some(ms),
+            None => service.as_ref().and_then(|s| s.options.timeout_ms),
+        };
+        let deadline_ns =
+            timeout_ms.map(|ms| start_ns.saturating_add(ms.saturating_mul(1_000_000)));
         RequestState {
             service,
+            route,
             start_ns,
             deadline_ns,
             ..RequestState::default()
         }
     }
 
+    /// The route entry's retry, when it has one (it replaces the service's).
+    fn route_retry(&self) -> Option<(&RouteRetry, &RoutePolicy)> {
+        let r = self.route.as_deref()?;
+        Some((r.retry.as_ref()?, r))
+    }
+
+    /// Whether a retry policy (the route's or the service's) decides retries.
+    fn has_retry_policy(&self) -> bool {
+        self.route_retry().is_some()
+            || self
+                .service
+                .as_ref()
+                .is_some_and(|s| s.options.retry.is_some())
+    }
+
     /// Rate limit, then circuit breaker: `Err` when the request must be answered at once.
     pub fn admit(&mut self) -> Result<(), Rejection> {
+        self.record_route_request();
         let Some(s) = self.service.clone() else {
             return Ok(());
         };
@@ -189,6 +270,13 @@ impl RequestState {
         Ok(())
     }
 
+    /// Counts the request in its route's retry budget (called once admitted).
+    fn record_route_request(&self) {
+        if let Some(budget) = self.route.as_ref().and_then(|r| r.budget.as_ref()) {
+            budget.record_request(clock::now_ns());
+        }
+    }
+
     /// Upstream attempts started so far (1 once the first has begun), for the access log and
     /// the trace as well as the retry decisions.
     pub fn attempts(&self) -> u32 {
@@ -205,6 +293,11 @@ impl RequestState {
     /// `upstream_peer`, once per attempt). Fails with 504 when the deadline has passed.
     pub fn start_attempt(&mut self, peer: &mut HttpPeer) -> pingora_error::Result<()> {
         self.attempts += 1;
+        let per_attempt = self
+            .route
+            .as_ref()
+            .and_then(|r| r.backend_request_ms)
+            .map(Duration::from_millis);
         if let Some(left) = self.remaining() {
             if left.is_zero() {
                 self.timed_out = true;
@@ -213,12 +306,55 @@ impl RequestState {
                     "whole-request timeout expired before an upstream attempt",
                 ));
             }
-            crate::upstream::apply_deadline(peer, left);
+            crate::upstream::apply_deadline(peer, per_attempt.map_or(left, |a| a.min(left)));
+        } else if let Some(a) = per_attempt {
+            crate::upstream::apply_deadline(peer, a);
         }
         Ok(())
     }
 
+    /// The pause before the next attempt, when this is a retry of a route entry with a
+    /// backoff (never past the deadline).
+    pub fn backoff(&self) -> Option<Duration> {
+        if self.attempts == 0 {
+            return None;
+        }
+        let (retry, _) = self.route_retry()?;
+        let pause = Duration::from_millis(retry.backoff_ms?);
+        Some(self.remaining().map_or(pause, |left| pause.min(left)))
+    }
+
+    /// Whether a response of `status` is turned into a retry: its code is one the route
+    /// entry retries, the request body can be sent again (`body_buffer_truncated` false), and
+    /// attempts, budget and time are left. When true, the caller fails the attempt with a
+    /// retryable error and `error_while_proxy` keeps the decision.
+    pub fn retry_status(&mut self, status: u16, body_buffer_truncated: bool) -> bool {
+        let retried = self
+            .route_retry()
+            .is_some_and(|(r, _)| r.codes.binary_search(&status).is_ok());
+        if !retried || body_buffer_truncated {
+            return false;
+        }
+        self.status_retry = self.may_retry();
+        self.status_retry
+    }
+
     fn may_retry(&mut self) -> bool {
+        if let Some((retry, route)) = self.route_retry() {
+            if self.attempts > retry.attempts || self.remaining().is_some_and(|d| d.is_zero()) {
+                return false;
+            }
+            let budget_ok = route
+                .budget
+                .as_ref()
+                .is_none_or(|b| b.try_retry(clock::now_ns()));
+            if !budget_ok {
+                route.metrics.budget_exhausted.inc();
+                return false;
+            }
+            route.metrics.retries.inc();
+            return true;
+        }
         let Some(s) = self.service.clone() else {
             return false;
         };
@@ -271,11 +407,7 @@ impl RequestState {
     pub fn on_connect_failure(&mut self, e: &mut Error, endpoints: usize) {
         self.upstream_failed = true;
         self.note_timeout(e);
-        if self
-            .service
-            .as_ref()
-            .is_some_and(|s| s.options.retry.is_some())
-        {
+        if self.has_retry_policy() {
             let retry = !self.timed_out && self.may_retry();
             e.set_retry(retry);
         } else {
@@ -294,12 +426,14 @@ impl RequestState {
         body_buffer_truncated: bool,
         client_reused: bool,
     ) {
+        if std::mem::take(&mut self.status_retry) {
+            // A response of a retried code: decided (and counted) by `retry_status`.
+            e.set_retry(true);
+            return;
+        }
         self.upstream_failed = true;
         self.note_timeout(e);
-        let has_policy = self
-            .service
-            .as_ref()
-            .is_some_and(|s| s.options.retry.is_some());
+        let has_policy = self.has_retry_policy();
         if !is_idempotent(method) || body_buffer_truncated || self.timed_out {
             e.set_retry(false);
         } else if has_policy {
@@ -314,8 +448,19 @@ impl RequestState {
     /// whole-request deadline is the cause.
     pub fn error_status(&mut self, e: &Error) -> Option<u16> {
         self.note_timeout(e);
-        if self.timed_out {
-            if let Some(s) = &self.service {
+        // A route entry's backend-request timeout is a gateway timeout too (Gateway API).
+        let attempt_timed_out = self
+            .route
+            .as_ref()
+            .is_some_and(|r| r.backend_request_ms.is_some())
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+        if self.timed_out || attempt_timed_out {
+            if let Some(r) = &self.route {
+                r.metrics.timeouts.inc();
+            } else if let Some(s) = &self.service {
                 s.metrics.timeouts.inc();
             }
             self.timed_out = true;

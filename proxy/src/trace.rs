@@ -316,6 +316,10 @@ impl HttpSpan {
         if let Some(ep) = ctx.endpoint() {
             attrs.push(KeyValue::new("maille.endpoint", ep.to_string()));
         }
+        if let Some((route, _)) = ctx.route_entry() {
+            attrs.push(KeyValue::new("maille.route", route.route.clone()));
+            attrs.push(KeyValue::new("maille.route.rule", i64::from(route.rule)));
+        }
         let attempts = ctx.resilience.attempts();
         if attempts > 0 {
             attrs.push(KeyValue::new("maille.retries", i64::from(attempts - 1)));
@@ -341,6 +345,8 @@ pub fn local_reason(ctx: &RequestCtx, e: Option<&PError>, status: u16) -> Option
         return Some(match s {
             400 => "bad_request",
             404 => Refusal::NoRoute.reason(),
+            500 => Refusal::BackendNotFound.reason(),
+            301..=308 => "redirect",
             403 => Refusal::AccessDenied.reason(),
             429 => "rate_limited",
             // Before the first table nothing routes.
