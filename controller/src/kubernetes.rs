@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::PortAllocator;
+use crate::gateway::{GRPCRoute, GatewayObjects, HTTPRoute};
 use crate::metrics;
 use crate::naming::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, SOURCE_NAMESPACE_LABEL, SOURCE_NAME_LABEL,
@@ -235,6 +236,8 @@ pub struct Provider {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     smi: SmiStores,
+    http_routes: Store<HTTPRoute>,
+    grpc_routes: Store<GRPCRoute>,
     changed: Arc<Notify>,
     mesh_namespace: String,
     shadows: watch::Sender<Shadows>,
@@ -442,12 +445,12 @@ where
                     WatchState::NotInstalled => tracing::warn!(
                         kind,
                         recheck_s = cap.as_secs(),
-                        "SMI resource not installed; skipping it until its CRD appears"
+                        "Optional resource (SMI or Gateway API) not installed; skipping it until its CRD appears"
                     ),
                     WatchState::Forbidden { .. } => tracing::warn!(
                         kind,
                         %err,
-                        "Not allowed to list this optional SMI resource; skipping it (grant list and watch to use it)"
+                        "Not allowed to list this optional resource (SMI or Gateway API); skipping it (grant list and watch to use it)"
                     ),
                     _ => {
                         tracing::warn!(kind, %err, "Watch failed; serving the last view while retrying")
@@ -504,11 +507,17 @@ impl Provider {
             udp_routes: reflect(Api::all(client.clone()), false, &shared),
             traffic_splits: reflect(Api::all(client.clone()), false, &shared),
         };
+        // Gateway API routes are optional like SMI: without their CRDs the controller runs
+        // without routes (logged once, rechecked).
+        let http_routes = reflect(Api::all(client.clone()), false, &shared);
+        let grpc_routes = reflect(Api::all(client.clone()), false, &shared);
         Provider {
             services,
             slices,
             pods,
             smi,
+            http_routes,
+            grpc_routes,
             changed: shared.changed,
             mesh_namespace: settings.mesh_namespace.clone(),
             shadows: watch::Sender::new(Shadows::new()),
@@ -551,6 +560,10 @@ impl Provider {
                 tcp_routes: self.smi.tcp_routes.state(),
                 udp_routes: self.smi.udp_routes.state(),
                 traffic_splits: self.smi.traffic_splits.state(),
+            },
+            gateway: GatewayObjects {
+                http_routes: self.http_routes.state(),
+                grpc_routes: self.grpc_routes.state(),
             },
             problems: Vec::new(),
             revision,

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod dns;
+pub mod gateway;
 pub mod identity;
 pub mod kubernetes;
 pub mod lease;

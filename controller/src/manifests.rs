@@ -62,7 +62,11 @@ fn add_object(
         _ => match crate::smi::parse_manifest(&value) {
             Some(Ok(obj)) => snapshot.smi.insert(obj),
             Some(Err(err)) => return Err(err.to_string()),
-            None => return Ok(false),
+            None => match crate::gateway::parse_manifest(&value) {
+                Some(Ok(obj)) => snapshot.gateway.insert(obj),
+                Some(Err(err)) => return Err(err.to_string()),
+                None => return Ok(false),
+            },
         },
     }
     Ok(true)
@@ -313,6 +317,8 @@ fn dedup_objects(s: &mut Snapshot) {
     dedup_kind(&mut smi.tcp_routes, &mut problems);
     dedup_kind(&mut smi.udp_routes, &mut problems);
     dedup_kind(&mut smi.traffic_splits, &mut problems);
+    dedup_kind(&mut s.gateway.http_routes, &mut problems);
+    dedup_kind(&mut s.gateway.grpc_routes, &mut problems);
     s.problems.extend(problems);
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::gateway::GatewayObjects;
 use crate::problem::Problem;
 use crate::smi::SmiObjects;
 
@@ -21,6 +22,8 @@ pub struct Snapshot {
     pub pods: Vec<Arc<Pod>>,
     /// The SMI resources (TrafficTarget, HTTPRouteGroup, TCPRoute, UDPRoute, TrafficSplit).
     pub smi: SmiObjects,
+    /// The Gateway API routes (HTTPRoute, GRPCRoute).
+    pub gateway: GatewayObjects,
     /// Problems the provider found while reading objects (e.g. a manifests file that does not
     /// parse); translation reports them with its own.
     pub problems: Vec<Problem>,
@@ -40,6 +43,7 @@ impl Snapshot {
             ("Pod", self.pods.len()),
         ];
         counts.extend(self.smi.counts());
+        counts.extend(self.gateway.counts());
         counts
     }
 }
@@ -53,6 +57,7 @@ impl Snapshot {
             .extend(other.endpoint_slices.iter().cloned());
         self.pods.extend(other.pods.iter().cloned());
         self.smi.extend_from(&other.smi);
+        self.gateway.extend_from(&other.gateway);
         self.problems.extend(other.problems.iter().cloned());
         self.revision = self.revision.max(other.revision);
     }

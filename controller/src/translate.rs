@@ -2,7 +2,7 @@
 //! `/api/services`, the shadow services to keep, and the problems found, in stages that a
 //! [`Translator`] keeps between rebuilds so that a change costs in proportion to what it
 //! touches: objects (what changed, `objects.rs`) → per-service entries (`entries.rs`) → mesh
-//! ports → SMI (`smi_pass.rs`) → table checks (`checks.rs`) → statuses (`status.rs`).
+//! ports → SMI (`smi_pass.rs`) → Gateway API routes (`gateway_pass.rs`) → table checks (`checks.rs`) → statuses (`status.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +17,7 @@ use crate::snapshot::Snapshot;
 
 mod checks;
 mod entries;
+mod gateway_pass;
 mod objects;
 mod smi_pass;
 mod status;
@@ -41,6 +42,9 @@ pub struct Translation {
     pub shadows: BTreeMap<String, ShadowSpec>,
     /// Every problem found, sorted.
     pub problems: Vec<Problem>,
+    /// What Maille concluded for every Gateway API route with a Service parent, for the
+    /// `status.parents[]` the leader writes.
+    pub route_statuses: Vec<crate::gateway::status::RouteOutcome>,
 }
 
 /// The status of one service port, as `/api/services` shows it.
@@ -127,6 +131,7 @@ pub struct Translator {
     /// The mesh ports assigned at the last call.
     assigned: BTreeMap<ServiceKey, Option<u16>>,
     smi: smi_pass::SmiPass,
+    gateway: gateway_pass::GatewayPass,
     checks: checks::Checks,
     work: Work,
     /// The port stage's and the provider's problems at the last `translate_if_changed`.
@@ -141,6 +146,8 @@ pub struct Work {
     pub services: usize,
     /// Whether the SMI stage ran (or dropped what it had, the last SMI object gone).
     pub smi: bool,
+    /// Whether the Gateway API stage ran (or dropped what it had, the last route gone).
+    pub gateway: bool,
 }
 
 /// What one Service has come to so far.
@@ -159,6 +166,7 @@ impl Translator {
             services: BTreeMap::new(),
             assigned: BTreeMap::new(),
             smi: smi_pass::SmiPass::default(),
+            gateway: gateway_pass::GatewayPass::default(),
             checks: checks::Checks::default(),
             work: Work::default(),
             last_problems: None,
@@ -225,15 +233,25 @@ impl Translator {
         let mut problems = self.assign_ports(alloc, &mut touched);
 
         // Stage 4: SMI splits and access rules, for the Services SMI objects reach.
-        let (smi_ran, smi_touched) = self.smi.run(&self.services, &touched, &changes, snapshot);
+        let (smi_ran, mut smi_touched) = self.smi.run(&self.services, &touched, &changes, snapshot);
+
+        // Stage 4b: Gateway API routes, for the Services they name.
+        let (gateway_ran, gateway_touched) = self.gateway.run(&self.services, &touched, snapshot);
+        smi_touched.extend(gateway_touched);
         self.work = Work {
             services: touched.len(),
             smi: smi_ran,
+            gateway: gateway_ran,
         };
 
         // Stage 5: the table as a whole, in one pass naming every service port left out.
-        self.checks
-            .update(&self.services, &touched, &smi_touched, &self.smi);
+        self.checks.update(
+            &self.services,
+            &touched,
+            &smi_touched,
+            &self.smi,
+            &self.gateway.attached.routes,
+        );
 
         problems.extend(snapshot.problems.iter().cloned());
         problems
@@ -330,6 +348,8 @@ impl Translator {
     }
 }
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod incremental_tests;
 #[cfg(test)]

@@ -184,7 +184,11 @@ async fn snapshots_follow_lists_and_watches_with_growing_revisions() {
     // A deletion is a newer revision too: a table without "web" never looks older.
     assert!(removed.revision > added.revision);
     let health = r.provider.health().borrow().clone();
-    assert_eq!(health.len(), 8, "{health:?}");
+    assert_eq!(
+        health.len(),
+        10,
+        "3 required kinds, 5 SMI and 2 Gateway API: {health:?}"
+    );
     assert!(
         health.values().all(|h| h.state == WatchState::Synced),
         "{health:?}"

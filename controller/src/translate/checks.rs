@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use config_model::route::RouteSpec;
 use config_model::{Error, ServiceKey, ServiceSpec, TrafficType, MESH_DOMAIN};
 
 use super::objects::Name;
@@ -39,7 +40,8 @@ pub(super) struct Checks {
     by_service: HashMap<Name, Vec<(ServiceKey, Vec<Claim>)>>,
     /// Claims with more than one holder.
     contested: BTreeSet<Claim>,
-    /// Service ports SMI added to, with why the whole port is refused (if it is).
+    /// Service ports SMI or Gateway API routes added to, with why the whole port is refused
+    /// (if it is).
     smi_refused: BTreeMap<ServiceKey, Option<Error>>,
     /// Service ports left out, with why.
     pub left_out: BTreeMap<ServiceKey, Problem>,
@@ -74,6 +76,7 @@ impl Checks {
         touched: &BTreeSet<Name>,
         smi_touched: &BTreeSet<Name>,
         smi: &SmiPass,
+        routes: &BTreeMap<ServiceKey, Vec<RouteSpec>>,
     ) {
         for name in touched {
             for (key, claims) in self.by_service.remove(name).unwrap_or_default() {
@@ -112,11 +115,16 @@ impl Checks {
             self.by_service.insert(name.clone(), mine);
         }
 
-        // SMI additions, checked with the port they go to.
+        // SMI additions and route entries, checked with the port they go to (route entries
+        // were checked alone when attached; this is the port's rule over all of them). Routes
+        // replace SMI splits on a port (docs/gateway-api.md).
         let again: BTreeSet<&Name> = touched.iter().chain(smi_touched).collect();
-        self.smi_refused
-            .retain(|k, _| smi.additions.contains_key(k) && !again.contains(&name_of(k)));
-        for (key, add) in &smi.additions {
+        self.smi_refused.retain(|k, _| {
+            (smi.additions.contains_key(k) || routes.contains_key(k))
+                && !again.contains(&name_of(k))
+        });
+        let keys: BTreeSet<&ServiceKey> = smi.additions.keys().chain(routes.keys()).collect();
+        for key in keys {
             if self.smi_refused.contains_key(key) {
                 continue;
             }
@@ -126,9 +134,16 @@ impl Checks {
             else {
                 continue;
             };
+            let add = smi.additions.get(key);
+            let routes = routes.get(key).cloned().unwrap_or_default();
             let whole = ServiceSpec {
-                splits: add.splits.clone(),
-                access: add.access.clone(),
+                splits: if routes.is_empty() {
+                    add.map(|a| a.splits.clone()).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                access: add.map(|a| a.access.clone()).unwrap_or_default(),
+                routes,
                 ..spec.clone()
             };
             self.smi_refused.insert(key.clone(), whole.validate().err());
@@ -198,7 +213,7 @@ impl Checks {
         loop {
             let mut more = Vec::new();
             for (key, add) in &smi.additions {
-                if self.left_out.contains_key(key) {
+                if self.left_out.contains_key(key) || routes.contains_key(key) {
                     continue;
                 }
                 let gone = add.splits.iter().enumerate().find_map(|(i, split)| {

@@ -15,6 +15,7 @@ use super::{
 pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translation {
     let left_out = &t.checks.left_out;
     let additions = &t.smi.additions;
+    let routes = &t.gateway.attached.routes;
     let mut specs: Vec<ServiceSpec> = Vec::with_capacity(t.services.len());
     let mut statuses: Vec<ServiceStatus> = Vec::with_capacity(t.services.len());
     let mut shadows: BTreeMap<String, ShadowSpec> = BTreeMap::new();
@@ -22,17 +23,35 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
         problems.extend(slot.entry.problems.iter().cloned());
         let first = specs.len();
         for p in &slot.ported {
-            if !left_out.is_empty() || !additions.is_empty() {
+            if !left_out.is_empty() || !additions.is_empty() || !routes.is_empty() {
                 let key = p.key();
                 if left_out.contains_key(&key) {
                     continue;
                 }
-                if let Some(add) = additions.get(&key) {
-                    specs.push(ServiceSpec {
-                        splits: add.splits.clone(),
-                        access: add.access.clone(),
-                        ..p.clone()
-                    });
+                let add = additions.get(&key);
+                let attached = routes.get(&key);
+                if add.is_some() || attached.is_some() {
+                    let mut spec = p.clone();
+                    if let Some(add) = add {
+                        spec.splits = add.splits.clone();
+                        spec.access = add.access.clone();
+                    }
+                    if let Some(attached) = attached {
+                        // Routes win over an SMI TrafficSplit on the same port.
+                        for split in spec.splits.drain(..) {
+                            let (sns, sname) =
+                                split.name.split_once('/').unwrap_or(("", &split.name));
+                            problems.push(Problem::new(
+                                ObjectRef::new("TrafficSplit", sns, sname),
+                                format!(
+                                    "{}: overridden on service port {key} by Gateway API routes (routes win over a TrafficSplit, see docs/gateway-api.md)",
+                                    split.name
+                                ),
+                            ));
+                        }
+                        spec.routes = attached.clone();
+                    }
+                    specs.push(spec);
                     continue;
                 }
             }
@@ -61,8 +80,12 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
             Err(e) => problems.push(Problem::new(ObjectRef::service(ns, name), e.to_string())),
         }
     }
+    if !routes.is_empty() {
+        unresolve_left_out_backends(&mut specs, &mut problems);
+    }
     problems.extend(left_out.values().cloned());
     problems.extend(t.smi.problems.iter().cloned());
+    problems.extend(t.gateway.problems.iter().cloned());
     problems.sort();
     problems.dedup();
 
@@ -126,6 +149,51 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
         objects,
         shadows,
         problems,
+        route_statuses: t.gateway.attached.outcomes.values().cloned().collect(),
+    }
+}
+
+/// Route backends that the checks left out of the table (or that are absent) get the share of
+/// an unresolved backend (answered 500), so that the table stays whole.
+fn unresolve_left_out_backends(specs: &mut [ServiceSpec], problems: &mut Vec<Problem>) {
+    let kept: BTreeSet<config_model::ServiceKey> = specs.iter().map(ServiceSpec::key).collect();
+    for spec in specs.iter_mut() {
+        let key = spec.key();
+        for entry in &mut spec.routes {
+            let mut gone = 0u32;
+            entry.backends.retain(|b| {
+                let present = kept.contains(&config_model::ServiceKey {
+                    namespace: b.namespace.clone(),
+                    name: b.name.clone(),
+                    port: b.port,
+                });
+                if !present {
+                    gone = gone.saturating_add(b.weight);
+                    let (ns, name) = entry.route.split_once('/').unwrap_or(("", &entry.route));
+                    problems.push(Problem::new(
+                        ObjectRef::new(
+                            match entry.kind {
+                                config_model::route::RouteKind::Http => "HTTPRoute",
+                                config_model::route::RouteKind::Grpc => "GRPCRoute",
+                            },
+                            ns,
+                            name,
+                        ),
+                        format!(
+                            "{}: backend {}/{}:{} of the entry on {key} is left out of the table (see its problems); its share is answered 500",
+                            entry.route, b.namespace, b.name, b.port
+                        ),
+                    ));
+                }
+                present
+            });
+            if gone > 0 {
+                entry.unresolved_weight = entry
+                    .unresolved_weight
+                    .saturating_add(gone)
+                    .min(config_model::table::MAX_WEIGHT);
+            }
+        }
     }
 }
 
