@@ -334,10 +334,15 @@ impl ProxyHttp for MeshProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // A stale pooled connection says nothing about the endpoint; anything else does.
-        if !client_reused {
+        // A stale pooled connection says nothing about the endpoint; anything else does. A
+        // response of a route's retried code was an answer (not a failure for passive health),
+        // but the retry goes elsewhere.
+        let status_retry = ctx.resilience.is_status_retry();
+        if !client_reused || status_retry {
             if let Some(pick) = &ctx.pick {
-                pick.observe_failure();
+                if !status_retry {
+                    pick.observe_failure();
+                }
                 ctx.failed.push(pick.addr);
             }
         }

@@ -324,6 +324,12 @@ impl RequestState {
         Some(self.remaining().map_or(pause, |left| pause.min(left)))
     }
 
+    /// Whether the error being handled is a response of a retried code turned into a retry by
+    /// [`RequestState::retry_status`].
+    pub fn is_status_retry(&self) -> bool {
+        self.status_retry
+    }
+
     /// Whether a response of `status` is turned into a retry: its code is one the route
     /// entry retries, the request body can be sent again (`body_buffer_truncated` false), and
     /// attempts, budget and time are left. When true, the caller fails the attempt with a

@@ -511,6 +511,26 @@ async fn timeouts_answer_504() {
     assert_eq!(r.status, 504, "backend request timeout: {}", r.body);
     // Without a timeout in its rule the same kind of request is served.
     assert_eq!(get(at, "/sleep/400").await.status, 200);
+    // A rule's request timeout replaces the service's annotation; a rule without one keeps it.
+    let proxy = TestProxy::start(|p| {
+        let mut s = services(
+            &b,
+            p.http[0],
+            vec![
+                timed(0, "/sleep/600", Some(5000), None),
+                rule(1, prefix("/"), &[]),
+            ],
+        );
+        s[0].options.timeout_ms = Some(300);
+        table(1, s)
+    });
+    let at = proxy.http[0];
+    assert_eq!(get(at, "/sleep/600").await.status, 200, "the rule's 5 s");
+    assert_eq!(
+        get(at, "/sleep/700").await.status,
+        504,
+        "the annotation's 300 ms"
+    );
     assert!(
         metric("maille_proxy_timeouts_total", &[("service", "web")]) >= 2.0,
         "timeouts counted"

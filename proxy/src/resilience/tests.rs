@@ -191,3 +191,95 @@ fn connect_failures_are_retried_on_other_endpoints_without_a_retry_policy() {
         assert_eq!(decisions, want, "{endpoints} endpoints");
     }
 }
+
+/// The policy of a route entry with these timeouts and retry, for service `a`.
+fn route_policy(
+    request_ms: Option<u64>,
+    backend_request_ms: Option<u64>,
+    retry: Option<config_model::route::RouteRetrySpec>,
+) -> Arc<RoutePolicy> {
+    let spec = config_model::RouteSpec {
+        route: "shop/r".into(),
+        timeouts: Some(config_model::route::RouteTimeoutsSpec {
+            request_ms,
+            backend_request_ms,
+        }),
+        retry,
+        ..config_model::RouteSpec::default()
+    };
+    let route = config_model::Route::try_from(&spec).unwrap();
+    Arc::new(RoutePolicy::new(&key("a"), &ServiceOptions::default(), &route).unwrap())
+}
+
+#[test]
+fn a_route_retries_its_codes_with_backoff_up_to_its_attempts() {
+    let policy = route_policy(
+        None,
+        Some(250),
+        Some(config_model::route::RouteRetrySpec {
+            attempts: 2,
+            codes: vec![503, 502],
+            backoff_ms: Some(40),
+        }),
+    );
+    let mut rs = RequestState::start_routed(None, Some(policy));
+    rs.admit().unwrap();
+    assert_eq!(rs.backoff(), None, "no pause before the first attempt");
+    let mut outcomes = Vec::new();
+    for status in [503, 502, 503] {
+        let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
+        rs.start_attempt(&mut peer).unwrap();
+        assert_eq!(
+            peer.options.read_timeout,
+            Some(Duration::from_millis(250)),
+            "backendRequestMs bounds each attempt"
+        );
+        let retry = rs.retry_status(status, false);
+        if retry {
+            let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+            rs.on_error_while_proxy(&mut e, &http::Method::POST, false, false);
+            assert!(e.retry(), "the decision stands, whatever the method");
+        }
+        outcomes.push(retry);
+    }
+    assert_eq!(outcomes, [true, true, false], "2 attempts after the first");
+    assert_eq!(rs.backoff(), Some(Duration::from_millis(40)));
+    assert!(
+        !rs.retry_status(500, false),
+        "a code the rule does not list"
+    );
+    let mut fresh = RequestState::start_routed(
+        None,
+        Some(route_policy(
+            None,
+            None,
+            Some(config_model::route::RouteRetrySpec {
+                attempts: 1,
+                codes: vec![503],
+                backoff_ms: None,
+            }),
+        )),
+    );
+    fresh.admit().unwrap();
+    let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
+    fresh.start_attempt(&mut peer).unwrap();
+    assert!(!fresh.retry_status(503, true), "a body no longer buffered");
+}
+
+#[test]
+fn a_route_timeout_replaces_the_annotation_and_an_attempt_timeout_is_a_504() {
+    let o = OptionsSpec {
+        timeout_ms: Some(1),
+        ..OptionsSpec::default()
+    };
+    let r = Tables::default();
+    let t = r.load(&[("a", o)]);
+    let policy = route_policy(Some(60_000), Some(100), None);
+    let mut rs = RequestState::start_routed(r.service(&t, &key("a")), Some(policy));
+    std::thread::sleep(Duration::from_millis(5));
+    let mut peer = HttpPeer::new("10.0.0.1:80", false, String::new());
+    rs.start_attempt(&mut peer)
+        .expect("the rule's 60 s, not the annotation's 1 ms");
+    let e = Error::new_up(ErrorType::ReadTimedout);
+    assert_eq!(rs.error_status(&e), Some(504));
+}
