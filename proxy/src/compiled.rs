@@ -79,6 +79,7 @@ impl CompiledTable {
                 _ => Arc::new(ServiceRuntime::new(
                     svc,
                     before.and_then(|rt| rt.resilience.as_ref()),
+                    before.map_or(&[], |rt| &rt.routes),
                     endpoints,
                 )),
             };
@@ -152,6 +153,7 @@ impl ServiceRuntime {
     fn new(
         svc: &Arc<Service>,
         previous: Option<&Arc<ServiceState>>,
+        previous_routes: &[routes::RouteRuntime],
         endpoints: &EndpointRegistry,
     ) -> ServiceRuntime {
         let port_label: Box<str> = svc.key.port.to_string().into();
@@ -180,7 +182,7 @@ impl ServiceRuntime {
         ServiceRuntime {
             endpoints: EndpointPlan::new(svc, endpoints),
             splits,
-            routes: routes::compile(svc, &port_label),
+            routes: routes::compile(svc, &port_label, previous_routes),
             access: svc
                 .access
                 .iter()

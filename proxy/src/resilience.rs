@@ -112,6 +112,8 @@ pub struct RoutePolicy {
     retry: Option<RouteRetry>,
     /// The rule's own retry budget (the service's percentage, or the default).
     budget: Option<RetryBudget>,
+    /// The budget's percentage, to tell whether a policy can be carried over.
+    budget_percent: u32,
     /// The parent service port's resilience metrics.
     metrics: ServiceMetrics,
 }
@@ -137,9 +139,21 @@ impl RoutePolicy {
             request_ms: t.request_ms,
             backend_request_ms: t.backend_request_ms,
             budget: route.retry.as_ref().map(|_| RetryBudget::new(percent)),
+            budget_percent: percent,
             retry: route.retry.clone(),
             metrics: ServiceMetrics::new(parent),
         })
+    }
+}
+
+impl RoutePolicy {
+    /// Whether `other` has the same settings, so that it (its retry budget) can stand in for
+    /// this one.
+    pub fn same_settings(&self, other: &RoutePolicy) -> bool {
+        self.request_ms == other.request_ms
+            && self.backend_request_ms == other.backend_request_ms
+            && self.retry == other.retry
+            && self.budget_percent == other.budget_percent
     }
 }
 

@@ -3,7 +3,9 @@
 //! `http` header names and values, the rewritten Host, the timeout and retry policy, and the
 //! request counter. Built when the table is compiled; like the rest of a
 //! [`super::ServiceRuntime`] it depends on the service alone (backends are positions in the
-//! entry, resolved through [`config_model::Table::route_targets`]).
+//! entry, resolved through [`config_model::Table::route_targets`]). The timeout and retry
+//! policy of a rule is one for all its entries, and carried over from the previous runtime of
+//! the service while the rule's settings are unchanged, so that its retry budget lives on.
 
 use std::sync::Arc;
 
@@ -54,6 +56,8 @@ impl CompiledHeaders {
 /// One route entry, ready to serve.
 #[derive(Debug)]
 pub struct RouteRuntime {
+    /// `namespace/name` of the route and the rule's index: who owns [`RouteRuntime::policy`].
+    rule: (Box<str>, u32),
     /// Picks a position among the entry's backends; the position one past the last is the
     /// unresolved share (answered 500).
     pub picker: WeightedPicker,
@@ -70,7 +74,12 @@ pub struct RouteRuntime {
 }
 
 impl RouteRuntime {
-    fn new(svc: &Service, route: &Route, port_label: &str) -> RouteRuntime {
+    fn new(
+        svc: &Service,
+        route: &Route,
+        port_label: &str,
+        carry: &[&[RouteRuntime]],
+    ) -> RouteRuntime {
         let weights = route
             .backends
             .iter()
@@ -86,7 +95,19 @@ impl RouteRuntime {
                 route.route.as_str(),
                 rule.format(route.rule),
             ]);
+        let rule_id: (Box<str>, u32) = (route.route.as_str().into(), route.rule);
+        let policy = RoutePolicy::new(&svc.key, &svc.options, route).map(|fresh| {
+            carry
+                .iter()
+                .flat_map(|runtimes| runtimes.iter())
+                .filter(|rt| rt.rule == rule_id)
+                .filter_map(|rt| rt.policy.as_ref())
+                .find(|p| p.same_settings(&fresh))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(fresh))
+        });
         RouteRuntime {
+            rule: rule_id,
             picker: WeightedPicker::new(weights),
             request_headers: route
                 .filters
@@ -104,7 +125,7 @@ impl RouteRuntime {
                 .as_ref()
                 .and_then(|r| r.hostname.as_deref())
                 .and_then(|h| HeaderValue::from_str(h).ok()),
-            policy: RoutePolicy::new(&svc.key, &svc.options, route).map(Arc::new),
+            policy,
             requests,
         }
     }
@@ -115,10 +136,84 @@ impl RouteRuntime {
     }
 }
 
-/// The runtimes of a service's route entries, in the order of [`Service::routes`].
-pub(crate) fn compile(svc: &Service, port_label: &str) -> Box<[RouteRuntime]> {
-    svc.routes
-        .iter()
-        .map(|r| RouteRuntime::new(svc, r, port_label))
-        .collect()
+/// The runtimes of a service's route entries, in the order of [`Service::routes`]; a rule's
+/// policy is shared by its entries and taken over from `previous` (the runtimes of the same
+/// service port in the table before) while its settings are equal.
+pub(crate) fn compile(
+    svc: &Service,
+    port_label: &str,
+    previous: &[RouteRuntime],
+) -> Box<[RouteRuntime]> {
+    let mut out: Vec<RouteRuntime> = Vec::with_capacity(svc.routes.len());
+    for r in &svc.routes {
+        let rt = RouteRuntime::new(svc, r, port_label, &[previous, &out]);
+        out.push(rt);
+    }
+    out.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use config_model::route::{RouteRetrySpec, RouteTimeoutsSpec};
+    use config_model::testing::{http, table};
+    use config_model::{RouteSpec, Table};
+
+    use crate::store::TableStore;
+
+    fn entry(rule: u32, attempts: u32) -> RouteSpec {
+        RouteSpec {
+            route: "shop/r".into(),
+            rule,
+            timeouts: Some(RouteTimeoutsSpec {
+                request_ms: Some(1000),
+                backend_request_ms: None,
+            }),
+            retry: Some(RouteRetrySpec {
+                attempts,
+                codes: vec![503],
+                backoff_ms: None,
+            }),
+            ..RouteSpec::default()
+        }
+    }
+
+    fn load(store: &TableStore, endpoint: &str, routes: Vec<RouteSpec>) -> Vec<usize> {
+        let mut web = http("shop", "web", 5000, &[endpoint]);
+        web.routes = routes;
+        store.store(Table::try_from(table(1, vec![web])).unwrap());
+        let t = store.current();
+        let id = t.iter().next().unwrap().0;
+        t.runtime(id)
+            .routes
+            .iter()
+            .map(|rt| std::sync::Arc::as_ptr(rt.policy.as_ref().unwrap()) as usize)
+            .collect()
+    }
+
+    #[test]
+    fn a_rules_policy_is_shared_by_its_entries_and_outlives_other_changes() {
+        let store = TableStore::new();
+        let first = load(
+            &store,
+            "10.0.0.1:80",
+            vec![entry(0, 2), entry(0, 2), entry(1, 2)],
+        );
+        assert_eq!(first[0], first[1], "two matches of one rule: one budget");
+        assert_ne!(first[0], first[2], "another rule: its own");
+        // The endpoints change (a new runtime for the service): the policies are kept.
+        let second = load(
+            &store,
+            "10.0.0.2:80",
+            vec![entry(0, 2), entry(0, 2), entry(1, 2)],
+        );
+        assert_eq!(second, first);
+        // Rule 1's retry changes: only its policy is new.
+        let third = load(
+            &store,
+            "10.0.0.3:80",
+            vec![entry(0, 2), entry(0, 2), entry(1, 3)],
+        );
+        assert_eq!(third[0], first[0]);
+        assert_ne!(third[2], first[2]);
+    }
 }
