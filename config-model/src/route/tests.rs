@@ -648,3 +648,37 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// A prefix fits a path exactly when its segments are the path's first segments (the
+    /// Gateway API's element-wise rule), and replacing the matched prefix keeps what follows
+    /// it and always gives an absolute path.
+    #[test]
+    fn prefixes_fit_by_segments_and_replacement_keeps_the_rest(
+        prefix in proptest::collection::vec("[ab]{1,2}", 0..4),
+        path in proptest::collection::vec("[ab]{1,2}", 0..5),
+        slash in any::<bool>(),
+        trailing in any::<bool>(),
+        replacement in proptest::collection::vec("[xy]{1,2}", 0..3),
+    ) {
+        let p = format!("/{}{}", prefix.join("/"), if slash && !prefix.is_empty() { "/" } else { "" });
+        let full = format!("/{}{}", path.join("/"), if trailing && !path.is_empty() { "/" } else { "" });
+        let m = RouteMatch::new(&RouteMatchSpec {
+            path: Some(PathMatchSpec { kind: PathMatchType::PathPrefix, value: p.clone() }),
+            ..RouteMatchSpec::default()
+        }).unwrap();
+        let expected = path.len() >= prefix.len() && path[..prefix.len()] == prefix[..];
+        prop_assert_eq!(m.fits("GET", &full, None, |_| None), expected, "{} on {}", p, full);
+        if expected {
+            let to = format!("/{}", replacement.join("/"));
+            let out = PathModifier::Prefix(to.trim_end_matches('/').into())
+                .apply(&full, m.prefix_len().unwrap());
+            prop_assert!(out.starts_with('/'), "{}", out);
+            let rest: Vec<_> = out.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+            let want: Vec<_> = replacement.iter().chain(&path[prefix.len()..]).map(String::as_str).collect();
+            prop_assert_eq!(rest, want, "{} -> {}", full, out);
+        }
+    }
+}
