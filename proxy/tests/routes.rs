@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use config_model::route::{
     HeaderModifierSpec, HeaderSpec, PathMatchSpec, PathMatchType, PathModifierSpec,
@@ -13,7 +15,9 @@ use config_model::route::{
     RouteRetrySpec, RouteTimeoutsSpec, UrlRewriteSpec, ValueMatchSpec, ValueMatchType,
 };
 use config_model::testing::{http, table};
-use config_model::{RouteSpec, ServiceSpec, SplitBackendSpec, SplitSpec, TableSpec};
+use config_model::{
+    RouteSpec, Scheme, SchemeSpec, ServiceSpec, SplitBackendSpec, SplitSpec, TableSpec,
+};
 use maille_proxy::testing::client::HttpClient;
 use maille_proxy::testing::{metric, HttpBackend, TestProxy, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,9 +157,14 @@ fn start(b: &Backends, routes: Vec<RouteSpec>) -> TestProxy {
 }
 
 async fn spread(to: SocketAddr, path: &str, n: usize) -> BTreeMap<String, usize> {
+    spread_at(to, WEB, path, n).await
+}
+
+/// Which backend answered `n` requests (or the status, when not 200).
+async fn spread_at(to: SocketAddr, host: &str, path: &str, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        let r = get(to, path).await;
+        let r = send(to, "GET", host, path, &[]).await;
         let key = if r.status == 200 {
             r.backend().to_string()
         } else {
@@ -537,35 +546,32 @@ async fn timeouts_answer_504() {
     );
 }
 
-/// A backend answering 503 to everything, counting requests.
-async fn failing_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// A backend answering 503 to everything (HTTP/1.1 and h2c), counting requests.
+async fn failing_backend() -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
+                let svc = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        http::Response::builder()
+                            .status(503)
+                            .header("x-backend", "failing")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"busy",
+                            )))
                     }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let resp = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nx-backend: failing\r\n\r\nbusy";
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
             });
         }
     });
@@ -574,6 +580,15 @@ async fn failing_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Ato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_codes_go_to_another_endpoint() {
+    retried_codes(None, "web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_codes_go_to_another_endpoint_over_h2c_upstreams() {
+    retried_codes(Some(Scheme::H2c), "grpc").await;
+}
+
+async fn retried_codes(scheme: Option<Scheme>, name: &'static str) {
     let b = backends().await;
     let (failing, failing_hits) = failing_backend().await;
     let mut retried = rule(0, prefix("/retried"), &[]);
@@ -586,7 +601,7 @@ async fn retried_codes_go_to_another_endpoint() {
     let proxy = TestProxy::start(|p| {
         let mut web = http(
             "shop",
-            "web",
+            name,
             p.http[0],
             &[&b.web.addr_str(), &failing.to_string()],
         );
@@ -594,23 +609,25 @@ async fn retried_codes_go_to_another_endpoint() {
         // The service's retry budget (100%) is the one the rule's retries draw from.
         web.options.retry_attempts = Some(1);
         web.options.retry_budget_percent = Some(100);
+        web.options.scheme = scheme.map(SchemeSpec::Known);
         table(1, vec![web])
     });
     let at = proxy.http[0];
+    let host = format!("{name}.shop.maille.mesh");
     // Without retry, the failing endpoint's 503 reaches the client.
-    let plain = spread(at, "/plain", 40).await;
+    let plain = spread_at(at, &host, "/plain", 40).await;
     assert!(plain.get("503").copied().unwrap_or(0) > 0, "{plain:?}");
-    let before = failing_hits.load(std::sync::atomic::Ordering::Relaxed);
-    let retries_before = metric("maille_proxy_retries_total", &[("service", "web")]);
-    let seen = spread(at, "/retried", 40).await;
+    let before = failing_hits.load(Ordering::Relaxed);
+    let retries_before = metric("maille_proxy_retries_total", &[("service", name)]);
+    let seen = spread_at(at, &host, "/retried", 40).await;
     assert_eq!(
         seen.get("web"),
         Some(&40),
         "every 503 retried on the other endpoint: {seen:?}"
     );
-    let failed = failing_hits.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let failed = failing_hits.load(Ordering::Relaxed) - before;
     assert!(failed > 0, "the failing endpoint was tried");
-    let retries = metric("maille_proxy_retries_total", &[("service", "web")]) - retries_before;
+    let retries = metric("maille_proxy_retries_total", &[("service", name)]) - retries_before;
     assert_eq!(retries, failed as f64, "one retry per 503");
 }
 
