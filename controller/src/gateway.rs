@@ -154,3 +154,5 @@ pub fn parse_manifest(doc: &serde_json::Value) -> Option<Result<RouteObject>> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;

@@ -1,7 +1,9 @@
 //! Writes to the API server: shadow services (create/update by server-side apply, delete of
 //! the ones no longer wanted, orphans included) and a Warning Event on the object of each new
 //! problem (a Service, an EndpointSlice or an SMI object), named after the problem so that a
-//! repeat bumps its `count` as the Kubernetes event recorder does. A work queue with per-object
+//! repeat bumps its `count` as the Kubernetes event recorder does; and Maille's
+//! `status.parents[]` entries of Gateway API routes (`crate::gateway::status::write`). A work
+//! queue with per-object
 //! exponential backoff: a failed write is retried later and never holds up the others, nor the
 //! table builds (which run in their own task). A write not yet seen by the watch is not made
 //! again.
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::status::{RouteKey, RouteOutcome};
 use crate::kubernetes::Shadows;
 use crate::metrics;
 use crate::naming::{
@@ -49,6 +52,8 @@ pub enum Op {
     Delete(String),
     /// Report a problem on a user's Service.
     Event(Problem),
+    /// Bring Maille's `status.parents[]` entries of a Gateway API route to this outcome.
+    RouteStatus(Box<RouteOutcome>),
 }
 
 /// The queue key of a write: one pending write per object.
@@ -58,6 +63,8 @@ pub enum Key {
     Shadow(String),
     /// An Event, by problem.
     Event(Problem),
+    /// The status of a route.
+    RouteStatus(RouteKey),
 }
 
 impl Op {
@@ -67,6 +74,7 @@ impl Op {
             Op::Apply(s) => Key::Shadow(s.metadata.name.clone().unwrap_or_default()),
             Op::Delete(n) => Key::Shadow(n.clone()),
             Op::Event(p) => Key::Event(p.clone()),
+            Op::RouteStatus(o) => Key::RouteStatus(o.key.clone()),
         }
     }
 
@@ -74,6 +82,7 @@ impl Op {
         match self {
             Op::Apply(_) | Op::Delete(_) => "Service",
             Op::Event(_) => "Event",
+            Op::RouteStatus(o) => o.key.kind.as_str(),
         }
     }
 }
@@ -223,6 +232,29 @@ pub fn plan(
     ops
 }
 
+/// The route status writes a translation calls for: every route whose outcome differs from the
+/// one this writer last wrote, and, for a route written before that no longer names a Service
+/// parent, one removing Maille's entries.
+pub fn plan_route_statuses(t: &Translation, written: &BTreeMap<RouteKey, RouteOutcome>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let current: BTreeSet<&RouteKey> = t.route_statuses.iter().map(|o| &o.key).collect();
+    for o in &t.route_statuses {
+        if written.get(&o.key) != Some(o) {
+            ops.push(Op::RouteStatus(Box::new(o.clone())));
+        }
+    }
+    for (key, o) in written {
+        if !current.contains(key) {
+            ops.push(Op::RouteStatus(Box::new(RouteOutcome {
+                key: key.clone(),
+                generation: o.generation,
+                parents: Vec::new(),
+            })));
+        }
+    }
+    ops
+}
+
 /// The API resource of a kind that problems are reported on, when Events can name it.
 fn event_resource(kind: &str) -> Option<ApiResource> {
     use crate::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget, UDPRoute};
@@ -304,6 +336,9 @@ pub struct Writer {
     reported: BTreeSet<Problem>,
     backoff: BTreeMap<Key, Backoff>,
     in_flight: InFlight,
+    /// Route statuses written (or found already right) by this writer, by route: a status is
+    /// written again when its outcome changes.
+    route_statuses: BTreeMap<RouteKey, RouteOutcome>,
 }
 
 impl Writer {
@@ -320,6 +355,7 @@ impl Writer {
             reported: BTreeSet::new(),
             backoff: BTreeMap::new(),
             in_flight: InFlight::default(),
+            route_statuses: BTreeMap::new(),
         }
     }
 
@@ -346,6 +382,7 @@ impl Writer {
                 Err(e) => Err(e),
             },
             Op::Event(p) => self.report(p).await,
+            Op::RouteStatus(o) => crate::gateway::status::write(&self.client, o).await,
         }
     }
 
@@ -391,7 +428,7 @@ impl Writer {
         let current: BTreeSet<&Problem> = t.problems.iter().collect();
         self.reported.retain(|p| current.contains(p));
         self.in_flight.settle(observed, Instant::now());
-        let ops = plan(
+        let mut ops = plan(
             t,
             observed,
             &self.reported,
@@ -399,6 +436,7 @@ impl Writer {
             &self.mesh_namespace,
             &self.proxy_labels,
         );
+        ops.extend(plan_route_statuses(t, &self.route_statuses));
         let wanted: BTreeSet<Key> = ops.iter().map(Op::key).collect();
         self.backoff.retain(|k, _| wanted.contains(k));
         let now = Instant::now();
@@ -420,6 +458,13 @@ impl Writer {
                     match op {
                         Op::Event(p) => {
                             self.reported.insert(p);
+                        }
+                        Op::RouteStatus(o) => {
+                            if o.parents.is_empty() {
+                                self.route_statuses.remove(&o.key);
+                            } else {
+                                self.route_statuses.insert(o.key.clone(), *o);
+                            }
                         }
                         Op::Apply(svc) => {
                             let name = svc.metadata.name.clone().unwrap_or_default();

@@ -201,6 +201,72 @@ pub fn up_to_date(current: Option<&RouteStatus>, outcome: &RouteOutcome) -> bool
     normalise(&merged) == normalise(current)
 }
 
+/// Brings the route's status to `outcome`: reads the route, and unless its status already says
+/// it, writes the merge of [`merged`] to the status subresource with the resourceVersion read
+/// (a route changed in between answers 409, and the write is retried with what it became).
+/// Nothing when the route is gone or is another object than the one translated (uid).
+pub async fn write(client: &kube::Client, outcome: &RouteOutcome) -> Result<(), kube::Error> {
+    match outcome.key.kind {
+        RouteKind::Http => write_kind::<super::HTTPRoute>(client, outcome).await,
+        RouteKind::Grpc => write_kind::<super::GRPCRoute>(client, outcome).await,
+    }
+}
+
+/// What [`write`] needs of a route type.
+trait WithStatus:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    fn route_status(&self) -> Option<&RouteStatus>;
+}
+
+impl WithStatus for super::HTTPRoute {
+    fn route_status(&self) -> Option<&RouteStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl WithStatus for super::GRPCRoute {
+    fn route_status(&self) -> Option<&RouteStatus> {
+        self.status.as_ref()
+    }
+}
+
+async fn write_kind<K: WithStatus>(
+    client: &kube::Client,
+    outcome: &RouteOutcome,
+) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    let key = &outcome.key;
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let Some(route) = api.get_opt(&key.name).await? else {
+        return Ok(());
+    };
+    let meta = route.meta();
+    if !key.uid.is_empty() && meta.uid.as_deref() != Some(key.uid.as_str()) {
+        return Ok(());
+    }
+    if up_to_date(route.route_status(), outcome) {
+        return Ok(());
+    }
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .ok()
+    .and_then(|v| v.as_str().map(str::to_string))
+    .unwrap_or_default();
+    let status = merged(route.route_status(), outcome, &now);
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": meta.resource_version},
+        "status": status,
+    });
+    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

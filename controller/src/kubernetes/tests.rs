@@ -413,3 +413,51 @@ async fn pod_updates_that_cannot_change_the_table_rebuild_nothing() {
         "snapshots published for readiness-only Pod updates"
     );
 }
+
+#[tokio::test]
+async fn gateway_api_routes_are_optional_and_watched_once_their_crds_appear() {
+    use crate::gateway::crd::{GRPCRouteSpec, HTTPRouteSpec};
+    use crate::gateway::{GRPCRoute, HTTPRoute};
+    let api = FakeApi::new();
+    api.uninstall("httproutes");
+    api.uninstall("grpcroutes");
+    api.insert(&service("shop", "web"));
+    let mut r = start(&api, timing());
+    within(
+        "readiness without the Gateway API CRDs",
+        r.provider.wait_synced(),
+    )
+    .await
+    .unwrap();
+    let health = state_of(&r, "HTTPRoute", |s| *s == WatchState::NotInstalled).await;
+    let text = describe_health(&health);
+    assert!(
+        text.contains("HTTPRoute (optional): not installed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("GRPCRoute (optional): not installed"),
+        "{text}"
+    );
+    // The controller goes on without routes.
+    snapshot_where(&mut r, "the Services", |s| s.services.len() == 1).await;
+
+    api.install("httproutes");
+    api.install("grpcroutes");
+    let mut route = HTTPRoute::new("web", HTTPRouteSpec::default());
+    route.metadata.namespace = Some("shop".into());
+    api.insert(&route);
+    let mut grpc = GRPCRoute::new("cart", GRPCRouteSpec::default());
+    grpc.metadata.namespace = Some("shop".into());
+    api.insert(&grpc);
+    let s = snapshot_where(&mut r, "the routes", |s| {
+        s.gateway.http_routes.len() == 1 && s.gateway.grpc_routes.len() == 1
+    })
+    .await;
+    assert_eq!(
+        s.gateway.http_routes[0].metadata.name.as_deref(),
+        Some("web")
+    );
+    state_of(&r, "HTTPRoute", |s| *s == WatchState::Synced).await;
+    state_of(&r, "GRPCRoute", |s| *s == WatchState::Synced).await;
+}

@@ -1,7 +1,8 @@
 //! An in-memory Kubernetes API server behind a real `kube::Client` (tower-test mock), answering
 //! as the real one does: GET, lists (namespaced or across namespaces) with label selectors,
 //! watches (a stream of events from a resourceVersion, `410 Gone` once that version is
-//! compacted), POST, PUT with resourceVersion checks, JSON merge PATCH, server-side apply
+//! compacted), POST, PUT with resourceVersion checks, JSON merge PATCH (a resourceVersion in the
+//! patch is a precondition; on the `status` subresource only `status` changes), server-side apply
 //! (approximated by a merge that creates the object when missing), DELETE with preconditions,
 //! 404s, 409s, and resources that are not installed (404) or forbidden (403). It records every
 //! write so tests can assert what changed, and what did not.
@@ -88,6 +89,8 @@ struct Target {
     resource: String,
     namespace: Option<String>,
     name: Option<String>,
+    /// `status` for `/.../name/status`.
+    subresource: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -108,6 +111,7 @@ fn parse_path(path: &str) -> Option<Target> {
     Some(Target {
         collection: format!("{base}/{resource}"),
         name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
         resource,
         namespace,
     })
@@ -840,7 +844,23 @@ impl FakeApi {
                 };
                 match items.get_mut(&key(&name)) {
                     Some(obj) => {
-                        merge_patch(obj, &patch);
+                        let sent_rv = patch["metadata"]["resourceVersion"].as_str();
+                        if merge
+                            && sent_rv.is_some()
+                            && sent_rv != obj["metadata"]["resourceVersion"].as_str()
+                        {
+                            return conflict(resource, &name).into();
+                        }
+                        if t.subresource.as_deref() == Some("status") {
+                            // The status subresource changes the status only.
+                            let mut status_only = json!({});
+                            if let Some(st) = patch.get("status") {
+                                status_only["status"] = st.clone();
+                            }
+                            merge_patch(obj, &status_only);
+                        } else {
+                            merge_patch(obj, &patch);
+                        }
                         obj["metadata"]["resourceVersion"] = json!(rv);
                         (StatusCode::OK, obj.clone(), Some("MODIFIED"))
                     }
