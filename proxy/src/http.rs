@@ -97,6 +97,7 @@ pub struct MeshProxy {
     access_log: bool,
     upstream_tls: UpstreamTls,
     tracing: crate::trace::Tracing,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 }
 
 impl MeshProxy {
@@ -108,7 +109,14 @@ impl MeshProxy {
             access_log,
             upstream_tls: UpstreamTls::default(),
             tracing: crate::trace::Tracing::off(),
+            tunnel: None,
         }
+    }
+
+    /// Reaches endpoints on other nodes through `pool`'s tunnel sessions.
+    pub fn with_tunnel(mut self, pool: Option<Arc<crate::tunnel::client::Pool>>) -> Self {
+        self.tunnel = pool;
+        self
     }
 
     /// Traces requests with `tracing` (off by default).
@@ -277,7 +285,7 @@ impl ProxyHttp for MeshProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(table), Some(backend)) = (ctx.table.as_ref(), ctx.backend) else {
@@ -291,16 +299,19 @@ impl ProxyHttp for MeshProxy {
         if let Some(pause) = ctx.resilience.backoff() {
             tokio::time::sleep(pause).await;
         }
-        let plan = &table.runtime(backend).endpoints;
-        let pick = self.balancer.pick(plan, &ctx.failed).ok_or_else(|| {
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("service {} has no endpoints", table[backend].key),
-            );
-            e.esource = ErrorSource::Upstream;
-            e
-        })?;
-        let mut peer = upstream::peer(pick.addr, &table[backend], &self.upstream_tls);
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let upstream::MeshPeer { pick, mut peer } = upstream::mesh_peer(
+            &self.balancer,
+            table,
+            backend,
+            &ctx.failed,
+            client,
+            &self.upstream_tls,
+            self.tunnel.as_ref(),
+        )?;
         ctx.resilience.start_attempt(&mut peer)?;
         ctx.pick = Some(pick);
         Ok(peer)
@@ -313,6 +324,12 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if crate::tunnel::connector::is_denial(&e) {
+            // The endpoint's proxy refused the client's claim: not the endpoint's fault, and
+            // every endpoint would say the same.
+            e.set_retry(false);
+            return e;
+        }
         if let Some(pick) = &ctx.pick {
             pick.observe_failure();
             ctx.failed.push(pick.addr);
@@ -502,6 +519,14 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
     }
     if access_log {
         let req = session.req_header();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let (tunnel, client_identity) = match (&ctx.table, ctx.backend) {
+            (Some(t), Some(b)) => upstream::mesh_log_fields(t, b, ctx.endpoint(), client),
+            _ => Default::default(),
+        };
         tracing::info!(
             target: "access",
             client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -516,6 +541,8 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &RequestCtx, acces
             upstream = %ctx.endpoint().map(|a| a.to_string()).unwrap_or_default(),
             route = ctx.route_entry().map_or("", |(r, _)| r.route.as_str()),
             rule = ctx.route_entry().map(|(r, _)| r.rule),
+            tunnel,
+            client_identity,
             attempts = ctx.resilience.attempts(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = %e.map(|e| e.to_string()).unwrap_or_default(),

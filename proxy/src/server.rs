@@ -74,6 +74,8 @@ pub struct ProxyServer {
     tracing: crate::trace::Tracing,
     /// The mesh identity (`--identity-token-file`).
     identity: Option<Arc<crate::identity::Identity>>,
+    /// Its sessions to the other nodes' proxies.
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 }
 
 impl ProxyServer {
@@ -162,8 +164,12 @@ impl ProxyServer {
             )?),
             _ => None,
         };
+        let tunnel = identity
+            .as_ref()
+            .map(|id| crate::tunnel::client::Pool::new(id.clone(), tunnel_settings(&config)));
         Ok(ProxyServer {
             identity,
+            tunnel,
             server,
             config,
             store,
@@ -207,7 +213,8 @@ impl ProxyServer {
             self.config.access_log,
         )
         .with_upstream_tls(self.upstream_tls.clone())
-        .with_tracing(self.tracing.clone());
+        .with_tracing(self.tracing.clone())
+        .with_tunnel(self.tunnel.clone());
         let svc = http::service(
             &self.server.configuration,
             proxy,
@@ -231,6 +238,7 @@ impl ProxyServer {
             settings,
             &addrs,
             self.tracing.clone(),
+            self.tunnel.clone(),
         );
         self.server.add_service(WithFds::new(svc, self.fds.clone()));
     }
@@ -248,6 +256,7 @@ impl ProxyServer {
             settings,
             &addrs,
             self.config.worker_threads(),
+            self.tunnel.clone(),
         )?;
         self.server.add_service(svc);
         Ok(Some(handle))
@@ -271,7 +280,7 @@ impl ProxyServer {
             let addr = std::net::SocketAddr::new(self.config.listen_ip, self.config.tunnel_port);
             let forward = crate::tunnel::server::Forward {
                 admission: crate::tunnel::admit::TableAdmission::new(self.store.clone()),
-                settings: self.tunnel_settings(),
+                settings: tunnel_settings(&self.config),
             };
             let tunnel =
                 crate::identity::tunnel::Tunnel::bind_with(identity.clone(), addr, Some(forward))
@@ -284,14 +293,9 @@ impl ProxyServer {
         Ok(())
     }
 
-    /// The tunnel's bounds: the TCP connect and idle timeouts of the flags.
-    fn tunnel_settings(&self) -> crate::tunnel::TunnelSettings {
-        let tcp = TcpSettings::from_config(&self.config);
-        crate::tunnel::TunnelSettings {
-            connect_timeout: tcp.connect_timeout,
-            stream_idle: tcp.idle_timeout,
-            ..crate::tunnel::TunnelSettings::default()
-        }
+    /// The sessions to other nodes' proxies, when `--identity-token-file` is set.
+    pub fn tunnel(&self) -> Option<&Arc<crate::tunnel::client::Pool>> {
+        self.tunnel.as_ref()
     }
 
     /// The mesh identity, when `--identity-token-file` is set.
@@ -345,5 +349,15 @@ impl ProxyServer {
         self.server.run(args);
         // Spans of the last requests go out before the process ends.
         tracing.shutdown();
+    }
+}
+
+/// The tunnel's bounds: the TCP connect and idle timeouts of the flags.
+fn tunnel_settings(config: &Config) -> crate::tunnel::TunnelSettings {
+    let tcp = TcpSettings::from_config(config);
+    crate::tunnel::TunnelSettings {
+        connect_timeout: tcp.connect_timeout,
+        stream_idle: tcp.idle_timeout,
+        ..crate::tunnel::TunnelSettings::default()
     }
 }

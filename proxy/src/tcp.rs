@@ -24,6 +24,7 @@ use crate::compiled::CompiledTable;
 use crate::config::Config;
 use crate::refusal::{Refusal, Refused};
 use crate::store::TableStore;
+use crate::tunnel::Protocol;
 use relay::End;
 
 /// Default time allowed for one connect attempt to an endpoint.
@@ -71,6 +72,7 @@ pub struct TcpProxy {
     balancer: Arc<Balancer>,
     settings: TcpSettings,
     tracing: crate::trace::Tracing,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 }
 
 /// A Pingora service listening on each of `listen` (e.g. `0.0.0.0:10000`), carrying TCP to the
@@ -81,8 +83,10 @@ pub fn service(
     settings: TcpSettings,
     listen: &[SocketAddr],
     tracing: crate::trace::Tracing,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 ) -> Service<TcpProxy> {
-    let app = TcpProxy::new(store, balancer, settings).with_tracing(tracing);
+    let mut app = TcpProxy::new(store, balancer, settings).with_tracing(tracing);
+    app.tunnel = tunnel;
     let mut service = Service::new("maille tcp".to_string(), app);
     for addr in listen {
         service.add_tcp(&addr.to_string());
@@ -130,11 +134,19 @@ pub(crate) fn route(
     Ok(Route { root, service })
 }
 
+/// A byte stream to an endpoint: a TCP connection of its own, or a tunnel stream.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The endpoint a connection is relayed to. The balancer's pick, when there is one, stays
 /// alive with the connection so that the endpoint counts it as load.
 struct Upstream {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     addr: SocketAddr,
+    /// The node whose proxy carries it, when it goes through the tunnel.
+    via: Option<Arc<str>>,
+    /// The client's identity, as stated to that proxy.
+    client_identity: Option<config_model::WorkloadIdentity>,
     _pick: Pick,
 }
 
@@ -146,7 +158,14 @@ impl TcpProxy {
             balancer,
             settings,
             tracing: crate::trace::Tracing::off(),
+            tunnel: None,
         }
+    }
+
+    /// Carries connections to endpoints on other nodes through `pool`'s tunnel sessions.
+    pub fn with_tunnel(mut self, pool: Option<Arc<crate::tunnel::client::Pool>>) -> TcpProxy {
+        self.tunnel = pool;
+        self
     }
 
     /// Traces connections with `tracing` (off by default).
@@ -217,7 +236,10 @@ impl TcpProxy {
             refused.log("tcp", None);
             return;
         }
-        let upstream = self.connect(&table, route.service).await;
+        let client_ip = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let upstream = self.connect(&table, route.service, client_ip).await;
         // From here on the connection holds no table: swaps cannot touch it.
         drop(table);
         let Some(upstream) = upstream else {
@@ -228,6 +250,12 @@ impl TcpProxy {
         trace.endpoint(upstream.addr);
         let m = conn.metrics();
         let endpoint = upstream.addr;
+        let via = upstream.via.as_deref().unwrap_or("");
+        let client_identity = upstream
+            .client_identity
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
         match relay::relay(
             client,
             upstream.stream,
@@ -239,22 +267,29 @@ impl TcpProxy {
         {
             Ok(End::Finished) => {
                 trace.ended("finished", false);
-                debug!(%endpoint, "TCP connection finished")
+                debug!(%endpoint, tunnel = via, client_identity, "TCP connection finished")
             }
             Ok(End::Idle) => {
                 trace.ended("idle", false);
-                info!(%endpoint, "TCP connection idle too long, closed")
+                info!(%endpoint, tunnel = via, client_identity, "TCP connection idle too long, closed")
             }
             Err(e) => {
                 trace.ended("error", true);
-                debug!(%endpoint, error = %e, "TCP connection ended by an error")
+                debug!(%endpoint, tunnel = via, client_identity, error = %e, "TCP connection ended by an error")
             }
         }
     }
 
     /// Connects to one endpoint of service `idx`, trying others (each at most once) when a
-    /// connect fails: nothing has been sent yet, so another endpoint is always safe.
-    async fn connect(&self, table: &CompiledTable, idx: ServiceId) -> Option<Upstream> {
+    /// connect fails: nothing has been sent yet, so another endpoint is always safe. An
+    /// endpoint on another node is reached through the tunnel to that node's proxy, stating
+    /// `client`'s identity; one that mTLS `strict` forbids to reach is passed over.
+    async fn connect(
+        &self,
+        table: &CompiledTable,
+        idx: ServiceId,
+        client: Option<std::net::IpAddr>,
+    ) -> Option<Upstream> {
         let endpoints = &table[idx].endpoints;
         let plan = &table.runtime(idx).endpoints;
         if endpoints.is_empty() {
@@ -271,6 +306,35 @@ impl TcpProxy {
                 .filter(|p| !tried.contains(&p.addr))?;
             let addr = pick.addr;
             tried.push(addr);
+            use crate::tunnel::hop::{self, Way};
+            let peer = match hop::way(table, idx, addr, self.tunnel.as_ref(), Protocol::Tcp) {
+                Way::Refused => continue,
+                Way::Direct | Way::Cleartext => None,
+                Way::Tunnel(peer) => Some(peer),
+            };
+            if let (Some(peer), Some(pool)) = (peer, &self.tunnel) {
+                let claim = hop::claim(table, idx, addr, client, Protocol::Tcp);
+                match pool.open(&peer, &claim).await {
+                    Ok(stream) => {
+                        pick.observe_response();
+                        return Some(Upstream {
+                            stream: Box::new(stream),
+                            addr,
+                            via: Some(peer.name),
+                            client_identity: claim.identity,
+                            _pick: pick,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(endpoint = %addr, node = %peer.name, error = %e, "Connect to endpoint through the tunnel failed");
+                        // A denial says nothing of the endpoint's health.
+                        if e.label() != "denied" {
+                            pick.observe_failure();
+                        }
+                    }
+                }
+                continue;
+            }
             match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
                 .await
             {
@@ -279,8 +343,10 @@ impl TcpProxy {
                     // Interactive protocols (databases, SSH) need their small writes sent now.
                     let _ = stream.set_nodelay(true);
                     return Some(Upstream {
-                        stream,
+                        stream: Box::new(stream),
                         addr,
+                        via: None,
+                        client_identity: None,
                         _pick: pick,
                     });
                 }

@@ -148,6 +148,7 @@ pub struct TestProxy {
     pub config: Config,
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
+    identity: Option<Arc<crate::identity::Identity>>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -218,13 +219,17 @@ impl TestProxy {
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok((proxy.store().clone(), proxy.balancer().clone())));
+                let _ = ready_tx.send(Ok((
+                    proxy.store().clone(),
+                    proxy.balancer().clone(),
+                    proxy.identity().cloned(),
+                )));
                 proxy.run(RunArgs {
                     shutdown_signal: Box::new(StopSignal(stop_rx)),
                 });
             })
             .expect("spawn proxy thread");
-        let (store, balancer) = ready_rx
+        let (store, balancer, identity) = ready_rx
             .recv()
             .expect("proxy thread died before start")
             .unwrap_or_else(|e| panic!("proxy did not build: {e}"));
@@ -237,6 +242,7 @@ impl TestProxy {
             config,
             store,
             balancer,
+            identity,
             stop,
             thread: Some(thread),
         };
@@ -254,6 +260,12 @@ impl TestProxy {
     /// The proxy's table store (swap tables with it).
     pub fn store(&self) -> &Arc<TableStore> {
         &self.store
+    }
+
+    /// The proxy's mesh identity (with `--identity-token-file`): tests give it a certificate
+    /// with [`crate::identity::Identity::hold`].
+    pub fn identity(&self) -> Option<&Arc<crate::identity::Identity>> {
+        self.identity.as_ref()
     }
 
     /// The proxy's balancer.

@@ -11,6 +11,7 @@
 pub mod admit;
 pub mod client;
 pub mod connector;
+pub mod hop;
 pub mod server;
 pub mod stream;
 #[cfg(any(test, feature = "testing"))]
@@ -22,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_model::ServiceKey;
+use config_model::{ServiceKey, WorkloadIdentity};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
 pub use stream::TunnelStream;
@@ -130,9 +131,9 @@ pub struct StreamClaim {
     pub protocol: Protocol,
     /// The client pod's address.
     pub source_ip: Option<IpAddr>,
-    /// The client pod's identity, `namespace/serviceaccount` (a pod of the source's node,
-    /// looked up by address), if the client is in the mesh.
-    pub identity: Option<String>,
+    /// The client pod's identity (a pod of the source's node, looked up by address), if the
+    /// client is in the mesh.
+    pub identity: Option<WorkloadIdentity>,
     /// The service port called.
     pub service: ServiceKey,
 }
@@ -170,12 +171,6 @@ fn name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// Reads `namespace/serviceaccount`.
-pub fn parse_identity(s: &str) -> Option<(&str, &str)> {
-    let (ns, sa) = s.split_once('/')?;
-    (name_ok(ns) && name_ok(sa)).then_some((ns, sa))
-}
-
 /// Reads `namespace/name:port`.
 pub fn parse_service(s: &str) -> Option<ServiceKey> {
     let (rest, port) = s.rsplit_once(':')?;
@@ -202,7 +197,7 @@ impl StreamClaim {
             h.insert(header::SOURCE_IP, val(&ip.to_string()));
         }
         if let Some(id) = &self.identity {
-            h.insert(header::SOURCE_IDENTITY, val(id));
+            h.insert(header::SOURCE_IDENTITY, val(&id.to_string()));
         }
         h.insert(header::SERVICE, val(&self.service.to_string()));
         h.insert(header::PROTOCOL, val(self.protocol.as_str()));
@@ -228,14 +223,13 @@ impl StreamClaim {
             None => None,
         };
         let identity = match one(header::SOURCE_IDENTITY)? {
-            Some(v) if parse_identity(v).is_some() => Some(v.to_string()),
-            Some(v) => {
-                return Err(bad(
+            Some(v) => Some(v.parse::<WorkloadIdentity>().map_err(|_| {
+                bad(
                     header::SOURCE_IDENTITY,
                     v,
                     "expected namespace/serviceaccount",
-                ))
-            }
+                )
+            })?),
             None => None,
         };
         let svc = one(header::SERVICE)?.unwrap_or("");

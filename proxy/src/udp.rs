@@ -85,6 +85,7 @@ pub struct UdpProxy {
     sockets: Mutex<Vec<std::net::UdpSocket>>,
     local_addrs: Vec<SocketAddr>,
     sessions: Arc<AtomicUsize>,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 }
 
 /// A view of a running [`UdpProxy`], for tests and diagnostics.
@@ -114,8 +115,10 @@ pub fn service(
     settings: UdpSettings,
     listen: &[SocketAddr],
     threads: usize,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
 ) -> Result<(GenBackgroundService<UdpProxy>, UdpHandle)> {
-    let proxy = UdpProxy::bind(store, balancer, settings, listen)?;
+    let mut proxy = UdpProxy::bind(store, balancer, settings, listen)?;
+    proxy.tunnel = tunnel;
     let handle = proxy.handle();
     let mut service = background_service("maille udp", proxy);
     service.threads = Some(threads.max(1));
@@ -149,6 +152,7 @@ impl UdpProxy {
             sockets: Mutex::new(sockets),
             local_addrs,
             sessions: Arc::new(AtomicUsize::new(0)),
+            tunnel: None,
         })
     }
 
@@ -199,7 +203,8 @@ impl BackgroundService for UdpProxy {
                 self.settings.clone(),
                 self.sessions.clone(),
                 shutdown.clone(),
-            );
+            )
+            .with_tunnel(self.tunnel.clone());
             tasks.spawn(listener.run());
         }
         while tasks.join_next().await.is_some() {}

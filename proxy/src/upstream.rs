@@ -140,3 +140,92 @@ pub fn apply_deadline(peer: &mut HttpPeer, left: Duration) {
     o.read_timeout = at_most(o.read_timeout, left);
     o.write_timeout = at_most(o.write_timeout, left);
 }
+
+/// An endpoint picked for a request and how to reach it.
+pub struct MeshPeer {
+    /// The pick (counted in flight while held).
+    pub pick: crate::balance::Pick,
+    /// The peer: direct, or through the tunnel to the endpoint's node.
+    pub peer: Box<HttpPeer>,
+}
+
+/// Picks an endpoint of `backend` (avoiding `failed`) for a request from `client` and the
+/// peer that reaches it: directly on this node (or mTLS off, or cleartext to a node without
+/// proxy in `permissive`), else through the tunnel to the endpoint's node stating the
+/// client's identity. Endpoints that `strict` forbids to reach are passed over; when no other
+/// is left, the error is a 503 naming the service, endpoint and node.
+pub fn mesh_peer(
+    balancer: &crate::balance::Balancer,
+    table: &crate::compiled::CompiledTable,
+    backend: config_model::ServiceId,
+    failed: &[SocketAddr],
+    client: Option<std::net::IpAddr>,
+    tls: &UpstreamTls,
+    pool: Option<&Arc<crate::tunnel::client::Pool>>,
+) -> pingora_error::Result<MeshPeer> {
+    use crate::tunnel::hop::{self, Way};
+    use crate::tunnel::Protocol;
+    use pingora_error::{Error, ErrorSource, ErrorType};
+    let plan = &table.runtime(backend).endpoints;
+    let svc = &table[backend];
+    let mut avoid = failed.to_vec();
+    let mut refused = None;
+    for _ in 0..svc.endpoints.len().max(1) {
+        let Some(pick) = balancer.pick(plan, &avoid) else {
+            break;
+        };
+        if refused.is_some() && avoid.contains(&pick.addr) {
+            // Every endpoint left is forbidden or failed.
+            break;
+        }
+        let addr = pick.addr;
+        let mut peer = peer(addr, svc, tls);
+        match hop::way(table, backend, addr, pool, Protocol::Tcp) {
+            Way::Direct | Way::Cleartext => return Ok(MeshPeer { pick, peer }),
+            Way::Tunnel(node) => {
+                let pool = pool.expect("a tunnel way has a pool").clone();
+                let claim = hop::claim(table, backend, addr, client, Protocol::Tcp);
+                crate::tunnel::connector::tunnel_peer(&mut peer, pool, node, claim);
+                return Ok(MeshPeer { pick, peer });
+            }
+            Way::Refused => {
+                refused = Some((addr, table.endpoint_node(backend, addr).cloned()));
+                avoid.push(addr);
+            }
+        }
+    }
+    let reason = match refused {
+        Some((addr, node)) => format!(
+            "mtls strict: endpoint {addr} of service {} runs on node {}, which has no mesh proxy",
+            svc.key,
+            node.as_deref().unwrap_or("?")
+        ),
+        None => format!("service {} has no endpoints", svc.key),
+    };
+    let mut e = Error::explain(ErrorType::HTTPStatus(503), reason);
+    e.esource = ErrorSource::Upstream;
+    Err(e)
+}
+
+/// For the access log: the node whose proxy carried the request through the tunnel (empty
+/// when direct), and the client's identity as stated to it.
+pub fn mesh_log_fields(
+    table: &crate::compiled::CompiledTable,
+    backend: config_model::ServiceId,
+    endpoint: Option<SocketAddr>,
+    client: Option<std::net::IpAddr>,
+) -> (String, String) {
+    let Some(endpoint) = endpoint else {
+        return Default::default();
+    };
+    match table.hop(backend, endpoint) {
+        crate::compiled::mesh::Hop::Tunnel { node, .. } => (
+            node.to_string(),
+            client
+                .and_then(|ip| table.local_identity(ip))
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        ),
+        _ => Default::default(),
+    }
+}

@@ -73,7 +73,7 @@ fn claim(target: std::net::SocketAddr, protocol: Protocol) -> StreamClaim {
         target,
         protocol,
         source_ip: Some("127.0.0.2".parse().unwrap()),
-        identity: Some("shop/web".into()),
+        identity: Some("shop/web".parse().unwrap()),
         service: config_model::ServiceKey {
             namespace: "shop".into(),
             name: "db".into(),

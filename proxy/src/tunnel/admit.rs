@@ -1,10 +1,13 @@
-//! The destination's judgement of a stream, on the routing table in use: the claim's target
-//! must be an endpoint of the service it names.
+//! The destination's judgement of a stream, on the routing table in use
+//! ([`crate::identity::claim::admit`]): the endpoint must be a pod of the named service on this
+//! node, a stated identity must be a pod of the peer's node, and in ACL mode an access rule
+//! of the service must allow that identity.
 
 use std::sync::Arc;
 
 use super::server::{Admission, Denied};
 use super::StreamClaim;
+use crate::identity::claim::{self, Claim, Denial};
 use crate::store::TableStore;
 
 /// Judges claims on the current table of `store`.
@@ -20,7 +23,7 @@ impl TableAdmission {
 }
 
 impl Admission for TableAdmission {
-    fn admit(&self, _peer_node: &str, claim: &StreamClaim) -> Result<(), Denied> {
+    fn admit(&self, peer_node: &str, c: &StreamClaim) -> Result<(), Denied> {
         if !self.store.is_ready() {
             return Err(Denied {
                 reason: "not_ready",
@@ -28,25 +31,25 @@ impl Admission for TableAdmission {
             });
         }
         let table = self.store.load();
-        let Some(id) = table.service(&claim.service) else {
-            return Err(Denied {
-                reason: "no_service",
-                detail: format!("no service {}", claim.service),
-            });
+        let claim = Claim {
+            source_ip: c.source_ip,
+            identity: c.identity.clone(),
+            service: c.service.clone(),
+            target: c.target,
         };
-        if !table[id].endpoints.iter().any(|e| e.addr == claim.target) {
-            return Err(Denied {
-                reason: "not_an_endpoint",
-                detail: format!("{} is not an endpoint of {}", claim.target, claim.service),
-            });
+        match claim::admit(&table, peer_node, &claim) {
+            Ok(_) => Ok(()),
+            Err(d) => {
+                if matches!(d, Denial::Spoofed { .. }) {
+                    // A node speaking for a pod that is not its own: never an accident of
+                    // timing alone, so louder than an ordinary denial.
+                    tracing::warn!(peer_node, denial = %d, "Tunnel: a peer stated an identity it does not hold");
+                }
+                Err(Denied {
+                    reason: d.reason(),
+                    detail: d.to_string(),
+                })
+            }
         }
-        if table.acl {
-            // Access by identity needs the mesh model (workloads, identities of the rules).
-            return Err(Denied {
-                reason: "access_denied",
-                detail: "identity-based access rules are not available".into(),
-            });
-        }
-        Ok(())
     }
 }

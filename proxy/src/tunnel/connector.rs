@@ -33,13 +33,23 @@ impl L4Connect for TunnelConnect {
             Err(e) => {
                 let etype = match e.label() {
                     "timeout" => ErrorType::ConnectTimedout,
-                    "denied" | "refused" => ErrorType::ConnectRefused,
+                    // The client gets the destination's answer.
+                    "denied" => ErrorType::HTTPStatus(403),
+                    "refused" => ErrorType::ConnectRefused,
                     _ => ErrorType::ConnectError,
                 };
-                Err(Error::explain(etype, e.to_string()))
+                let mut err = Error::explain(etype, e.to_string());
+                err.esource = pingora_error::ErrorSource::Upstream;
+                Err(err)
             }
         }
     }
+}
+
+/// Whether a connect error is the destination proxy's denial of the claim (403): neither the
+/// endpoint's failure nor worth another endpoint.
+pub fn is_denial(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::HTTPStatus(403))
 }
 
 /// Sends `peer`'s connections through the tunnel to `node` with `claim`. Its pooled

@@ -212,7 +212,7 @@ async fn stream(
         info!(
             node = %peer_node,
             source = ?claim.source_ip,
-            source_identity = claim.identity.as_deref().unwrap_or(""),
+            source_identity = %claim.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
             service = %claim.service,
             endpoint = %claim.target,
             reason = d.reason,
@@ -252,7 +252,7 @@ async fn stream(
             };
             count(proto, "ok");
             let tunnel = TunnelStream::new(send, req.into_body(), "in", Some(Box::new(guard)));
-            debug!(node = %peer_node, source = ?claim.source_ip, source_identity = claim.identity.as_deref().unwrap_or(""), service = %claim.service, endpoint = %claim.target, "Tunnel stream carried");
+            debug!(node = %peer_node, source = ?claim.source_ip, source_identity = %claim.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(), service = %claim.service, endpoint = %claim.target, "Tunnel stream carried");
             let end =
                 crate::tcp::relay::relay(tunnel, tcp, settings.stream_idle, &UNCOUNTED, &UNCOUNTED)
                     .await;

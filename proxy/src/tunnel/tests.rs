@@ -5,7 +5,7 @@ fn claim() -> StreamClaim {
         target: "10.1.2.3:8080".parse().unwrap(),
         protocol: Protocol::Udp,
         source_ip: Some("10.0.0.7".parse().unwrap()),
-        identity: Some("shop/web".into()),
+        identity: Some("shop/web".parse().unwrap()),
         service: ServiceKey {
             namespace: "shop".into(),
             name: "db".into(),

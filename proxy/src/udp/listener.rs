@@ -20,10 +20,16 @@ use tracing::{debug, info, warn};
 use super::metrics::{self, DropReason, ServiceMetrics};
 use super::{UdpSettings, MAX_DATAGRAM};
 use crate::balance::{Balancer, Pick};
+use crate::compiled::mesh::Hop;
 use crate::compiled::CompiledTable;
 use crate::refusal::{Refusal, Refused};
 use crate::store::TableStore;
 use crate::tcp::relay::Activity;
+use crate::tunnel::client::Pool;
+use crate::tunnel::hop::{self, Way};
+use crate::tunnel::udp::{read_datagram, write_datagram, MAX_FRAME};
+use crate::tunnel::{PeerNode, Protocol, StreamClaim};
+use bytes::Bytes;
 
 /// Replies forwarded per wake-up of a session before it yields to the others.
 const REPLIES_PER_WAKEUP: usize = 64;
@@ -34,13 +40,44 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
 }
 
-/// A client address and the upstream socket that carries its datagrams to one endpoint.
+/// What carries a session's datagrams to its endpoint.
+enum Upstream {
+    /// A socket of its own, connected to the endpoint.
+    Socket(UdpSocket),
+    /// A stream of the tunnel to the endpoint's node, fed by its task through this queue.
+    Tunnel(mpsc::Sender<Bytes>),
+}
+
+/// Datagrams queued for a tunnel stream (also while it opens); beyond, they are dropped.
+const TUNNEL_QUEUE: usize = 256;
+
+impl Upstream {
+    /// Sends without waiting; `WouldBlock` when the socket or queue is full.
+    fn send(&self, payload: &[u8]) -> io::Result<()> {
+        match self {
+            Upstream::Socket(s) => send_now(s, payload, None).map(|_| ()),
+            Upstream::Tunnel(q) => {
+                q.try_send(Bytes::copy_from_slice(payload))
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => io::ErrorKind::WouldBlock.into(),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "tunnel stream closed")
+                        }
+                    })
+            }
+        }
+    }
+}
+
+/// A client address and the upstream that carries its datagrams to one endpoint.
 struct Session {
     id: u64,
     client: SocketAddr,
     key: ServiceKey,
     endpoint: SocketAddr,
-    upstream: UdpSocket,
+    /// How the table said to reach the endpoint when the session opened.
+    hop: Hop,
+    upstream: Upstream,
     metrics: ServiceMetrics,
     activity: Activity,
     /// Set when the session's task has ended (idle or endpoint unreachable).
@@ -75,6 +112,8 @@ impl Entry {
         let svc = rt.service();
         let ok = svc.key == s.key
             && svc.endpoints.iter().any(|e| e.addr == s.endpoint)
+            // A mode switch or a node's proxy coming or going changes the way.
+            && table.hop(id, s.endpoint) == s.hop
             // A removed TrafficTarget ends the sessions it allowed.
             && crate::acl::admits_connection(table.acl, rt, s.client.ip());
         if ok {
@@ -97,6 +136,7 @@ pub(super) struct Listener {
     next_id: u64,
     ended_tx: mpsc::UnboundedSender<(SocketAddr, u64)>,
     ended_rx: mpsc::UnboundedReceiver<(SocketAddr, u64)>,
+    tunnel: Option<Arc<Pool>>,
 }
 
 impl Listener {
@@ -122,7 +162,14 @@ impl Listener {
             next_id: 0,
             ended_tx,
             ended_rx,
+            tunnel: None,
         }
+    }
+
+    /// Carries sessions to endpoints on other nodes through `pool`'s tunnel sessions.
+    pub(super) fn with_tunnel(mut self, pool: Option<Arc<Pool>>) -> Listener {
+        self.tunnel = pool;
+        self
     }
 
     pub(super) async fn run(mut self) {
@@ -152,7 +199,7 @@ impl Listener {
         session.activity.touch();
         session.metrics.received(payload.len());
         // Never wait here: one slow upstream must not hold up the other clients of the port.
-        if let Err(e) = send_now(&session.upstream, payload, None) {
+        if let Err(e) = session.upstream.send(payload) {
             session.metrics.dropped(DropReason::UpstreamError);
             if e.kind() != io::ErrorKind::WouldBlock {
                 // Typically ECONNREFUSED: the endpoint is gone. The next datagram picks again.
@@ -215,14 +262,33 @@ impl Listener {
             return None;
         };
         let endpoint = pick.addr;
-        let upstream = match connect_upstream(endpoint) {
-            Ok(s) => s,
-            Err(e) => {
+        let hop = table.hop(idx, endpoint);
+        let (upstream, tunnel) = match hop::way(
+            &table,
+            idx,
+            endpoint,
+            self.tunnel.as_ref(),
+            Protocol::Udp,
+        ) {
+            Way::Refused => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
-                warn!(service = %svc.key, %endpoint, error = %e, "Cannot open UDP socket to endpoint, dropping");
-                m.dropped(DropReason::UpstreamError);
+                m.dropped(DropReason::MtlsStrict);
                 return None;
             }
+            Way::Tunnel(peer) => {
+                let (tx, rx) = mpsc::channel(TUNNEL_QUEUE);
+                let claim = hop::claim(&table, idx, endpoint, Some(client.ip()), Protocol::Udp);
+                (Upstream::Tunnel(tx), Some((peer, claim, rx)))
+            }
+            Way::Direct | Way::Cleartext => match connect_upstream(endpoint) {
+                Ok(s) => (Upstream::Socket(s), None),
+                Err(e) => {
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    warn!(service = %svc.key, %endpoint, error = %e, "Cannot open UDP socket to endpoint, dropping");
+                    m.dropped(DropReason::UpstreamError);
+                    return None;
+                }
+            },
         };
         m.sessions.inc();
         self.next_id += 1;
@@ -231,6 +297,7 @@ impl Listener {
             client,
             key: svc.key.clone(),
             endpoint,
+            hop,
             upstream,
             metrics: m,
             activity: Activity::new(),
@@ -238,13 +305,28 @@ impl Listener {
             _pick: pick,
         });
         debug!(%client, service = %session.key, %endpoint, "UDP session opened");
-        let task = tokio::spawn(replies(
-            session.clone(),
-            self.socket.clone(),
-            self.ended_tx.clone(),
-            self.settings.session_idle_timeout,
-            self.shutdown.clone(),
-        ));
+        let task = match (tunnel, &self.tunnel) {
+            (Some((peer, claim, queue)), Some(pool)) => tokio::spawn(tunnel_replies(
+                session.clone(),
+                TunnelSession {
+                    pool: pool.clone(),
+                    peer,
+                    claim,
+                    queue,
+                },
+                self.socket.clone(),
+                self.ended_tx.clone(),
+                self.settings.session_idle_timeout,
+                self.shutdown.clone(),
+            )),
+            _ => tokio::spawn(replies(
+                session.clone(),
+                self.socket.clone(),
+                self.ended_tx.clone(),
+                self.settings.session_idle_timeout,
+                self.shutdown.clone(),
+            )),
+        };
         self.sessions.insert(
             client,
             Entry {
@@ -282,6 +364,15 @@ impl Listener {
 /// check follows: where a new session is opened, and for a live session once per new table.
 pub(crate) fn route(table: &CompiledTable, mesh_port: u16) -> Option<ServiceId> {
     table.udp_route(mesh_port)
+}
+
+/// Waits until the session's socket has a datagram (never, for a tunnelled session: its own
+/// task carries its replies).
+async fn readable(u: &Upstream) -> io::Result<()> {
+    match u {
+        Upstream::Socket(s) => s.readable().await,
+        Upstream::Tunnel(_) => std::future::pending().await,
+    }
 }
 
 /// Sends one datagram without waiting: straight to the kernel, which fails with `WouldBlock`
@@ -327,7 +418,7 @@ async fn replies(
                     break;
                 }
             }
-            r = s.upstream.readable() => {
+            r = readable(&s.upstream) => {
                 if r.is_err() || !forward_replies(&s, &listener) {
                     break;
                 }
@@ -338,12 +429,88 @@ async fn replies(
     let _ = ended.send((s.client, s.id));
 }
 
+/// What a tunnelled session's task needs: where to open its stream, what to claim, and the
+/// datagrams queued for it.
+struct TunnelSession {
+    pool: Arc<Pool>,
+    peer: PeerNode,
+    claim: StreamClaim,
+    queue: mpsc::Receiver<Bytes>,
+}
+
+/// A tunnelled session: opens its stream, then carries queued datagrams to it and its
+/// datagrams back to the client until the session is idle, the stream ends or the server shuts
+/// down; then tells the listener.
+async fn tunnel_replies(
+    s: Arc<Session>,
+    mut t: TunnelSession,
+    listener: Arc<UdpSocket>,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    idle: Duration,
+    mut shutdown: ShutdownWatch,
+) {
+    let carry = async {
+        let stream = match t.pool.open(&t.peer, &t.claim).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(client = %s.client, service = %s.key, endpoint = %s.endpoint, node = %t.peer.name, error = %e, "UDP session through the tunnel failed to open");
+                return;
+            }
+        };
+        debug!(client = %s.client, service = %s.key, endpoint = %s.endpoint, node = %t.peer.name, "UDP session through the tunnel");
+        let (mut r, mut w) = tokio::io::split(stream);
+        let to_endpoint = async {
+            while let Some(d) = t.queue.recv().await {
+                if write_datagram(&mut w, &d).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let to_client = async {
+            let mut buf = vec![0u8; MAX_FRAME];
+            while let Ok(Some(n)) = read_datagram(&mut r, &mut buf).await {
+                s.activity.touch();
+                match send_now(&listener, &buf[..n], Some(s.client)) {
+                    Ok(_) => s.metrics.sent(n),
+                    Err(e) => {
+                        debug!(client = %s.client, error = %e, "UDP reply to client failed");
+                        s.metrics.dropped(DropReason::ClientError);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = to_endpoint => {}
+            () = to_client => {}
+        }
+    };
+    let idle_timer = async {
+        loop {
+            tokio::time::sleep_until(s.activity.last() + idle).await;
+            if s.activity.last() + idle <= Instant::now() {
+                info!(client = %s.client, service = %s.key, "UDP session idle, closing");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = carry => {}
+        () = idle_timer => {}
+        _ = shutdown.changed() => {}
+    }
+    s.closed.store(true, Ordering::Release);
+    let _ = ended.send((s.client, s.id));
+}
+
 /// Forwards the replies waiting on the session's socket; `false` when the endpoint is
 /// unreachable and the session should end.
 fn forward_replies(s: &Session, listener: &UdpSocket) -> bool {
+    let Upstream::Socket(upstream) = &s.upstream else {
+        return false;
+    };
     SCRATCH.with_borrow_mut(|buf| {
         for _ in 0..REPLIES_PER_WAKEUP {
-            let n = match s.upstream.try_recv(buf) {
+            let n = match upstream.try_recv(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) => {

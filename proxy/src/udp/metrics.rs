@@ -16,6 +16,8 @@ pub(crate) enum DropReason {
     UpstreamError,
     /// The reply could not be sent back to the client.
     ClientError,
+    /// mTLS `strict` and the endpoint's node runs no proxy.
+    MtlsStrict,
 }
 
 impl DropReason {
@@ -25,6 +27,7 @@ impl DropReason {
             DropReason::SessionLimit => "session_limit",
             DropReason::UpstreamError => "upstream_error",
             DropReason::ClientError => "client_error",
+            DropReason::MtlsStrict => "mtls_strict",
         }
     }
 }

@@ -1,0 +1,496 @@
+//! Two real proxies as two nodes (node-a on 127.0.0.2, node-b on 127.0.0.3), each holding a
+//! certificate of one test mesh CA, the table saying which endpoint and which client pod runs
+//! where; a relay between them records every byte node-a sends to node-b's tunnel. Clients are
+//! "pods" with their own loopback addresses (127.0.0.10, ...). Cross-node HTTP, TCP and UDP go
+//! through one tunnel session and nothing of them crosses in the clear; same-node traffic does
+//! not tunnel; TrafficTarget is enforced on identities by the destination, including against a
+//! client spoofing an allowed pod of another node; strict refuses and permissive sends in
+//! cleartext to a node without proxy; certificates of both nodes rotate under steady load
+//! with no failed request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use config_model::testing::{service, table};
+use config_model::{
+    AccessRuleSpec, EndpointSpec, MtlsMode, NodeSpec, TableSpec, TrafficType, WorkloadSpec,
+};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use maille_proxy::tcp::testing::{echo, read_line};
+use maille_proxy::testing::{
+    free_tcp_ports, metric, HttpBackend, TcpBackend, TestPorts, TestProxy, TestProxyOptions,
+    UdpBackend, PATIENCE,
+};
+use maille_proxy::tunnel::client::Pool;
+use maille_proxy::tunnel::testing::{CaptureRelay, TestCa};
+use maille_proxy::tunnel::{PeerNode, Protocol, StreamClaim, TunnelSettings};
+
+const CLIENT: [u8; 4] = [127, 0, 0, 10]; // shop/client on node-a
+const OTHER: [u8; 4] = [127, 0, 0, 11]; // shop/other on node-a
+const ADMIN_ON_B: [u8; 4] = [127, 0, 0, 20]; // shop/admin on node-b
+const STRANGER: [u8; 4] = [127, 0, 0, 12]; // not a pod of the mesh
+
+/// A node proxy holding a certificate of `ca` (it asks no controller: tables come from the test).
+fn node_proxy(ca: &TestCa, node: &'static str, ip: [u8; 4]) -> TestProxy {
+    let tunnel_port = free_tcp_ports(1)[0];
+    let opts = TestProxyOptions {
+        // Never answers: the identity keeps the certificate the test gives it.
+        controller_url: Some("http://127.0.0.1:1".into()),
+        http_ports: 3,
+        ..TestProxyOptions::default()
+    };
+    let proxy = TestProxy::start_with_config(opts, move |c| {
+        c.listen_ip = ip.into();
+        c.node_name = Some(node.into());
+        c.identity_token_file = Some("/nonexistent/maille-test-token".into());
+        c.tunnel_port = tunnel_port;
+        c.tcp_connect_timeout = Duration::from_secs(2);
+    });
+    proxy.identity().unwrap().hold(ca.held(node, 3600));
+    proxy
+}
+
+struct Backends {
+    web_b: HttpBackend,
+    web_a: HttpBackend,
+    web_c: HttpBackend,
+    db_b: TcpBackend,
+    dns_b: UdpBackend,
+    db_c: TcpBackend,
+    dns_c: UdpBackend,
+}
+
+impl Backends {
+    async fn start() -> Backends {
+        Backends {
+            web_b: HttpBackend::start("web-on-b").await,
+            web_a: HttpBackend::start("web-on-a").await,
+            web_c: HttpBackend::start("web-on-c").await,
+            db_b: TcpBackend::start("db-on-b").await,
+            dns_b: UdpBackend::start("dns-on-b").await,
+            db_c: TcpBackend::start("db-on-c").await,
+            dns_c: UdpBackend::start("dns-on-c").await,
+        }
+    }
+}
+
+fn on(addr: &str, node: &str) -> EndpointSpec {
+    EndpointSpec {
+        node: Some(node.into()),
+        ..EndpointSpec::new(addr)
+    }
+}
+
+fn workload(ip: [u8; 4], node: &str, sa: &str) -> WorkloadSpec {
+    WorkloadSpec {
+        ip: IpAddr::from(ip).to_string(),
+        node: node.into(),
+        namespace: "shop".into(),
+        service_account: sa.into(),
+    }
+}
+
+/// The mesh as node-a routes it (mesh ports of `ports`): `web` on node-b (HTTP), `local` on
+/// node-a (HTTP), `far` on node-c which runs no proxy (HTTP), `db` (TCP) and `dns` (UDP) on
+/// node-b. node-b's tunnel address is the relay's.
+fn mesh(
+    ports: &TestPorts,
+    be: &Backends,
+    mode: MtlsMode,
+    a_tunnel: SocketAddr,
+    b_tunnel: SocketAddr,
+) -> TableSpec {
+    let mut web = service("shop", "web", 80, ports.http[0], TrafficType::Http, &[]);
+    web.endpoints = vec![on(&be.web_b.addr_str(), "node-b")];
+    let mut local = service("shop", "local", 80, ports.http[1], TrafficType::Http, &[]);
+    local.endpoints = vec![on(&be.web_a.addr_str(), "node-a")];
+    let mut far = service("shop", "far", 80, ports.http[2], TrafficType::Http, &[]);
+    far.endpoints = vec![on(&be.web_c.addr_str(), "node-c")];
+    let mut db = service("shop", "db", 5432, ports.tcp[0], TrafficType::Tcp, &[]);
+    db.endpoints = vec![on(&be.db_b.addr_str(), "node-b")];
+    let mut dns = service("shop", "dns", 53, ports.udp[0], TrafficType::Udp, &[]);
+    dns.endpoints = vec![on(&be.dns_b.addr_str(), "node-b")];
+    let mut far_db = service("shop", "far-db", 5432, ports.tcp[1], TrafficType::Tcp, &[]);
+    far_db.endpoints = vec![on(&be.db_c.addr_str(), "node-c")];
+    let mut far_dns = service("shop", "far-dns", 53, ports.udp[1], TrafficType::Udp, &[]);
+    far_dns.endpoints = vec![on(&be.dns_c.addr_str(), "node-c")];
+    let mut t = table(1, vec![web, local, far, db, dns, far_db, far_dns]);
+    t.mtls = mode;
+    t.nodes = vec![
+        NodeSpec {
+            name: "node-a".into(),
+            tunnel: a_tunnel.to_string(),
+        },
+        NodeSpec {
+            name: "node-b".into(),
+            tunnel: b_tunnel.to_string(),
+        },
+    ];
+    t.workloads = vec![
+        workload(CLIENT, "node-a", "client"),
+        workload(OTHER, "node-a", "other"),
+        workload(ADMIN_ON_B, "node-b", "admin"),
+    ];
+    t
+}
+
+/// Only `shop/client` and `shop/admin` may call `web` and `db`; the IP sources admit every
+/// pod, so that what the destination decides on identities shows.
+fn with_acl(mut t: TableSpec) -> TableSpec {
+    t.acl = true;
+    let rule = AccessRuleSpec {
+        name: "shop/web-clients".into(),
+        sources: [CLIENT, OTHER, ADMIN_ON_B, STRANGER]
+            .iter()
+            .map(|ip| IpAddr::from(*ip).to_string())
+            .collect(),
+        identities: vec!["shop/client".into(), "shop/admin".into()],
+        http: None,
+    };
+    for svc in &mut t.services {
+        svc.access = vec![rule.clone()];
+    }
+    t
+}
+
+struct Mesh {
+    a: TestProxy,
+    b: TestProxy,
+    relay: CaptureRelay,
+    be: Backends,
+    ca: TestCa,
+}
+
+impl Mesh {
+    async fn start(mode: MtlsMode, acl: bool) -> Mesh {
+        let ca = TestCa::new("mesh.test");
+        let be = Backends::start().await;
+        let a = node_proxy(&ca, "node-a", [127, 0, 0, 2]);
+        let b = node_proxy(&ca, "node-b", [127, 0, 0, 3]);
+        let b_tunnel = SocketAddr::new(b.config.listen_ip, b.config.tunnel_port);
+        let a_tunnel = SocketAddr::new(a.config.listen_ip, a.config.tunnel_port);
+        let relay = CaptureRelay::start("127.0.0.4:0", b_tunnel).await;
+        let m = Mesh {
+            a,
+            b,
+            relay,
+            be,
+            ca,
+        };
+        m.set(mode, acl, a_tunnel);
+        m
+    }
+
+    fn set(&self, mode: MtlsMode, acl: bool, a_tunnel: SocketAddr) {
+        let t = mesh(&self.a.ports, &self.be, mode, a_tunnel, self.relay.addr);
+        let t = if acl { with_acl(t) } else { t };
+        self.a.set_table(&t);
+        self.b.set_table(&t);
+    }
+
+    fn a_tunnel(&self) -> SocketAddr {
+        SocketAddr::new(self.a.config.listen_ip, self.a.config.tunnel_port)
+    }
+
+    /// GET `/` of `host` through node-a's HTTP port `port`, from pod address `from`.
+    async fn get(&self, from: [u8; 4], port: usize, host: &str) -> (u16, String) {
+        get(self.a.http[port], from, host).await
+    }
+}
+
+async fn get(to: SocketAddr, from: [u8; 4], host: &str) -> (u16, String) {
+    let mut conn = HttpConnector::new();
+    conn.set_local_address(Some(IpAddr::from(from)));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
+    let req = http::Request::get(format!("http://{to}/"))
+        .header(http::header::HOST, host)
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TCP connection to `to` from pod address `from`.
+async fn tcp_from(to: SocketAddr, from: [u8; 4]) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
+    tokio::time::timeout(PATIENCE, s.connect(to))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A UDP socket of pod address `from`, connected to `to`.
+async fn udp_from(to: SocketAddr, from: [u8; 4]) -> tokio::net::UdpSocket {
+    let s = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::from(from), 0))
+        .await
+        .unwrap();
+    s.connect(to).await.unwrap();
+    s
+}
+
+async fn ask(s: &tokio::net::UdpSocket, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    s.send(msg).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(wait, s.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+fn denied(reason: &str) -> f64 {
+    metric("maille_proxy_tunnel_denied_total", &[("reason", reason)])
+}
+
+const WEB: &str = "web.shop.maille.mesh";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_traffic_goes_through_one_encrypted_session_and_same_node_does_not() {
+    let m = Mesh::start(MtlsMode::Strict, false).await;
+    let (status, body) = m.get(CLIENT, 0, WEB).await;
+    assert_eq!((status, body.as_str()), (200, "web-on-b"));
+
+    let mut tcp = tcp_from(m.a.tcp[0], CLIENT).await;
+    assert_eq!(read_line(&mut tcp).await, "db-on-b");
+    assert_eq!(
+        echo(&mut tcp, b"TCP-SECRET-PAYLOAD").await,
+        b"TCP-SECRET-PAYLOAD"
+    );
+
+    let udp = udp_from(m.a.udp[0], CLIENT).await;
+    assert_eq!(
+        ask(&udp, b"whoami", PATIENCE).await.as_deref(),
+        Some(&b"dns-on-b"[..])
+    );
+    assert_eq!(
+        ask(&udp, b"UDP-SECRET-PAYLOAD", PATIENCE).await.as_deref(),
+        Some(&b"UDP-SECRET-PAYLOAD"[..])
+    );
+    drop(tcp);
+
+    assert_eq!(
+        m.relay.connections(),
+        1,
+        "one session between the two nodes"
+    );
+    assert!(m.relay.captured().len() > 1000);
+    for clear in [
+        &b"GET / HTTP"[..],
+        WEB.as_bytes(),
+        b"web-on-b",
+        b"TCP-SECRET",
+        b"db-on-b",
+        b"UDP-SECRET",
+        b"dns-on-b",
+        b"shop/client",
+    ] {
+        assert!(
+            !m.relay.saw(clear),
+            "{:?} crossed between the nodes in the clear",
+            String::from_utf8_lossy(clear)
+        );
+    }
+    // Same node: straight to the pod, nothing through the tunnel (once the closing of the
+    // streams above has crossed).
+    let mut before = m.relay.captured().len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = m.relay.captured().len();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let (status, body) = m.get(CLIENT, 1, "local.shop.maille.mesh").await;
+    assert_eq!((status, body.as_str()), (200, "web-on-a"));
+    assert_eq!(
+        m.relay.captured().len(),
+        before,
+        "same-node request did not tunnel"
+    );
+    assert_eq!(m.be.web_a.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_enforces_traffic_targets_on_identities() {
+    let m = Mesh::start(MtlsMode::Strict, true).await;
+    assert_eq!(m.get(CLIENT, 0, WEB).await, (200, "web-on-b".to_string()));
+
+    // An IP the source admits, an identity the rule does not name: node-b says no.
+    let before = denied("access_denied");
+    assert_eq!(m.get(OTHER, 0, WEB).await.0, 403);
+    assert!(denied("access_denied") > before);
+
+    // A client on node-a using the address of an allowed pod of node-b: node-a knows no pod of
+    // its own with that address, so it states no identity, and node-b refuses.
+    let before = denied("no_identity");
+    assert_eq!(m.get(ADMIN_ON_B, 0, WEB).await.0, 403);
+    assert!(denied("no_identity") > before);
+
+    // TCP: the same decision closes the connection before a byte of the pod.
+    let mut tcp = tcp_from(m.a.tcp[0], OTHER).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a denied TCP client reads nothing");
+    let mut tcp = tcp_from(m.a.tcp[0], CLIENT).await;
+    assert_eq!(read_line(&mut tcp).await, "db-on-b");
+
+    // A node that speaks for a pod of another node (a compromised node-a stating shop/admin
+    // for node-b's pod): refused as spoofed.
+    let pool = Pool::new(m.ca.identity("node-a"), TunnelSettings::default());
+    let claim = StreamClaim {
+        target: m.be.web_b.addr,
+        protocol: Protocol::Tcp,
+        source_ip: Some(IpAddr::from(ADMIN_ON_B)),
+        identity: Some("shop/admin".parse().unwrap()),
+        service: config_model::ServiceKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port: 80,
+        },
+    };
+    let peer = PeerNode {
+        name: "node-b".into(),
+        addr: m.relay.addr,
+    };
+    let before = denied("spoofed_identity");
+    let e = pool.open(&peer, &claim).await.unwrap_err();
+    assert_eq!(e.label(), "denied", "{e}");
+    assert!(e.to_string().contains("spoofed_identity"), "{e}");
+    assert!(denied("spoofed_identity") > before);
+    // And for an endpoint that is not on node-b.
+    let e = pool
+        .open(
+            &peer,
+            &StreamClaim {
+                target: m.be.web_a.addr,
+                service: config_model::ServiceKey {
+                    namespace: "shop".into(),
+                    name: "local".into(),
+                    port: 80,
+                },
+                ..claim
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not_on_this_node"), "{e}");
+    assert_eq!(m.be.web_a.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_proxy_is_refused_in_strict_and_reached_in_cleartext_in_permissive() {
+    let m = Mesh::start(MtlsMode::Strict, false).await;
+    let far = "far.shop.maille.mesh";
+    let refused = || {
+        metric(
+            "maille_proxy_mtls_refused_total",
+            &[("service", "far"), ("protocol", "tcp")],
+        )
+    };
+    let before = refused();
+    let (status, body) = m.get(CLIENT, 2, far).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(refused() > before);
+    assert_eq!(m.be.web_c.hits(), 0);
+    // TCP: closed; UDP: dropped; both counted.
+    let mut tcp = tcp_from(m.a.tcp[1], CLIENT).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a byte of the pod");
+    let udp = udp_from(m.a.udp[1], CLIENT).await;
+    assert_eq!(ask(&udp, b"whoami", Duration::from_millis(500)).await, None);
+    assert_eq!(m.be.db_c.accepted(), 0);
+    assert!(m.be.dns_c.sources().is_empty());
+    for (svc, proto) in [("far-db", "tcp"), ("far-dns", "udp")] {
+        assert!(
+            metric(
+                "maille_proxy_mtls_refused_total",
+                &[("service", svc), ("protocol", proto)]
+            ) >= 1.0,
+            "{svc} refusal counted"
+        );
+    }
+
+    m.set(MtlsMode::Permissive, false, m.a_tunnel());
+    let cleartext = || {
+        metric(
+            "maille_proxy_mtls_cleartext_total",
+            &[("service", "far"), ("protocol", "tcp")],
+        )
+    };
+    let before = cleartext();
+    assert_eq!(m.get(CLIENT, 2, far).await, (200, "web-on-c".to_string()));
+    assert!(cleartext() > before);
+    let mut tcp = tcp_from(m.a.tcp[1], CLIENT).await;
+    assert_eq!(read_line(&mut tcp).await, "db-on-c");
+    let udp = udp_from(m.a.udp[1], CLIENT).await;
+    assert_eq!(
+        ask(&udp, b"whoami", PATIENCE).await.as_deref(),
+        Some(&b"dns-on-c"[..])
+    );
+    // Nodes with a proxy are still reached through the tunnel.
+    assert_eq!(m.get(CLIENT, 0, WEB).await, (200, "web-on-b".to_string()));
+    assert!(m.relay.connections() >= 1);
+    assert!(!m.relay.saw(b"GET / HTTP"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_steady_load_without_a_failed_request() {
+    let m = Arc::new(Mesh::start(MtlsMode::Strict, false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (m, stop, ok, failed) = (m.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match m.get(CLIENT, 0, WEB).await {
+                    (200, b) if b == "web-on-b" => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Both nodes get new certificates (and keys), as at a renewal.
+        m.a.identity().unwrap().hold(m.ca.held("node-a", 3600));
+        if i % 2 == 0 {
+            m.b.identity().unwrap().hold(m.ca.held("node-b", 3600));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{ok} requests answered");
+    assert!(ok > 20, "steady load: {ok} requests");
+    assert!(
+        m.relay.connections() >= 2,
+        "renewals opened new sessions: {}",
+        m.relay.connections()
+    );
+}
