@@ -72,11 +72,21 @@ pub const DELTA_HISTORY: usize = 256;
 /// Bodies larger than this are gzip-compressed for a client that accepts it.
 pub const COMPRESS_ABOVE: usize = 8 * 1024;
 
-/// The service ports that changed from one version to the next.
+/// What changed from one version to the next: service ports, workloads (by IP), whether the
+/// node proxies did.
 #[derive(Debug)]
 struct Change {
     from: u64,
     keys: Arc<[ServiceKey]>,
+    workloads: Arc<[String]>,
+    nodes: bool,
+}
+
+impl Change {
+    /// Items a delta carrying this change names.
+    fn len(&self) -> usize {
+        self.keys.len() + self.workloads.len() + usize::from(self.nodes)
+    }
 }
 
 /// A response body in both encodings, each made once, when first asked for.
@@ -141,11 +151,14 @@ impl Published {
             .or_default()
             .clone();
         Some(encoded.get(gzip, || {
-            let keys: BTreeSet<&ServiceKey> = self.history[start..]
+            let changes = &self.history[start..];
+            let keys: BTreeSet<&ServiceKey> = changes.iter().flat_map(|c| c.keys.iter()).collect();
+            let workloads: BTreeSet<&str> = changes
                 .iter()
-                .flat_map(|c| c.keys.iter())
+                .flat_map(|c| c.workloads.iter().map(String::as_str))
                 .collect();
-            let delta = self.spec.delta_for(base, keys);
+            let nodes = changes.iter().any(|c| c.nodes);
+            let delta = self.spec.delta_with(base, keys, workloads, nodes);
             Bytes::from(serde_json::to_vec(&delta).expect("delta serialises"))
         }))
     }
@@ -265,36 +278,39 @@ impl ApiState {
         *self.services.lock().expect("services lock") = Bytes::from(services);
         table.sort_services();
         let mut last = self.last.lock().expect("table lock");
-        let keys = match &last.spec {
+        let changes = match &last.spec {
             Some(prev) => {
-                let keys = prev.changed_keys(&table);
-                if keys.is_empty()
+                let changes = prev.changes(&table);
+                if changes.is_empty()
                     && prev.acl == table.acl
+                    && prev.mtls == table.mtls
                     && prev.schema_version == table.schema_version
                 {
                     return last.version;
                 }
-                Some(keys)
+                Some(changes)
             }
             None => None,
         };
         let version = (last.version + 1).max(revision);
         table.version = version;
         let spec = Arc::new(table);
-        if let Some(keys) = keys {
-            last.history_keys += keys.len();
-            let from = last.version;
-            last.history.push_back(Arc::new(Change {
-                from,
-                keys: keys.into(),
-            }));
+        if let Some(changes) = changes {
+            let change = Change {
+                from: last.version,
+                keys: changes.services.into(),
+                workloads: changes.workloads.into(),
+                nodes: changes.nodes,
+            };
+            last.history_keys += change.len();
+            last.history.push_back(Arc::new(change));
         }
-        let bound = spec.services.len().max(1024);
+        let bound = (spec.services.len() + spec.workloads.len()).max(1024);
         while last.history.len() > DELTA_HISTORY
             || (last.history_keys > bound && last.history.len() > 1)
         {
             if let Some(c) = last.history.pop_front() {
-                last.history_keys -= c.keys.len();
+                last.history_keys -= c.len();
             }
         }
         last.spec = Some(spec.clone());

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use config_model::TrafficType;
+use config_model::{MtlsMode, TrafficType};
 
 use crate::settings::{MeshServices, PortRange, Settings};
 
@@ -141,6 +141,21 @@ pub struct RunArgs {
     /// Lifetime of a node certificate (e.g. 24h, 1h, 30s); proxies renew at about half.
     #[arg(long, env = "MAILLE_CERTIFICATE_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
     pub certificate_lifetime: std::time::Duration,
+    /// Traffic between nodes: `strict` (through the node proxies' mutual-TLS tunnel only),
+    /// `permissive` (in cleartext to nodes without a proxy, counted) or `disabled` (directly,
+    /// in cleartext). Default: strict when an identity CA is configured (--identity-dir or
+    /// --identity-ca-secret), else disabled. In the table: proxies follow a change without a
+    /// restart. See docs/security.md.
+    #[arg(long, env = "MAILLE_MTLS", value_parser = parse_mtls)]
+    pub mtls: Option<MtlsMode>,
+    /// The tunnel port of node proxies (their --tunnel-port) unless a proxy Pod's
+    /// `maille.io/tunnel-port` annotation says otherwise.
+    #[arg(long, env = "MAILLE_PROXY_TUNNEL_PORT", default_value_t = crate::mesh::DEFAULT_TUNNEL_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub proxy_tunnel_port: u16,
+}
+
+fn parse_mtls(s: &str) -> Result<MtlsMode, String> {
+    s.trim().to_ascii_lowercase().parse()
 }
 
 /// A SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_`, at most 255.
@@ -197,7 +212,34 @@ impl RunArgs {
             http_ports: self.http_ports,
             tcp_ports: self.tcp_ports,
             udp_ports: self.udp_ports,
+            mesh: self.mesh_settings(),
         }
+    }
+
+    /// The mutual-TLS mode: `--mtls`, else strict with an identity CA and disabled without.
+    pub fn mtls_mode(&self) -> MtlsMode {
+        self.mtls.unwrap_or(if self.identity_config().is_some() {
+            MtlsMode::Strict
+        } else {
+            MtlsMode::Disabled
+        })
+    }
+
+    /// How node proxies are found: in a manifests folder, Pods labelled
+    /// `app.kubernetes.io/name: maille-proxy` of any namespace (as for local identity); on a
+    /// cluster, Pods of the mesh namespace with the `--proxy-selector` labels.
+    fn mesh_settings(&self) -> crate::mesh::MeshSettings {
+        let mut mesh = crate::mesh::MeshSettings {
+            mtls: self.mtls_mode(),
+            tunnel_port: self.proxy_tunnel_port,
+            ..crate::mesh::MeshSettings::default()
+        };
+        if self.manifests.is_none() {
+            // A bad selector is refused when the provider starts (`proxy_labels`).
+            mesh.proxy_labels = self.proxy_labels().unwrap_or_default();
+            mesh.proxy_namespace = Some(self.namespace.clone());
+        }
+        mesh
     }
 
     /// The Lease settings these flags give, for the mesh namespace.
@@ -251,6 +293,45 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mtls_defaults_to_strict_with_an_identity_ca_only() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("maille-controller").chain(args.iter().copied()))
+        };
+        let local = parse(&["--manifests", "/tmp/m"]).unwrap();
+        assert_eq!(local.run.settings().mesh.mtls, MtlsMode::Disabled);
+        let with_ca = parse(&["--manifests", "/tmp/m", "--identity-dir", "/tmp/ca"]).unwrap();
+        let mesh = with_ca.run.settings().mesh;
+        assert_eq!(mesh.mtls, MtlsMode::Strict);
+        assert_eq!(mesh.tunnel_port, 15008);
+        // A folder's proxies: the local label, any namespace.
+        assert_eq!(mesh.proxy_namespace, None);
+        assert_eq!(
+            mesh.proxy_labels
+                .get("app.kubernetes.io/name")
+                .map(String::as_str),
+            Some("maille-proxy")
+        );
+        let cluster = parse(&["--identity-ca-secret", "ca", "--mtls", "Permissive"]).unwrap();
+        let mesh = cluster.run.settings().mesh;
+        assert_eq!(mesh.mtls, MtlsMode::Permissive);
+        // A cluster's proxies: --proxy-selector, in the mesh namespace only.
+        assert_eq!(mesh.proxy_namespace.as_deref(), Some("maille"));
+        assert_eq!(mesh.proxy_labels.len(), 2);
+        let off = parse(&["--identity-ca-secret", "ca", "--mtls", "disabled"]).unwrap();
+        assert_eq!(off.run.settings().mesh.mtls, MtlsMode::Disabled);
+        let e = parse(&["--mtls", "loose"]).unwrap_err().to_string();
+        assert!(
+            e.contains("loose") && e.contains("strict, permissive or disabled"),
+            "{e}"
+        );
+        for bad in ["0", "65536", "x"] {
+            assert!(parse(&["--proxy-tunnel-port", bad]).is_err(), "{bad}");
+        }
+        let port = parse(&["--proxy-tunnel-port", "16008"]).unwrap();
+        assert_eq!(port.run.settings().mesh.tunnel_port, 16008);
+    }
 
     #[test]
     fn defaults_and_lists() {

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod kubernetes;
 pub mod lease;
 pub mod manifests;
+pub mod mesh;
 pub mod metrics;
 pub mod naming;
 pub mod problem;

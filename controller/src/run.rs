@@ -64,6 +64,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
     metrics::register();
     let settings = args.settings();
+    tracing::info!(mtls = %settings.mesh.mtls, "Traffic between nodes");
+    if settings.mesh.mtls != config_model::MtlsMode::Disabled && args.identity_config().is_none() {
+        tracing::warn!(
+            mtls = %settings.mesh.mtls,
+            "Mutual TLS is on but no identity CA is configured (--identity-dir or --identity-ca-secret): proxies get no certificate, so traffic between nodes cannot use the tunnel"
+        );
+    }
     // On a cluster, versions follow the cluster's resourceVersions (the same on every replica,
     // growing across restarts); a manifests folder has none, so the start time stands in.
     let first = if args.manifests.is_some() {

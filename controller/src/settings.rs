@@ -122,6 +122,8 @@ pub struct Settings {
     pub tcp_ports: PortRange,
     /// Proxy UDP listener ports, one per (namespace, service, port).
     pub udp_ports: PortRange,
+    /// Mutual TLS between nodes: the mode, and how node proxies are found.
+    pub mesh: crate::mesh::MeshSettings,
 }
 
 impl Default for Settings {
@@ -136,6 +138,7 @@ impl Default for Settings {
             http_ports: PortRange::new(5000, 5009),
             tcp_ports: PortRange::new(10000, 10024),
             udp_ports: PortRange::new(15000, 15024),
+            mesh: crate::mesh::MeshSettings::default(),
         }
     }
 }

@@ -395,6 +395,7 @@ pub fn pod_fingerprint(pod: &Pod) -> u64 {
             ip.ip.hash(&mut h);
         }
     }
+    crate::mesh::hash_mesh_fields(pod, &mut h);
     h.finish()
 }
 

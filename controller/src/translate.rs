@@ -2,7 +2,9 @@
 //! `/api/services`, the shadow services to keep, and the problems found, in stages that a
 //! [`Translator`] keeps between rebuilds so that a change costs in proportion to what it
 //! touches: objects (what changed, `objects.rs`) → per-service entries (`entries.rs`) → mesh
-//! ports → SMI (`smi_pass.rs`) → Gateway API routes (`gateway_pass.rs`) → table checks (`checks.rs`) → statuses (`status.rs`).
+//! ports → SMI (`smi_pass.rs`) → Gateway API routes (`gateway_pass.rs`) → table checks (`checks.rs`) → statuses (`status.rs`);
+//! beside them, node proxies and workloads from the Pods (`crate::mesh`), redone when a Pod
+//! changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -134,6 +136,8 @@ pub struct Translator {
     gateway: gateway_pass::GatewayPass,
     checks: checks::Checks,
     work: Work,
+    /// Node proxies and workloads, as of the last Pod change.
+    mesh: Option<crate::mesh::MeshPart>,
     /// The port stage's and the provider's problems at the last `translate_if_changed`.
     last_problems: Option<Vec<Problem>>,
 }
@@ -148,6 +152,8 @@ pub struct Work {
     pub smi: bool,
     /// Whether the Gateway API stage ran (or dropped what it had, the last route gone).
     pub gateway: bool,
+    /// Whether the node proxies or workloads changed.
+    pub mesh: bool,
 }
 
 /// What one Service has come to so far.
@@ -169,6 +175,7 @@ impl Translator {
             gateway: gateway_pass::GatewayPass::default(),
             checks: checks::Checks::default(),
             work: Work::default(),
+            mesh: None,
             last_problems: None,
         }
     }
@@ -238,10 +245,19 @@ impl Translator {
         // Stage 4b: Gateway API routes, for the Services they name.
         let (gateway_ran, gateway_touched) = self.gateway.run(&self.services, &touched, snapshot);
         smi_touched.extend(gateway_touched);
+
+        // Beside: node proxies and workloads, from the Pods.
+        let mut mesh_changed = false;
+        if changes.pods || self.mesh.is_none() {
+            let part = crate::mesh::mesh_part(&snapshot.pods, &self.settings.mesh);
+            mesh_changed = self.mesh.as_ref() != Some(&part);
+            self.mesh = Some(part);
+        }
         self.work = Work {
             services: touched.len(),
             smi: smi_ran,
             gateway: gateway_ran,
+            mesh: mesh_changed,
         };
 
         // Stage 5: the table as a whole, in one pass naming every service port left out.

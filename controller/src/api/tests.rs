@@ -471,3 +471,82 @@ async fn a_large_table_is_gzipped_for_a_client_that_accepts_it() {
     assert_eq!(unpacked, plain);
     shutdown.cancel();
 }
+
+/// Workloads travel in deltas as they changed (issue 14): a pod change sends that workload, a
+/// node proxy change the node proxies, a mode change the mode; never the other workloads.
+#[tokio::test]
+async fn deltas_carry_changed_workloads_nodes_and_the_mode_only() {
+    use config_model::{MtlsMode, NodeSpec, WorkloadSpec};
+    let (state, base, shutdown) = start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/configuration");
+    let mesh = |sa_of_7: &str, mode: MtlsMode, tunnel: &str| {
+        let mut t = table("10.0.0.1:80");
+        t.mtls = mode;
+        t.nodes = vec![NodeSpec {
+            name: "n1".into(),
+            tunnel: tunnel.into(),
+        }];
+        t.workloads = (0..5_000u32)
+            .map(|i| WorkloadSpec {
+                ip: format!("10.1.{}.{}", i >> 8, i & 255),
+                node: "n1".into(),
+                namespace: "shop".into(),
+                service_account: if i == 7 { sa_of_7.into() } else { "sa".into() },
+            })
+            .collect();
+        t
+    };
+    let v1 = state.publish(mesh("sa", MtlsMode::Strict, "10.9.0.1:15008"), &[], &[]);
+    let origin = http.get(&url).send().await.unwrap().headers()[ORIGIN_HEADER]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let delta_from = |v: u64| {
+        http.get(&url)
+            .header("If-None-Match", format!("\"{v}\""))
+            .header("Accept", config_model::DELTA_MEDIA_TYPE)
+            .header(ORIGIN_HEADER, origin.as_str())
+            .send()
+    };
+    let v2 = state.publish(mesh("other", MtlsMode::Strict, "10.9.0.1:15008"), &[], &[]);
+    let r = delta_from(v1).await.unwrap();
+    assert_eq!(r.headers()["content-type"], config_model::DELTA_MEDIA_TYPE);
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.len() < 400, "{} bytes for one workload", bytes.len());
+    let d: config_model::TableDelta = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(d.base_version, v1);
+    assert_eq!(d.workloads_changed.len(), 1);
+    assert_eq!(d.workloads_changed[0].ip, "10.1.0.7");
+    assert_eq!(d.workloads_changed[0].service_account, "other");
+    assert!(d.changed.is_empty() && d.nodes.is_none() && d.workloads_removed.is_empty());
+    assert_eq!(d.mtls, MtlsMode::Strict);
+
+    // The mode alone is a new version, and its delta says so.
+    let v3 = state.publish(
+        mesh("other", MtlsMode::Permissive, "10.9.0.1:15008"),
+        &[],
+        &[],
+    );
+    assert!(v3 > v2);
+    let d: config_model::TableDelta = delta_from(v2).await.unwrap().json().await.unwrap();
+    assert_eq!(d.mtls, MtlsMode::Permissive);
+    assert!(d.workloads_changed.is_empty() && d.nodes.is_none());
+
+    // A node proxy moved and a pod went away, from v1: both changes since, merged.
+    let mut gone = mesh("other", MtlsMode::Permissive, "10.9.0.2:15008");
+    gone.workloads.remove(9);
+    state.publish(gone, &[], &[]);
+    let d: config_model::TableDelta = delta_from(v1).await.unwrap().json().await.unwrap();
+    assert_eq!(d.nodes.as_ref().unwrap()[0].tunnel, "10.9.0.2:15008");
+    assert_eq!(d.workloads_removed, ["10.1.0.9"]);
+    assert_eq!(d.workloads_changed.len(), 1);
+    // What a proxy holding v1 makes of it is the table served now.
+    let mut held = mesh("sa", MtlsMode::Strict, "10.9.0.1:15008");
+    held.version = v1;
+    held.sort_services();
+    config_model::delta::apply_to_spec(&mut held, &d).unwrap();
+    let now: TableSpec = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(held, now);
+    shutdown.cancel();
+}

@@ -164,6 +164,7 @@ fn translate(
     }
 
     let mut sources: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut identities: BTreeSet<String> = BTreeSet::new();
     for (i, src) in tt.spec.sources.iter().enumerate() {
         if src.kind != "ServiceAccount" {
             problems.push(problem(
@@ -177,6 +178,20 @@ fn translate(
             continue;
         }
         let sns = src.namespace.as_deref().unwrap_or(&ns);
+        // Checked by the destination proxy for traffic from other nodes (mutual TLS).
+        match config_model::WorkloadIdentity::new(sns, &src.name) {
+            Ok(id) => {
+                identities.insert(id.to_string());
+            }
+            Err(e) => {
+                problems.push(problem(
+                    KIND,
+                    tt,
+                    format!("spec.sources[{i}]: {e}; source left out"),
+                ));
+                continue;
+            }
+        }
         let (ips, host_network) = pods.ips_of(sns, &src.name);
         if host_network > 0 {
             problems.push(problem(
@@ -191,8 +206,9 @@ fn translate(
         sources.extend(ips);
     }
     let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
-    if sources.is_empty() {
-        // Nobody to let in (yet): no rule, which in ACL mode denies.
+    let identities: Vec<String> = identities.into_iter().collect();
+    if sources.is_empty() && identities.is_empty() {
+        // Nobody to let in: no rule, which in ACL mode denies.
         return;
     }
 
@@ -231,7 +247,7 @@ fn translate(
         s.access.push(AccessRuleSpec {
             name: name.clone(),
             sources: sources.clone(),
-            identities: Vec::new(),
+            identities: identities.clone(),
             http,
         });
     }

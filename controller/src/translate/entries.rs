@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use config_model::annotations;
+use config_model::mesh::is_dns_subdomain;
 use config_model::{EndpointSpec, ServiceSpec, TrafficType};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -100,7 +101,15 @@ pub(super) fn entry(
             ));
             continue;
         };
-        let endpoints = endpoints_for(slices, ns, p.name.as_deref(), protocol, problems);
+        let with_nodes = settings.mesh.mtls != config_model::MtlsMode::Disabled;
+        let endpoints = endpoints_for(
+            slices,
+            ns,
+            p.name.as_deref(),
+            protocol,
+            with_nodes,
+            problems,
+        );
         out.statuses
             .push(status(ns, name, p, Some(tt), endpoints.len()));
         let mesh_port = match tt {
@@ -229,15 +238,18 @@ fn is_candidate(s: &Service, settings: &Settings) -> bool {
 }
 
 /// Ready endpoints of one service port: the addresses of every ready endpoint of the service's
-/// slices, with the port the slice gives for this port name (the resolved target port).
+/// slices, with the port the slice gives for this port name (the resolved target port), and
+/// `with_nodes` the node each runs on (`endpoints[].nodeName`; an endpoint with a node name
+/// that is not one is left out: a proxy would take it for one of its own node's).
 fn endpoints_for(
     slices: &[Arc<EndpointSlice>],
     ns: &str,
     port_name: Option<&str>,
     protocol: &str,
+    with_nodes: bool,
     problems: &mut Vec<Problem>,
 ) -> Vec<EndpointSpec> {
-    let mut addrs: BTreeSet<String> = BTreeSet::new();
+    let mut addrs: BTreeMap<String, Option<String>> = BTreeMap::new();
     let port_name = port_name.unwrap_or("");
     for slice in slices {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
@@ -256,26 +268,51 @@ fn endpoints_for(
         else {
             continue;
         };
-        for ep in &slice.endpoints {
+        for (i, ep) in slice.endpoints.iter().enumerate() {
             // A missing `ready` condition means ready, as the API documents.
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
+            let node = match ep.node_name.as_deref().filter(|_| with_nodes) {
+                Some(n) if !is_dns_subdomain(n) => {
+                    let slice_name = slice.metadata.name.as_deref().unwrap_or("");
+                    problems.push(Problem::new(
+                        ObjectRef::new("EndpointSlice", ns, slice_name),
+                        format!(
+                            "{ns}/{slice_name}: field endpoints[{i}].nodeName: invalid value {:?}: expected a node name (DNS subdomain); the endpoint is left out",
+                            config_model::cut::cut(n)
+                        ),
+                    ));
+                    continue;
+                }
+                n => n.map(str::to_string),
+            };
             for a in &ep.addresses {
-                match a.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(ip)) => addrs.insert(format!("{ip}:{target}")),
-                    Ok(IpAddr::V6(ip)) => addrs.insert(format!("[{ip}]:{target}")),
+                let addr = match a.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(ip)) => format!("{ip}:{target}"),
+                    Ok(IpAddr::V6(ip)) => format!("[{ip}]:{target}"),
                     Err(_) => {
                         let slice_name = slice.metadata.name.as_deref().unwrap_or("");
                         problems.push(Problem::new(
                             ObjectRef::new("EndpointSlice", ns, slice_name),
                             format!("{ns}/{slice_name}: field endpoints[].addresses: invalid value {a:?}: expected an IP address"),
                         ));
-                        false
+                        continue;
                     }
                 };
+                // One address in several slices: the first node named for it holds.
+                let held = addrs.entry(addr).or_default();
+                if held.is_none() {
+                    held.clone_from(&node);
+                }
             }
         }
     }
-    addrs.into_iter().map(EndpointSpec::new).collect()
+    addrs
+        .into_iter()
+        .map(|(address, node)| EndpointSpec {
+            node,
+            ..EndpointSpec::new(address)
+        })
+        .collect()
 }

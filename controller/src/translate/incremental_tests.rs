@@ -80,8 +80,10 @@ fn yaml(slot: Slot, v: u8) -> String {
             let a = 1 + v % 4;
             let b = 1 + (v / 2) % 4;
             let ready = !v.is_multiple_of(3);
+            // The nodes of the endpoints (read with mutual TLS on); a bad one at some variants.
+            let node = ["n0", "n1", "N_bad"][usize::from(v % 3)];
             format!(
-                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{svc}-x{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: s{svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"10.0.0.{a}\"]}}, {{addresses: [\"10.0.0.{b}\"], conditions: {{ready: {ready}}}}}]\nports: [{{name: http, port: 8080}}, {{name: admin, port: 9090}}, {{name: db, port: 5432}}, {{name: dns, port: 53, protocol: UDP}}]\n"
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{svc}-x{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: s{svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"10.0.0.{a}\"], nodeName: n{a}}}, {{addresses: [\"10.0.0.{b}\"], nodeName: {node}, conditions: {{ready: {ready}}}}}]\nports: [{{name: http, port: 8080}}, {{name: admin, port: 9090}}, {{name: db, port: 5432}}, {{name: dns, port: 53, protocol: UDP}}]\n"
             )
         }
         Slot::Pod(i) => {
@@ -91,8 +93,15 @@ fn yaml(slot: Slot, v: u8) -> String {
             let sa = if w.is_multiple_of(2) { "a" } else { "b" };
             let phase = if w == 7 { "Succeeded" } else { "Running" };
             let ready = if v >= 8 { "True" } else { "False" };
+            // Pod 3 is a node proxy at some variants (read with mutual TLS on).
+            let labels = if i == 3 && w.is_multiple_of(3) {
+                "{app.kubernetes.io/name: maille-proxy}"
+            } else {
+                "{}"
+            };
+            let node = (i + w) % 3;
             format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop}}\nspec: {{serviceAccountName: {sa}, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: 10.0.0.{ip}, phase: {phase}, conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {labels}}}\nspec: {{nodeName: n{node}, serviceAccountName: {sa}, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: 10.0.0.{ip}, phase: {phase}, conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
             )
         }
         Slot::Smi(j) => match j {
@@ -148,9 +157,13 @@ impl World {
     }
 }
 
-fn settings(acl: bool) -> Settings {
+fn settings(acl: bool, mtls: config_model::MtlsMode) -> Settings {
     Settings {
         acl,
+        mesh: crate::mesh::MeshSettings {
+            mtls,
+            ..crate::mesh::MeshSettings::default()
+        },
         // Small ranges, so that some changes exhaust them.
         http_ports: PortRange::new(5000, 5001),
         tcp_ports: PortRange::new(10000, 10001),
@@ -178,8 +191,8 @@ fn slot_of(kind: u8, i: u8) -> Slot {
 
 /// Runs the changes; after each, the incremental translation must equal one from scratch
 /// (with an allocator that saw the same sequence), and the proxy must accept the table.
-fn run(acl: bool, start: &[(u8, u8, u8)], changes: &[(u8, u8, u8)]) {
-    let settings = settings(acl);
+fn run(acl: bool, mtls: config_model::MtlsMode, start: &[(u8, u8, u8)], changes: &[(u8, u8, u8)]) {
+    let settings = settings(acl, mtls);
     let mut world = World::default();
     for &(kind, i, v) in start {
         world.set(slot_of(kind, i), v);
@@ -245,10 +258,15 @@ proptest! {
     #[test]
     fn incremental_equals_from_scratch_after_any_changes(
         acl in any::<bool>(),
+        mtls in prop_oneof![
+            Just(config_model::MtlsMode::Disabled),
+            Just(config_model::MtlsMode::Permissive),
+            Just(config_model::MtlsMode::Strict),
+        ],
         start in proptest::collection::vec((0u8..4, 0u8..8, 0u8..12), 0..24),
         changes in proptest::collection::vec(change(), 1..30),
     ) {
-        run(acl, &start, &changes);
+        run(acl, mtls, &start, &changes);
     }
 }
 
@@ -263,8 +281,9 @@ fn every_object_and_variant_in_turn() {
             }
         }
     }
-    run(true, &[], &changes);
-    run(false, &[], &changes);
+    run(true, config_model::MtlsMode::Disabled, &[], &changes);
+    run(false, config_model::MtlsMode::Disabled, &[], &changes);
+    run(true, config_model::MtlsMode::Strict, &[], &changes);
 }
 
 fn cluster(n: u8) -> World {

@@ -86,6 +86,9 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
     problems.extend(left_out.values().cloned());
     problems.extend(t.smi.problems.iter().cloned());
     problems.extend(t.gateway.problems.iter().cloned());
+    let mesh = t.mesh.clone().unwrap_or_default();
+    problems.extend(mesh.problems);
+    crate::mesh::keep_identities(t.settings.mesh.mtls, &mut specs);
     problems.sort();
     problems.dedup();
 
@@ -143,7 +146,9 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
             version: 0,
             acl: t.settings.acl,
             services: specs,
-            ..TableSpec::default()
+            mtls: t.settings.mesh.mtls,
+            nodes: mesh.nodes,
+            workloads: mesh.workloads,
         },
         services: statuses,
         objects,

@@ -614,3 +614,93 @@ spec:
         .iter()
         .any(|s| s.name == "web" && s.errors.is_empty()));
 }
+
+fn mesh_settings(mtls: config_model::MtlsMode) -> Settings {
+    Settings {
+        acl: true,
+        mesh: crate::mesh::MeshSettings {
+            mtls,
+            ..crate::mesh::MeshSettings::default()
+        },
+        ..Settings::default()
+    }
+}
+
+/// Node proxies, workloads, endpoint nodes and identities, with hostile objects left out and
+/// named (issue 14).
+#[test]
+fn mesh_nodes_workloads_and_identities() {
+    let t = golden("mesh", &mesh_settings(config_model::MtlsMode::Strict));
+    let table = &t.table;
+    assert_eq!(table.mtls, config_model::MtlsMode::Strict);
+    let nodes: Vec<_> = table
+        .nodes
+        .iter()
+        .map(|n| format!("{} {}", n.name, n.tunnel))
+        .collect();
+    assert_eq!(nodes, ["node-a 127.0.1.1:15008", "node-b 127.0.2.1:16008"]);
+    let workloads: Vec<_> = table
+        .workloads
+        .iter()
+        .map(|w| format!("{} {} {}/{}", w.ip, w.node, w.namespace, w.service_account))
+        .collect();
+    assert_eq!(
+        workloads,
+        [
+            "127.0.1.10 node-a shop/client",
+            "127.0.2.10 node-b shop/web",
+            "127.0.3.10 node-c shop/web"
+        ]
+    );
+    let web = find(&t, "shop", "web", 80).unwrap();
+    let eps: Vec<_> = web
+        .endpoints
+        .iter()
+        .map(|e| format!("{} {:?}", e.address, e.node))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            "127.0.2.10:8080 Some(\"node-b\")",
+            "127.0.3.10:8080 Some(\"node-c\")",
+            "127.0.9.10:8080 None"
+        ]
+    );
+    assert_eq!(web.access[0].identities, ["shop/client"]);
+    assert_eq!(web.access[0].sources, ["127.0.1.10", "127.0.1.11"]);
+    let problems = t
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "maille/proxy-b2: node node-b already has node proxy maille/proxy-b",
+        "maille/proxy-d: field metadata.annotations[maille.io/tunnel-port]: invalid value \"70000\"",
+        "shop/bad-node: field spec.nodeName: invalid value \"Node_A; rm -rf\"",
+        "shop/bad-ip: field status.podIP: invalid value \"127.0.1.300\"",
+        "field endpoints[3].nodeName: invalid value \"-bad-\"",
+        "spec.sources[1]: serviceaccount \"Bad_Name\" is not a DNS subdomain",
+    ] {
+        assert!(problems.contains(needle), "{needle:?} not in\n{problems}");
+    }
+    // The proxy accepts it.
+    config_model::Table::try_from(table).unwrap();
+}
+
+/// Without mutual TLS the same objects give the table they gave before it existed: no
+/// nodes, workloads, endpoint nodes or identities.
+#[test]
+fn mesh_objects_change_nothing_when_mtls_is_disabled() {
+    let settings = mesh_settings(config_model::MtlsMode::Disabled);
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&load("mesh"), &settings, &mut alloc);
+    let json = serde_json::to_string(&t.table).unwrap();
+    for absent in ["mtls", "nodes", "workloads", "identities", "\"node\""] {
+        assert!(!json.contains(absent), "{absent} in {json}");
+    }
+    let web = find(&t, "shop", "web", 80).unwrap();
+    // The endpoint with a bad node name is kept: the node is not read.
+    assert_eq!(web.endpoints.len(), 4);
+    assert_eq!(web.access[0].sources, ["127.0.1.10", "127.0.1.11"]);
+}

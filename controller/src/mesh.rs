@@ -1,0 +1,342 @@
+//! The mesh part of a translation (issue 14): from Pods, the node proxies (a Pod of the proxy
+//! labels with a node and an address: its tunnel listens on that address) and the workloads
+//! (pod IP, node, namespace, ServiceAccount) that proxies derive identities from. Workloads are
+//! listed only when mutual TLS is not disabled. A Pod that cannot be honoured is left out and
+//! reported as a [`Problem`] naming it, the field and the (cut) value.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use config_model::cut::cut;
+use config_model::mesh::{is_dns_subdomain, MAX_NODES, MAX_WORKLOADS};
+use config_model::{is_dns_label, MtlsMode, NodeSpec, WorkloadSpec};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::problem::{ObjectRef, Problem};
+
+/// The Pod annotation that moves a node proxy's tunnel off `--proxy-tunnel-port`.
+pub const TUNNEL_PORT_ANNOTATION: &str = "maille.io/tunnel-port";
+
+/// The tunnel port of node proxies unless a Pod says otherwise (the proxy's `--tunnel-port`).
+pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
+
+/// The mesh settings of a translation (flags `--mtls`, `--proxy-selector`,
+/// `--proxy-tunnel-port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// How traffic between nodes is carried.
+    pub mtls: MtlsMode,
+    /// Labels every node proxy Pod has.
+    pub proxy_labels: BTreeMap<String, String>,
+    /// The only namespace node proxy Pods are taken from (the mesh namespace on a cluster, so
+    /// that nobody else can declare a node proxy); any namespace when `None` (a manifests
+    /// folder, whose author declares everything anyway).
+    pub proxy_namespace: Option<String>,
+    /// The tunnel port of a node proxy whose Pod has no [`TUNNEL_PORT_ANNOTATION`].
+    pub tunnel_port: u16,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        let (k, v) = crate::identity::auth::LOCAL_PROXY_LABEL;
+        MeshSettings {
+            mtls: MtlsMode::Disabled,
+            proxy_labels: [(k.to_string(), v.to_string())].into(),
+            proxy_namespace: None,
+            tunnel_port: DEFAULT_TUNNEL_PORT,
+        }
+    }
+}
+
+/// What the Pods give the table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshPart {
+    /// Node proxies, by node name.
+    pub nodes: Vec<NodeSpec>,
+    /// Workloads, by IP as written (empty when mutual TLS is disabled).
+    pub workloads: Vec<WorkloadSpec>,
+    /// Pods left out, and why.
+    pub problems: Vec<Problem>,
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn pod_ref(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Pod's addresses: `status.podIP`, then the others of `status.podIPs`.
+fn pod_ips(pod: &Pod) -> Vec<&str> {
+    let mut ips: Vec<&str> = Vec::new();
+    if let Some(s) = pod.status.as_ref() {
+        ips.extend(s.pod_ip.as_deref());
+        for ip in s.pod_ips.iter().flatten() {
+            if !ips.contains(&ip.ip.as_str()) {
+                ips.push(ip.ip.as_str());
+            }
+        }
+    }
+    ips
+}
+
+fn problem(ns: &str, name: &str, field: &str, value: &str, reason: &str) -> Problem {
+    Problem::new(
+        ObjectRef::new("Pod", ns, name),
+        format!(
+            "{ns}/{}: field {field}: invalid value {:?}: {reason}",
+            cut(name),
+            cut(value)
+        ),
+    )
+}
+
+impl MeshSettings {
+    /// Whether a Pod is a node proxy by its labels and namespace.
+    pub fn is_proxy(&self, pod: &Pod) -> bool {
+        if let Some(ns) = &self.proxy_namespace {
+            if pod.metadata.namespace.as_deref().unwrap_or("default") != ns {
+                return false;
+            }
+        }
+        let labels = pod.metadata.labels.as_ref();
+        !self.proxy_labels.is_empty()
+            && self
+                .proxy_labels
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    }
+}
+
+/// The node proxies and workloads of these Pods. Node proxies come first by the Pod's node;
+/// two on one node: the first by namespace and name (the other reported). Workloads: Pods of
+/// every namespace with an address, a node and not finished, except host-network Pods (their
+/// address is the node's, shared by everything on it) and the proxies themselves; two Pods
+/// with one address: the first by namespace and name. Bounded by the table's limits: beyond
+/// them the rest is left out and reported once.
+pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
+    let mut out = MeshPart::default();
+    if settings.mtls == MtlsMode::Disabled {
+        return out;
+    }
+    let mut sorted: Vec<(&Pod, (String, String))> =
+        pods.iter().map(|p| (&**p, pod_ref(p))).collect();
+    sorted.sort_by(|a, b| a.1.cmp(&b.1));
+
+    let mut nodes: BTreeMap<String, (NodeSpec, String)> = BTreeMap::new();
+    let mut workloads: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
+    let mut owners: HashMap<IpAddr, String> = HashMap::new();
+    let mut over = (0usize, 0usize);
+    for (pod, (ns, name)) in sorted {
+        if finished(pod) || name.is_empty() {
+            continue;
+        }
+        let spec = pod.spec.as_ref();
+        let Some(node) = spec.and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let ips = pod_ips(pod);
+        if ips.is_empty() {
+            continue;
+        }
+        if !is_dns_subdomain(node) {
+            out.problems.push(problem(
+                &ns,
+                &name,
+                "spec.nodeName",
+                node,
+                "expected a node name (DNS subdomain: a-z, 0-9, -, .; at most 253); the pod is left out of the mesh",
+            ));
+            continue;
+        }
+        let mut addrs: Vec<IpAddr> = Vec::with_capacity(ips.len());
+        for ip in &ips {
+            match ip.parse::<IpAddr>() {
+                Ok(a) if !a.is_unspecified() && !a.is_multicast() => addrs.push(a),
+                _ => out.problems.push(problem(
+                    &ns,
+                    &name,
+                    "status.podIP",
+                    ip,
+                    "expected the IP address of one pod; the address is left out of the mesh",
+                )),
+            }
+        }
+        let Some(&first) = addrs.first() else {
+            continue;
+        };
+
+        if settings.is_proxy(pod) {
+            let port = match tunnel_port(pod, settings.tunnel_port) {
+                Ok(p) => p,
+                Err(value) => {
+                    out.problems.push(problem(
+                        &ns,
+                        &name,
+                        &format!("metadata.annotations[{TUNNEL_PORT_ANNOTATION}]"),
+                        &value,
+                        "expected a port from 1 to 65535; the node proxy is left out",
+                    ));
+                    continue;
+                }
+            };
+            let tunnel = match first {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            };
+            match nodes.get(node) {
+                Some((_, other)) => out.problems.push(Problem::new(
+                    ObjectRef::new("Pod", &ns, &name),
+                    format!(
+                        "{ns}/{}: node {node} already has node proxy {other}; this one is left out",
+                        cut(&name)
+                    ),
+                )),
+                None if nodes.len() >= MAX_NODES => over.0 += 1,
+                None => {
+                    nodes.insert(
+                        node.to_string(),
+                        (
+                            NodeSpec {
+                                name: node.to_string(),
+                                tunnel,
+                            },
+                            format!("{ns}/{name}"),
+                        ),
+                    );
+                }
+            }
+            continue;
+        }
+
+        if spec.and_then(|s| s.host_network).unwrap_or(false) {
+            continue;
+        }
+        let sa = pod_service_account(pod);
+        if !is_dns_subdomain(&sa) || !is_dns_label(&ns) {
+            out.problems.push(problem(
+                &ns,
+                &name,
+                "spec.serviceAccountName",
+                &sa,
+                "expected a ServiceAccount name (DNS subdomain) in a namespace that is a DNS label; the pod has no mesh identity",
+            ));
+            continue;
+        }
+        for a in addrs {
+            if let Some(owner) = owners.get(&a) {
+                out.problems.push(Problem::new(
+                    ObjectRef::new("Pod", &ns, &name),
+                    format!(
+                        "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
+                        cut(&name)
+                    ),
+                ));
+                continue;
+            }
+            if workloads.len() >= MAX_WORKLOADS {
+                over.1 += 1;
+                continue;
+            }
+            owners.insert(a, format!("{ns}/{name}"));
+            let ip = a.to_string();
+            workloads.insert(
+                ip.clone(),
+                WorkloadSpec {
+                    ip,
+                    node: node.to_string(),
+                    namespace: ns.clone(),
+                    service_account: sa.clone(),
+                },
+            );
+        }
+    }
+    if over.0 > 0 || over.1 > 0 {
+        out.problems.push(Problem::new(
+            ObjectRef::new("Pod", "", "-"),
+            format!(
+                "more pods than a table holds: {} node proxies beyond {MAX_NODES} and {} workloads beyond {MAX_WORKLOADS} are left out of the mesh",
+                over.0, over.1
+            ),
+        ));
+    }
+    out.nodes = nodes.into_values().map(|(n, _)| n).collect();
+    out.workloads = workloads.into_values().collect();
+    out
+}
+
+fn pod_service_account(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
+    #[allow(deprecated)]
+    spec.and_then(|s| {
+        s.service_account_name
+            .clone()
+            .or_else(|| s.service_account.clone())
+    })
+    .filter(|s| !s.is_empty())
+    .unwrap_or_else(|| "default".into())
+}
+
+/// The Pod's tunnel port: its annotation, or `default`. The annotation's text (cut) when it is
+/// not a port.
+fn tunnel_port(pod: &Pod, default: u16) -> Result<u16, String> {
+    let Some(v) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TUNNEL_PORT_ANNOTATION))
+    else {
+        return Ok(default);
+    };
+    match v.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(cut(v).into_owned()),
+    }
+}
+
+/// Access rules carry the identities of their sources only where a proxy checks them (mutual
+/// TLS on): with it disabled they are dropped, and so are the rules left with no source
+/// address, so that the table is what it was before identities existed.
+pub fn keep_identities(mtls: MtlsMode, specs: &mut [config_model::ServiceSpec]) {
+    if mtls != MtlsMode::Disabled {
+        return;
+    }
+    for s in specs {
+        if s.access.iter().any(|r| !r.identities.is_empty()) {
+            for r in &mut s.access {
+                r.identities.clear();
+            }
+            s.access.retain(|r| !r.sources.is_empty());
+        }
+    }
+}
+
+/// What of a Pod the mesh part reads, beyond what SMI reads (`smi::pod_fingerprint` hashes
+/// this in): its node, its labels and its tunnel-port annotation.
+pub fn hash_mesh_fields(pod: &Pod, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .hash(h);
+    pod.metadata.labels.hash(h);
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TUNNEL_PORT_ANNOTATION))
+        .hash(h);
+}
+
+#[cfg(test)]
+mod tests;
