@@ -77,6 +77,9 @@ VALUE_SETS = {
     "identity-off": {
         "identity": {"enabled": False},
     },
+    "gateway-crds-off": {
+        "gatewayAPI": {"installCRDs": False},
+    },
     "dns-off": {
         "dns": {"prepare": False, "cleanup": False},
         "controller": {"podDisruptionBudget": {"enabled": False}},
@@ -286,9 +289,12 @@ def check_wiring(docs, values):
                         f"{d['metadata']['name']} may read secrets other than the mesh CA: {rule}"
                 if d["kind"] == "ClusterRole":
                     writes = set(rule["verbs"]) - {"get", "list", "watch"}
-                    # A TokenReview is a question to the API server, not a stored object.
+                    # A TokenReview is a question to the API server, not a stored object; the
+                    # status of a Gateway API route is Maille's report on it (docs/gateway-api.md).
                     assert not writes or rule["resources"] == ["events"] or (
-                        rule["resources"] == ["tokenreviews"] and rule["verbs"] == ["create"]), f"cluster-wide write {rule}"
+                        rule["resources"] == ["tokenreviews"] and rule["verbs"] == ["create"]) or (
+                        all(r.endswith("/status") for r in rule["resources"]) and rule["verbs"] == ["patch"]
+                        and rule["apiGroups"] == ["gateway.networking.k8s.io"]), f"cluster-wide write {rule}"
     # Every container runs as non-root with a read-only root and no privilege escalation.
     for w in chart_workloads(docs):
         spec = pod_spec(w)
@@ -648,6 +654,40 @@ def test_two_releases_do_not_collide_on_cluster_scoped_names():
     assert names(a) and not names(a) & names(b), names(a) & names(b)
 
 
+def test_gateway_api_crds_installed_when_missing_and_kept_and_routes_readable():
+    _, docs = render_set("default")
+    crds = {d["metadata"]["name"]: d for d in find(docs, "CustomResourceDefinition")}
+    assert set(crds) == {"httproutes.gateway.networking.k8s.io", "grpcroutes.gateway.networking.k8s.io"}, set(crds)
+    for name, crd in crds.items():
+        assert crd["spec"]["group"] == "gateway.networking.k8s.io"
+        # Deleting a CRD deletes every route in it: uninstall keeps it.
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", name
+        assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "maille"
+        served = {v["name"] for v in crd["spec"]["versions"] if v["served"]}
+        stored = [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+        assert stored == ["v1"], name
+        assert served == ({"v1", "v1beta1"} if name.startswith("httproutes") else {"v1"}), name
+        assert all(v["subresources"] == {"status": {}} for v in crd["spec"]["versions"]), name
+    # The template reads the chart's generated files (controller/tests/gateway_crds.rs keeps them
+    # equal to the types), guarded by a lookup of the definition in the cluster.
+    template = (CHART / "templates" / "gateway-api-crds.yaml").read_text()
+    assert 'lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition"' in template
+    assert "meta.helm.sh/release-name" in template
+
+    _, off = render_set("gateway-crds-off")
+    assert not find(off, "CustomResourceDefinition")
+
+    cr = one(docs, "ClusterRole", "maille-controller-maille")
+    grants = {(g, r, v) for rule in cr["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    group = "gateway.networking.k8s.io"
+    for res in ("httproutes", "grpcroutes"):
+        assert {(group, res, v) for v in ("get", "list", "watch")} <= grants, res
+        assert (group, f"{res}/status", "patch") in grants, res
+        # Only the status is written, never the route.
+        assert not {(group, res, v) for v in ("create", "update", "patch", "delete")} & grants, res
+    assert not any(r.endswith("/status") and v != "patch" for g, r, v in grants if g == group)
+
+
 def test_crds_validate():
     crds = sorted((CHART / "crds").glob("*.y*ml")) if (CHART / "crds").is_dir() else []
     if not crds:
@@ -697,6 +737,8 @@ SCHEMA_REJECTS = [
     ({"identity": {"trustDomain": "Cluster Local"}}, "trustDomain"),
     ({"identity": {"tokenExpirationSeconds": 60}}, "tokenExpirationSeconds"),
     ({"identity": {"ca": {"secretName": "Mesh_CA"}}}, "secretName"),
+    ({"gatewayAPI": {"installCRDs": "yes"}}, "installCRDs"),
+    ({"gatewayAPI": {"install": True}}, "install"),
 ]
 
 

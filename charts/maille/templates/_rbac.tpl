@@ -26,6 +26,13 @@
 - apiGroups: [split.smi-spec.io]
   resources: [trafficsplits]
   verbs: [get, list, watch]
+# Gateway API routes, and the status entries the leader writes on them (docs/gateway-api.md).
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes, grpcroutes]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes/status, grpcroutes/status]
+  verbs: [patch]
 {{- if .Values.identity.enabled }}
 # Mesh identity: who a proxy's token stands for (the pod it names is read with pods/get).
 - apiGroups: [authentication.k8s.io]
