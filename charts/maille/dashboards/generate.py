@@ -265,6 +265,32 @@ def proxies():
           [q(f"sum by (instance) (rate(maille_proxy_tcp_connections_failed_total{{{INST}}}[{RI}]))", "{{instance}}")], unit="ops")
     b.add("timeseries", "UDP drops by reason", "Datagrams dropped per second (no_route, no_endpoint, access_denied, session_limit...).",
           [q(f"sum by (instance, reason) (rate(maille_proxy_udp_dropped_total{{{INST}}}[{RI}]))", "{{reason}} {{instance}}")], unit="pps")
+    b.row("Mesh identity and mutual TLS")
+    # Zero for every proxy rather than "no data" while nothing was sent in cleartext or refused.
+    zero = f"on(instance) (0 * max by (instance) (maille_proxy_table_version{{{INST}}}))"
+    b.add("timeseries", "Certificate time left",
+          "Seconds until each proxy's mesh certificate ends. Renewal happens at about half its lifetime, so a "
+          "curve that keeps falling past half means the controller is not answering (see the proxy's /ready). "
+          "Far below zero: the proxy holds no certificate (no --identity-token-file, or none received yet).",
+          [q(f"max by (instance) (maille_proxy_identity_certificate_expiry_timestamp_seconds{{{INST}}}) - time()",
+             "{{instance}}")], unit="s", w=8)
+    b.add("timeseries", "Cross-node traffic: tunnel and cleartext",
+          "Streams opened per second through the mutual-TLS tunnel to other nodes' proxies, and requests, "
+          "connections and UDP sessions sent in cleartext to nodes without proxy (mtls: permissive) or refused "
+          "for that reason (mtls: strict). Cleartext in a strict mesh is never expected.",
+          [q(f'sum by (instance) (rate(maille_proxy_tunnel_streams_total{{{INST}, direction="out", result="ok"}}[{RI}]))',
+             "tunnel {{instance}}"),
+           q(f"sum by (instance) (rate(maille_proxy_mtls_cleartext_total{{{INST}}}[{RI}])) or {zero}",
+             "cleartext {{instance}}"),
+           q(f"sum by (instance) (rate(maille_proxy_mtls_refused_total{{{INST}}}[{RI}])) or {zero}",
+             "refused (strict) {{instance}}")], unit="ops", w=8)
+    b.add("timeseries", "Tunnel denials and handshake refusals",
+          "Streams this proxy refused to carry to its pods (by reason: spoofed_identity, access_denied, "
+          "no_identity...) and connections to its tunnel port refused during the handshake.",
+          [q(f"sum by (instance, reason) (rate(maille_proxy_tunnel_denied_total{{{INST}}}[{RI}])) or {zero}",
+             "{{reason}} {{instance}}"),
+           q(f'sum by (instance) (rate(maille_proxy_tunnel_handshakes_total{{{INST}, result!="ok"}}[{RI}]))',
+             "handshakes refused {{instance}}")], unit="ops", w=8)
     return b
 
 
