@@ -15,6 +15,12 @@ pub enum RouteProblem {
         /// The most allowed.
         max: usize,
     },
+    /// More entries (matches over all rules) of one route on one service port than
+    /// [`super::MAX_MATCHES_PER_ROUTE`].
+    TooManyEntries {
+        /// How many there are (at least).
+        found: usize,
+    },
     /// A string longer than allowed, in bytes.
     TooLong {
         /// The most allowed.
@@ -95,7 +101,10 @@ impl RouteError {
         use super::model::*;
         match &self.problem {
             RouteProblem::RouteName => "expected namespace/name of the route".into(),
-            RouteProblem::TooMany { found, max } => format!("{found} items; at most {max}"),
+            RouteProblem::TooMany { max, .. } => format!("expected at most {max}"),
+            RouteProblem::TooManyEntries { found } => format!(
+                "the route puts {found} matches on this service port; at most {MAX_MATCHES_PER_ROUTE}"
+            ),
             RouteProblem::TooLong { max } => format!("longer than {max} bytes"),
             RouteProblem::Regex(why) => format!("not a valid regex: {why}"),
             RouteProblem::Path => {

@@ -164,17 +164,18 @@ pub fn check_route_entries(route: &str, count: usize) -> Result<(), RouteError> 
         return Err(RouteError::new(
             "route",
             route,
-            RouteProblem::TooMany {
-                found: count,
-                max: MAX_MATCHES_PER_ROUTE,
-            },
+            RouteProblem::TooManyEntries { found: count },
         ));
     }
     Ok(())
 }
 
 fn too_many(field: &str, found: usize, max: usize) -> RouteError {
-    RouteError::new(field, "", RouteProblem::TooMany { found, max })
+    RouteError::new(
+        field,
+        &format!("{found} items"),
+        RouteProblem::TooMany { found, max },
+    )
 }
 
 /// A DNS name (RFC 1123 subdomain): lower-case labels, at most 253 bytes.

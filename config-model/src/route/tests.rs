@@ -485,7 +485,18 @@ fn bounds_of_the_contract_hold() {
     };
     assert_eq!(refused(&set).0, "filters[0].set[0].value");
     assert_eq!(check_route_entries("a/b", MAX_MATCHES_PER_ROUTE), Ok(()));
-    assert!(check_route_entries("a/b", MAX_MATCHES_PER_ROUTE + 1).is_err());
+    assert_eq!(
+        check_route_entries("a/b", MAX_MATCHES_PER_ROUTE + 1)
+            .unwrap_err()
+            .to_string(),
+        "route: invalid value \"a/b\": the route puts 65 matches on this service port; at most 64"
+    );
+    assert_eq!(
+        Route::try_from(&with_headers(MAX_VALUE_MATCHES + 1))
+            .unwrap_err()
+            .to_string(),
+        "match.headers: invalid value \"17 items\": expected at most 16"
+    );
 }
 
 #[test]
