@@ -91,8 +91,11 @@ fn status(api: &FakeApi) -> Option<RouteStatus> {
     api.get::<HTTPRoute>("shop", "web")?.status
 }
 
-/// Maille's conditions as (type, status, reason, observedGeneration).
-fn ours(st: &RouteStatus) -> Option<Vec<(String, String, String, Option<i64>)>> {
+/// A condition as (type, status, reason, observedGeneration).
+type Cond = (String, String, String, Option<i64>);
+
+/// Maille's conditions.
+fn ours(st: &RouteStatus) -> Option<Vec<Cond>> {
     let p = st
         .parents
         .iter()
@@ -132,7 +135,7 @@ async fn writes_settle(api: &FakeApi) -> usize {
     panic!("status writes never stop: {:?}", api.writes());
 }
 
-fn c(t: &str, s: &str, r: &str, g: i64) -> (String, String, String, Option<i64>) {
+fn c(t: &str, s: &str, r: &str, g: i64) -> Cond {
     (t.into(), s.into(), r.into(), Some(g))
 }
 
