@@ -13,21 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use config_model::testing::{service, table};
 use config_model::{
     AccessRuleSpec, EndpointSpec, MtlsMode, NodeSpec, TableSpec, TrafficType, WorkloadSpec,
 };
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use maille_proxy::tcp::testing::{echo, read_line};
 use maille_proxy::testing::{
     free_tcp_ports, metric, HttpBackend, TcpBackend, TestPorts, TestProxy, TestProxyOptions,
     UdpBackend, PATIENCE,
 };
 use maille_proxy::tunnel::client::Pool;
+use maille_proxy::tunnel::testing::pod::{self, ask};
 use maille_proxy::tunnel::testing::{CaptureRelay, TestCa};
 use maille_proxy::tunnel::{PeerNode, Protocol, StreamClaim, TunnelSettings};
 
@@ -205,48 +201,19 @@ impl Mesh {
 }
 
 async fn get(to: SocketAddr, from: [u8; 4], host: &str) -> (u16, String) {
-    let mut conn = HttpConnector::new();
-    conn.set_local_address(Some(IpAddr::from(from)));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
-    let req = http::Request::get(format!("http://{to}/"))
-        .header(http::header::HOST, host)
-        .body(Empty::new())
-        .unwrap();
-    let resp = tokio::time::timeout(PATIENCE, client.request(req))
+    pod::get(to, IpAddr::from(from), host)
         .await
-        .expect("answer in time")
-        .expect("answer");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+        .expect("answer")
 }
 
 /// A TCP connection to `to` from pod address `from`.
 async fn tcp_from(to: SocketAddr, from: [u8; 4]) -> tokio::net::TcpStream {
-    let s = tokio::net::TcpSocket::new_v4().unwrap();
-    s.bind(SocketAddr::new(IpAddr::from(from), 0)).unwrap();
-    tokio::time::timeout(PATIENCE, s.connect(to))
-        .await
-        .unwrap()
-        .unwrap()
+    pod::tcp(to, IpAddr::from(from)).await.unwrap()
 }
 
 /// A UDP socket of pod address `from`, connected to `to`.
 async fn udp_from(to: SocketAddr, from: [u8; 4]) -> tokio::net::UdpSocket {
-    let s = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::from(from), 0))
-        .await
-        .unwrap();
-    s.connect(to).await.unwrap();
-    s
-}
-
-async fn ask(s: &tokio::net::UdpSocket, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    s.send(msg).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    match tokio::time::timeout(wait, s.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        _ => None,
-    }
+    pod::udp(to, IpAddr::from(from)).await.unwrap()
 }
 
 fn denied(reason: &str) -> f64 {

@@ -169,3 +169,58 @@ impl Drop for CaptureRelay {
         self.task.abort();
     }
 }
+
+/// Clients with the address of a pod: loopback addresses stand for pods of the nodes.
+pub mod pod {
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    use crate::testing::PATIENCE;
+
+    /// GET `/` with Host `host` from address `from` to `to`: status and body.
+    pub async fn get(to: SocketAddr, from: IpAddr, host: &str) -> anyhow::Result<(u16, String)> {
+        let mut conn = HttpConnector::new();
+        conn.set_local_address(Some(from));
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
+        let req = http::Request::get(format!("http://{to}/"))
+            .header(http::header::HOST, host)
+            .body(Empty::new())?;
+        let resp = tokio::time::timeout(PATIENCE, client.request(req)).await??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A TCP connection to `to` from address `from`.
+    pub async fn tcp(to: SocketAddr, from: IpAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let s = match from {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        s.bind(SocketAddr::new(from, 0))?;
+        tokio::time::timeout(PATIENCE, s.connect(to)).await?
+    }
+
+    /// A UDP socket of address `from`, connected to `to`.
+    pub async fn udp(to: SocketAddr, from: IpAddr) -> std::io::Result<tokio::net::UdpSocket> {
+        let s = tokio::net::UdpSocket::bind(SocketAddr::new(from, 0)).await?;
+        s.connect(to).await?;
+        Ok(s)
+    }
+
+    /// Sends `msg` and waits up to `wait` for one datagram back.
+    pub async fn ask(s: &tokio::net::UdpSocket, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+        s.send(msg).await.ok()?;
+        let mut buf = vec![0u8; 65536];
+        match tokio::time::timeout(wait, s.recv(&mut buf)).await {
+            Ok(Ok(n)) => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+}
