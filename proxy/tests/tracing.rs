@@ -497,6 +497,53 @@ async fn local_answers_carry_their_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_entries_are_named_in_the_span() {
+    let collector = Collector::start().await;
+    let web = HttpBackend::start("web").await;
+    let proxy = traced_proxy(collector.url(), |_| {});
+    let mut svc = http("shop", "web", proxy.ports.http[0], &[&web.addr_str()]);
+    let entry = |rule, path: &str, unresolved| config_model::RouteSpec {
+        route: "shop/web-route".into(),
+        rule,
+        matches: config_model::route::RouteMatchSpec {
+            path: Some(config_model::route::PathMatchSpec {
+                kind: config_model::route::PathMatchType::PathPrefix,
+                value: path.into(),
+            }),
+            ..Default::default()
+        },
+        unresolved_weight: unresolved,
+        ..Default::default()
+    };
+    svc.routes = vec![entry(0, "/gone", 1), entry(3, "/", 0)];
+    proxy.set_table(&table(1, vec![svc]));
+    for (path, status, rule, reason, trace) in [
+        ("/x", 200, "3", None, "99999999999999991111111111111111"),
+        (
+            "/gone",
+            500,
+            "0",
+            Some("backend_not_found"),
+            "aaaaaaaaaaaaaaaa2222222222222222",
+        ),
+    ] {
+        let tp = format!("00-{trace}-{CLIENT_SPAN}-01");
+        let (got_status, _) = send(
+            proxy.http[0],
+            "web.shop.maille.mesh",
+            path,
+            &[("traceparent", &tp)],
+        )
+        .await;
+        assert_eq!(got_status, status, "{path}");
+        let got = collector.wait_trace(trace).await;
+        assert_eq!(got.attr("maille.route").as_deref(), Some("shop/web-route"));
+        assert_eq!(got.attr("maille.route.rule").as_deref(), Some(rule));
+        assert_eq!(got.attr("maille.local_reason").as_deref(), reason, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_and_tcp_connection_spans() {
     let collector = Collector::start().await;
     let db = TcpBackend::start("db-1").await;
