@@ -76,6 +76,10 @@ VALUE_SETS = {
     },
     "identity-off": {
         "identity": {"enabled": False},
+        "mtls": "disabled",
+    },
+    "mtls-permissive": {
+        "mtls": "permissive",
     },
     "gateway-crds-off": {
         "gatewayAPI": {"installCRDs": False},
@@ -486,6 +490,15 @@ def test_identity_user_supplied_ca_and_off():
     assert "identity-token-file" not in flags(proxy) and "env" not in proxy
 
 
+def test_mtls_strict_on_a_fresh_install_permissive_and_off():
+    f = flags(container(one(documents(render({})), "Deployment", "maille-controller"), "controller"))
+    assert f["mtls"] == "strict"
+    _, docs = render_set("mtls-permissive")
+    assert flags(container(one(docs, "Deployment", "maille-controller"), "controller"))["mtls"] == "permissive"
+    _, docs = render_set("identity-off")
+    assert flags(container(one(docs, "Deployment", "maille-controller"), "controller"))["mtls"] == "disabled"
+
+
 def test_cleanup_hook_brings_its_own_rights():
     _, docs = render_set("default")
     hooks = [d for _, d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "post-delete"]
@@ -705,6 +718,8 @@ def test_crds_validate():
 
 SCHEMA_REJECTS = [
     ({"acl": "yes"}, "acl"),
+    ({"mtls": "on"}, "mtls"),
+    ({"mtls": True}, "mtls"),
     ({"defaultMode": "grpc"}, "defaultMode"),
     ({"meshServices": "some"}, "meshServices"),
     ({"watchNamespaces": "shop,web"}, "watchNamespaces"),
@@ -764,6 +779,8 @@ TEMPLATE_REJECTS = [
     ({"ports": {"udp": {"start": 65530, "size": 25}}}, "goes past port 65535"),
     ({"proxy": {"adminPort": 10003}}, "proxy.adminPort: 10003 lies inside ports.tcp"),
     ({"watchNamespaces": ["maille"]}, "is the mesh's own namespace"),
+    ({"identity": {"enabled": False}}, "mtls: strict needs identity.enabled"),
+    ({"identity": {"enabled": False}, "mtls": "permissive"}, "mtls: permissive needs identity.enabled"),
 ]
 
 

@@ -25,6 +25,9 @@
 {{- if and (gt (int .Values.controller.replicas) 1) (not .Values.controller.leaderElection.enabled) -}}
 {{- fail (printf "controller.replicas: %d replicas need controller.leaderElection.enabled (without it every replica writes shadow services)" (int .Values.controller.replicas)) -}}
 {{- end -}}
+{{- if and (ne .Values.mtls "disabled") (not .Values.identity.enabled) -}}
+{{- fail (printf "mtls: %s needs identity.enabled (node proxies need certificates for the tunnel); set mtls: disabled to run without identity" .Values.mtls) -}}
+{{- end -}}
 {{- if has .Release.Namespace .Values.watchNamespaces -}}
 {{- fail (printf "watchNamespaces: %q is the mesh's own namespace, which is never meshed; install Maille in its own namespace" .Release.Namespace) -}}
 {{- end -}}
