@@ -431,6 +431,19 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.route.is_some() {
+            ctx.resilience.check_body_deadline()?;
+        }
+        Ok(None)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(span) = ctx.trace.take() {
             span.finish(session, e, ctx);

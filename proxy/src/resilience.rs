@@ -327,6 +327,22 @@ impl RequestState {
         Ok(())
     }
 
+    /// For a request whose route entry has a request timeout: an error once that deadline has
+    /// passed while the response body is still arriving (called per piece of body). The
+    /// Gateway API's request timeout covers the whole response; the per-read timeouts set at
+    /// each attempt catch a stall, this catches a body that keeps trickling past the deadline.
+    pub fn check_body_deadline(&mut self) -> pingora_error::Result<()> {
+        let route_deadline = self.route.as_ref().is_some_and(|r| r.request_ms.is_some());
+        if route_deadline && self.remaining().is_some_and(|d| d.is_zero()) {
+            self.timed_out = true;
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the route's request timeout expired while the response body was arriving",
+            ));
+        }
+        Ok(())
+    }
+
     /// The pause before the next attempt, when this is a retry of a route entry with a
     /// backoff (never past the deadline).
     pub fn backoff(&self) -> Option<Duration> {

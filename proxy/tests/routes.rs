@@ -546,6 +546,61 @@ async fn timeouts_answer_504() {
     );
 }
 
+/// A backend whose every response announces 20 bytes of body and sends one each 100 ms.
+async fn trickling_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 20\r\nx-backend: trickle\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..20 {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_covers_a_trickling_response_body() {
+    let trickle = trickling_backend().await;
+    let timed = RouteSpec {
+        timeouts: Some(RouteTimeoutsSpec {
+            request_ms: Some(500),
+            backend_request_ms: None,
+        }),
+        ..rule(0, prefix("/timed"), &[])
+    };
+    let proxy = TestProxy::start(|p| {
+        let mut web = http("shop", "web", p.http[0], &[&trickle.to_string()]);
+        web.routes = vec![timed, rule(1, prefix("/"), &[])];
+        table(1, vec![web])
+    });
+    // Each byte comes well within any read timeout; only the whole-response deadline can stop
+    // it. Without a timeout in its rule the whole body arrives.
+    let full = get(proxy.http[0], "/full").await;
+    assert_eq!((full.status, full.body.len()), (200, 20));
+    let cut = get(proxy.http[0], "/timed").await;
+    assert_eq!(cut.status, 200, "the header was already sent");
+    assert!(cut.body.len() < 20, "cut at the deadline: {:?}", cut.body);
+}
+
 /// A backend answering 503 to everything (HTTP/1.1 and h2c), counting requests.
 async fn failing_backend() -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
