@@ -24,7 +24,8 @@ enum Slot {
 const SERVICES: u8 = 6;
 const SLICES: u8 = 7;
 const PODS: u8 = 4;
-const SMI: u8 = 6;
+// SMI objects 0 to 5; Gateway API routes 6 and 7.
+const SMI: u8 = 8;
 
 fn service_ns(i: u8) -> &'static str {
     if i < 4 {
@@ -122,8 +123,27 @@ fn yaml(slot: Slot, v: u8) -> String {
                 if v.is_multiple_of(3) { "TCPRoute" } else { "HTTPRouteGroup" },
                 if v.is_multiple_of(3) { "r" } else { "g" },
             ),
-            _ => format!(
+            5 => format!(
                 "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: t2, namespace: lab}}\nspec: {{service: s4, backends: [{{service: s5, weight: {v}}}, {{service: s4, weight: 1}}]}}\n"
+            ),
+            // An HTTPRoute on s0 (every port, port 80 or 81), backends s1 and s2 (or one in
+            // another namespace), a filter Maille refuses at some variants.
+            6 => {
+                let port = ["", ", port: 80", ", port: 81"][usize::from(v % 3)];
+                let filter = if v % 4 == 3 {
+                    "[{type: RequestMirror, requestMirror: {backendRef: {name: s1, port: 80}}}]"
+                } else {
+                    "[{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-r, value: h0}]}}]"
+                };
+                let other = if v % 5 == 4 { ", namespace: lab" } else { "" };
+                format!(
+                    "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h0, namespace: shop}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: s0{port}}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]\n    backendRefs: [{{name: s1, port: 80, weight: {v}}}, {{name: s2, port: 80{other}}}]\n  - matches: [{{path: {{type: Exact, value: /x}}, headers: [{{name: x-v, value: \"{v}\"}}]}}]\n    filters: {filter}\n"
+                )
+            }
+            // A GRPCRoute on s1 and an HTTPRoute on s4 sending to s5.
+            _ => format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g0, namespace: shop}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: s{}}}]\n  rules:\n  - matches: [{{method: {{service: shop.v1.S, method: M{v}}}}}]\n    backendRefs: [{{name: s3, port: 80}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h1, namespace: lab}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: s4}}]\n  rules: [{{backendRefs: [{{name: s5, port: 80, weight: {v}}}]}}]\n",
+                1 + v % 2
             ),
         },
     }
@@ -178,6 +198,10 @@ fn assert_same(inc: &Translation, full: &Translation, step: usize) {
     assert_eq!(inc.objects, full.objects, "step {step}: object rows");
     assert_eq!(inc.shadows, full.shadows, "step {step}: shadows");
     assert_eq!(inc.problems, full.problems, "step {step}: problems");
+    assert_eq!(
+        inc.route_statuses, full.route_statuses,
+        "step {step}: route statuses"
+    );
 }
 
 fn slot_of(kind: u8, i: u8) -> Slot {
@@ -228,6 +252,12 @@ fn run(acl: bool, mtls: config_model::MtlsMode, start: &[(u8, u8, u8)], changes:
                             again.pods.push(Arc::new((**p).clone()));
                         }
                         again.smi = text.smi.clone();
+                        for r in &text.gateway.http_routes {
+                            again.gateway.http_routes.push(Arc::new((**r).clone()));
+                        }
+                        for r in &text.gateway.grpc_routes {
+                            again.gateway.grpc_routes.push(Arc::new((**r).clone()));
+                        }
                         world.objects.insert(slot, again);
                     }
                 }
@@ -367,4 +397,39 @@ fn a_pod_update_that_changes_nothing_makes_no_new_version() {
             "acl {acl}"
         );
     }
+}
+
+/// The universe's routes do reach the table (so the property above covers the Gateway API
+/// stage), and a change to a Service only a route names reruns that stage alone.
+#[test]
+fn routes_of_the_universe_reach_the_table() {
+    let settings = Settings::default();
+    let mut world = cluster(SERVICES);
+    world.set(Slot::Smi(6), 0);
+    world.set(Slot::Smi(7), 2);
+    let mut translator = Translator::new(settings.clone());
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translator.translate(&world.snapshot(false), &mut alloc);
+    let routed: Vec<String> = t
+        .table
+        .services
+        .iter()
+        .filter(|s| !s.routes.is_empty())
+        .map(|s| s.key().to_string())
+        .collect();
+    assert_eq!(
+        routed,
+        ["lab/s4:80", "shop/s0:80", "shop/s1:80"],
+        "{routed:?}"
+    );
+    assert_eq!(t.route_statuses.len(), 3);
+
+    // s5 is named by a route only (a backend of h1): the route stage reruns.
+    world.set(Slot::Slice(5), 6);
+    translator.translate(&world.snapshot(false), &mut alloc);
+    assert!(translator.work().gateway);
+    // A slice of a Service no route names: no rerun.
+    world.set(Slot::Slice(6), 3);
+    translator.translate(&world.snapshot(false), &mut alloc);
+    assert!(!translator.work().gateway, "{:?}", translator.work());
 }
