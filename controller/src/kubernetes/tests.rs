@@ -461,3 +461,70 @@ async fn gateway_api_routes_are_optional_and_watched_once_their_crds_appear() {
     state_of(&r, "HTTPRoute", |s| *s == WatchState::Synced).await;
     state_of(&r, "GRPCRoute", |s| *s == WatchState::Synced).await;
 }
+
+/// Issue 14: what the mesh reads of a Pod (its node, its labels) counts as a change: a proxy
+/// Pod scheduled and labelled publishes a snapshot, which lists it as its node's proxy with
+/// the cluster's settings (the --proxy-selector labels, in the mesh namespace).
+#[tokio::test]
+async fn a_proxy_pod_scheduled_on_a_node_becomes_that_nodes_proxy() {
+    use crate::mesh::MeshSettings;
+    use config_model::MtlsMode;
+    let api = FakeApi::new();
+    api.insert(&service("shop", "web"));
+    let mut proxy = pod("maille", "proxy-x", "10.1.0.7", "True");
+    api.insert(&proxy);
+    let mut r = start(&api, timing());
+    within("first sync", r.provider.wait_synced())
+        .await
+        .unwrap();
+    snapshot_where(&mut r, "the listed pod", |s| s.pods.len() == 1).await;
+    // Let the first syncs of every kind publish what they publish: the next snapshot is the
+    // Pod update's own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.snapshots.borrow_and_update();
+
+    proxy.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "maille"),
+            ("app.kubernetes.io/component", "proxy"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    proxy.spec.as_mut().unwrap().node_name = Some("node-1".into());
+    api.insert(&proxy);
+    let snap = snapshot_where(&mut r, "the scheduled proxy", |s| {
+        s.pods[0]
+            .spec
+            .as_ref()
+            .is_some_and(|p| p.node_name.is_some())
+    })
+    .await;
+
+    let settings = Settings {
+        mesh: MeshSettings {
+            mtls: MtlsMode::Strict,
+            proxy_labels: [
+                ("app.kubernetes.io/name", "maille"),
+                ("app.kubernetes.io/component", "proxy"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            proxy_namespace: Some("maille".into()),
+            tunnel_port: 15008,
+        },
+        ..Settings::default()
+    };
+    let mut alloc = crate::alloc::PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = crate::translate::translate(&snap, &settings, &mut alloc);
+    let nodes: Vec<_> = t
+        .table
+        .nodes
+        .iter()
+        .map(|n| format!("{} {}", n.name, n.tunnel))
+        .collect();
+    assert_eq!(nodes, ["node-1 10.1.0.7:15008"]);
+    assert!(t.table.workloads.is_empty(), "a proxy is not a workload");
+}
