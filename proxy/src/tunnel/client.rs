@@ -128,6 +128,9 @@ impl Drop for StreamGuard {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Session>>>>;
 
+/// Peers remembered before those without a live session are forgotten.
+const PRUNE_AT: usize = 256;
+
 /// The sessions of this proxy to its peer nodes.
 pub struct Pool {
     identity: Arc<Identity>,
@@ -298,7 +301,19 @@ impl Pool {
     /// The usable session to `peer` opened with the certificate held now, or a new one. One
     /// dial at a time per peer: streams arriving meanwhile wait for it.
     async fn session(&self, peer: &PeerNode) -> Result<Arc<Session>, OpenError> {
-        let slot = self.peers.lock().entry(peer.clone()).or_default().clone();
+        let slot = {
+            let mut peers = self.peers.lock();
+            if !peers.contains_key(peer) && peers.len() >= PRUNE_AT {
+                // Nodes come and go: forget peers whose session has ended (a slot being dialled
+                // is locked and kept).
+                peers.retain(|_, slot| {
+                    slot.try_lock()
+                        .map(|s| s.as_ref().is_some_and(|s| s.usable()))
+                        .unwrap_or(true)
+                });
+            }
+            peers.entry(peer.clone()).or_default().clone()
+        };
         let mut slot = slot.lock().await;
         let held = self
             .identity
