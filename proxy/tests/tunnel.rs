@@ -57,9 +57,18 @@ struct Listener {
 }
 
 fn listen(identity: Arc<Identity>, admission: Arc<Rule>, at: &str) -> Listener {
+    listen_with(identity, admission, at, TunnelSettings::default())
+}
+
+fn listen_with(
+    identity: Arc<Identity>,
+    admission: Arc<Rule>,
+    at: &str,
+    settings: TunnelSettings,
+) -> Listener {
     let forward = Forward {
         admission,
-        settings: TunnelSettings::default(),
+        settings,
     };
     let tunnel = Tunnel::bind_with(identity, at.parse().unwrap(), Some(forward)).unwrap();
     let addr = tunnel.local_addr();
@@ -321,4 +330,56 @@ async fn a_session_that_ended_is_dialled_again() {
     .await
     .unwrap();
     assert_eq!(read_line(&mut s).await, "db");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_carries_at_most_its_streams_and_closes_when_idle() {
+    let ca = TestCa::new("mesh.test");
+    let backend = TcpBackend::start("db").await;
+    let settings = TunnelSettings {
+        max_streams: 2,
+        session_idle: Duration::from_millis(300),
+        ..TunnelSettings::default()
+    };
+    let b = listen_with(ca.identity("node-b"), rule(None), "127.0.0.3:0", settings);
+    let relay = CaptureRelay::start("127.0.0.3:0", b.addr).await;
+    let pool = Pool::new(ca.identity("node-a"), settings);
+    let peer = PeerNode {
+        name: "node-b".into(),
+        addr: relay.addr,
+    };
+    let c = claim(backend.addr, Protocol::Tcp);
+    let mut one = pool.open(&peer, &c).await.unwrap();
+    let mut two = pool.open(&peer, &c).await.unwrap();
+    assert_eq!(read_line(&mut one).await, "db");
+    assert_eq!(read_line(&mut two).await, "db");
+    // The peer's limit: a third stream waits for one of the two to end.
+    let third = {
+        let (pool, peer, c) = (pool.clone(), peer.clone(), c.clone());
+        tokio::spawn(async move { pool.open(&peer, &c).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream started beyond the limit"
+    );
+    assert_eq!(backend.accepted(), 2);
+    drop(one);
+    let mut third = tokio::time::timeout(PATIENCE, third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_line(&mut third).await, "db");
+    assert_eq!(
+        relay.connections(),
+        1,
+        "the waiting stream used the same session"
+    );
+    drop((two, third));
+    // No stream for the idle time: the session closes, and the next stream dials again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut again = pool.open(&peer, &c).await.unwrap();
+    assert_eq!(read_line(&mut again).await, "db");
+    assert_eq!(relay.connections(), 2, "an idle session was closed");
 }
