@@ -844,14 +844,18 @@ fn attach_one<'a>(
 
     let mut parents = Vec::with_capacity(service_parents.len());
     for p in service_parents {
-        let accepted = match &entries {
-            Err(why) => Verdict::no(reason::UNSUPPORTED_VALUE, why.clone()),
+        let (accepted, attached) = match &entries {
+            Err(why) => (
+                Verdict::no(reason::UNSUPPORTED_VALUE, why.clone()),
+                Vec::new(),
+            ),
             Ok(entries) => attach_to_parent(route, p, entries, ports, ranked),
         };
         parents.push(ParentOutcome {
             parent_ref: p.clone(),
             accepted,
             resolved: resolved_refs.clone(),
+            ports: attached,
         });
     }
     Some(RouteOutcome {
@@ -861,31 +865,46 @@ fn attach_one<'a>(
     })
 }
 
-/// Attaches the route's entries to the ports of one Service parentRef; returns `Accepted`.
+/// Attaches the route's entries to the ports of one Service parentRef; returns `Accepted` and
+/// the ports attached to.
 fn attach_to_parent<'a>(
     route: &Read<'_>,
     p: &ParentReference,
     entries: &[(RouteSpec, MatchShape, usize)],
     ports: &impl Fn(&Name) -> Option<&'a [ServiceSpec]>,
     ranked: &mut BTreeMap<ServiceKey, Vec<(Rank, RouteSpec)>>,
-) -> Verdict {
+) -> (Verdict, Vec<ServiceKey>) {
+    let verdict = attach_ports(route, p, entries, ports, ranked);
+    match verdict {
+        Ok((v, keys)) => (v, keys),
+        Err(v) => (v, Vec::new()),
+    }
+}
+
+fn attach_ports<'a>(
+    route: &Read<'_>,
+    p: &ParentReference,
+    entries: &[(RouteSpec, MatchShape, usize)],
+    ports: &impl Fn(&Name) -> Option<&'a [ServiceSpec]>,
+    ranked: &mut BTreeMap<ServiceKey, Vec<(Rank, RouteSpec)>>,
+) -> Result<(Verdict, Vec<ServiceKey>), Verdict> {
     let ns = route.key.namespace.as_str();
     let parent_ns = p.namespace.as_deref().unwrap_or(ns);
     if parent_ns != ns {
-        return Verdict::no(
+        return Err(Verdict::no(
             reason::UNSUPPORTED_VALUE,
             format!(
                 "parentRef Service {parent_ns}/{}: a route in another namespace than its Service (a consumer route) is not supported; put the route in {parent_ns}",
                 p.name
             ),
-        );
+        ));
     }
     let service = format!("{parent_ns}/{}", p.name);
     let Some(list) = ports(&(parent_ns.to_string(), p.name.clone())) else {
-        return Verdict::no(
+        return Err(Verdict::no(
             reason::NO_MATCHING_PARENT,
             format!("Service {service} is not in the mesh (no such Service, or not meshed)"),
-        );
+        ));
     };
     let chosen: Vec<&ServiceSpec> = list
         .iter()
@@ -902,22 +921,22 @@ fn attach_to_parent<'a>(
         (None, None) => "any port".to_string(),
     };
     if chosen.is_empty() {
-        return Verdict::no(
+        return Err(Verdict::no(
             reason::NO_MATCHING_PARENT,
             format!("Service {service} has no meshed {what}"),
-        );
+        ));
     }
     let http: Vec<&ServiceSpec> = chosen
         .into_iter()
         .filter(|s| s.traffic_type == TrafficType::Http)
         .collect();
     if http.is_empty() {
-        return Verdict::no(
+        return Err(Verdict::no(
             reason::NO_MATCHING_PARENT,
             format!(
                 "Service {service}: {what} is meshed as tcp or udp; routes attach to http ports"
             ),
-        );
+        ));
     }
     let kind = match route.key.kind {
         RouteKind::Http => RouteKindRank::Http,
@@ -948,8 +967,11 @@ fn attach_to_parent<'a>(
         }
     }
     let ports: Vec<String> = http.iter().map(|s| s.port.to_string()).collect();
-    Verdict::yes(
-        reason::ACCEPTED,
-        format!("Attached to Service {service} port {}", ports.join(", ")),
-    )
+    Ok((
+        Verdict::yes(
+            reason::ACCEPTED,
+            format!("Attached to Service {service} port {}", ports.join(", ")),
+        ),
+        http.iter().map(|s| s.key()).collect(),
+    ))
 }

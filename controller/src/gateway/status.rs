@@ -73,6 +73,8 @@ pub struct ParentOutcome {
     pub accepted: Verdict,
     /// The `ResolvedRefs` condition.
     pub resolved: Verdict,
+    /// The service ports the route attached to for this parent (none when not accepted).
+    pub ports: Vec<config_model::ServiceKey>,
 }
 
 /// Route kinds Maille writes statuses on.
@@ -297,6 +299,7 @@ mod tests {
                     Verdict::no(reason::NO_MATCHING_PARENT, "no meshed Service shop/web")
                 },
                 resolved: Verdict::yes(reason::RESOLVED_REFS, "every backend resolved"),
+                ports: Vec::new(),
             }],
         }
     }

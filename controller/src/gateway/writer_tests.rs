@@ -62,6 +62,7 @@ fn outcome(generation: i64, accepted: bool) -> RouteOutcome {
                 )
             },
             resolved: Verdict::yes(reason::RESOLVED_REFS, "Every backendRef resolved"),
+            ports: Vec::new(),
         }],
     }
 }

@@ -272,3 +272,59 @@ fn routes_win_over_a_traffic_split_on_the_same_port() {
         .unwrap();
     assert_eq!(web80.splits.len(), 1);
 }
+
+#[test]
+fn a_parent_port_left_out_of_the_table_is_not_accepted() {
+    // Two Services on one cluster IP: the second in table order is left out.
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: twin-a, namespace: shop}\n\
+                spec: {clusterIP: 10.0.0.99, ports: [{port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: twin-b, namespace: shop}\n\
+                spec: {clusterIP: 10.0.0.99, ports: [{port: 80}]}\n---\n\
+                apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                metadata: {name: to-b, namespace: shop}\n\
+                spec: {parentRefs: [{group: '', kind: Service, name: twin-b}], \
+                rules: [{backendRefs: [{name: twin-a, port: 80}]}]}\n---\n\
+                apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                metadata: {name: to-a, namespace: shop}\n\
+                spec: {parentRefs: [{group: '', kind: Service, name: twin-a}], \
+                rules: [{backendRefs: [{name: twin-b, port: 80}]}]}\n";
+    let mut snap = Snapshot::default();
+    parse_documents(text, "twins.yaml", &mut snap).unwrap();
+    let settings = Settings::default();
+    let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
+    let t = translate(&snap, &settings, &mut alloc);
+    config_model::Table::try_from(&t.table).expect("the table validates");
+    let outcome = |name: &str| {
+        t.route_statuses
+            .iter()
+            .find(|o| o.key.name == name)
+            .unwrap()
+            .parents[0]
+            .clone()
+    };
+    let b = outcome("to-b");
+    assert!(!b.accepted.ok);
+    assert_eq!(b.accepted.reason, "NoMatchingParent");
+    assert!(
+        b.accepted
+            .message
+            .contains("shop/twin-b:80 is left out of the table"),
+        "{}",
+        b.accepted.message
+    );
+    // The route on the kept twin stays, its backend (the left-out twin) answered 500.
+    assert!(outcome("to-a").accepted.ok);
+    let a = t
+        .table
+        .services
+        .iter()
+        .find(|s| s.name == "twin-a")
+        .unwrap();
+    assert_eq!(a.routes.len(), 1);
+    assert!(a.routes[0].backends.is_empty());
+    assert_eq!(a.routes[0].unresolved_weight, 1);
+    assert!(t
+        .problems
+        .iter()
+        .any(|p| p.object.name == "to-b" && p.message.contains("NoMatchingParent")));
+}

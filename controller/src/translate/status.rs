@@ -83,6 +83,7 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
     if !routes.is_empty() {
         unresolve_left_out_backends(&mut specs, &mut problems);
     }
+    let route_statuses = route_statuses(t, &mut problems);
     problems.extend(left_out.values().cloned());
     problems.extend(t.smi.problems.iter().cloned());
     problems.extend(t.gateway.problems.iter().cloned());
@@ -154,8 +155,45 @@ pub(super) fn assemble(t: &Translator, mut problems: Vec<Problem>) -> Translatio
         objects,
         shadows,
         problems,
-        route_statuses: t.gateway.attached.outcomes.values().cloned().collect(),
+        route_statuses,
     }
+}
+
+/// The routes' outcomes, where a parent whose every attached port the checks left out of the
+/// table is not accepted after all (its problem says why).
+fn route_statuses(
+    t: &Translator,
+    problems: &mut Vec<Problem>,
+) -> Vec<crate::gateway::status::RouteOutcome> {
+    use crate::gateway::status::{reason, Verdict};
+    let left_out = &t.checks.left_out;
+    let mut out: Vec<_> = t.gateway.attached.outcomes.values().cloned().collect();
+    if left_out.is_empty() {
+        return out;
+    }
+    for o in &mut out {
+        for p in &mut o.parents {
+            let Some(first) = p.ports.first() else {
+                continue;
+            };
+            if !p.accepted.ok || !p.ports.iter().all(|k| left_out.contains_key(k)) {
+                continue;
+            }
+            let why = &left_out[first].message;
+            p.accepted = Verdict::no(
+                reason::NO_MATCHING_PARENT,
+                format!("the Service port {first} is left out of the table: {why}"),
+            );
+            problems.push(Problem::new(
+                ObjectRef::new(o.key.kind.as_str(), &o.key.namespace, &o.key.name),
+                format!(
+                    "{}/{}: parentRef Service {}: Accepted=False (NoMatchingParent): {}",
+                    o.key.namespace, o.key.name, p.parent_ref.name, p.accepted.message
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Route backends that the checks left out of the table (or that are absent) get the share of
