@@ -267,10 +267,11 @@ fn parse_tunnel(object: &str, field: &str, value: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The workloads of a table, by IP.
+/// The workloads of a table, by IP. Each is shared (`Arc`), so that the copy a delta makes
+/// costs a reference count per workload, not its strings.
 #[derive(Clone, Debug, Default)]
 pub struct Workloads {
-    by_ip: HashMap<IpAddr, Workload>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
 }
 
 impl Workloads {
@@ -293,14 +294,14 @@ impl Workloads {
                     format!("workloads[{j}] has the same IP"),
                 ));
             }
-            w.by_ip.insert(workload.ip, workload);
+            w.by_ip.insert(workload.ip, Arc::new(workload));
         }
         Ok(w)
     }
 
     /// The workload with this IP (an IPv4-mapped IPv6 address finds the IPv4 one).
     pub fn get(&self, ip: IpAddr) -> Option<&Workload> {
-        self.by_ip.get(&canonical_ip(ip))
+        self.by_ip.get(&canonical_ip(ip)).map(|w| &**w)
     }
 
     /// Number of workloads.
@@ -315,15 +316,15 @@ impl Workloads {
 
     /// Every workload, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Workload> + '_ {
-        self.by_ip.values()
+        self.by_ip.values().map(|w| &**w)
     }
 
     pub(crate) fn insert(&mut self, w: Workload) {
-        self.by_ip.insert(w.ip, w);
+        self.by_ip.insert(w.ip, Arc::new(w));
     }
 
-    pub(crate) fn remove(&mut self, ip: IpAddr) -> Option<Workload> {
-        self.by_ip.remove(&ip)
+    pub(crate) fn remove(&mut self, ip: IpAddr) -> bool {
+        self.by_ip.remove(&ip).is_some()
     }
 }
 
