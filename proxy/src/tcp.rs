@@ -325,12 +325,15 @@ impl TcpProxy {
                             _pick: pick,
                         });
                     }
+                    // A denial is the destination's access decision (logged there), and says
+                    // nothing of the endpoint's health.
+                    Err(e) if e.label() == "denied" => {
+                        debug!(endpoint = %addr, node = %peer.name, error = %e, "Refused by the endpoint's node proxy");
+                        return None;
+                    }
                     Err(e) => {
                         warn!(endpoint = %addr, node = %peer.name, error = %e, "Connect to endpoint through the tunnel failed");
-                        // A denial says nothing of the endpoint's health.
-                        if e.label() != "denied" {
-                            pick.observe_failure();
-                        }
+                        pick.observe_failure();
                     }
                 }
                 continue;
