@@ -17,7 +17,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{
     Protocol, StreamClaim, TunnelSettings, TunnelStream, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
@@ -209,7 +209,9 @@ async fn stream(
             .tunnel_denied
             .with_label_values(&[d.reason])
             .inc();
-        info!(
+        // Counted every time; at debug like the source's own access refusals (a client that
+        // keeps retrying must not flood the log).
+        debug!(
             node = %peer_node,
             source = ?claim.source_ip,
             source_identity = %claim.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
