@@ -67,16 +67,6 @@ fn finished(pod: &Pod) -> bool {
     )
 }
 
-fn pod_ref(pod: &Pod) -> (String, String) {
-    (
-        pod.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        pod.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
 /// The Pod's addresses: `status.podIP`, then the others of `status.podIPs`.
 fn pod_ips(pod: &Pod) -> Vec<&str> {
     let mut ips: Vec<&str> = Vec::new();
@@ -130,15 +120,28 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
     if settings.mtls == MtlsMode::Disabled {
         return out;
     }
-    let mut sorted: Vec<(&Pod, (String, String))> =
-        pods.iter().map(|p| (&**p, pod_ref(p))).collect();
-    sorted.sort_by(|a, b| a.1.cmp(&b.1));
+    // Sorted by namespace and name, borrowed: a Pod change redoes this for every Pod.
+    let mut sorted: Vec<(&str, &str, &Pod)> = pods
+        .iter()
+        .map(|p| {
+            let m = &p.metadata;
+            (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or(""),
+                &**p,
+            )
+        })
+        .collect();
+    sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let who = |i: usize| format!("{}/{}", sorted[i].0, sorted[i].1);
 
-    let mut nodes: BTreeMap<String, (NodeSpec, String)> = BTreeMap::new();
-    let mut workloads: BTreeMap<String, WorkloadSpec> = BTreeMap::new();
-    let mut owners: HashMap<IpAddr, String> = HashMap::new();
+    // Node name → (its proxy, position of the proxy Pod in `sorted`).
+    let mut nodes: BTreeMap<&str, (NodeSpec, usize)> = BTreeMap::new();
+    let mut workloads: Vec<WorkloadSpec> = Vec::new();
+    // Address → position of the Pod holding it.
+    let mut owners: HashMap<IpAddr, usize> = HashMap::new();
     let mut over = (0usize, 0usize);
-    for (pod, (ns, name)) in sorted {
+    for (i, &(ns, name, pod)) in sorted.iter().enumerate() {
         if finished(pod) || name.is_empty() {
             continue;
         }
@@ -152,8 +155,8 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
         }
         if !is_dns_subdomain(node) {
             out.problems.push(problem(
-                &ns,
-                &name,
+                ns,
+                name,
                 "spec.nodeName",
                 node,
                 "expected a node name (DNS subdomain: a-z, 0-9, -, .; at most 253); the pod is left out of the mesh",
@@ -165,8 +168,8 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
             match ip.parse::<IpAddr>() {
                 Ok(a) if !a.is_unspecified() && !a.is_multicast() => addrs.push(a),
                 _ => out.problems.push(problem(
-                    &ns,
-                    &name,
+                    ns,
+                    name,
                     "status.podIP",
                     ip,
                     "expected the IP address of one pod; the address is left out of the mesh",
@@ -182,8 +185,8 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
                 Ok(p) => p,
                 Err(value) => {
                     out.problems.push(problem(
-                        &ns,
-                        &name,
+                        ns,
+                        name,
                         &format!("metadata.annotations[{TUNNEL_PORT_ANNOTATION}]"),
                         &value,
                         "expected a port from 1 to 65535; the node proxy is left out",
@@ -191,30 +194,26 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
                     continue;
                 }
             };
-            let tunnel = match first {
-                IpAddr::V4(a) => format!("{a}:{port}"),
-                IpAddr::V6(a) => format!("[{a}]:{port}"),
-            };
             match nodes.get(node) {
-                Some((_, other)) => out.problems.push(Problem::new(
-                    ObjectRef::new("Pod", &ns, &name),
+                Some(&(_, other)) => out.problems.push(Problem::new(
+                    ObjectRef::new("Pod", ns, name),
                     format!(
-                        "{ns}/{}: node {node} already has node proxy {other}; this one is left out",
-                        cut(&name)
+                        "{ns}/{}: node {node} already has node proxy {}; this one is left out",
+                        cut(name),
+                        who(other)
                     ),
                 )),
                 None if nodes.len() >= MAX_NODES => over.0 += 1,
                 None => {
-                    nodes.insert(
-                        node.to_string(),
-                        (
-                            NodeSpec {
-                                name: node.to_string(),
-                                tunnel,
-                            },
-                            format!("{ns}/{name}"),
-                        ),
-                    );
+                    let tunnel = match first {
+                        IpAddr::V4(a) => format!("{a}:{port}"),
+                        IpAddr::V6(a) => format!("[{a}]:{port}"),
+                    };
+                    let spec = NodeSpec {
+                        name: node.to_string(),
+                        tunnel,
+                    };
+                    nodes.insert(node, (spec, i));
                 }
             }
             continue;
@@ -224,10 +223,10 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
             continue;
         }
         let sa = pod_service_account(pod);
-        if !is_dns_subdomain(&sa) || !is_dns_label(&ns) {
+        if !is_dns_subdomain(&sa) || !is_dns_label(ns) {
             out.problems.push(problem(
-                &ns,
-                &name,
+                ns,
+                name,
                 "spec.serviceAccountName",
                 &sa,
                 "expected a ServiceAccount name (DNS subdomain) in a namespace that is a DNS label; the pod has no mesh identity",
@@ -235,12 +234,13 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
             continue;
         }
         for a in addrs {
-            if let Some(owner) = owners.get(&a) {
+            if let Some(&owner) = owners.get(&a) {
+                let owner = who(owner);
                 out.problems.push(Problem::new(
-                    ObjectRef::new("Pod", &ns, &name),
+                    ObjectRef::new("Pod", ns, name),
                     format!(
                         "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
-                        cut(&name)
+                        cut(name)
                     ),
                 ));
                 continue;
@@ -249,17 +249,13 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
                 over.1 += 1;
                 continue;
             }
-            owners.insert(a, format!("{ns}/{name}"));
-            let ip = a.to_string();
-            workloads.insert(
-                ip.clone(),
-                WorkloadSpec {
-                    ip,
-                    node: node.to_string(),
-                    namespace: ns.clone(),
-                    service_account: sa.clone(),
-                },
-            );
+            owners.insert(a, i);
+            workloads.push(WorkloadSpec {
+                ip: a.to_string(),
+                node: node.to_string(),
+                namespace: ns.to_string(),
+                service_account: sa.clone(),
+            });
         }
     }
     if over.0 > 0 || over.1 > 0 {
@@ -271,8 +267,10 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
             ),
         ));
     }
+    // The order of the table: by IP as written (each IP once, `owners` saw to it).
+    workloads.sort_unstable_by(|a, b| a.ip.cmp(&b.ip));
     out.nodes = nodes.into_values().map(|(n, _)| n).collect();
-    out.workloads = workloads.into_values().collect();
+    out.workloads = workloads;
     out
 }
 
