@@ -266,7 +266,8 @@ def proxies():
     b.add("timeseries", "UDP drops by reason", "Datagrams dropped per second (no_route, no_endpoint, access_denied, session_limit...).",
           [q(f"sum by (instance, reason) (rate(maille_proxy_udp_dropped_total{{{INST}}}[{RI}]))", "{{reason}} {{instance}}")], unit="pps")
     b.row("Mesh identity and mutual TLS")
-    # Zero for every proxy rather than "no data" while nothing was sent in cleartext or refused.
+    # Zero for every proxy rather than "no data" while nothing was sent in cleartext or refused,
+    # and for proxies older than these metrics (during a rolling upgrade).
     zero = f"on(instance) (0 * max by (instance) (maille_proxy_table_version{{{INST}}}))"
     b.add("timeseries", "Certificate time left",
           "Seconds until each proxy's mesh certificate ends. Renewal happens at about half its lifetime, so a "
@@ -278,8 +279,8 @@ def proxies():
           "Streams opened per second through the mutual-TLS tunnel to other nodes' proxies, and requests, "
           "connections and UDP sessions sent in cleartext to nodes without proxy (mtls: permissive) or refused "
           "for that reason (mtls: strict). Cleartext in a strict mesh is never expected.",
-          [q(f'sum by (instance) (rate(maille_proxy_tunnel_streams_total{{{INST}, direction="out", result="ok"}}[{RI}]))',
-             "tunnel {{instance}}"),
+          [q(f'sum by (instance) (rate(maille_proxy_tunnel_streams_total{{{INST}, direction="out", result="ok"}}[{RI}]))'
+             f" or {zero}", "tunnel {{instance}}"),
            q(f"sum by (instance) (rate(maille_proxy_mtls_cleartext_total{{{INST}}}[{RI}])) or {zero}",
              "cleartext {{instance}}"),
            q(f"sum by (instance) (rate(maille_proxy_mtls_refused_total{{{INST}}}[{RI}])) or {zero}",
@@ -289,8 +290,8 @@ def proxies():
           "no_identity...) and connections to its tunnel port refused during the handshake.",
           [q(f"sum by (instance, reason) (rate(maille_proxy_tunnel_denied_total{{{INST}}}[{RI}])) or {zero}",
              "{{reason}} {{instance}}"),
-           q(f'sum by (instance) (rate(maille_proxy_tunnel_handshakes_total{{{INST}, result!="ok"}}[{RI}]))',
-             "handshakes refused {{instance}}")], unit="ops", w=8)
+           q(f'sum by (instance) (rate(maille_proxy_tunnel_handshakes_total{{{INST}, result!="ok"}}[{RI}]))'
+             f" or {zero}", "handshakes refused {{instance}}")], unit="ops", w=8)
     return b
 
 
