@@ -106,6 +106,41 @@ pub struct Metrics {
     pub mtls_cleartext: IntCounterVec,
     /// `maille_proxy_mtls_refused_total{namespace,service,port,protocol}`.
     pub mtls_refused: IntCounterVec,
+    /// `maille_proxy_tunnel_client_identities_total{identity,result}`: streams a peer opened,
+    /// by the client identity it stated; label values bounded by [`IdentityLabels`].
+    pub tunnel_identities: IntCounterVec,
+    /// The identity label values in use.
+    pub identity_labels: IdentityLabels,
+}
+
+/// Bounds the `identity` label of `maille_proxy_tunnel_client_identities_total`: the first
+/// [`IdentityLabels::MAX`] distinct client identities get a series each, later ones share
+/// `other` (a cluster may have any number of ServiceAccounts; a proxy's /metrics must not grow
+/// with them). A stream without a stated identity is `none`.
+#[derive(Debug, Default)]
+pub struct IdentityLabels {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl IdentityLabels {
+    /// Distinct identities with a series of their own.
+    pub const MAX: usize = 256;
+
+    /// The label value for `identity` (`namespace/serviceaccount`).
+    pub fn label(&self, identity: Option<&str>) -> String {
+        let Some(identity) = identity else {
+            return "none".to_string();
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(identity) {
+            return identity.to_string();
+        }
+        if seen.len() < Self::MAX {
+            seen.insert(identity.to_string());
+            return identity.to_string();
+        }
+        "other".to_string()
+    }
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -370,6 +405,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests (503), connections (closed) and datagrams (dropped) not sent because the endpoint's node runs no proxy (mtls: strict).",
             &["namespace", "service", "port", "protocol"],
         ),
+        tunnel_identities: counter_vec(
+            "maille_proxy_tunnel_client_identities_total",
+            "Tunnel streams peers opened to this proxy, by the client identity the source proxy stated (namespace/serviceaccount; none for a client outside the mesh; other once 256 distinct identities have a series) and result: admitted or denied.",
+            &["identity", "result"],
+        ),
+        identity_labels: IdentityLabels::default(),
     };
     // Series of fixed label values are served at zero before anything happens.
     for phase in ["header", "idle"] {
@@ -404,4 +445,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// server calls it at start, so that `/metrics` shows them before any traffic).
 pub fn register() -> &'static Metrics {
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdentityLabels;
+
+    #[test]
+    fn identity_labels_are_bounded() {
+        let labels = IdentityLabels::default();
+        assert_eq!(labels.label(None), "none");
+        for i in 0..IdentityLabels::MAX {
+            let id = format!("ns/sa-{i}");
+            assert_eq!(labels.label(Some(&id)), id);
+        }
+        // Full: a new identity shares `other`, a known one keeps its own series.
+        assert_eq!(labels.label(Some("ns/late")), "other");
+        assert_eq!(labels.label(Some("ns/sa-7")), "ns/sa-7");
+    }
 }

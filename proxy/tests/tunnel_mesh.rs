@@ -292,12 +292,22 @@ async fn cross_node_traffic_goes_through_one_encrypted_session_and_same_node_doe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_destination_enforces_traffic_targets_on_identities() {
     let m = Mesh::start(MtlsMode::Strict, true).await;
+    let by_identity = |identity: &str, result: &str| {
+        metric(
+            "maille_proxy_tunnel_client_identities_total",
+            &[("identity", identity), ("result", result)],
+        )
+    };
+    let admitted = by_identity("shop/client", "admitted");
     assert_eq!(m.get(CLIENT, 0, WEB).await, (200, "web-on-b".to_string()));
+    assert!(by_identity("shop/client", "admitted") > admitted);
 
     // An IP the source admits, an identity the rule does not name: node-b says no.
     let before = denied("access_denied");
+    let refused = by_identity("shop/other", "denied");
     assert_eq!(m.get(OTHER, 0, WEB).await.0, 403);
     assert!(denied("access_denied") > before);
+    assert!(by_identity("shop/other", "denied") > refused);
 
     // A client on node-a using the address of an allowed pod of node-b: node-a knows no pod of
     // its own with that address, so it states no identity, and node-b refuses.

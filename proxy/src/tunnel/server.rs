@@ -83,6 +83,17 @@ fn count(protocol: &str, result: &str) {
         .inc();
 }
 
+/// Counts a stream by the client identity it states (bounded label values).
+fn count_identity(claim: &StreamClaim, admitted: bool) {
+    let m = crate::metrics::register();
+    let identity = claim.identity.as_ref().map(|i| i.to_string());
+    let label = m.identity_labels.label(identity.as_deref());
+    let result = if admitted { "admitted" } else { "denied" };
+    m.tunnel_identities
+        .with_label_values(&[label.as_str(), result])
+        .inc();
+}
+
 /// Serves one accepted session from the proxy of `peer_node` until it ends, is idle for
 /// `settings.session_idle`, or `shutdown`.
 pub async fn serve<T>(
@@ -203,7 +214,9 @@ async fn stream(
         }
     };
     let proto = claim.protocol.as_str();
-    if let Err(d) = forward.admission.admit(&peer_node, &claim) {
+    let admitted = forward.admission.admit(&peer_node, &claim);
+    count_identity(&claim, admitted.is_ok());
+    if let Err(d) = admitted {
         count(proto, "denied");
         crate::metrics::register()
             .tunnel_denied
