@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::mesh::{check_workload_count, parse_workload_ip, Nodes, Workload, WorkloadSpec};
-use crate::table::{Builder, Error, Service, ServiceKey, Table};
+use crate::table::{Error, ServiceKey, Table};
 use crate::wire::{ServiceSpec, TableDelta, TableSpec};
 use crate::SCHEMA_VERSION;
 
@@ -220,10 +220,13 @@ impl TableSpec {
 impl Table {
     /// The table that `delta` leads to from this one. Services the delta does not name are
     /// shared with this table as they are (the same `Arc`: endpoints, options, parsed breaker
-    /// expressions, compiled matches), so the cost grows with the size of the delta, not of the
-    /// table, apart from re-indexing; the new table checks the routes and splits of every
-    /// service as a whole, as [`Table::try_from`] does. The services of the result are in
-    /// [`ServiceKey`] order.
+    /// expressions, compiled matches) and keep their [`ServiceId`](crate::ServiceId), but one
+    /// per removal: the last service port takes the place of a removed one. The indexes are
+    /// copied (reference counts, no allocation per entry) and only the entries of the services
+    /// the delta names (and of those moved) change, so the cost grows with the size of the
+    /// delta, apart from that copy and a look at each service for splits and routes; the new
+    /// table checks the routes and splits of every service as a whole, as [`Table::try_from`]
+    /// does. Added service ports come last, in the order of the delta.
     pub fn apply_delta(&self, delta: &TableDelta) -> std::result::Result<Table, DeltaError> {
         if delta.schema_version != SCHEMA_VERSION {
             return Err(Error::SchemaVersion {
@@ -238,46 +241,36 @@ impl Table {
                 held: self.version,
             });
         }
-        let mut touched: HashSet<ServiceKey> =
-            HashSet::with_capacity(delta.changed.len() + delta.removed.len());
+        let mut touched: HashSet<&ServiceKey> = HashSet::with_capacity(delta.removed.len());
+        let mut removed = Vec::with_capacity(delta.removed.len());
         for key in &delta.removed {
-            if self.service(key).is_none() {
+            let Some(id) = self.service(key) else {
                 return Err(DeltaError::UnknownRemoval(key.clone()));
-            }
-            if !touched.insert(key.clone()) {
+            };
+            if !touched.insert(key) {
                 return Err(DeltaError::Duplicate(key.clone()));
             }
+            removed.push(id);
         }
-        for s in &delta.changed {
-            let key = s.key();
-            if touched.contains(&key) {
-                return Err(DeltaError::Duplicate(key));
-            }
-            touched.insert(key);
-        }
-
-        let mut services: Vec<Arc<Service>> = Vec::with_capacity(self.len() + delta.changed.len());
-        for s in self.services() {
-            if !touched.contains(&s.key) {
-                services.push(s.clone());
-            }
-        }
+        let mut changed = Vec::with_capacity(delta.changed.len());
+        let mut changed_keys: HashSet<(&str, &str, u16)> =
+            HashSet::with_capacity(delta.changed.len());
         for spec in &delta.changed {
-            services.push(Arc::new(spec.validate_local()?));
+            let (ns, name, port) = spec.key_ref();
+            if !changed_keys.insert((ns, name, port)) || touched.contains(&spec.key()) {
+                return Err(DeltaError::Duplicate(spec.key()));
+            }
+            changed.push(Arc::new(spec.validate_local()?));
         }
-        services.sort_by(|a, b| a.key.cmp(&b.key));
 
         let nodes = match &delta.nodes {
             Some(specs) => Arc::new(Nodes::from_specs(specs)?),
             None => self.nodes.clone(),
         };
         let workloads = self.workloads_after(delta)?;
-        let mut builder = Builder::new(delta.version, delta.acl, services.len());
-        builder.mesh(delta.mtls, nodes, workloads);
-        for svc in services {
-            builder.push(svc)?;
-        }
-        Ok(builder.finish()?)
+        let mut next = self.copy_for(delta.version, delta.acl, delta.mtls, nodes, workloads);
+        next.apply_changes(removed, changed)?;
+        Ok(next)
     }
 }
 

@@ -10,10 +10,10 @@ use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::wire::{TableSpec, TrafficType};
 
 mod build;
+mod index;
 mod service;
 mod validate;
 
-pub(crate) use build::Builder;
 pub use service::{AccessRule, Endpoint, HttpMatch, Service, ServiceKey, Split, SplitBackend};
 pub use validate::is_dns_label;
 
@@ -132,10 +132,10 @@ pub struct Table {
     /// Per service, per route entry, the backends resolved in this table (empty without routes).
     route_targets: Vec<Targets>,
     /// HTTP: lower-case host → (listener port, service) pairs.
-    http_hosts: HashMap<Box<str>, Vec<(u16, ServiceId)>>,
+    http_hosts: HashMap<Arc<str>, index::HostPorts>,
     tcp_ports: HashMap<u16, ServiceId>,
     udp_ports: HashMap<u16, ServiceId>,
-    by_key: HashMap<ServiceKey, ServiceId>,
+    by_key: HashMap<index::ByKey, ServiceId>,
 }
 
 impl std::ops::Index<ServiceId> for Table {
@@ -176,11 +176,7 @@ impl Table {
         } else {
             host
         };
-        let candidates = self.http_hosts.get(key)?;
-        candidates
-            .iter()
-            .find(|(port, _)| *port == mesh_port)
-            .map(|(_, id)| *id)
+        self.http_hosts.get(key)?.get(mesh_port)
     }
 
     /// The TCP service mapped to a listener port.

@@ -22,6 +22,7 @@
 //! time is up it gets traffic again; one success ends the streak. A pick never finds every
 //! endpoint ejected: if all are, ejection is ignored for that service.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -219,14 +220,16 @@ pub struct EndpointPlan {
 }
 
 impl EndpointPlan {
-    /// The plan of `svc`'s endpoints, with the statistics `registry` holds for their addresses.
-    pub(crate) fn new(svc: &Service, registry: &EndpointRegistry) -> EndpointPlan {
+    /// The plan of `svc`'s endpoints, with the statistics `registry` holds for their addresses
+    /// (new ones for addresses it has none of), counted as used by this plan
+    /// ([`EndpointRegistry::release`] when the plan is dropped from the table).
+    pub(crate) fn new(svc: &Service, registry: &mut EndpointRegistry) -> EndpointPlan {
         EndpointPlan {
             addrs: svc.endpoints.iter().map(|e| e.addr).collect(),
             stats: svc
                 .endpoints
                 .iter()
-                .map(|e| registry.stats_for(e.addr))
+                .map(|e| registry.acquire(e.addr))
                 .collect(),
             picker: WeightedPicker::new(svc.endpoints.iter().map(|e| e.weight)),
         }
@@ -249,35 +252,47 @@ impl EndpointPlan {
 }
 
 /// Latency statistics per endpoint address, carried from one compiled table to the next. Only
-/// table compilation touches it (under the store's lock), never a request.
+/// table compilation touches it (under the store's lock), never a request. Each address
+/// counts the plans of the current table that use it: a table compiled from a delta acquires
+/// the plans it builds ([`EndpointPlan::new`]) and releases those it drops, so the work follows the size of the
+/// change, and an address leaves with its last plan.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointRegistry {
-    stats: HashMap<SocketAddr, Arc<EndpointStats>>,
+    stats: HashMap<SocketAddr, (Arc<EndpointStats>, u32)>,
 }
 
 impl EndpointRegistry {
-    /// The statistics of `addr`: those it had, or new ones.
-    fn stats_for(&self, addr: SocketAddr) -> Arc<EndpointStats> {
-        self.stats
-            .get(&addr)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(EndpointStats::new()))
+    /// The statistics of `addr` (those it had, or new ones), counted as used once more.
+    fn acquire(&mut self, addr: SocketAddr) -> Arc<EndpointStats> {
+        let (stats, users) = self
+            .stats
+            .entry(addr)
+            .or_insert_with(|| (Arc::new(EndpointStats::new()), 0));
+        *users += 1;
+        stats.clone()
     }
 
-    /// Keeps exactly the statistics of these plans' endpoints (those of the table now used).
-    pub(crate) fn retain_plans<'a>(&mut self, plans: impl Iterator<Item = &'a EndpointPlan>) {
-        let mut next = HashMap::with_capacity(self.stats.len());
-        for plan in plans {
-            for (addr, stats) in plan.endpoints() {
-                next.insert(addr, stats.clone());
+    /// Forgets a plan of the previous table that the new one no longer uses.
+    pub(crate) fn release(&mut self, plan: &EndpointPlan) {
+        for (addr, _) in plan.endpoints() {
+            if let Entry::Occupied(mut e) = self.stats.entry(addr) {
+                e.get_mut().1 = e.get().1.saturating_sub(1);
+                if e.get().1 == 0 {
+                    e.remove();
+                }
             }
         }
-        self.stats = next;
     }
 
     /// The statistics of an address of the current table.
     pub(crate) fn get(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
-        self.stats.get(addr).cloned()
+        self.stats.get(addr).map(|(stats, _)| stats.clone())
+    }
+
+    /// Number of endpoint addresses held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.stats.len()
     }
 }
 

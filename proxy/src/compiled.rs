@@ -61,32 +61,61 @@ impl CompiledTable {
     /// Builds the runtime of every service port of `table`, taking over from `previous` what
     /// still holds: the whole runtime of a service `previous` shares, the resilience state of
     /// a changed service whose options are equal. `endpoints` supplies (and afterwards holds
-    /// exactly) the latency statistics of the endpoint addresses in use.
+    /// exactly) the latency statistics of the endpoint addresses in use; it must hold those of
+    /// `previous` (the store compiles each table against the one it replaces).
+    ///
+    /// A runtime is carried by position while the service at that position is the same `Arc`
+    /// (a delta keeps positions), so after a delta only the services it named, and the one
+    /// moved per removal, are looked up by key or built.
     pub(crate) fn compile(
         table: Arc<Table>,
         previous: &CompiledTable,
         endpoints: &mut EndpointRegistry,
         node: Option<Arc<str>>,
     ) -> CompiledTable {
+        let old = previous.table.services();
         let mut runtimes = Vec::with_capacity(table.len());
-        for (_, svc) in table.iter() {
-            let before = previous
-                .table
-                .service(&svc.key)
-                .map(|id| &previous.runtimes[id.index()]);
+        // Positions of `previous` whose runtime was carried to another position, and those
+        // whose service is not at the same position any more (a delta keeps positions, so
+        // after one these are the few services it named and the one moved per removal).
+        let mut moved: HashSet<usize> = HashSet::new();
+        let mut replaced: Vec<usize> = Vec::new();
+        for (id, svc) in table.iter() {
+            let i = id.index();
+            if old.get(i).is_some_and(|o| Arc::ptr_eq(o, svc)) {
+                runtimes.push(previous.runtimes[i].clone());
+                continue;
+            }
+            if i < old.len() {
+                replaced.push(i);
+            }
+            let before = previous.table.service(&svc.key).map(|id| id.index());
             let runtime = match before {
-                Some(rt) if Arc::ptr_eq(&rt.service, svc) => rt.clone(),
-                _ => Arc::new(ServiceRuntime::new(
-                    svc,
-                    before.and_then(|rt| rt.resilience.as_ref()),
-                    before.map_or(&[], |rt| &rt.routes),
-                    endpoints,
-                )),
+                Some(p) if Arc::ptr_eq(&old[p], svc) => {
+                    moved.insert(p);
+                    previous.runtimes[p].clone()
+                }
+                _ => {
+                    let rt = before.map(|p| &previous.runtimes[p]);
+                    Arc::new(ServiceRuntime::new(
+                        svc,
+                        rt.and_then(|rt| rt.resilience.as_ref()),
+                        rt.map_or(&[], |rt| &rt.routes),
+                        endpoints,
+                    ))
+                }
             };
             runtimes.push(runtime);
         }
-        endpoints.retain_plans(runtimes.iter().map(|rt| &rt.endpoints));
-        forget_dropped_breakers(previous, &table, &runtimes);
+        let dropped = replaced
+            .into_iter()
+            .chain(table.len()..old.len())
+            .filter(|p| !moved.contains(p))
+            .map(|p| &previous.runtimes[p]);
+        for rt in dropped {
+            endpoints.release(&rt.endpoints);
+            forget_dropped_breaker(rt, &table, &runtimes);
+        }
         CompiledTable {
             table,
             runtimes,
@@ -95,26 +124,21 @@ impl CompiledTable {
     }
 }
 
-/// Drops the breaker state gauge of each service port that had a breaker in `previous` and has
-/// none in the new table (a stale "open" would mislead); counters stay, as Prometheus expects.
-fn forget_dropped_breakers(
-    previous: &CompiledTable,
-    table: &Table,
-    runtimes: &[Arc<ServiceRuntime>],
-) {
-    for rt in &previous.runtimes {
-        if !rt.resilience.as_ref().is_some_and(|s| s.has_breaker()) {
-            continue;
-        }
-        let kept = table.service(&rt.service.key).is_some_and(|id| {
-            runtimes[id.index()]
-                .resilience
-                .as_ref()
-                .is_some_and(|s| s.has_breaker())
-        });
-        if !kept {
-            ResilienceMetrics::forget_breaker(&rt.service.key);
-        }
+/// Drops the breaker state gauge of a service port that had a breaker in the previous table
+/// (`rt`, not carried over) and has none in the new table (a stale "open" would mislead);
+/// counters stay, as Prometheus expects.
+fn forget_dropped_breaker(rt: &ServiceRuntime, table: &Table, runtimes: &[Arc<ServiceRuntime>]) {
+    if !rt.resilience.as_ref().is_some_and(|s| s.has_breaker()) {
+        return;
+    }
+    let kept = table.service(&rt.service.key).is_some_and(|id| {
+        runtimes[id.index()]
+            .resilience
+            .as_ref()
+            .is_some_and(|s| s.has_breaker())
+    });
+    if !kept {
+        ResilienceMetrics::forget_breaker(&rt.service.key);
     }
 }
 
@@ -154,7 +178,7 @@ impl ServiceRuntime {
         svc: &Arc<Service>,
         previous: Option<&Arc<ServiceState>>,
         previous_routes: &[routes::RouteRuntime],
-        endpoints: &EndpointRegistry,
+        endpoints: &mut EndpointRegistry,
     ) -> ServiceRuntime {
         let port_label: Box<str> = svc.key.port.to_string().into();
         let splits = svc

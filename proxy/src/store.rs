@@ -178,6 +178,15 @@ impl TableStore {
             .get(addr)
     }
 
+    /// Number of endpoint addresses whose statistics are held.
+    #[cfg(test)]
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Replaces the table whole with one built from `json` (the whole table, in the wire
     /// form), which is kept to hand over to a new process on upgrade. Returns the previous
     /// table.

@@ -18,8 +18,16 @@ fn delta_between(old: &TableSpec, new: &TableSpec) -> TableDelta {
 /// Everything a proxy routes with, in a form two tables can be compared by: the services in
 /// order (endpoints, options, compiled matches, resolved split backends) and each one's routes.
 fn view(t: &Table) -> String {
-    let mut out = format!("version {} acl {}\n", t.version, t.acl);
-    for (id, s) in t.iter() {
+    let mut out = format!(
+        "version {} acl {} indexes {:?}\n",
+        t.version,
+        t.acl,
+        t.index_sizes()
+    );
+    // A delta keeps positions (an added service comes last): compare in key order.
+    let mut ids: Vec<_> = t.iter().collect();
+    ids.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+    for (id, s) in ids {
         out.push_str(&format!("{s:?}\n"));
         for (i, _) in s.splits.iter().enumerate() {
             let targets: Vec<&ServiceKey> =
@@ -36,6 +44,9 @@ fn view(t: &Table) -> String {
             TrafficType::Udp => t.udp_route(s.mesh_port),
         };
         assert_eq!(routed, Some(id));
+        if let Some(ip) = s.cluster_ip {
+            assert_eq!(t.http_route(s.mesh_port, &ip.to_string()), Some(id));
+        }
     }
     out
 }
@@ -239,6 +250,9 @@ struct Entry {
     retries: Option<u32>,
     breaker: bool,
     split_to: Option<(usize, u32)>,
+    /// A small pool of TCP mesh ports and HTTP cluster IPs, so that services trade them from
+    /// one version to the next (the first name to ask gets one, the others go without).
+    slot: u8,
 }
 
 const NAMES: usize = 6;
@@ -251,15 +265,19 @@ fn entry() -> impl Strategy<Value = Entry> {
         proptest::option::of(1u32..4),
         any::<bool>(),
         proptest::option::of((0..NAMES, 0u32..100)),
+        0u8..3,
     )
-        .prop_map(|(name, tcp, endpoints, retries, breaker, split_to)| Entry {
-            name,
-            tcp,
-            endpoints,
-            retries,
-            breaker,
-            split_to,
-        })
+        .prop_map(
+            |(name, tcp, endpoints, retries, breaker, split_to, slot)| Entry {
+                name,
+                tcp,
+                endpoints,
+                retries,
+                breaker,
+                split_to,
+                slot,
+            },
+        )
 }
 
 /// A valid table from generated entries: one port per name (http on port 80, or tcp on 81 with
@@ -270,8 +288,12 @@ fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
         by_name[e.name] = Some(e);
     }
     let mut services = Vec::new();
+    let mut slots_taken = [[false; 3]; 2];
     for (n, e) in by_name.iter().enumerate() {
         let Some(e) = e else { continue };
+        let taken = &mut slots_taken[usize::from(e.tcp)][usize::from(e.slot)];
+        let slot = (!*taken).then_some(e.slot);
+        *taken = true;
         let eps: Vec<String> = e
             .endpoints
             .iter()
@@ -280,9 +302,12 @@ fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
         let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
         let name = format!("svc{n}");
         let mut s = if e.tcp {
-            service("ns", &name, 81, 10000 + n as u16, TrafficType::Tcp, &eps)
+            // Without a free slot, a port of its own.
+            let port = slot.map_or(10010 + n as u16, |k| 10000 + u16::from(k));
+            service("ns", &name, 81, port, TrafficType::Tcp, &eps)
         } else {
             let mut s = http("ns", &name, 5000, &eps);
+            s.cluster_ip = slot.map(|k| format!("10.96.0.{k}"));
             s.options = OptionsSpec {
                 retry_attempts: e.retries,
                 circuit_breaker: e.breaker.then(|| "NetworkErrorRatio() > 0.5".to_string()),

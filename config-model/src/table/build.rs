@@ -2,7 +2,6 @@
 //! checks that no two services claim the same route, split backends resolved and the split
 //! graph checked.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::{invalid, Error, Result, Service, ServiceId, ServiceKey, Table, Targets};
@@ -11,16 +10,13 @@ use crate::matching::check_split_backend;
 use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::split_graph::{self, MAX_SPLIT_DEPTH};
 use crate::wire::{TableSpec, TrafficType};
-use crate::{MESH_DOMAIN, SCHEMA_VERSION};
+use crate::SCHEMA_VERSION;
 
 /// Puts validated services together into a table: the identity index, the HTTP host and
 /// TCP/UDP port indexes, the split backends resolved, and the checks that no two services
 /// claim the same route and that the splits form no cycle.
 pub(crate) struct Builder {
     table: Table,
-    http_claims: HashMap<(Box<str>, u16), ServiceId>,
-    tcp_claims: BTreeMap<u16, ServiceId>,
-    udp_claims: BTreeMap<u16, ServiceId>,
 }
 
 impl Builder {
@@ -32,12 +28,8 @@ impl Builder {
         };
         table.services.reserve(capacity);
         table.by_key.reserve(capacity);
-        Builder {
-            table,
-            http_claims: HashMap::with_capacity(capacity),
-            tcp_claims: BTreeMap::new(),
-            udp_claims: BTreeMap::new(),
-        }
+        table.http_hosts.reserve(capacity);
+        Builder { table }
     }
 
     /// Sets the mesh part: the mutual-TLS mode, node proxies and workloads (already validated).
@@ -51,62 +43,31 @@ impl Builder {
     pub(crate) fn push(&mut self, svc: Arc<Service>) -> Result<ServiceId> {
         let table = &mut self.table;
         let id = ServiceId::new(table.services.len());
-        if table.by_key.insert(svc.key.clone(), id).is_some() {
-            return Err(Error::DuplicateService(svc.key.to_string()));
-        }
-        match svc.traffic_type {
-            TrafficType::Http => {
-                let mesh_host = format!("{}.{}.{}", svc.key.name, svc.key.namespace, MESH_DOMAIN);
-                let mut hosts: Vec<Box<str>> = vec![mesh_host.into_boxed_str()];
-                if let Some(ip) = svc.cluster_ip {
-                    hosts.push(ip.to_string().into_boxed_str());
-                }
-                for host in hosts {
-                    if let Some(&other) = self.http_claims.get(&(host.clone(), svc.mesh_port)) {
-                        return Err(Error::DuplicateHttpRoute {
-                            first: table[other].key.to_string(),
-                            second: svc.key.to_string(),
-                            host: host.to_string(),
-                            mesh_port: svc.mesh_port,
-                        });
-                    }
-                    self.http_claims.insert((host.clone(), svc.mesh_port), id);
-                    table
-                        .http_hosts
-                        .entry(host)
-                        .or_default()
-                        .push((svc.mesh_port, id));
-                }
-            }
-            tt @ (TrafficType::Tcp | TrafficType::Udp) => {
-                let claims = if tt == TrafficType::Tcp {
-                    &mut self.tcp_claims
-                } else {
-                    &mut self.udp_claims
-                };
-                if let Some(&other) = claims.get(&svc.mesh_port) {
-                    return Err(Error::DuplicateMeshPort {
-                        first: table[other].key.to_string(),
-                        second: svc.key.to_string(),
-                        traffic_type: tt,
-                        mesh_port: svc.mesh_port,
-                    });
-                }
-                claims.insert(svc.mesh_port, id);
-            }
-        }
         table.services.push(svc);
+        let indexed = table.index_key(id).and_then(|()| table.index_routes(id));
+        if let Err(e) = indexed {
+            table.services.pop();
+            return Err(e);
+        }
         Ok(id)
     }
 
-    /// The table with every service in: split backends resolved and checked (they must exist,
-    /// not be the root, and carry the root's traffic type), the split graph checked.
+    /// The table with every service in: split and route backends resolved and checked, the
+    /// split graph checked ([`Table::resolve_targets`]).
     pub(crate) fn finish(self) -> Result<Table> {
         let mut table = self.table;
-        table.tcp_ports = self.tcp_claims.into_iter().collect();
-        table.udp_ports = self.udp_claims.into_iter().collect();
-        let mut split_targets = Vec::with_capacity(table.services.len());
-        for (root, svc) in table.iter() {
+        table.resolve_targets()?;
+        Ok(table)
+    }
+}
+
+impl Table {
+    /// Resolves the split backends (they must exist, not be the root, and carry the root's
+    /// traffic type) and the route backends of every service port, and checks the split
+    /// graph. Services without splits or routes cost a look at each.
+    pub(crate) fn resolve_targets(&mut self) -> Result<()> {
+        let mut split_targets = Vec::with_capacity(self.services.len());
+        for (root, svc) in self.iter() {
             if svc.splits.is_empty() {
                 split_targets.push(Box::default());
                 continue;
@@ -117,16 +78,15 @@ impl Builder {
                 let mut targets = Vec::with_capacity(split.backends.len());
                 for (j, b) in split.backends.iter().enumerate() {
                     let field = format!("splits[{i}].backends[{j}]");
-                    targets.push(resolve_backend(&id, &field, root, &b.service, &table)?);
+                    targets.push(resolve_backend(&id, &field, root, &b.service, self)?);
                 }
                 splits.push(targets.into_boxed_slice());
             }
             split_targets.push(splits.into_boxed_slice());
         }
-        table.split_targets = split_targets;
-        table.route_targets = resolve_routes(&table)?;
-        check_split_graph(&table)?;
-        Ok(table)
+        self.split_targets = split_targets;
+        self.route_targets = resolve_routes(self)?;
+        check_split_graph(self)
     }
 }
 

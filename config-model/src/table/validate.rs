@@ -259,7 +259,7 @@ fn validate_access(
 }
 
 /// The splits of a service on their own: matches compiled, weights checked, backends named by
-/// key (resolved when the table is put together, [`Builder::finish`]).
+/// key (resolved when the table is put together, [`Table::resolve_targets`]).
 fn validate_splits(id: &str, specs: &[SplitSpec]) -> Result<Vec<Split>> {
     let mut splits = Vec::with_capacity(specs.len());
     for (i, s) in specs.iter().enumerate() {

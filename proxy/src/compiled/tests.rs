@@ -12,7 +12,10 @@ use crate::store::TableStore;
 /// Everything the request path reads of a compiled table, in a form two can be compared by.
 fn describe(t: &CompiledTable) -> String {
     let mut out = format!("version {} acl {}\n", t.version, t.acl);
-    for (id, svc) in t.iter() {
+    // A delta keeps positions (an added service comes last): compare in key order.
+    let mut ids: Vec<_> = t.iter().collect();
+    ids.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+    for (id, svc) in ids {
         let rt = t.runtime(id);
         assert!(
             Arc::ptr_eq(&rt.service, svc),
@@ -52,12 +55,6 @@ fn describe(t: &CompiledTable) -> String {
         );
     }
     out
-}
-
-fn compiled(spec: &TableSpec) -> Arc<CompiledTable> {
-    let store = TableStore::new();
-    store.store(Table::try_from(spec).unwrap());
-    store.current()
 }
 
 /// One service port of a generated table.
@@ -177,7 +174,17 @@ proptest! {
             let bytes = serde_json::to_vec(&delta).unwrap();
             crate::source::swap_delta(&store, &bytes, "test").unwrap();
             let now = store.current();
-            prop_assert_eq!(describe(&now), describe(&compiled(&pair[1])));
+            let whole = TableStore::new();
+            whole.store(Table::try_from(&pair[1]).unwrap());
+            prop_assert_eq!(describe(&now), describe(&whole.current()));
+            // The registry holds exactly the statistics the plans use.
+            prop_assert_eq!(store.endpoint_count(), whole.endpoint_count());
+            for (id, _) in now.iter() {
+                for (addr, stats) in now.runtime(id).endpoints.endpoints() {
+                    let held = store.endpoint_stats(&addr);
+                    prop_assert!(held.is_some_and(|h| Arc::ptr_eq(&h, stats)), "{addr} stats");
+                }
+            }
             for (id, svc) in now.iter() {
                 let Some(before) = held.service(&svc.key) else { continue };
                 let (old, new) = (held.runtime(before), now.runtime(id));
