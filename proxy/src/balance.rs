@@ -214,7 +214,8 @@ impl Drop for Pick {
 /// built when a table is compiled ([`crate::compiled`]).
 #[derive(Debug)]
 pub struct EndpointPlan {
-    addrs: Box<[SocketAddr]>,
+    /// The service the endpoints are of (shared with the table: the addresses are not copied).
+    service: Arc<Service>,
     stats: Box<[Arc<EndpointStats>]>,
     picker: WeightedPicker,
 }
@@ -223,9 +224,9 @@ impl EndpointPlan {
     /// The plan of `svc`'s endpoints, with the statistics `registry` holds for their addresses
     /// (new ones for addresses it has none of), counted as used by this plan
     /// ([`EndpointRegistry::release`] when the plan is dropped from the table).
-    pub(crate) fn new(svc: &Service, registry: &mut EndpointRegistry) -> EndpointPlan {
+    pub(crate) fn new(svc: &Arc<Service>, registry: &mut EndpointRegistry) -> EndpointPlan {
         EndpointPlan {
-            addrs: svc.endpoints.iter().map(|e| e.addr).collect(),
+            service: svc.clone(),
             stats: svc
                 .endpoints
                 .iter()
@@ -237,25 +238,29 @@ impl EndpointPlan {
 
     /// The endpoint addresses with their statistics.
     pub(crate) fn endpoints(&self) -> impl Iterator<Item = (SocketAddr, &Arc<EndpointStats>)> {
-        self.addrs.iter().copied().zip(self.stats.iter())
+        self.service
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .zip(self.stats.iter())
     }
 
     /// Number of endpoints.
     pub fn len(&self) -> usize {
-        self.addrs.len()
+        self.stats.len()
     }
 
     /// Whether the service has no endpoint.
     pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty()
+        self.stats.is_empty()
     }
 }
 
 /// Latency statistics per endpoint address, carried from one compiled table to the next. Only
 /// table compilation touches it (under the store's lock), never a request. Each address
 /// counts the plans of the current table that use it: a table compiled from a delta acquires
-/// the plans it builds ([`EndpointPlan::new`]) and releases those it drops, so the work follows the size of the
-/// change, and an address leaves with its last plan.
+/// the plans it builds ([`EndpointPlan::new`]) and releases those it drops, so the work
+/// follows the size of the change, and an address leaves with its last plan.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointRegistry {
     stats: HashMap<SocketAddr, (Arc<EndpointStats>, u32)>,
@@ -315,10 +320,10 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let eps = &plan.addrs;
+        let eps = &plan.service.endpoints;
         let sp = plan;
         let mut rng = rand::rng();
-        let usable = |i: usize| !exclude.contains(&eps[i]) && !sp.stats[i].is_ejected();
+        let usable = |i: usize| !exclude.contains(&eps[i].addr) && !sp.stats[i].is_ejected();
         let round_robin = || sp.picker.round_robin().unwrap_or(0);
         let mut idx = if n == 1 {
             0
@@ -338,12 +343,12 @@ impl Balancer {
             if let Some(i) = order
                 .clone()
                 .find(|&i| usable(i))
-                .or_else(|| order.clone().find(|&i| !exclude.contains(&eps[i])))
+                .or_else(|| order.clone().find(|&i| !exclude.contains(&eps[i].addr)))
             {
                 idx = i;
             }
         }
-        Some(Pick::new(eps[idx], sp.stats[idx].clone()))
+        Some(Pick::new(eps[idx].addr, sp.stats[idx].clone()))
     }
 }
 
