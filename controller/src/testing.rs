@@ -41,6 +41,72 @@ pub fn proxy_binary() -> PathBuf {
     proxy
 }
 
+/// The real controller in manifests mode on a folder and one real proxy fed by it, on loopback
+/// ports that were free (one mesh port per traffic type); both killed when dropped.
+pub struct LocalMesh {
+    /// The controller's API port.
+    pub api: u16,
+    /// The proxy's one HTTP mesh port.
+    pub http: u16,
+    /// The proxy's one TCP mesh port.
+    pub tcp: u16,
+    /// The proxy's one UDP mesh port.
+    pub udp: u16,
+    /// The proxy's admin port (`/ready`, `/metrics`).
+    pub admin: u16,
+    _controller: KillOnDrop,
+    _proxy: KillOnDrop,
+}
+
+impl LocalMesh {
+    /// Starts both on `manifests`; `controller` is the test's
+    /// `env!("CARGO_BIN_EXE_maille-controller")` (known to integration tests only).
+    pub fn start(controller: &str, manifests: &Path) -> LocalMesh {
+        use std::process::{Command, Stdio};
+        let (api, http, tcp, udp, admin) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let range = |flag: &str, p: u16| [format!("--{flag}"), format!("{p}-{p}")];
+        let controller = KillOnDrop(
+            Command::new(controller)
+                .arg("--manifests")
+                .arg(manifests)
+                .args(["--api-addr", &format!("127.0.0.1:{api}")])
+                .args(range("http-ports", http))
+                .args(range("tcp-ports", tcp))
+                .args(range("udp-ports", udp))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start maille-controller"),
+        );
+        let proxy = KillOnDrop(
+            Command::new(proxy_binary())
+                .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
+                .args(["--listen-ip", "127.0.0.1"])
+                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                .args(["--http-ports", &http.to_string()])
+                .args(["--tcp-ports", &tcp.to_string()])
+                .args(["--udp-ports", &udp.to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start maille-proxy"),
+        );
+        LocalMesh {
+            api,
+            http,
+            tcp,
+            udp,
+            admin,
+            _controller: controller,
+            _proxy: proxy,
+        }
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
 /// process under test that must be told its port on the command line.
 pub fn free_port() -> u16 {

@@ -8,10 +8,9 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
+use maille_controller::testing::{eventually, LocalMesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
@@ -96,46 +95,8 @@ async fn routing_follows_manifest_edits_within_a_second() {
     write(dir.path(), "slice-1.yaml", &slice("web-1", one));
     write(dir.path(), "slice-2.yaml", &slice("web-2", two));
 
-    let (api, http, tcp, udp, admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let range = |flag: &str, p: u16| [format!("--{flag}"), format!("{p}-{p}")];
-    let _controller = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_maille-controller"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .args(["--api-addr", &format!("127.0.0.1:{api}")])
-            .args(range("http-ports", http))
-            .args(range("tcp-ports", tcp))
-            .args(range("udp-ports", udp))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start maille-controller"),
-    );
-    let _proxy = KillOnDrop(
-        Command::new(proxy_binary())
-            .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
-            .args([
-                "--listen-ip",
-                "127.0.0.1",
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .args([
-                "--http-ports",
-                &http.to_string(),
-                "--tcp-ports",
-                &tcp.to_string(),
-            ])
-            .args(["--udp-ports", &udp.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start maille-proxy"),
-    );
+    let mesh = LocalMesh::start(env!("CARGO_BIN_EXE_maille-controller"), dir.path());
+    let (http, tcp) = (mesh.http, mesh.tcp);
     let host = "web.shop.maille.mesh";
     let second = Duration::from_secs(1);
     // `n` requests; the bodies of those answered 200.

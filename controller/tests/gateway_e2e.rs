@@ -10,10 +10,9 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
+use maille_controller::testing::{eventually, LocalMesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP/1.1 backend answering `<name> <path>` and one `h:<header>=<value>` line per request
@@ -222,46 +221,8 @@ async fn mesh_scenarios_through_the_real_binaries() {
         &(service("cart-v2") + &ports(cart2)),
     );
 
-    let (api, http, tcp, udp, admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let range = |flag: &str, p: u16| [format!("--{flag}"), format!("{p}-{p}")];
-    let _controller = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_maille-controller"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .args(["--api-addr", &format!("127.0.0.1:{api}")])
-            .args(range("http-ports", http))
-            .args(range("tcp-ports", tcp))
-            .args(range("udp-ports", udp))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start maille-controller"),
-    );
-    let _proxy = KillOnDrop(
-        Command::new(proxy_binary())
-            .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
-            .args([
-                "--listen-ip",
-                "127.0.0.1",
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .args([
-                "--http-ports",
-                &http.to_string(),
-                "--tcp-ports",
-                &tcp.to_string(),
-            ])
-            .args(["--udp-ports", &udp.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start maille-proxy"),
-    );
+    let mesh = LocalMesh::start(env!("CARGO_BIN_EXE_maille-controller"), dir.path());
+    let (api, http) = (mesh.api, mesh.http);
 
     // Without routes, any path reaches the Service.
     eventually(
