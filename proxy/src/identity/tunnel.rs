@@ -101,14 +101,8 @@ impl ClientCertVerifier for MeshClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        match spiffe_ids(end_entity).as_slice() {
-            [one] if trust_domain(one) == Some(self.trust_domain.as_str()) => {
-                Ok(ClientCertVerified::assertion())
-            }
-            _ => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
-        }
+        in_trust_domain(end_entity, &self.trust_domain)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -138,15 +132,7 @@ impl ClientCertVerifier for MeshClientVerifier {
 /// against its trust bundle and trust domain, TLS 1.3 only, ALPN `h2`.
 pub fn server_config(held: &Held) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in &held.trust_bundle {
-        roots
-            .add(c.clone())
-            .map_err(|e| format!("trust bundle: {e}"))?;
-    }
-    let td = trust_domain(&held.spiffe_id)
-        .ok_or_else(|| format!("{} is not a SPIFFE ID", held.spiffe_id))?
-        .to_string();
+    let (roots, td) = trust(held)?;
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| format!("client verifier: {e}"))?;
@@ -165,6 +151,32 @@ pub fn server_config(held: &Held) -> Result<rustls::ServerConfig, String> {
         .map_err(|e| format!("certificate: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The roots of the held trust bundle and the trust domain of the held identity: what both
+/// sides of the tunnel verify the peer against.
+fn trust(held: &Held) -> Result<(rustls::RootCertStore, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &held.trust_bundle {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("trust bundle: {e}"))?;
+    }
+    let td = trust_domain(&held.spiffe_id)
+        .ok_or_else(|| format!("{} is not a SPIFFE ID", held.spiffe_id))?
+        .to_string();
+    Ok((roots, td))
+}
+
+/// A peer certificate the chain check accepted must also carry exactly one SPIFFE ID, of our
+/// trust domain.
+fn in_trust_domain(end_entity: &CertificateDer<'_>, td: &str) -> Result<(), rustls::Error> {
+    match spiffe_ids(end_entity).as_slice() {
+        [one] if trust_domain(one) == Some(td) => Ok(()),
+        _ => Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        )),
+    }
 }
 
 /// The node a mesh certificate is for: its DNS name (the controller writes the node name as
@@ -204,14 +216,8 @@ impl rustls::client::danger::ServerCertVerifier for MeshServerVerifier {
             ocsp_response,
             now,
         )?;
-        match spiffe_ids(end_entity).as_slice() {
-            [one] if trust_domain(one) == Some(self.trust_domain.as_str()) => {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            _ => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
-        }
+        in_trust_domain(end_entity, &self.trust_domain)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -242,15 +248,7 @@ impl rustls::client::danger::ServerCertVerifier for MeshServerVerifier {
 /// connection) and the trust domain; TLS 1.3 only, ALPN `h2`.
 pub fn client_config(held: &Held) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in &held.trust_bundle {
-        roots
-            .add(c.clone())
-            .map_err(|e| format!("trust bundle: {e}"))?;
-    }
-    let td = trust_domain(&held.spiffe_id)
-        .ok_or_else(|| format!("{} is not a SPIFFE ID", held.spiffe_id))?
-        .to_string();
+    let (roots, td) = trust(held)?;
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
