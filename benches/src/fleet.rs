@@ -118,9 +118,57 @@ impl Options {
     }
 }
 
+/// When the controller reached each step of one change, from the file's rename: the new
+/// table published (its version gauge moved: the 20 ms the file watcher waits for a burst to
+/// settle, reading the changed file, translating, publishing) and the first waiting long-poll
+/// answered (the gauge of held long-polls went down). Seen by a thread polling the controller's
+/// gauges every 200 µs, so each is late by at most that.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Milestones {
+    /// Rename to the new table published.
+    pub published: Duration,
+    /// Rename to the first long-poll answered with it.
+    pub answered: Duration,
+}
+
+/// Watches the controller's gauges from the moment of a change (`t0`, the table version then
+/// `before`, `waiting` long-polls held) until the table is published and a long-poll answered.
+struct MilestoneWatch {
+    handle: std::thread::JoinHandle<Milestones>,
+}
+
+impl MilestoneWatch {
+    fn start(t0: Instant, before: u64, waiting: usize, limit: Duration) -> MilestoneWatch {
+        let handle = std::thread::spawn(move || {
+            let mut m = Milestones::default();
+            let mut published = false;
+            while t0.elapsed() < limit {
+                if !published && table_version() > before {
+                    m.published = t0.elapsed();
+                    published = true;
+                }
+                let held = usize::try_from(metrics().longpoll_waiting.get()).unwrap_or(0);
+                if published && held < waiting {
+                    m.answered = t0.elapsed();
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            m
+        });
+        MilestoneWatch { handle }
+    }
+
+    fn finish(self) -> Milestones {
+        self.handle.join().unwrap_or_default()
+    }
+}
+
 /// One change as the simulated fleet saw it.
 #[derive(Clone, Debug)]
 pub struct FleetChange {
+    /// Where the controller's part of the time went.
+    pub milestones: Milestones,
     /// From the file's rename to each proxy's `poll_once` returning with it.
     pub per_proxy: Vec<Duration>,
     /// To the last proxy.
@@ -157,6 +205,10 @@ pub struct FleetPhase {
 pub struct RealChange {
     /// From the file's rename to the proxy's log line saying it applied the change.
     pub visible: Duration,
+    /// Where that time went ([`Milestones`]).
+    pub milestones: Milestones,
+    /// What the proxy says its apply took (parse, apply, compile and swap).
+    pub work: real::ApplyWork,
     /// The proxy's CPU from the edit until it has it and is waiting again.
     pub proxy_cpu: Duration,
     /// The controller's CPU over the same span (one proxy served).
@@ -476,6 +528,7 @@ fn fleet_phase(
         );
         let t0 = Instant::now();
         pending.publish()?;
+        let watch = MilestoneWatch::start(t0, before, n, opts.change_limit);
         let mut got: Vec<Option<Instant>> = vec![None; n];
         let mut have = 0;
         while have < n {
@@ -505,6 +558,7 @@ fn fleet_phase(
             })
             .collect();
         let figures = FleetChange {
+            milestones: watch.finish(),
             to_last: per_proxy.iter().copied().max().unwrap_or_default(),
             per_proxy,
             bytes: bytes_sent() - b0,
@@ -514,9 +568,11 @@ fn fleet_phase(
         };
         progress(opts, || {
             format!(
-                "{label}: change {} ({}): last proxy after {:.1?}, {} bytes/proxy, controller CPU {:.1?}",
+                "{label}: change {} ({}): published after {:.1?}, first answer {:.1?}, last proxy after {:.1?}, {} bytes/proxy, controller CPU {:.1?}",
                 changes.len() + 1,
                 change.host,
+                figures.milestones.published,
+                figures.milestones.answered,
                 figures.to_last,
                 figures.bytes / n as u64,
                 figures.controller_cpu
@@ -572,21 +628,30 @@ fn real_phase(
         );
         let t0 = Instant::now();
         pending.publish()?;
-        let at = proxy
+        let watch = MilestoneWatch::start(t0, before, 1, opts.change_limit);
+        let line = proxy
             .wait_version(before + 1, opts.change_limit)
             .with_context(|| format!("{label}: change {} ({})", k + 1, change.host))?;
+        let milestones = watch.finish();
         wait_waiting(1, Duration::from_secs(30))?;
         let figures = RealChange {
-            visible: at.saturating_duration_since(t0),
+            visible: line.at.saturating_duration_since(t0),
+            milestones,
+            work: line.work,
             proxy_cpu: cpu::process_cpu(proxy.pid()).saturating_sub(p0),
             controller_cpu: controller_cpu().saturating_sub(c0),
             bytes: bytes_sent() - b0,
         };
         progress(opts, || {
             format!(
-                "{label}: change {} visible after {:.1?}, proxy CPU {:.1?}, controller CPU {:.1?}",
+                "{label}: change {} visible after {:.1?} (published {:.1?}, answered {:.1?}; proxy parse {:?} apply {:?} swap {:?}), proxy CPU {:.1?}, controller CPU {:.1?}",
                 k + 1,
                 figures.visible,
+                figures.milestones.published,
+                figures.milestones.answered,
+                figures.work.parse,
+                figures.work.apply,
+                figures.work.swap,
                 figures.proxy_cpu,
                 figures.controller_cpu
             )

@@ -51,8 +51,21 @@ fn the_quick_fleet_run_delivers_every_change_to_every_proxy() {
     for p in &report.real {
         assert_eq!(p.changes.len(), 3, "{:?}", p.delivery);
         assert!(p.rss > 0 && p.peak_rss >= p.rss);
+        for c in &p.changes {
+            // The controller's steps were seen, in order, and the proxy said what its apply took.
+            let m = c.milestones;
+            assert!(
+                m.published > std::time::Duration::ZERO && m.answered >= m.published,
+                "{m:?}"
+            );
+            assert!(c.work.parse + c.work.apply + c.work.swap > std::time::Duration::ZERO);
+        }
     }
     let text = fleet::report::markdown(&report);
     assert!(text.contains("| 5 | delta |"), "{text}");
     assert!(text.contains("change visible at a real proxy"), "{text}");
+    assert!(
+        text.contains("Where the real proxy's change time goes"),
+        "{text}"
+    );
 }

@@ -267,11 +267,37 @@ fn parse_tunnel(object: &str, field: &str, value: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The workloads of a table, by IP. Each is shared (`Arc`), so that the copy a delta makes
-/// costs a reference count per workload, not its strings.
+/// Shards of the workload index: a delta that changes a few workloads copies the shards they
+/// fall in (about `len / WORKLOAD_SHARDS` entries each) and shares the others.
+pub(crate) const WORKLOAD_SHARDS: usize = 256;
+
+type WorkloadShard = HashMap<IpAddr, Arc<Workload>>;
+
+/// The workloads of a table, by IP. Each is shared (`Arc`), and so is each shard of the index
+/// (the workloads are spread over [`WORKLOAD_SHARDS`] maps by the low bits of their IP): the
+/// copy a delta makes costs a reference count per shard, and a changed workload copies the
+/// entries of its shard only (issue 14: a pod change must not copy 100,000 workloads).
 #[derive(Clone, Debug, Default)]
 pub struct Workloads {
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Empty, or [`WORKLOAD_SHARDS`] shards.
+    shards: Box<[Arc<WorkloadShard>]>,
+    len: usize,
+}
+
+/// The shard of an IP: its last two bytes mixed (pod IPs of a node differ in the last byte;
+/// the next one spreads nodes whose ranges share low bytes).
+fn shard_of(ip: IpAddr) -> usize {
+    let (a, b) = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            (o[3], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (o[15], o[14])
+        }
+    };
+    usize::from(a ^ b.rotate_left(3)) % WORKLOAD_SHARDS
 }
 
 impl Workloads {
@@ -279,9 +305,11 @@ impl Workloads {
     /// valid, at most [`MAX_WORKLOADS`].
     pub fn from_specs(specs: &[WorkloadSpec]) -> Result<Workloads> {
         check_workload_count(specs.len())?;
-        let mut w = Workloads {
-            by_ip: HashMap::with_capacity(specs.len()),
-        };
+        let mut shards: Vec<WorkloadShard> = Vec::new();
+        if !specs.is_empty() {
+            let each = specs.len() / WORKLOAD_SHARDS + 1;
+            shards.resize_with(WORKLOAD_SHARDS, || HashMap::with_capacity(each));
+        }
         let mut position: HashMap<IpAddr, usize> = HashMap::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let field = format!("workloads[{i}]");
@@ -294,37 +322,70 @@ impl Workloads {
                     format!("workloads[{j}] has the same IP"),
                 ));
             }
-            w.by_ip.insert(workload.ip, Arc::new(workload));
+            shards[shard_of(workload.ip)].insert(workload.ip, Arc::new(workload));
         }
-        Ok(w)
+        Ok(Workloads {
+            shards: shards.into_iter().map(Arc::new).collect(),
+            len: specs.len(),
+        })
     }
 
     /// The workload with this IP (an IPv4-mapped IPv6 address finds the IPv4 one).
     pub fn get(&self, ip: IpAddr) -> Option<&Workload> {
-        self.by_ip.get(&canonical_ip(ip)).map(|w| &**w)
+        let ip = canonical_ip(ip);
+        self.shards.get(shard_of(ip))?.get(&ip).map(|w| &**w)
     }
 
     /// Number of workloads.
     pub fn len(&self) -> usize {
-        self.by_ip.len()
+        self.len
     }
 
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
-        self.by_ip.is_empty()
+        self.len == 0
     }
 
     /// Every workload, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Workload> + '_ {
-        self.by_ip.values().map(|w| &**w)
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.values())
+            .map(|w| &**w)
+    }
+
+    /// The shard `ip` falls in, for a change: copied first when another table shares it.
+    fn shard_mut(&mut self, ip: IpAddr) -> &mut WorkloadShard {
+        if self.shards.is_empty() {
+            self.shards = (0..WORKLOAD_SHARDS).map(|_| Arc::default()).collect();
+        }
+        Arc::make_mut(&mut self.shards[shard_of(ip)])
     }
 
     pub(crate) fn insert(&mut self, w: Workload) {
-        self.by_ip.insert(w.ip, Arc::new(w));
+        let ip = w.ip;
+        if self.shard_mut(ip).insert(ip, Arc::new(w)).is_none() {
+            self.len += 1;
+        }
     }
 
     pub(crate) fn remove(&mut self, ip: IpAddr) -> bool {
-        self.by_ip.remove(&ip).is_some()
+        if self.get(ip).is_none() {
+            return false;
+        }
+        self.shard_mut(ip).remove(&ip);
+        self.len -= 1;
+        true
+    }
+
+    /// How many shards of the index `self` and `other` hold in common (the same `Arc`): what
+    /// a delta left unchanged.
+    pub fn shared_shards(&self, other: &Workloads) -> usize {
+        self.shards
+            .iter()
+            .zip(other.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
     }
 }
 

@@ -12,10 +12,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-/// Tables the proxy applied (version, when its log line was read), and its last log lines.
+/// One table the proxy applied, from its log line.
+#[derive(Clone, Copy, Debug)]
+pub struct AppliedLine {
+    /// The version it applied.
+    pub version: u64,
+    /// When the line was read.
+    pub at: Instant,
+    /// What the proxy says the apply took (its `parse_us`, `apply_us`, `swap_us` fields).
+    pub work: ApplyWork,
+}
+
+/// Where the proxy says an apply's time went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyWork {
+    /// Reading the JSON (into a validated table, or a delta).
+    pub parse: Duration,
+    /// Building the next table from the one held (deltas only).
+    pub apply: Duration,
+    /// Compiling and swapping it in.
+    pub swap: Duration,
+}
+
+/// Tables the proxy applied, and its last log lines.
 #[derive(Default)]
 struct Seen {
-    applied: Vec<(u64, Instant)>,
+    applied: Vec<AppliedLine>,
     tail: Vec<String>,
     ended: bool,
 }
@@ -92,14 +114,21 @@ pub fn binary_next_to_this_one() -> Option<PathBuf> {
     found
 }
 
-/// The version in one JSON log line of a table being applied.
-fn applied_version(line: &str) -> Option<u64> {
+/// The version and timings in one JSON log line of a table being applied.
+fn applied_version(line: &str) -> Option<(u64, ApplyWork)> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let message = v.get("message")?.as_str()?;
     if message != "Routing table swapped in" && message != "Routing table delta applied" {
         return None;
     }
-    v.get("version")?.as_u64()
+    let us =
+        |field: &str| Duration::from_micros(v.get(field).and_then(|f| f.as_u64()).unwrap_or(0));
+    let work = ApplyWork {
+        parse: us("parse_us"),
+        apply: us("apply_us"),
+        swap: us("swap_us"),
+    };
+    Some((v.get("version")?.as_u64()?, work))
 }
 
 impl RealProxy {
@@ -137,8 +166,8 @@ impl RealProxy {
                     let at = Instant::now();
                     let (lock, cond) = &*s;
                     let mut seen = lock.lock().expect("log lock");
-                    if let Some(version) = applied_version(&line) {
-                        seen.applied.push((version, at));
+                    if let Some((version, work)) = applied_version(&line) {
+                        seen.applied.push(AppliedLine { version, at, work });
                         cond.notify_all();
                     }
                     if seen.tail.len() >= 20 {
@@ -158,15 +187,15 @@ impl RealProxy {
         self.child.id()
     }
 
-    /// Waits until the proxy has applied a table of at least `version`; returns when its log
-    /// line was read.
-    pub fn wait_version(&self, version: u64, limit: Duration) -> anyhow::Result<Instant> {
+    /// Waits until the proxy has applied a table of at least `version`; returns its log line
+    /// (when it was read, and the timings it gives).
+    pub fn wait_version(&self, version: u64, limit: Duration) -> anyhow::Result<AppliedLine> {
         let deadline = Instant::now() + limit;
         let (lock, cond) = &*self.seen;
         let mut seen = lock.lock().expect("log lock");
         loop {
-            if let Some(&(_, at)) = seen.applied.iter().find(|(v, _)| *v >= version) {
-                return Ok(at);
+            if let Some(line) = seen.applied.iter().find(|l| l.version >= version) {
+                return Ok(*line);
             }
             let now = Instant::now();
             if seen.ended || now >= deadline {
@@ -183,7 +212,7 @@ impl RealProxy {
     /// The version of the last table applied.
     pub fn version(&self) -> Option<u64> {
         let seen = self.seen.0.lock().expect("log lock");
-        seen.applied.last().map(|(v, _)| *v)
+        seen.applied.last().map(|l| l.version)
     }
 }
 
@@ -200,10 +229,15 @@ mod tests {
 
     #[test]
     fn applied_versions_are_read_from_json_log_lines() {
-        let line = r#"{"timestamp":"2026-12-03T02:00:00Z","level":"INFO","message":"Routing table delta applied","origin":"http://x","version":42,"changed":1,"target":"maille_proxy::source"}"#;
-        assert_eq!(applied_version(line), Some(42));
+        let line = r#"{"timestamp":"2026-12-03T02:00:00Z","level":"INFO","message":"Routing table delta applied","origin":"http://x","version":42,"changed":1,"parse_us":12,"apply_us":900,"swap_us":1100,"target":"maille_proxy::source"}"#;
+        let work = ApplyWork {
+            parse: Duration::from_micros(12),
+            apply: Duration::from_micros(900),
+            swap: Duration::from_micros(1100),
+        };
+        assert_eq!(applied_version(line), Some((42, work)));
         let line = r#"{"message":"Routing table swapped in","version":7}"#;
-        assert_eq!(applied_version(line), Some(7));
+        assert_eq!(applied_version(line), Some((7, ApplyWork::default())));
         assert_eq!(
             applied_version(r#"{"message":"Routing table refused","version":8}"#),
             None

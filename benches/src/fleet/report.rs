@@ -57,6 +57,7 @@ fn ratio(x: f64, base: Option<f64>) -> String {
 
 /// Per-phase medians of the fleet figures.
 struct FleetFigures {
+    published_p50: Duration,
     last_p50: Duration,
     last_p99: Duration,
     each_p50: Duration,
@@ -79,6 +80,7 @@ fn fleet_figures(p: &FleetPhase) -> FleetFigures {
     let mut bytes: Vec<u64> = p.changes.iter().map(|c| c.bytes).collect();
     bytes.sort_unstable();
     FleetFigures {
+        published_p50: median(&|c| c.milestones.published),
         last_p50: quantile(&last, 0.5),
         last_p99: quantile(&last, 0.99),
         each_p50: quantile(&each, 0.5),
@@ -139,10 +141,10 @@ pub fn markdown(r: &Report) -> String {
             out,
             "Simulated proxies (medians over the changes; p99 of few changes is their maximum):\n"
         );
-        let _ = writeln!(out, "| proxies | delivery | changes | first table to all, s | to last proxy p50 ms | to last proxy p99 ms | each proxy p50 ms | KB per proxy per change | controller CPU ms per change | controller rebuild ms | simulated proxies' CPU ms per change | vs full: p99, KB, controller CPU |");
+        let _ = writeln!(out, "| proxies | delivery | changes | first table to all, s | controller published p50 ms | to last proxy p50 ms | to last proxy p99 ms | each proxy p50 ms | KB per proxy per change | controller CPU ms per change | controller rebuild ms | simulated proxies' CPU ms per change | vs full: p99, KB, controller CPU |");
         let _ = writeln!(
             out,
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for p in &r.fleet {
             let f = fleet_figures(p);
@@ -171,12 +173,13 @@ pub fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {}{} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}{} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.proxies,
                 p.delivery.label(),
                 trouble,
                 p.changes.len(),
                 p.first_contact.as_secs_f64(),
+                ms(f.published_p50),
                 ms(f.last_p50),
                 ms(f.last_p99),
                 ms(f.each_p50),
@@ -224,6 +227,29 @@ pub fn markdown(r: &Report) -> String {
                 p.rss as f64 / 1e6,
                 p.peak_rss as f64 / 1e6,
                 ms(p.idle_cpu_per_second),
+            );
+        }
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "Where the real proxy's change time goes (medians over the changes; from the rename):\n"
+        );
+        let _ = writeln!(out, "| delivery | controller published ms | long-poll answered ms | proxy applied (log line read) ms | proxy: parse ms | apply ms | compile and swap ms |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        for p in &r.real {
+            let pick = |f: &dyn Fn(&super::RealChange) -> Duration| {
+                ms(quantile(&p.changes.iter().map(f).collect::<Vec<_>>(), 0.5))
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.delivery.label(),
+                pick(&|c| c.milestones.published),
+                pick(&|c| c.milestones.answered),
+                pick(&|c| c.visible),
+                pick(&|c| c.work.parse),
+                pick(&|c| c.work.apply),
+                pick(&|c| c.work.swap),
             );
         }
         out.push('\n');

@@ -24,6 +24,15 @@ fn view(t: &Table) -> String {
         t.acl,
         t.index_sizes()
     );
+    let mut workloads: Vec<String> = t.workloads().iter().map(|w| format!("{w:?}")).collect();
+    workloads.sort();
+    out.push_str(&format!(
+        "{} workloads {workloads:?}\n",
+        t.workloads().len()
+    ));
+    for w in t.workloads().iter() {
+        assert_eq!(t.workload(w.ip), Some(w));
+    }
     // A delta keeps positions (an added service comes last): compare in key order.
     let mut ids: Vec<_> = t.iter().collect();
     ids.sort_by(|a, b| a.1.key.cmp(&b.1.key));
@@ -280,6 +289,29 @@ fn entry() -> impl Strategy<Value = Entry> {
         )
 }
 
+/// Generated workloads: (which of 16 IPs, which of 3 ServiceAccounts). The IPs spread over a
+/// few shards of the index and share some.
+fn workloads() -> impl Strategy<Value = Vec<(u8, u8)>> {
+    proptest::collection::vec((0u8..16, 0u8..3), 0..10)
+}
+
+fn workload_specs(ws: &[(u8, u8)]) -> Vec<crate::mesh::WorkloadSpec> {
+    let mut out: Vec<crate::mesh::WorkloadSpec> = Vec::new();
+    for &(ip, sa) in ws {
+        let ip = format!("10.1.{}.{}", ip / 4, (ip % 4) * 64);
+        if out.iter().any(|w| w.ip == ip) {
+            continue;
+        }
+        out.push(crate::mesh::WorkloadSpec {
+            ip,
+            node: format!("node-{}", sa % 2),
+            namespace: "ns".into(),
+            service_account: format!("sa{sa}"),
+        });
+    }
+    out
+}
+
 /// A valid table from generated entries: one port per name (http on port 80, or tcp on 81 with
 /// its own listener), HTTP splits only towards higher-numbered HTTP names (no cycles).
 fn build(version: u64, acl: bool, entries: &[Entry]) -> TableSpec {
@@ -341,26 +373,41 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// Applying the deltas between any sequence of tables gives, at every step, the same table
-    /// as validating that step's full table, in both the validated and the wire form.
+    /// as validating that step's full table, in both the validated and the wire form; the
+    /// workload index shares every shard a delta does not touch.
     #[test]
     fn any_sequence_of_deltas_gives_the_full_table(
         versions in proptest::collection::vec(
-            (any::<bool>(), proptest::collection::vec(entry(), 0..8)),
+            (any::<bool>(), proptest::collection::vec(entry(), 0..8), workloads()),
             1..8,
         )
     ) {
         let specs: Vec<TableSpec> = versions
             .iter()
             .enumerate()
-            .map(|(i, (acl, entries))| build(i as u64 + 1, *acl, entries))
+            .map(|(i, (acl, entries, ws))| {
+                let mut spec = build(i as u64 + 1, *acl, entries);
+                spec.workloads = workload_specs(ws);
+                sorted(spec)
+            })
             .collect();
         let mut held = Table::try_from(&specs[0]).unwrap();
         let mut held_spec = specs[0].clone();
         for pair in specs.windows(2) {
-            let delta = delta_between(&pair[0], &pair[1]);
+            let delta = pair[1].delta_since(&pair[0]);
             apply_to_spec(&mut held_spec, &delta).unwrap();
             prop_assert_eq!(&held_spec, &pair[1]);
             let next = held.apply_delta(&delta).unwrap();
+            let touched = delta.workloads_changed.len() + delta.workloads_removed.len();
+            if touched == 0 {
+                prop_assert!(next.shares_workloads(&held));
+            } else if !held.workloads().is_empty() {
+                let shared = next.workloads().shared_shards(held.workloads());
+                prop_assert!(
+                    shared + touched >= crate::mesh::WORKLOAD_SHARDS,
+                    "{touched} workloads changed, {shared} shards shared"
+                );
+            }
             // Every service the delta does not name is the held table's, shared.
             for (_, s) in next.iter() {
                 if !delta.changed.iter().any(|c| c.key() == s.key) {

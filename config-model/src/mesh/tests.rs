@@ -343,6 +343,9 @@ fn a_workload_change_travels_alone_and_the_rest_is_shared() {
     let next = held.apply_delta(&d).unwrap();
     assert!(next.shares_nodes(&held));
     assert!(!next.shares_workloads(&held));
+    // Three workloads changed: at most three shards of the index were copied.
+    let shared = next.workloads().shared_shards(held.workloads());
+    assert!(shared >= WORKLOAD_SHARDS - 3, "{shared} shards shared");
     assert_eq!(
         next.workload(moved.parse().unwrap())
             .unwrap()
