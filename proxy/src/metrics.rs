@@ -3,7 +3,10 @@
 //! their handles from [`register`]; per-service handles are resolved from it once per table
 //! or connection (`tcp::metrics`, `udp::metrics`, `resilience::metrics`).
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use config_model::WorkloadIdentity;
 
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
@@ -116,30 +119,72 @@ pub struct Metrics {
 /// Bounds the `identity` label of `maille_proxy_tunnel_client_identities_total`: the first
 /// [`IdentityLabels::MAX`] distinct client identities get a series each, later ones share
 /// `other` (a cluster may have any number of ServiceAccounts; a proxy's /metrics must not grow
-/// with them). A stream without a stated identity is `none`.
-#[derive(Debug, Default)]
+/// with them). A stream without a stated identity is `none`. Counting a known identity takes no
+/// lock and allocates nothing: the counters of each identity are kept in a map read through an
+/// `ArcSwap`, copied only when an identity is added.
+#[derive(Default)]
 pub struct IdentityLabels {
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    known: arc_swap::ArcSwap<HashMap<WorkloadIdentity, [IntCounter; 2]>>,
+    /// `none` and `other`.
+    fixed: std::sync::OnceLock<[[IntCounter; 2]; 2]>,
+    adding: parking_lot::Mutex<()>,
+}
+
+impl std::fmt::Debug for IdentityLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityLabels")
+            .field("known", &self.known.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `result` values of `maille_proxy_tunnel_client_identities_total`, by `!admitted`.
+const IDENTITY_RESULTS: [&str; 2] = ["admitted", "denied"];
+
+fn identity_pair(vec: &IntCounterVec, label: &str) -> [IntCounter; 2] {
+    IDENTITY_RESULTS.map(|r| vec.with_label_values(&[label, r]))
 }
 
 impl IdentityLabels {
     /// Distinct identities with a series of their own.
     pub const MAX: usize = 256;
 
-    /// The label value for `identity` (`namespace/serviceaccount`).
-    pub fn label(&self, identity: Option<&str>) -> String {
+    /// The counter of `identity` (`None`: no identity stated) and result in `vec`.
+    pub fn counter(
+        &self,
+        vec: &IntCounterVec,
+        identity: Option<&WorkloadIdentity>,
+        admitted: bool,
+    ) -> IntCounter {
+        let r = usize::from(!admitted);
+        let fixed = self
+            .fixed
+            .get_or_init(|| [identity_pair(vec, "none"), identity_pair(vec, "other")]);
         let Some(identity) = identity else {
-            return "none".to_string();
+            return fixed[0][r].clone();
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(identity) {
-            return identity.to_string();
+        let known = self.known.load();
+        if let Some(c) = known.get(identity) {
+            return c[r].clone();
         }
-        if seen.len() < Self::MAX {
-            seen.insert(identity.to_string());
-            return identity.to_string();
+        if known.len() >= Self::MAX {
+            return fixed[1][r].clone();
         }
-        "other".to_string()
+        drop(known);
+        let _one = self.adding.lock();
+        let known = self.known.load_full();
+        if let Some(c) = known.get(identity) {
+            return c[r].clone();
+        }
+        if known.len() >= Self::MAX {
+            return fixed[1][r].clone();
+        }
+        let pair = identity_pair(vec, &identity.to_string());
+        let c = pair[r].clone();
+        let mut next = HashMap::clone(&known);
+        next.insert(identity.clone(), pair);
+        self.known.store(Arc::new(next));
+        c
     }
 }
 
@@ -450,17 +495,30 @@ pub fn register() -> &'static Metrics {
 #[cfg(test)]
 mod tests {
     use super::IdentityLabels;
+    use config_model::WorkloadIdentity;
+    use prometheus::{IntCounterVec, Opts};
 
     #[test]
     fn identity_labels_are_bounded() {
+        let vec = IntCounterVec::new(Opts::new("t", "t"), &["identity", "result"]).unwrap();
+        let count = |labels: &IdentityLabels, id: Option<&str>, admitted: bool| {
+            let id: Option<WorkloadIdentity> = id.map(|i| i.parse().unwrap());
+            labels.counter(&vec, id.as_ref(), admitted).inc();
+        };
+        let value = |id: &str, result: &str| vec.with_label_values(&[id, result]).get();
         let labels = IdentityLabels::default();
-        assert_eq!(labels.label(None), "none");
+        count(&labels, None, true);
+        assert_eq!(value("none", "admitted"), 1);
         for i in 0..IdentityLabels::MAX {
-            let id = format!("ns/sa-{i}");
-            assert_eq!(labels.label(Some(&id)), id);
+            count(&labels, Some(&format!("ns/sa-{i}")), i % 2 == 0);
         }
+        assert_eq!(value("ns/sa-2", "admitted"), 1);
+        assert_eq!(value("ns/sa-3", "denied"), 1);
         // Full: a new identity shares `other`, a known one keeps its own series.
-        assert_eq!(labels.label(Some("ns/late")), "other");
-        assert_eq!(labels.label(Some("ns/sa-7")), "ns/sa-7");
+        count(&labels, Some("ns/late"), false);
+        assert_eq!(value("other", "denied"), 1);
+        count(&labels, Some("ns/sa-7"), false);
+        assert_eq!(value("ns/sa-7", "denied"), 2);
+        assert_eq!(vec.with_label_values(&["ns/late", "denied"]).get(), 0);
     }
 }

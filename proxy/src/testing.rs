@@ -149,6 +149,7 @@ pub struct TestProxy {
     store: Arc<TableStore>,
     balancer: Arc<Balancer>,
     identity: Option<Arc<crate::identity::Identity>>,
+    tunnel: Option<Arc<crate::tunnel::client::Pool>>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -223,13 +224,14 @@ impl TestProxy {
                     proxy.store().clone(),
                     proxy.balancer().clone(),
                     proxy.identity().cloned(),
+                    proxy.tunnel().cloned(),
                 )));
                 proxy.run(RunArgs {
                     shutdown_signal: Box::new(StopSignal(stop_rx)),
                 });
             })
             .expect("spawn proxy thread");
-        let (store, balancer, identity) = ready_rx
+        let (store, balancer, identity, tunnel) = ready_rx
             .recv()
             .expect("proxy thread died before start")
             .unwrap_or_else(|e| panic!("proxy did not build: {e}"));
@@ -243,6 +245,7 @@ impl TestProxy {
             store,
             balancer,
             identity,
+            tunnel,
             stop,
             thread: Some(thread),
         };
@@ -266,6 +269,11 @@ impl TestProxy {
     /// with [`crate::identity::Identity::hold`].
     pub fn identity(&self) -> Option<&Arc<crate::identity::Identity>> {
         self.identity.as_ref()
+    }
+
+    /// The proxy's sessions to other nodes (with `--identity-token-file`).
+    pub fn tunnel(&self) -> Option<&Arc<crate::tunnel::client::Pool>> {
+        self.tunnel.as_ref()
     }
 
     /// The proxy's balancer.

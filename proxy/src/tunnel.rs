@@ -9,6 +9,7 @@
 //! See docs/security.md, "The tunnel".
 
 pub mod admit;
+pub mod bridge;
 pub mod client;
 pub mod connector;
 pub mod hop;

@@ -185,7 +185,7 @@ pub fn mesh_peer(
             Way::Tunnel(node) => {
                 let pool = pool.expect("a tunnel way has a pool").clone();
                 let claim = hop::claim(table, backend, addr, client, Protocol::Tcp);
-                crate::tunnel::connector::tunnel_peer(&mut peer, pool, node, claim);
+                crate::tunnel::connector::tunnel_peer(&mut peer, pool, node, claim)?;
                 return Ok(MeshPeer { pick, peer });
             }
             Way::Refused => {

@@ -6,7 +6,8 @@
 //! not tunnel; TrafficTarget is enforced on identities by the destination, including against a
 //! client spoofing an allowed pod of another node; strict refuses and permissive sends in
 //! cleartext to a node without proxy; certificates of both nodes rotate under steady load
-//! with no failed request.
+//! with no failed request; HTTP connections through the tunnel are pooled and reused per
+//! client identity, and those of a broken session are not handed out again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,8 +20,8 @@ use config_model::{
 };
 use maille_proxy::tcp::testing::{echo, read_line};
 use maille_proxy::testing::{
-    free_tcp_ports, metric, HttpBackend, TcpBackend, TestPorts, TestProxy, TestProxyOptions,
-    UdpBackend, PATIENCE,
+    eventually, free_tcp_ports, metric, HttpBackend, TcpBackend, TestPorts, TestProxy,
+    TestProxyOptions, UdpBackend, PATIENCE,
 };
 use maille_proxy::tunnel::client::Pool;
 use maille_proxy::tunnel::testing::pod::{self, ask};
@@ -469,5 +470,73 @@ async fn certificates_rotate_under_steady_load_without_a_failed_request() {
         m.relay.connections() >= 2,
         "renewals opened new sessions: {}",
         m.relay.connections()
+    );
+}
+
+/// GET `/peer` of `web` (on node-b) through node-a from pod `from`: the address node-b's
+/// proxy connected to the pod from, which tells the tunnel stream that carried the request.
+async fn carried_by(m: &Mesh, from: [u8; 4]) -> String {
+    let (status, body) = pod::get_path(m.a.http[0], IpAddr::from(from), WEB, "/peer")
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
+    let m = Mesh::start(MtlsMode::Strict, false).await;
+    let pool = m.a.tunnel().expect("node-a has a tunnel pool");
+    let opened = metric(
+        "maille_proxy_tunnel_streams_total",
+        &[("direction", "out"), ("protocol", "tcp"), ("result", "ok")],
+    );
+    // Sequential requests of one client (each on a new client connection): one stream
+    // carries them all.
+    let first = carried_by(&m, CLIENT).await;
+    for i in 0..19 {
+        assert_eq!(carried_by(&m, CLIENT).await, first, "request {}", i + 2);
+    }
+    assert_eq!(m.be.web_b.hits(), 20);
+    assert_eq!(
+        pool.streams_opened(),
+        1,
+        "one tunnel stream for 20 requests"
+    );
+    // Other tests of this binary open streams at the same time: at least ours is counted.
+    assert!(
+        metric(
+            "maille_proxy_tunnel_streams_total",
+            &[("direction", "out"), ("protocol", "tcp"), ("result", "ok")],
+        ) >= opened + 1.0
+    );
+
+    // Another client identity of the same node: a stream of its own, never the first one's,
+    // and each keeps its own while they alternate.
+    let other = carried_by(&m, OTHER).await;
+    assert_ne!(other, first, "shop/other never rides shop/client's stream");
+    for _ in 0..5 {
+        assert_eq!(carried_by(&m, CLIENT).await, first);
+        assert_eq!(carried_by(&m, OTHER).await, other);
+    }
+    assert_eq!(pool.streams_opened(), 2);
+    assert_eq!(m.relay.connections(), 1, "one session carries both");
+
+    // The network between the nodes breaks: the pooled connections of that session are not
+    // handed out again; the next request dials a new session and opens a new stream.
+    m.relay.cut();
+    eventually("node-a notices the broken session", || pool.sessions() == 0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = carried_by(&m, CLIENT).await;
+    assert_ne!(
+        after, first,
+        "a new stream, hence a new connection to the pod"
+    );
+    assert_eq!(m.relay.connections(), 2);
+    assert_eq!(pool.streams_opened(), 3);
+    assert_eq!(
+        carried_by(&m, CLIENT).await,
+        after,
+        "and it is reused in turn"
     );
 }

@@ -3,6 +3,7 @@
 //! - `/echo...`: the method, path, version and headers it received, one per line;
 //! - `/sleep/<ms>`: answers after that delay;
 //! - `/status/<code>`: answers with that status;
+//! - `/peer`: the address its client connection comes from (which connection carried it);
 //! - `/ws` with `Upgrade: websocket`: a websocket that echoes each message as `<name>:<msg>`;
 //! - anything else: its name.
 //!
@@ -60,7 +61,7 @@ impl HttpBackend {
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let (stream, _) = match listener.accept().await {
+                let (stream, remote) = match listener.accept().await {
                     Ok(s) => s,
                     Err(_) => continue,
                 };
@@ -69,7 +70,7 @@ impl HttpBackend {
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.answer(req).await) }
+                        async move { Ok::<_, Infallible>(state.answer(req, remote).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -111,7 +112,11 @@ struct State {
 }
 
 impl State {
-    async fn answer(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         self.hits.fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -175,6 +180,9 @@ impl State {
                 body.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
             }
             return reply(StatusCode::OK, body);
+        }
+        if path == "/peer" {
+            return reply(StatusCode::OK, remote.to_string());
         }
         if let Some(ms) = path.strip_prefix("/sleep/") {
             let ms: u64 = ms.parse().unwrap_or(0);

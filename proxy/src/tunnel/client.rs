@@ -137,6 +137,11 @@ pub struct Pool {
     settings: TunnelSettings,
     peers: parking_lot::Mutex<HashMap<PeerNode, Slot>>,
     config: parking_lot::Mutex<Option<(Arc<Held>, Arc<rustls::ClientConfig>)>>,
+    /// The socket through which Pingora pools tunnelled HTTP connections, once one was asked.
+    http: arc_swap::ArcSwapOption<super::bridge::Listening>,
+    http_start: parking_lot::Mutex<()>,
+    /// Streams opened so far.
+    opened: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -163,7 +168,51 @@ impl Pool {
             settings,
             peers: parking_lot::Mutex::new(HashMap::new()),
             config: parking_lot::Mutex::new(None),
+            http: arc_swap::ArcSwapOption::empty(),
+            http_start: parking_lot::Mutex::new(()),
+            opened: AtomicU64::new(0),
         })
+    }
+
+    /// Streams this pool opened so far (each HTTP connection, TCP connection or UDP session
+    /// carried).
+    pub fn streams_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// The socket of this proxy's tunnelled HTTP connections ([`super::bridge`]), started on
+    /// first use in the current runtime (again if that runtime has stopped).
+    pub fn http_socket(&self) -> std::io::Result<Arc<super::bridge::Listening>> {
+        if let Some(l) = &*self.http.load() {
+            if l.alive() {
+                return Ok(l.clone());
+            }
+        }
+        let _one = self.http_start.lock();
+        if let Some(l) = &*self.http.load() {
+            if l.alive() {
+                return Ok(l.clone());
+            }
+        }
+        let l = super::bridge::Listening::start()?;
+        self.http.store(Some(l.clone()));
+        Ok(l)
+    }
+
+    /// Which certificate new streams present: changes at every renewal. Pooled HTTP
+    /// connections are keyed by it, so that after a renewal requests go on connections of a
+    /// session with the new certificate (those of the old one idle out). The address of the
+    /// held certificate: stable while it is held, and never that of a newer one while any
+    /// stream of its session (which keeps it) lives.
+    pub fn generation(&self) -> usize {
+        self.identity
+            .current()
+            .map_or(0, |h| Arc::as_ptr(&h) as usize)
+    }
+
+    /// Its bounds and timeouts.
+    pub fn settings(&self) -> &TunnelSettings {
+        &self.settings
     }
 
     /// The mesh identity this pool presents.
@@ -192,7 +241,10 @@ impl Pool {
     ) -> Result<TunnelStream, OpenError> {
         let r = self.open_counted(peer, claim).await;
         let label = match &r {
-            Ok(_) => "ok",
+            Ok(_) => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
             Err(e) => e.label(),
         };
         crate::metrics::register()

@@ -86,11 +86,8 @@ fn count(protocol: &str, result: &str) {
 /// Counts a stream by the client identity it states (bounded label values).
 fn count_identity(claim: &StreamClaim, admitted: bool) {
     let m = crate::metrics::register();
-    let identity = claim.identity.as_ref().map(|i| i.to_string());
-    let label = m.identity_labels.label(identity.as_deref());
-    let result = if admitted { "admitted" } else { "denied" };
-    m.tunnel_identities
-        .with_label_values(&[label.as_str(), result])
+    m.identity_labels
+        .counter(&m.tunnel_identities, claim.identity.as_ref(), admitted)
         .inc();
 }
 

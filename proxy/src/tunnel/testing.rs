@@ -91,6 +91,8 @@ pub struct CaptureRelay {
     pub addr: std::net::SocketAddr,
     captured: Arc<parking_lot::Mutex<Vec<u8>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The copy tasks of its connections, to cut them.
+    copies: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,6 +108,8 @@ impl CaptureRelay {
         let captured = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (cap, conns) = (captured.clone(), connections.clone());
+        let copies: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let tasks = copies.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
@@ -115,7 +119,7 @@ impl CaptureRelay {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut ur, mut uw) = upstream.into_split();
                 let (c1, c2) = (cap.clone(), cap.clone());
-                tokio::spawn(async move {
+                let up = tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n) = cr.read(&mut buf).await {
                         if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
@@ -125,7 +129,7 @@ impl CaptureRelay {
                     }
                     let _ = uw.shutdown().await;
                 });
-                tokio::spawn(async move {
+                let down = tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n) = ur.read(&mut buf).await {
                         if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
@@ -135,12 +139,16 @@ impl CaptureRelay {
                     }
                     let _ = cw.shutdown().await;
                 });
+                let mut tasks = tasks.lock();
+                tasks.retain(|t| !t.is_finished());
+                tasks.extend([up.abort_handle(), down.abort_handle()]);
             }
         });
         CaptureRelay {
             addr,
             captured,
             connections,
+            copies,
             task,
         }
     }
@@ -158,6 +166,14 @@ impl CaptureRelay {
             .any(|w| w == needle)
     }
 
+    /// Closes every connection it relays now (a session broken by the network); it goes on
+    /// accepting new ones.
+    pub fn cut(&self) {
+        for t in self.copies.lock().drain(..) {
+            t.abort();
+        }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
@@ -167,6 +183,7 @@ impl CaptureRelay {
 impl Drop for CaptureRelay {
     fn drop(&mut self) {
         self.task.abort();
+        self.cut();
     }
 }
 
@@ -185,10 +202,21 @@ pub mod pod {
 
     /// GET `/` with Host `host` from address `from` to `to`: status and body.
     pub async fn get(to: SocketAddr, from: IpAddr, host: &str) -> anyhow::Result<(u16, String)> {
+        get_path(to, from, host, "/").await
+    }
+
+    /// GET `path` with Host `host` from address `from` to `to` (a new client connection):
+    /// status and body.
+    pub async fn get_path(
+        to: SocketAddr,
+        from: IpAddr,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
         let mut conn = HttpConnector::new();
         conn.set_local_address(Some(from));
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
-        let req = http::Request::get(format!("http://{to}/"))
+        let req = http::Request::get(format!("http://{to}{path}"))
             .header(http::header::HOST, host)
             .body(Empty::new())?;
         let resp = tokio::time::timeout(PATIENCE, client.request(req)).await??;
