@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use crate::cut::cut_display;
 use crate::mesh::{MtlsMode, Nodes, Workloads};
-use crate::wire::{TableSpec, TrafficType};
+use crate::wire::TrafficType;
 
 mod build;
 mod index;
 mod service;
+mod stream;
 mod validate;
 
 pub use service::{AccessRule, Endpoint, HttpMatch, Service, ServiceKey, Split, SplitBackend};
@@ -152,11 +153,11 @@ impl Table {
         Arc::new(Table::default())
     }
 
-    /// Parses and validates a JSON table.
+    /// Parses and validates a JSON table: the table and the errors of parsing it as a
+    /// [`TableSpec`](crate::TableSpec) and validating that, without ever holding the whole wire form (each
+    /// service port is validated as it is read and its wire form dropped).
     pub fn from_json(bytes: &[u8]) -> std::result::Result<Table, JsonError> {
-        let spec: TableSpec =
-            serde_json::from_slice(bytes).map_err(|e| JsonError::Parse(e.to_string()))?;
-        Ok(Table::try_from(spec)?)
+        Table::from_json_streamed(bytes)
     }
 
     /// The HTTP service for a request that arrived on `mesh_port` with this Host header (port,

@@ -59,6 +59,23 @@ impl Listeners {
     }
 }
 
+/// The JSON of a whole table, as a source received it: kept for an upgrade's hand-over. A
+/// table that came gzip (from the controller) is kept so, about an eighth of its size: at
+/// 10,000 services 0.7 MB rather than 5.8 MB held for the life of the table.
+#[derive(Clone, Debug)]
+pub enum TableJson {
+    /// Plain JSON.
+    Plain(Arc<[u8]>),
+    /// The gzip form of the JSON.
+    Gzip(Arc<[u8]>),
+}
+
+impl From<Arc<[u8]>> for TableJson {
+    fn from(json: Arc<[u8]>) -> TableJson {
+        TableJson::Plain(json)
+    }
+}
+
 /// Holds the table every listener (HTTP, TCP, UDP) routes with.
 #[derive(Debug)]
 pub struct TableStore {
@@ -68,7 +85,7 @@ pub struct TableStore {
     endpoints: Mutex<EndpointRegistry>,
     ready: AtomicBool,
     /// The JSON the current table was built from, handed to a new process on upgrade.
-    json: Mutex<Option<Arc<[u8]>>>,
+    json: Mutex<Option<TableJson>>,
     /// When known, tables are checked against them: services that cannot be routed are
     /// accepted, warned about (once per service per table) and counted.
     listeners: Option<Listeners>,
@@ -188,11 +205,11 @@ impl TableStore {
     }
 
     /// Replaces the table whole with one built from `json` (the whole table, in the wire
-    /// form), which is kept to hand over to a new process on upgrade. Returns the previous
-    /// table.
-    pub fn store_json(&self, table: Table, json: Arc<[u8]>) -> Arc<CompiledTable> {
+    /// form, as it came: plain or gzip), which is kept to hand over to a new process on
+    /// upgrade. Returns the previous table.
+    pub fn store_json(&self, table: Table, json: impl Into<TableJson>) -> Arc<CompiledTable> {
         let old = self.swap(table);
-        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = Some(json.into());
         old
     }
 
@@ -205,9 +222,27 @@ impl TableStore {
         old
     }
 
-    /// The JSON of the current table, when it came with one ([`Self::store_json`]).
+    /// The JSON of the current table, when it came with one ([`Self::store_json`]); inflated
+    /// when it is kept as gzip. `None` also when the gzip form does not inflate (it did when
+    /// the table was read).
     pub fn json(&self) -> Option<Arc<[u8]>> {
-        self.json.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let kept = self
+            .json
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        match kept {
+            TableJson::Plain(json) => Some(json),
+            TableJson::Gzip(gz) => {
+                use std::io::Read;
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&gz[..])
+                    .read_to_end(&mut out)
+                    .inspect_err(|e| tracing::error!(error = %e, "The kept table does not inflate"))
+                    .ok()?;
+                Some(out.into())
+            }
+        }
     }
 
     /// Compiles the table against the current one, swaps it in, and updates the table gauges

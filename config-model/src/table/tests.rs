@@ -314,7 +314,8 @@ fn json_round_trip_tolerates_unknown_fields() {
         Err(JsonError::Parse(_))
     ));
     let spec = table(1, vec![http("a", "x", 5000, &["127.0.0.1:1"])]);
-    let back: TableSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+    let back: crate::TableSpec =
+        serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
     assert_eq!(back, spec);
 }
 

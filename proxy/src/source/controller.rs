@@ -306,15 +306,18 @@ impl ControllerSource {
                     uri: uri.clone(),
                     reason: "body not received in time".into(),
                 })??;
-                let body = if gzipped {
-                    gunzip_bounded(&body, self.max_table_bytes, &uri)?
+                // A whole table that came gzip keeps its gzip form (for an upgrade) and drops
+                // the JSON once read.
+                let (body, gzip) = if gzipped {
+                    let json = gunzip_bounded(&body, self.max_table_bytes, &uri)?;
+                    (json, Some(body))
                 } else {
-                    body
+                    (body, None)
                 };
                 *etag = new_tag;
                 *self.origin.lock().expect("origin lock") = origin;
                 if !is_delta {
-                    return super::swap_json(&self.store, &body, &uri)
+                    return super::swap_json_body(&self.store, body, gzip, &uri)
                         .map(Poll::Swapped)
                         .map_err(|e| Error::Refused {
                             uri,

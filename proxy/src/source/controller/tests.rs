@@ -627,6 +627,11 @@ async fn gzip_tables_and_deltas_are_applied_and_a_delta_that_does_not_fit_asks_f
     .max_table_bytes(64 << 10);
     let mut etag = None;
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(1));
+    // The table came gzip: an upgrade still hands over its JSON, as it was.
+    assert_eq!(
+        store.json().as_deref(),
+        Some(&spec_json(1, "10.0.0.1:80")[..])
+    );
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Delta(2));
     {
         let t = store.load();
@@ -684,6 +689,10 @@ async fn without_deltas_and_gzip_only_whole_plain_tables_are_asked_for() {
     let mut etag = None;
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(1));
     assert_eq!(src.poll_once(&mut etag).await.unwrap(), Poll::Swapped(2));
+    assert_eq!(
+        store.json().as_deref(),
+        Some(&spec_json(2, "10.0.0.2:80")[..])
+    );
     let t = store.load();
     let web = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
     assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.2:80");
