@@ -135,6 +135,27 @@ pub struct RunArgs {
     /// The audience of the proxies' projected ServiceAccount tokens (TokenReview).
     #[arg(long, env = "MAILLE_IDENTITY_AUDIENCE", default_value = "maille")]
     pub identity_audience: String,
+    /// The identity API's own TLS listener (certificate requests and the trust bundle are
+    /// served there only; the plain API refuses them). Default: 0.0.0.0:9443 on a cluster;
+    /// locally (--identity-dir) --api-addr's address with a free port, whose URL the controller
+    /// writes to DIR/identity-url for local proxies.
+    #[arg(long, env = "MAILLE_IDENTITY_LISTEN", value_name = "ADDR")]
+    pub identity_listen: Option<SocketAddr>,
+    /// Names of the identity listener's server certificate (comma-separated DNS names or IP
+    /// addresses), as proxies dial it (--identity-url). Default: on a cluster
+    /// maille-controller, .<namespace>, .<namespace>.svc and .<namespace>.svc.cluster.local;
+    /// locally 127.0.0.1, localhost and the listen address. Given names replace these.
+    #[arg(
+        long,
+        env = "MAILLE_IDENTITY_SERVER_NAMES",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub identity_server_names: Vec<String>,
+    /// Kubernetes: the ConfigMap of the mesh namespace where the controller publishes the
+    /// mesh roots (key ca.crt), which proxies mount and pin to verify the identity listener.
+    #[arg(long, env = "MAILLE_IDENTITY_TRUST_CONFIGMAP", default_value = crate::identity::trust::DEFAULT_CONFIGMAP)]
+    pub identity_trust_configmap: String,
     /// The SPIFFE trust domain: identities are spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
     #[arg(long, env = "MAILLE_TRUST_DOMAIN", default_value = "cluster.local", value_parser = parse_trust_domain)]
     pub trust_domain: String,
@@ -271,6 +292,46 @@ impl RunArgs {
                 lifetime: self.certificate_lifetime,
             }
         })
+    }
+
+    /// Where the identity listener binds: `--identity-listen`, else 0.0.0.0:9443 on a cluster
+    /// and --api-addr's address with a free port locally.
+    pub fn identity_listen_addr(&self) -> SocketAddr {
+        self.identity_listen.unwrap_or_else(|| {
+            if self.manifests.is_some() {
+                SocketAddr::new(self.api_addr.ip(), 0)
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], crate::identity::tls::DEFAULT_PORT))
+            }
+        })
+    }
+
+    /// The names of the identity server certificate for a listener bound to `bound`.
+    pub fn identity_server_names(&self, bound: SocketAddr) -> Vec<String> {
+        let given: Vec<String> = self
+            .identity_server_names
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !given.is_empty() {
+            return given;
+        }
+        if self.manifests.is_some() {
+            let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+            if !bound.ip().is_unspecified() {
+                names.push(bound.ip().to_string());
+            }
+            names
+        } else {
+            let ns = &self.namespace;
+            vec![
+                "maille-controller".to_string(),
+                format!("maille-controller.{ns}"),
+                format!("maille-controller.{ns}.svc"),
+                format!("maille-controller.{ns}.svc.cluster.local"),
+            ]
+        }
     }
 
     /// The proxy pod labels as a map; an entry without `=` is an error naming it.

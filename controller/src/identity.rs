@@ -1,12 +1,17 @@
 //! Mesh identity in the controller: the CA (`identity/ca.rs`), who may ask for a node
 //! certificate (`identity/auth.rs`), and the API that signs proxies' certificate requests and
-//! shows who holds which identity: `POST /api/identity/certificate`,
-//! `GET /api/identity/trust-bundle`, `GET /api/identities`. See docs/security.md, "Identity".
+//! shows who holds which identity: `POST /api/identity/certificate` and
+//! `GET /api/identity/trust-bundle` on the TLS listener only (`identity/tls.rs`),
+//! `GET /api/identities` there and on the plain API. The roots reach proxies out of band: the
+//! ConfigMap the controller writes (`identity/trust.rs`) or, locally, the identity folder.
+//! See docs/security.md, "Identity".
 
 pub mod auth;
 pub mod ca;
 pub mod metrics;
 pub mod secret;
+pub mod tls;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +112,7 @@ pub struct Issued {
 pub struct Service {
     config: Config,
     ready: OnceLock<(Arc<Ca>, Authenticator)>,
+    installed: tokio::sync::watch::Sender<bool>,
     issued: Mutex<BTreeMap<String, Issued>>,
     refusals_logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
 }
@@ -170,6 +176,7 @@ impl Service {
         Arc::new(Service {
             config,
             ready: OnceLock::new(),
+            installed: tokio::sync::watch::Sender::new(false),
             issued: Mutex::new(BTreeMap::new()),
             refusals_logged: Mutex::new(HashMap::new()),
         })
@@ -180,6 +187,13 @@ impl Service {
     pub fn install(&self, ca: Ca, auth: Authenticator) {
         metrics::register().ca_expiry.set(ca.not_after());
         let _ = self.ready.set((Arc::new(ca), auth));
+        self.installed.send_replace(true);
+    }
+
+    /// Returns once a CA is installed.
+    pub async fn wait_installed(&self) {
+        let mut rx = self.installed.subscribe();
+        let _ = rx.wait_for(|installed| *installed).await;
     }
 
     /// The CA, once installed.
@@ -284,13 +298,15 @@ impl Service {
 }
 
 /// Kubernetes mode: loads (or creates) the CA Secret, retrying while the API server refuses,
-/// then lets the service sign for tokens a TokenReview accepts.
+/// then lets the service sign for tokens a TokenReview accepts, and publishes the roots in the
+/// ConfigMap `trust_configmap` of the mesh namespace for proxies to pin.
 pub async fn run_kubernetes(
     service: Arc<Service>,
     client: kube::Client,
     at: secret::SecretRef,
     audience: String,
     proxy_labels: BTreeMap<String, String>,
+    trust_configmap: String,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let trust_domain = service.config.trust_domain.clone();
@@ -299,13 +315,20 @@ pub async fn run_kubernetes(
         at.clone(),
         trust_domain,
         Duration::from_secs(5),
-        shutdown,
+        shutdown.clone(),
     )
     .await
     else {
         return;
     };
     tracing::info!(secret = %format!("{}/{}", at.namespace, at.name), "Mesh CA loaded: signing node certificates");
+    tokio::spawn(trust::keep_published(
+        client.clone(),
+        at.namespace.clone(),
+        trust_configmap,
+        ca.trust_bundle().to_string(),
+        shutdown,
+    ));
     service.install(
         ca,
         Authenticator::Kubernetes {
@@ -317,13 +340,43 @@ pub async fn run_kubernetes(
     );
 }
 
-/// The identity routes, to merge into the controller's API.
+/// The identity routes served on the TLS listener ([`tls::serve`]).
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/api/identity/certificate", post(certificate))
         .route("/api/identity/trust-bundle", get(trust_bundle))
         .route("/api/identities", get(identities))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(service)
+}
+
+/// The identity routes of the plain HTTP API: `/api/identities` (no secret in it), and a
+/// refusal for certificate requests and the trust bundle, which are served over TLS only, at
+/// `tls_url`. A refused request's body and token are never read.
+pub fn plain_router(service: Arc<Service>, tls_url: String) -> Router {
+    let refuse = move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                       State(service): State<Arc<Service>>| {
+        let url = tls_url.clone();
+        async move {
+            metrics::register()
+                .requests
+                .with_label_values(&["cleartext"])
+                .inc();
+            if service.log_refusal_now(peer.ip(), "cleartext") {
+                tracing::warn!(peer = %peer.ip(), identity_url = %url, "Identity request over plain HTTP refused: a token sent this way may have been read by others");
+            }
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "certificate requests and the trust bundle are served over TLS only, at {url} (--identity-listen); this request was not read. Verify that server with the mesh root given out of band (the trust ConfigMap, or ca.crt of the identity folder)\n"
+                ),
+            )
+        }
+    };
+    Router::new()
+        .route("/api/identity/certificate", post(refuse.clone()))
+        .route("/api/identity/trust-bundle", get(refuse))
+        .route("/api/identities", get(identities))
         .with_state(service)
 }
 

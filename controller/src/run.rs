@@ -94,6 +94,10 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
         )?),
         None => None,
     };
+    let identity_url = match &identity {
+        Some(service) => Some(serve_identity(&args, service, &shutdown).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -104,7 +108,10 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
     let server = tokio::spawn(api::serve_with(
         listener,
         api_state.clone(),
-        identity.clone().map(crate::identity::router),
+        identity
+            .clone()
+            .zip(identity_url)
+            .map(|(service, url)| crate::identity::plain_router(service, url)),
     ));
 
     let (snap_tx, snap_rx) = watch::channel(None);
@@ -144,6 +151,7 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
                     },
                     args.identity_audience.clone(),
                     proxy_labels.clone(),
+                    args.identity_trust_configmap.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -197,6 +205,51 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
     shutdown.cancel();
     let _ = server.await;
     result
+}
+
+/// Binds the identity API's TLS listener (`--identity-listen`) and serves it, its server
+/// certificate made and renewed once the CA is installed; locally, writes its URL to
+/// `DIR/identity-url`. Returns the URL proxies use.
+async fn serve_identity(
+    args: &RunArgs,
+    service: &Arc<crate::identity::Service>,
+    shutdown: &CancellationToken,
+) -> Result<String, Error> {
+    use crate::identity::tls;
+    let addr = args.identity_listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Flag(format!("cannot listen on --identity-listen {addr}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let names = args.identity_server_names(bound);
+    let sans = tls::san_list(&names).map_err(|e| Error::Flag(e.to_string()))?;
+    let cert = tls::ServerCert::new(sans);
+    tokio::spawn(tls::keep_renewed(
+        service.clone(),
+        cert.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(tls::serve(
+        listener,
+        tls::server_config(cert),
+        crate::identity::router(service.clone()),
+        shutdown.clone(),
+    ));
+    let url = match &args.identity_dir {
+        Some(dir) => {
+            let url = tls::local_url(bound);
+            tls::write_url_file(dir, &url).map_err(|source| {
+                Error::Identity(crate::identity::ca::Error::Io {
+                    path: dir.join(tls::URL_FILE),
+                    source,
+                })
+            })?;
+            url
+        }
+        None => format!("https://{}:{}", names[0], bound.port()),
+    };
+    tracing::info!(addr = %bound, %url, names = ?names, "Identity API listening (TLS)");
+    Ok(url)
 }
 
 /// Keeps `/ready`'s detail current: the health of each watch and who leads.

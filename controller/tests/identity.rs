@@ -108,6 +108,17 @@ struct Proxy {
 }
 
 fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Path) -> Proxy {
+    start_proxy_with(api, http_port, node, token_file, tmp, &[])
+}
+
+fn start_proxy_with(
+    api: u16,
+    http_port: u16,
+    node: &str,
+    token_file: &Path,
+    tmp: &Path,
+    extra: &[String],
+) -> Proxy {
     let admin = free_port();
     let tunnel = free_port();
     let proc = KillOnDrop(
@@ -121,6 +132,7 @@ fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Pa
             .args(["--http-ports", &http_port.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
             .args(["--tunnel-port", &tunnel.to_string()])
+            .args(extra)
             .arg("--upgrade-sock")
             .arg(tmp.join(format!("upgrade-{node}-{admin}.sock")))
             .stdout(Stdio::null())
@@ -377,7 +389,23 @@ async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the
         &token,
         tmp.path(),
     );
-    let forged = start_proxy(controller.api, free_port(), "node-a", &wrong, tmp.path());
+    // Its token is not in the identity folder: it names the identity server and the roots
+    // to pin itself. The wrong token goes over TLS and gets 401.
+    let url = eventually("the identity URL", Duration::from_secs(15), async || {
+        std::fs::read_to_string(identity.join("identity-url")).ok()
+    })
+    .await;
+    let forged = start_proxy_with(
+        controller.api,
+        free_port(),
+        "node-a",
+        &wrong,
+        tmp.path(),
+        &[
+            format!("--identity-url={}", url.trim()),
+            format!("--identity-ca-file={}", identity.join("ca.crt").display()),
+        ],
+    );
     let reason = async |admin: u16, want: &'static str| {
         eventually(want, Duration::from_secs(30), async || {
             get_text(&format!("http://127.0.0.1:{admin}/ready"))
@@ -431,6 +459,139 @@ async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the
         ),
         Some(0.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_requests_go_over_tls_to_a_server_verified_against_the_pinned_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
+    std::fs::create_dir(&folder).unwrap();
+    manifests(&folder, backend().await);
+    let controller = start_controller(&folder, &identity, "4s");
+    let token = identity.join("bootstrap-token");
+    let url_file = identity.join("identity-url");
+    eventually("the identity URL", Duration::from_secs(15), async || {
+        std::fs::read_to_string(&url_file)
+            .ok()
+            .filter(|u| u.starts_with("https://127.0.0.1:"))
+    })
+    .await;
+    let url = std::fs::read_to_string(&url_file)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // The plain API refuses a certificate request, naming where to go; nothing is issued.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/identity/certificate",
+            controller.api
+        ))
+        .bearer_auth(std::fs::read_to_string(&token).unwrap().trim())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&url) && text.contains("TLS only"), "{text}");
+
+    // A proxy pinned to the mesh root (its own copy) gets its certificate over TLS.
+    let anchor = tmp.path().join("pinned-roots.pem");
+    std::fs::copy(identity.join("ca.crt"), &anchor).unwrap();
+    let pinned = start_proxy_with(
+        controller.api,
+        controller.http_port,
+        "node-a",
+        &token,
+        tmp.path(),
+        &[
+            format!("--identity-url={url}"),
+            format!("--identity-ca-file={}", anchor.display()),
+        ],
+    );
+    let ready = format!("http://127.0.0.1:{}/ready", pinned.admin);
+    eventually(
+        "a certificate over TLS",
+        Duration::from_secs(30),
+        async || get_text(&ready).await.filter(|t| t.contains(SPIFFE)),
+    )
+    .await;
+    // A proxy pinned to another root refuses the controller: no certificate, and the reason
+    // names the server and the verification failure.
+    let foreign = tmp.path().join("foreign-roots.pem");
+    std::fs::write(&foreign, TestCa::new().cert.pem()).unwrap();
+    let wrong = start_proxy_with(
+        controller.api,
+        free_port(),
+        "node-b",
+        &token,
+        tmp.path(),
+        &[format!("--identity-ca-file={}", foreign.display())],
+    );
+    let text = eventually("the refusal", Duration::from_secs(30), async || {
+        get_text(&format!("http://127.0.0.1:{}/ready", wrong.admin))
+            .await
+            .filter(|t| t.contains("does not verify"))
+    })
+    .await;
+    assert!(
+        text.contains("no certificate yet for node node-b"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&url) && text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    assert!(text.contains("the token was not sent"), "{text}");
+
+    // The pinned roots of the first proxy change to another CA's (an impostor's anchor, or a
+    // rotation done wrong): renewals fail as untrusted and the certificate held stays.
+    let rows = identities(controller.api).await;
+    assert_eq!(rows.len(), 1, "node-b got nothing: {rows:?}");
+    std::fs::copy(&foreign, &anchor).unwrap();
+    let metrics = format!("http://127.0.0.1:{}/metrics", pinned.admin);
+    eventually(
+        "renewals refused as untrusted",
+        Duration::from_secs(15),
+        async || {
+            let page = get_text(&metrics).await?;
+            (metric(
+                &page,
+                "maille_proxy_identity_renewal_failures_total",
+                "reason=\"untrusted\"",
+            )? >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let issued = identities(controller.api).await[0]["issued"]
+        .as_u64()
+        .unwrap();
+    let detail = get_text(&ready).await.unwrap();
+    assert!(
+        detail.contains(SPIFFE) && detail.contains("does not verify"),
+        "{detail}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        identities(controller.api).await[0]["issued"]
+            .as_u64()
+            .unwrap(),
+        issued,
+        "no request reached the controller"
+    );
+    // The right roots back: renewed again.
+    std::fs::copy(identity.join("ca.crt"), &anchor).unwrap();
+    eventually(
+        "renewed with the right roots",
+        Duration::from_secs(15),
+        async || {
+            let rows = identities(controller.api).await;
+            (rows[0]["issued"].as_u64()? > issued).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A CA to sign test certificates with: the mesh's (read from the identity folder) or another.

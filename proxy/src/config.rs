@@ -30,6 +30,9 @@ pub enum Error {
         /// The other.
         second: &'static str,
     },
+    /// A mesh identity flag has a bad value.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// `pub type Result` of this module.
@@ -261,12 +264,27 @@ pub struct Config {
     /// named in its mesh certificate.
     #[arg(long, env = "MAILLE_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Mesh identity: ask the controller (`--controller-url`) for a certificate for
-    /// `--node-name`, presenting the token in this file (Kubernetes: the projected
-    /// ServiceAccount token; local mode: the controller's DIR/bootstrap-token). Read again
-    /// at every renewal. See docs/security.md, "Identity".
+    /// Mesh identity: ask the controller's identity listener (`--identity-url`) for a
+    /// certificate for `--node-name`, presenting the token in this file (Kubernetes: the
+    /// projected ServiceAccount token; local mode: the controller's DIR/bootstrap-token). Read
+    /// again at every renewal. See docs/security.md, "Identity".
     #[arg(long, env = "MAILLE_IDENTITY_TOKEN_FILE", requires_all = ["node_name", "controller_url"])]
     pub identity_token_file: Option<PathBuf>,
+    /// With `--identity-token-file`: the controller's identity listener, `https://` only
+    /// (comma-separated for replicas). Default: the URL a local controller writes to
+    /// `identity-url` in the token's folder (its --identity-dir), read at each request.
+    #[arg(long, env = "MAILLE_IDENTITY_URL", requires = "identity_token_file")]
+    pub identity_url: Option<String>,
+    /// With `--identity-token-file`: the mesh roots (PEM, one or more) the identity listener's
+    /// certificate must chain to, pinned out of band (Kubernetes: the trust ConfigMap the
+    /// chart mounts). Read at each request. Default: `ca.crt` in the token's folder (the local
+    /// controller's --identity-dir).
+    #[arg(
+        long,
+        env = "MAILLE_IDENTITY_CA_FILE",
+        requires = "identity_token_file"
+    )]
+    pub identity_ca_file: Option<PathBuf>,
     /// With `--identity-token-file`: the tunnel port on `--listen-ip`, which accepts only
     /// mutual TLS with a mesh certificate of this trust domain (what it carries is not built
     /// yet; see docs/security.md).
@@ -364,6 +382,8 @@ impl Default for Config {
             http_max_connections: 4096,
             node_name: None,
             identity_token_file: None,
+            identity_url: None,
+            identity_ca_file: None,
             tunnel_port: 15008,
         }
     }
@@ -380,6 +400,10 @@ impl Config {
                 first: "--http-ports",
                 second: "--tcp-ports",
             });
+        }
+        if let Some(urls) = &self.identity_url {
+            crate::identity::parse_urls(urls, "--identity-url")
+                .map_err(|e| Error::Identity(e.to_string()))?;
         }
         if self.identity_token_file.is_some() {
             let tunnel = self.tunnel_port;

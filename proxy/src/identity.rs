@@ -1,8 +1,13 @@
 //! The node proxy's mesh identity (`--node-name`, `--identity-token-file`): a private key made
 //! here and never sent anywhere, a certificate the controller signs for it
-//! (`POST /api/identity/certificate`, authenticated by the token), renewed with a fresh key at
-//! about half its lifetime, kept while the controller is away, and reported loudly (log,
-//! metric, `/ready` detail) when it nears its end without a renewal. See docs/security.md.
+//! (`POST /api/identity/certificate` on the controller's TLS identity listener, authenticated
+//! by the token), renewed with a fresh key at about half its lifetime, kept while the
+//! controller is away, and reported loudly (log, metric, `/ready` detail) when it nears its end
+//! without a renewal. The identity server is verified against roots pinned out of band
+//! (`--identity-ca-file`: the trust ConfigMap the chart mounts, or `ca.crt` of the local
+//! identity folder) before the token is sent; a server that does not verify gets nothing, and
+//! the trust bundle the tunnel uses comes only over that verified channel. See
+//! docs/security.md, "Identity".
 
 pub mod claim;
 pub mod tunnel;
@@ -16,9 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use rustls_pki_types::pem::PemObject;
@@ -28,6 +31,18 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 pub const MAX_TOKEN_BYTES: u64 = 8 * 1024;
 /// Largest controller answer read.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// Largest trust anchor file read (PEM roots; a root is about 1 KiB).
+pub const MAX_ANCHOR_BYTES: u64 = 256 * 1024;
+/// Largest `identity-url` file read.
+pub const MAX_URL_FILE_BYTES: u64 = 4 * 1024;
+/// Time allowed to connect to the identity server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Local mode: the file next to the token holding the identity server's URL (the controller
+/// writes it), used without `--identity-url`.
+pub const URL_FILE: &str = "identity-url";
+/// Local mode: the file next to the token holding the mesh roots, used without
+/// `--identity-ca-file`.
+pub const ANCHOR_FILE: &str = "ca.crt";
 /// Time allowed for one certificate request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay after a failed request; doubles up to [`RETRY_MAX`].
@@ -54,6 +69,25 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// What went wrong.
+        reason: String,
+    },
+    /// The pinned roots cannot be read or hold no certificate.
+    #[error("trust anchor {path}: {reason}")]
+    Anchor {
+        /// The file (`--identity-ca-file`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The identity server's certificate does not verify against the pinned roots: nothing
+    /// was sent to it.
+    #[error("identity server {uri}: its TLS certificate does not verify against the trust anchor {anchor}: {reason}; the token was not sent")]
+    Untrusted {
+        /// The server's URL.
+        uri: String,
+        /// The anchor file.
+        anchor: String,
+        /// The verification failure.
         reason: String,
     },
     /// No controller answered.
@@ -90,6 +124,8 @@ impl Error {
         match self {
             Error::Flag { .. } | Error::Token { .. } => "token",
             Error::Unreachable { .. } => "unreachable",
+            Error::Untrusted { .. } => "untrusted",
+            Error::Anchor { .. } => "trust_anchor",
             Error::Refused { .. } => "refused",
             Error::Invalid { .. } => "invalid",
         }
@@ -164,13 +200,15 @@ struct Failing {
     last: Option<String>,
 }
 
-/// The proxy's identity: the certificate held (swapped whole on renewal) and the client that
-/// renews it.
+/// The proxy's identity: the certificate held (swapped whole on renewal) and how to renew it.
 pub struct Identity {
     node: String,
     token_file: PathBuf,
-    uris: Vec<Uri>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// `--identity-url` as given (comma-separated); empty: read `identity-url` next to the
+    /// token at each request.
+    urls: String,
+    /// `--identity-ca-file`, else `ca.crt` next to the token.
+    anchor_file: PathBuf,
     current: ArcSwapOption<Held>,
     failing: Mutex<Failing>,
 }
@@ -183,36 +221,143 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn parse_uris(controller_url: &str) -> Result<Vec<Uri>> {
+/// The certificate endpoints of `urls` (comma-separated `https://host[:port]` base URLs);
+/// `origin` names where they came from in errors. Plain `http://` is refused: a token must
+/// never cross the network in cleartext.
+pub fn parse_urls(urls: &str, origin: &'static str) -> Result<Vec<Uri>> {
     let bad = |reason: String| Error::Flag {
-        flag: "--controller-url",
-        value: controller_url.to_string(),
+        flag: origin,
+        value: config_model::cut::cut(urls).to_string(),
         reason,
     };
-    let mut uris = Vec::new();
-    for one in controller_url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-    {
+    let mut out = Vec::new();
+    for one in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let uri: Uri = format!("{}/api/identity/certificate", one.trim_end_matches('/'))
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(bad(format!("{one:?} is not an http:// URL")));
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+            return Err(bad(format!(
+                "{:?} is not an https:// URL (certificate requests go over TLS only)",
+                config_model::cut::cut(one)
+            )));
         }
-        uris.push(uri);
+        out.push(uri);
     }
-    if uris.is_empty() {
+    if out.is_empty() {
         return Err(bad("no URL given".into()));
     }
-    Ok(uris)
+    Ok(out)
+}
+
+/// Reads at most `max` bytes of `path` as text; more is an error.
+fn read_bounded(path: &std::path::Path, max: u64) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > max {
+        return Err(format!("longer than {max} bytes"));
+    }
+    Ok(text)
+}
+
+/// The identity server's certificate must chain to the pinned roots and name the host
+/// dialled (web PKI), and must not carry a SPIFFE ID: node certificates all do, so a node
+/// (whose name might be one the controller answers to) cannot pass for the identity server.
+#[derive(Debug)]
+struct IdentityServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for IdentityServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if !tunnel::spiffe_ids(end_entity).is_empty() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Words for a failed verification of the identity server.
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let why = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "not signed by a root of the anchor (another CA, or the anchor is out of date)"
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "it does not name the host of the URL",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "it expired",
+        rustls::Error::InvalidCertificate(C::ApplicationVerificationFailure) => {
+            "it carries a SPIFFE ID: a node certificate, not the controller's identity server"
+        }
+        _ => "",
+    };
+    if why.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {why}")
+    }
 }
 
 impl Identity {
-    /// The identity of the proxy on `node`, asking the controller(s) of `controller_url` with
-    /// the token in `token_file`. Holds nothing until [`Self::renew`] succeeds.
-    pub fn new(node: &str, token_file: PathBuf, controller_url: &str) -> Result<Arc<Identity>> {
+    /// The identity of the proxy on `node`, asking the identity server(s) of `identity_url`
+    /// (`https://`, comma-separated; empty: the `identity-url` file next to `token_file`) with
+    /// the token in `token_file`, verifying them against `ca.crt` next to the token. Holds
+    /// nothing until [`Self::renew`] succeeds. URLs and roots are read at each request.
+    pub fn new(node: &str, token_file: PathBuf, identity_url: &str) -> Result<Arc<Identity>> {
+        Identity::with_anchor(node, token_file, identity_url, None)
+    }
+
+    /// [`Self::new`], verifying the identity server against the roots of `anchor_file`
+    /// (`--identity-ca-file`) when given.
+    pub fn with_anchor(
+        node: &str,
+        token_file: PathBuf,
+        identity_url: &str,
+        anchor_file: Option<PathBuf>,
+    ) -> Result<Arc<Identity>> {
         crate::metrics::register();
         if node.trim().is_empty() {
             return Err(Error::Flag {
@@ -221,17 +366,85 @@ impl Identity {
                 reason: "empty".into(),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let dir = token_file
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         Ok(Arc::new(Identity {
             node: node.to_string(),
+            anchor_file: anchor_file.unwrap_or_else(|| dir.join(ANCHOR_FILE)),
             token_file,
-            uris: parse_uris(controller_url)?,
-            client,
+            urls: identity_url.trim().to_string(),
             current: ArcSwapOption::empty(),
             failing: Mutex::new(Failing::default()),
         }))
+    }
+
+    /// The pinned roots' file.
+    pub fn anchor_file(&self) -> &std::path::Path {
+        &self.anchor_file
+    }
+
+    /// The certificate endpoints to ask, in turn: `--identity-url`, else the URL the local
+    /// controller wrote next to the token.
+    fn endpoints(&self) -> Result<Vec<Uri>> {
+        if !self.urls.is_empty() {
+            return parse_urls(&self.urls, "--identity-url");
+        }
+        let file = self
+            .token_file
+            .parent()
+            .map(|d| d.join(URL_FILE))
+            .unwrap_or_else(|| PathBuf::from(URL_FILE));
+        let text = read_bounded(&file, MAX_URL_FILE_BYTES).map_err(|reason| Error::Flag {
+            flag: "--identity-url",
+            value: String::new(),
+            reason: format!(
+                "not given, and {} (written by a local controller) cannot be read: {reason}",
+                file.display()
+            ),
+        })?;
+        parse_urls(text.trim(), "--identity-url (from the identity folder)")
+    }
+
+    /// The TLS client configuration verifying the identity server against the pinned roots.
+    fn tls_config(&self) -> Result<(rustls::ClientConfig, String)> {
+        let err = |reason: String| Error::Anchor {
+            path: self.anchor_file.clone(),
+            reason,
+        };
+        let text = read_bounded(&self.anchor_file, MAX_ANCHOR_BYTES).map_err(err)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(text.as_bytes()) {
+            let c = c.map_err(|e| err(format!("not PEM certificates: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| err(format!("a certificate cannot be a root: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(err("no certificate in it".into()));
+        }
+        let described = format!(
+            "{} ({} root{})",
+            self.anchor_file.display(),
+            roots.len(),
+            if roots.len() == 1 { "" } else { "s" }
+        );
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(IdentityServerVerifier { inner }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok((config, described))
     }
 
     /// The certificate held, if any (it may have expired: see [`Held::not_after`]).
@@ -251,22 +464,17 @@ impl Identity {
     }
 
     fn read_token(&self) -> Result<String> {
-        use std::io::Read;
-        let err = |reason: String| Error::Token {
-            path: self.token_file.clone(),
-            reason,
-        };
-        let file = std::fs::File::open(&self.token_file).map_err(|e| err(e.to_string()))?;
-        let mut text = String::new();
-        file.take(MAX_TOKEN_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| err(e.to_string()))?;
-        if text.len() as u64 > MAX_TOKEN_BYTES {
-            return Err(err(format!("longer than {MAX_TOKEN_BYTES} bytes")));
-        }
+        let text =
+            read_bounded(&self.token_file, MAX_TOKEN_BYTES).map_err(|reason| Error::Token {
+                path: self.token_file.clone(),
+                reason,
+            })?;
         let token = text.trim();
         if token.is_empty() {
-            return Err(err("empty".into()));
+            return Err(Error::Token {
+                path: self.token_file.clone(),
+                reason: "empty".into(),
+            });
         }
         Ok(token.to_string())
     }
@@ -300,6 +508,9 @@ impl Identity {
 
     async fn request(&self) -> Result<Arc<Held>> {
         let token = self.read_token()?;
+        let uris = self.endpoints()?;
+        let (tls, anchor) = self.tls_config()?;
+        let tls = Arc::new(tls);
         let key = rcgen::KeyPair::generate().map_err(|e| Error::Invalid {
             uri: String::new(),
             reason: format!("making a key: {e}"),
@@ -319,8 +530,8 @@ impl Identity {
         let body = serde_json::to_vec(&serde_json::json!({"node": self.node, "csr": csr}))
             .expect("request serialises");
         let mut last = None;
-        for uri in &self.uris {
-            match self.post(uri, &token, body.clone()).await {
+        for uri in &uris {
+            match self.post(uri, &tls, &anchor, &token, body.clone()).await {
                 Ok(answer) => return self.accept(uri, answer, key).map(Arc::new),
                 // A refusal is the controller's answer: another replica would say the same.
                 Err(e @ Error::Refused { .. }) => return Err(e),
@@ -330,17 +541,84 @@ impl Identity {
         Err(last.expect("at least one URL"))
     }
 
-    async fn post(&self, uri: &Uri, token: &str, body: Vec<u8>) -> Result<Answer> {
+    /// One request on a new TLS connection to `uri`'s server, verified with `tls` before the
+    /// token is sent.
+    async fn post(
+        &self,
+        uri: &Uri,
+        tls: &Arc<rustls::ClientConfig>,
+        anchor: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer> {
         let unreachable = |reason: String| Error::Unreachable {
             uri: uri.to_string(),
             reason,
         };
-        let req = Request::post(uri.clone())
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = uri.port_u16().unwrap_or(443);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| unreachable(format!("host {host:?}: {e}")))?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let stream = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no TLS handshake within {REQUEST_TIMEOUT:?}")))?
+        .map_err(|e| {
+            match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(tls @ rustls::Error::InvalidCertificate(_)) => Error::Untrusted {
+                    uri: format!(
+                        "{}://{}",
+                        uri.scheme_str().unwrap_or("https"),
+                        uri.authority().map(|a| a.as_str()).unwrap_or(host)
+                    ),
+                    anchor: anchor.to_string(),
+                    reason: describe_tls(tls),
+                },
+                _ => unreachable(format!("TLS: {}", crate::identity::chain(&e))),
+            }
+        })?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(crate::identity::chain(&e)))?;
+        let driver = tokio::spawn(conn);
+        let req = Request::post(uri.path())
+            .header(
+                header::HOST,
+                uri.authority().map(|a| a.as_str()).unwrap_or(host),
+            )
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| unreachable(e.to_string()))?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+        let answer = self.exchange(uri, &mut send, req).await;
+        driver.abort();
+        answer
+    }
+
+    async fn exchange(
+        &self,
+        uri: &Uri,
+        send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Answer> {
+        let unreachable = |reason: String| Error::Unreachable {
+            uri: uri.to_string(),
+            reason,
+        };
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, send.send_request(req))
             .await
             .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
             .map_err(|e| unreachable(crate::identity::chain(&e)))?;

@@ -205,7 +205,14 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 /// The `reason` values of `maille_proxy_identity_renewal_failures_total`.
-pub const IDENTITY_FAILURE_REASONS: [&str; 4] = ["token", "unreachable", "refused", "invalid"];
+pub const IDENTITY_FAILURE_REASONS: [&str; 6] = [
+    "token",
+    "unreachable",
+    "untrusted",
+    "trust_anchor",
+    "refused",
+    "invalid",
+];
 
 /// The `result` values of `maille_proxy_tunnel_streams_total`: out (this proxy opened the
 /// stream) and in (a peer did).
@@ -412,7 +419,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         identity_failures: counter_vec(
             "maille_proxy_identity_renewal_failures_total",
-            "Failed certificate requests, by reason: token (unreadable token file), unreachable (no controller answered), refused (the controller said no), invalid (an answer the proxy cannot use).",
+            "Failed certificate requests, by reason: token (unreadable token file, no identity URL), unreachable (no controller answered), untrusted (the identity server's certificate does not verify against the pinned roots), trust_anchor (the pinned roots cannot be read), refused (the controller said no), invalid (an answer the proxy cannot use).",
             &["reason"],
         ),
         tunnel_handshakes: counter_vec(

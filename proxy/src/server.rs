@@ -157,10 +157,11 @@ impl ProxyServer {
             None
         };
         let identity = match (&config.identity_token_file, &config.node_name) {
-            (Some(token), Some(node)) => Some(crate::identity::Identity::new(
+            (Some(token), Some(node)) => Some(crate::identity::Identity::with_anchor(
                 node,
                 token.clone(),
-                config.controller_url.as_deref().unwrap_or(""),
+                config.identity_url.as_deref().unwrap_or(""),
+                config.identity_ca_file.clone(),
             )?),
             _ => None,
         };

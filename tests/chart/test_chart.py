@@ -466,6 +466,40 @@ def test_identity_on_by_default_with_a_projected_token_and_least_rights():
     assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
 
+def test_identity_requests_go_to_a_tls_port_verified_against_the_mounted_roots():
+    _, docs = render_set("default")
+    controller = container(one(docs, "Deployment", "maille-controller"), "controller")
+    f = flags(controller)
+    assert f["identity-listen"] == "0.0.0.0:9443"
+    names = f["identity-server-names"].split(",")
+    assert "maille-controller.maille.svc.cluster.local" in names and "maille-controller.maille.svc" in names
+    assert f["identity-trust-configmap"] == "maille-identity-trust"
+    assert {"name": "identity", "containerPort": 9443, "protocol": "TCP"} in controller["ports"]
+    svc = one(docs, "Service", "maille-controller")
+    assert {"name": "identity", "port": 9443, "targetPort": "identity", "protocol": "TCP"} in svc["spec"]["ports"]
+    ds = one(docs, "DaemonSet")
+    proxy = container(ds, "proxy")
+    pf = flags(proxy)
+    # The URL's host is one of the certificate's names, and https.
+    assert pf["identity-url"] == "https://maille-controller.maille.svc.cluster.local:9443"
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "identity-trust")
+    assert pf["identity-ca-file"] == mount["mountPath"] + "/ca.crt" and mount["readOnly"] is True
+    vol = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "identity-trust")
+    assert vol["configMap"] == {"name": "maille-identity-trust", "optional": True}
+    cm_rules = [r for r in one(docs, "Role", "maille-controller")["rules"] if "configmaps" in r["resources"]]
+    assert {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["maille-identity-trust"],
+            "verbs": ["get", "patch"]} in cm_rules
+    assert not [r for r in cm_rules if set(r["verbs"]) - {"get", "patch", "create"}]
+    # A port and ConfigMap name of one's own.
+    docs = documents(render({"identity": {"port": 15012, "trustConfigMap": "mesh-roots"}}))
+    f = flags(container(one(docs, "Deployment", "maille-controller"), "controller"))
+    assert f["identity-listen"] == "0.0.0.0:15012" and f["identity-trust-configmap"] == "mesh-roots"
+    pf = flags(container(one(docs, "DaemonSet"), "proxy"))
+    assert pf["identity-url"].endswith(":15012")
+    vol = next(v for v in one(docs, "DaemonSet")["spec"]["template"]["spec"]["volumes"] if v["name"] == "identity-trust")
+    assert vol["configMap"]["name"] == "mesh-roots"
+
+
 def test_identity_user_supplied_ca_and_off():
     _, docs = render_set("identity-user-ca")
     f = flags(container(one(docs, "Deployment", "maille-controller"), "controller"))
@@ -488,6 +522,9 @@ def test_identity_user_supplied_ca_and_off():
     assert not [r for r in cr["rules"] if "tokenreviews" in r["resources"]]
     proxy = container(one(docs, "DaemonSet"), "proxy")
     assert "identity-token-file" not in flags(proxy) and "env" not in proxy
+    assert "identity-url" not in flags(proxy)
+    assert not [p for p in one(docs, "Service", "maille-controller")["spec"]["ports"] if p["name"] == "identity"]
+    assert not [r for r in one(docs, "Role", "maille-controller")["rules"] if "configmaps" in r["resources"]]
 
 
 def test_mtls_strict_on_a_fresh_install_permissive_and_off():

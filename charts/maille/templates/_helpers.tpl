@@ -111,6 +111,23 @@ capabilities:
 {{- end -}}
 
 {{/* The Secret that holds the mesh CA. */}}
+{{/* The ConfigMap holding the mesh roots proxies pin (docs/security.md). */}}
+{{- define "maille.identity.trustConfigMap" -}}
+{{- .Values.identity.trustConfigMap | default (printf "%s-identity-trust" (include "maille.fullname" .)) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The controller's identity listener (TLS), as proxies dial it. */}}
+{{- define "maille.identityURL" -}}
+{{- printf "https://%s.%s.svc.%s:%d" (include "maille.controller.fullname" .) .Release.Namespace .Values.dns.clusterDomain (int .Values.identity.port) -}}
+{{- end -}}
+
+{{/* The names of the identity listener's certificate: the controller Service's DNS names. */}}
+{{- define "maille.identityServerNames" -}}
+{{- $svc := include "maille.controller.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- printf "%s,%s.%s,%s.%s.svc,%s.%s.svc.%s" $svc $svc $ns $svc $ns $svc $ns .Values.dns.clusterDomain -}}
+{{- end -}}
+
 {{- define "maille.identity.caSecret" -}}
 {{- .Values.identity.ca.secretName | default (printf "%s-mesh-ca" (include "maille.fullname" .)) -}}
 {{- end -}}

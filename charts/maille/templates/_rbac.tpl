@@ -57,6 +57,14 @@
   resources: [secrets]
   verbs: [create]
 {{- end }}
+# The mesh roots proxies pin: written by name with server-side apply (created once).
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [{{ include "maille.identity.trustConfigMap" . }}]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create]
 {{- end }}
 {{- if .Values.controller.leaderElection.enabled }}
 # Leader election: the Lease is created once (create cannot be limited by name), then read and

@@ -176,6 +176,19 @@ impl Ca {
                 ))
             }
         };
+        // A root that signs must be among the roots served, or every proxy would refuse what
+        // it signs (a rotation that listed only the old root, say).
+        if self_signed {
+            use rustls::pki_types::pem::PemObject as _;
+            let listed = rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
+                .filter_map(Result::ok)
+                .any(|c| c.as_ref() == der.as_slice());
+            if !listed {
+                return Err(invalid(
+                    "the trust bundle (ca.crt) does not hold the signing root (tls.crt): list every root proxies must trust, the signing one included".into(),
+                ));
+            }
+        }
         let issuer = params
             .self_signed(&key)
             .map_err(|e| invalid(format!("cannot sign with the key: {e}")))?;
@@ -241,6 +254,49 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        params.not_before = at(not_before);
+        params.not_after = at(not_after);
+        let serial = random_serial();
+        let serial_hex: String = serial.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        params.serial_number = Some(serial);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(public_key, &self.issuer, &self.key)
+            .map_err(|e| Error::Sign(e.to_string()))?;
+        let mut chain_pem = cert.pem();
+        if self.intermediate {
+            chain_pem.push_str(&self.cert_pem);
+        }
+        Ok(Signed {
+            chain_pem,
+            serial: serial_hex,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Signs the identity server's certificate for `public_key`: `names` (DNS names, IP
+    /// addresses) as its SANs, server authentication only and no URI SAN, so that it can
+    /// never pass for a node certificate on the tunnel (which needs a SPIFFE ID and client
+    /// authentication), nor a node certificate for it (proxies refuse an identity server
+    /// certificate that carries a SPIFFE ID).
+    pub fn sign_server(
+        &self,
+        public_key: &impl PublicKeyData,
+        names: &[SanType],
+        lifetime: Duration,
+    ) -> Result<Signed> {
+        let now = unix_now();
+        let not_before = now - CLOCK_SKEW.as_secs() as i64;
+        let not_after = (now + lifetime.as_secs().max(1) as i64).min(self.not_after);
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Maille identity server");
+        params.distinguished_name = dn;
+        params.subject_alt_names = names.to_vec();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = at(not_before);
         params.not_after = at(not_after);
         let serial = random_serial();

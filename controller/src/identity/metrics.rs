@@ -5,13 +5,17 @@ use std::sync::LazyLock;
 use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
 
 /// The `result` label values of `maille_controller_certificate_requests_total`.
-pub const RESULTS: [&str; 5] = [
+pub const RESULTS: [&str; 6] = [
     "issued",
     "bad_request",
     "unauthenticated",
     "forbidden",
     "unavailable",
+    "cleartext",
 ];
+
+/// The `reason` label values of `maille_controller_identity_tls_refused_total`.
+pub const TLS_REFUSALS: [&str; 3] = ["handshake", "timeout", "overload"];
 
 /// Every identity metric of the controller.
 pub struct Metrics {
@@ -21,13 +25,17 @@ pub struct Metrics {
     pub ca_expiry: IntGauge,
     /// `maille_controller_identity_proxies`: node proxies holding an unexpired certificate.
     pub proxies: IntGauge,
+    /// `maille_controller_identity_server_certificate_expiry_timestamp_seconds`.
+    pub server_expiry: IntGauge,
+    /// `maille_controller_identity_tls_refused_total{reason}`.
+    pub tls_refused: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         requests: register_int_counter_vec!(
             "maille_controller_certificate_requests_total",
-            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable.",
+            "Node certificate requests, by result: issued, bad_request, unauthenticated, forbidden, unavailable, cleartext (sent to the plain HTTP API, not read).",
             &["result"]
         )
         .expect("register maille_controller_certificate_requests_total"),
@@ -41,9 +49,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Node proxies holding an unexpired certificate from this controller."
         )
         .expect("register maille_controller_identity_proxies"),
+        server_expiry: register_int_gauge!(
+            "maille_controller_identity_server_certificate_expiry_timestamp_seconds",
+            "When the identity listener's server certificate expires (Unix seconds); 0 until it is made."
+        )
+        .expect("register maille_controller_identity_server_certificate_expiry_timestamp_seconds"),
+        tls_refused: register_int_counter_vec!(
+            "maille_controller_identity_tls_refused_total",
+            "Connections to the identity listener closed before a request, by reason: handshake (not TLS, or the client refused the certificate), timeout, overload.",
+            &["reason"]
+        )
+        .expect("register maille_controller_identity_tls_refused_total"),
     };
     for r in RESULTS {
         m.requests.with_label_values(&[r]);
+    }
+    for r in TLS_REFUSALS {
+        m.tls_refused.with_label_values(&[r]);
     }
     m
 });

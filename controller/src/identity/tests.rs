@@ -744,4 +744,351 @@ mod kubernetes {
         );
         assert_eq!(api.writes().len(), 1);
     }
+
+    #[tokio::test]
+    async fn the_roots_are_published_in_a_configmap_for_proxies_to_pin() {
+        let api = FakeApi::new();
+        let client = api.client();
+        let ca = Ca::generate(TD).unwrap();
+        trust::apply(
+            &client,
+            "maille",
+            "maille-identity-trust",
+            ca.trust_bundle(),
+        )
+        .await
+        .unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap =
+            api.get("maille", "maille-identity-trust").unwrap();
+        assert_eq!(
+            cm.data.unwrap().get(trust::KEY).map(String::as_str),
+            Some(ca.trust_bundle())
+        );
+        // Edited by someone: the next apply puts the roots back.
+        let forged = Ca::generate(TD).unwrap();
+        trust::apply(
+            &client,
+            "maille",
+            "maille-identity-trust",
+            forged.trust_bundle(),
+        )
+        .await
+        .unwrap();
+        trust::apply(
+            &client,
+            "maille",
+            "maille-identity-trust",
+            ca.trust_bundle(),
+        )
+        .await
+        .unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap =
+            api.get("maille", "maille-identity-trust").unwrap();
+        assert_eq!(
+            cm.data.unwrap().get(trust::KEY).map(String::as_str),
+            Some(ca.trust_bundle())
+        );
+        assert!(
+            api.writes()
+                .iter()
+                .all(|w| w.contains("configmaps maille/maille-identity-trust")),
+            "{:?}",
+            api.writes()
+        );
+    }
+}
+
+/// The identity routes on a real TLS listener (127.0.0.1:0) with a server certificate of the
+/// service's CA, and the plain API's identity routes on another port: (TLS, plain) addresses.
+async fn serve_both(
+    service: Arc<Service>,
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    Arc<tls::ServerCert>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let names = tls::san_list(&["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = tls::ServerCert::new(names);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tls::keep_renewed(
+        service.clone(),
+        cert.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(tls::serve(
+        listener,
+        tls::server_config(cert.clone()),
+        router(service.clone()),
+        stop,
+    ));
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    let app = plain_router(service, tls::local_url(addr));
+    tokio::spawn(async move {
+        axum::serve(
+            plain,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    for _ in 0..100 {
+        if cert.not_after().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (addr, plain_addr, cert)
+}
+
+fn post(token: Option<&str>, body: String) -> http::Request<String> {
+    let mut r = http::Request::post("/api/identity/certificate")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.body(body).unwrap()
+}
+
+#[tokio::test]
+async fn certificates_are_served_over_tls_only_and_the_plain_api_refuses_without_reading() {
+    let (service, _tx) = local_service(Duration::from_secs(3600));
+    let roots = service.ca().unwrap().trust_bundle().to_string();
+    let (addr, plain, cert) = serve_both(service.clone()).await;
+    assert!(cert.not_after().is_some(), "a server certificate was made");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let body = json!({"node": "node-a", "csr": csr_for(&key, vec![])}).to_string();
+
+    // Over TLS, verified against the mesh root: issued to the bootstrap token, refused (401,
+    // 403) otherwise, nothing issued then.
+    let issued = || service.identities().iter().map(|r| r.issued).sum::<u64>();
+    let (status, text) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        post(Some("bootstrap-token-0123456789"), body.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let answer: CertificateResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer.node, "node-a");
+    assert_eq!(answer.trust_bundle, roots);
+    assert_eq!(issued(), 1);
+    let (status, text) = tls::request(addr, "localhost", &roots, post(None, body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        post(Some("someone-elses-token-000"), body.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("not the bootstrap token"), "{text}");
+    let other = json!({"node": "node-c", "csr": csr_for(&key, vec![])}).to_string();
+    let (status, text) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        post(Some("bootstrap-token-0123456789"), other),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(issued(), 1, "nothing issued for refusals");
+    let (status, text) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        http::Request::get("/api/identity/trust-bundle")
+            .header("host", "x")
+            .body(String::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, text.as_str()), (200, roots.as_str()));
+
+    // A client pinned to another root refuses the listener during the handshake.
+    let foreign = Ca::generate(TD).unwrap();
+    let e = tls::request(
+        addr,
+        "127.0.0.1",
+        foreign.trust_bundle(),
+        post(Some("bootstrap-token-0123456789"), body.clone()),
+    )
+    .await
+    .unwrap_err();
+    // (Its root copies the mesh root's name: the signature is what fails.)
+    assert!(
+        e.contains("BadSignature") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    // A name the certificate does not carry.
+    let e = tls::request(
+        addr,
+        "maille-controller.maille.svc",
+        &roots,
+        post(None, body.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("not valid for name"), "{e}");
+    // Not TLS at all: closed, counted.
+    let before = metrics::register()
+        .tls_refused
+        .with_label_values(&["handshake"])
+        .get();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/api/identity/certificate"))
+        .bearer_auth("bootstrap-token-0123456789")
+        .body(body.clone())
+        .send()
+        .await;
+    assert!(r.is_err() || r.unwrap().status() != 200);
+    assert!(
+        metrics::register()
+            .tls_refused
+            .with_label_values(&["handshake"])
+            .get()
+            > before
+    );
+
+    // The plain API: 403 naming the TLS URL, the body never read, counted; the list of
+    // identities stays public.
+    let before = count("cleartext");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{plain}/api/identity/certificate"))
+        .bearer_auth("bootstrap-token-0123456789")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(&format!("https://{addr}")) && text.contains("TLS only"),
+        "{text}"
+    );
+    let r = http
+        .get(format!("http://{plain}/api/identity/trust-bundle"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(count("cleartext") >= before + 2);
+    assert_eq!(issued(), 1);
+    let rows: serde_json::Value = http
+        .get(format!("http://{plain}/api/identities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows[0]["node"], "node-a");
+}
+
+#[tokio::test]
+async fn the_server_certificate_names_the_server_only_and_is_renewed_at_half_its_life() {
+    use x509_parser::extensions::GeneralName;
+    let (service, _tx) = local_service(Duration::from_secs(2));
+    let (_addr, _plain, cert) = serve_both(service.clone()).await;
+    let first = cert.not_after().unwrap();
+    let ca = service.ca().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names =
+        tls::san_list(&["127.0.0.1".into(), "maille-controller.maille.svc".into()]).unwrap();
+    let signed = ca
+        .sign_server(&key, &names, Duration::from_secs(60))
+        .unwrap();
+    let der = ca::pem_der(&signed.chain_pem).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans = x
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .clone();
+    assert!(
+        sans.iter().all(|n| !matches!(n, GeneralName::URI(_))),
+        "no SPIFFE ID: {sans:?}"
+    );
+    assert!(sans.contains(&GeneralName::DNSName("maille-controller.maille.svc")));
+    assert!(sans
+        .iter()
+        .any(|n| matches!(n, GeneralName::IPAddress(ip) if *ip == [127, 0, 0, 1])));
+    let eku = x.extended_key_usage().unwrap().unwrap().value.clone();
+    assert!(
+        eku.server_auth && !eku.client_auth,
+        "server authentication only"
+    );
+    // Two-second certificates: a new one within about a second, and again after.
+    let mut seen = vec![first];
+    let start = std::time::Instant::now();
+    while seen.len() < 3 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cert.not_after().unwrap();
+        if *seen.last().unwrap() != now {
+            seen.push(now);
+        }
+    }
+    assert!(seen.len() >= 3, "renewed twice: {seen:?}");
+    assert!(metrics::register().server_expiry.get() >= *seen.last().unwrap() - 1);
+}
+
+#[test]
+fn server_names_are_checked_and_a_root_must_be_in_the_bundle_it_serves() {
+    let e = tls::san_list(&["bad name!".into()]).unwrap_err();
+    assert!(
+        e.to_string().contains("--identity-server-names") && e.to_string().contains("bad name!"),
+        "{e}"
+    );
+    assert!(tls::san_list(&[" ".into()]).is_err());
+    assert_eq!(
+        tls::san_list(&["a.b".into(), "a.b".into(), "::1".into()])
+            .unwrap()
+            .len(),
+        2
+    );
+    // Rotation: the Secret's ca.crt lists the new signing root and the old one.
+    let old = Ca::generate(TD).unwrap();
+    let new = Ca::generate(TD).unwrap();
+    let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+    let ca = Ca::from_pem(
+        new.cert_pem(),
+        &new.key_pem(),
+        Some(&both),
+        "Secret maille/ca",
+    )
+    .unwrap();
+    assert_eq!(ca.trust_bundle().matches("BEGIN CERTIFICATE").count(), 2);
+    // A bundle without the signing root would make every proxy refuse what it signs.
+    let e = Ca::from_pem(
+        new.cert_pem(),
+        &new.key_pem(),
+        Some(old.cert_pem()),
+        "Secret maille/ca",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("Secret maille/ca")
+            && e.to_string().contains("does not hold the signing root"),
+        "{e}"
+    );
+    // Locally: ca.crt with the new root first, the old one after, serves both.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(ca::CA_CERT_FILE), &both).unwrap();
+    std::fs::write(dir.path().join(ca::CA_KEY_FILE), new.key_pem()).unwrap();
+    let (local, _) = Ca::load_or_create_dir(dir.path(), TD).unwrap();
+    assert_eq!(local.trust_bundle().matches("BEGIN CERTIFICATE").count(), 2);
 }

@@ -5,7 +5,7 @@ fn identity() -> Arc<Identity> {
     Identity::new(
         "node-a",
         PathBuf::from("/nonexistent/token"),
-        "http://127.0.0.1:1",
+        "https://127.0.0.1:1",
     )
     .unwrap()
 }
@@ -40,7 +40,7 @@ fn answer(chain: String, bundle: String, node: &str) -> Answer {
 #[test]
 fn an_answer_is_taken_only_for_this_key_this_node_and_while_valid() {
     let id = identity();
-    let uri: Uri = "http://c/api/identity/certificate".parse().unwrap();
+    let uri: Uri = "https://c/api/identity/certificate".parse().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let (chain, bundle) = signed(&key, "spiffe://t/ns/maille/sa/proxy", "node-a", 3600);
     let held = id
@@ -121,7 +121,7 @@ async fn token_files_are_bounded_and_failures_keep_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "x".repeat(MAX_TOKEN_BYTES as usize + 1)).unwrap();
-    let id = Identity::new("node-a", token.clone(), "http://127.0.0.1:1").unwrap();
+    let id = Identity::new("node-a", token.clone(), "https://127.0.0.1:1").unwrap();
     let e = id.renew().await.unwrap_err();
     assert!(e.to_string().contains("longer than"), "{e}");
     std::fs::write(&token, "  \n").unwrap();
@@ -130,7 +130,8 @@ async fn token_files_are_bounded_and_failures_keep_the_certificate() {
     std::fs::write(&token, "t0ken\n").unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let (chain, bundle) = signed(&key, "spiffe://t/ns/maille/sa/proxy", "node-a", 3600);
-    let uri: Uri = "http://c/".parse().unwrap();
+    std::fs::write(dir.path().join(ANCHOR_FILE), &bundle).unwrap();
+    let uri: Uri = "https://c/".parse().unwrap();
     let held = Arc::new(
         id.accept(&uri, answer(chain, bundle, "node-a"), key)
             .unwrap(),
@@ -143,15 +144,297 @@ async fn token_files_are_bounded_and_failures_keep_the_certificate() {
 }
 
 #[test]
-fn controller_urls_must_be_http() {
-    assert!(Identity::new("n", PathBuf::from("t"), "https://c:9000").is_err());
-    assert!(Identity::new("n", PathBuf::from("t"), "").is_err());
-    assert!(Identity::new("", PathBuf::from("t"), "http://c").is_err());
-    let id = Identity::new("n", PathBuf::from("t"), "http://a:9000/, http://b:9000").unwrap();
+fn identity_urls_must_be_https() {
+    for bad in ["http://c:9443", "", "ftp://c", "https://"] {
+        let e = parse_urls(bad, "--identity-url").unwrap_err();
+        assert!(e.to_string().starts_with("--identity-url"), "{e}");
+    }
+    let e = parse_urls("http://c:9000", "--identity-url").unwrap_err();
+    assert!(e.to_string().contains("TLS only"), "{e}");
+    let uris = parse_urls("https://a:9443/, https://b:9443", "--identity-url").unwrap();
     assert_eq!(
-        id.uris[1].to_string(),
-        "http://b:9000/api/identity/certificate"
+        uris[1].to_string(),
+        "https://b:9443/api/identity/certificate"
     );
+    assert!(Identity::new("", PathBuf::from("t"), "https://c").is_err());
+}
+
+/// The identity server side of the tests: a real TLS listener on loopback presenting `chain`,
+/// answering every request with `status` and `body`, and keeping each request head it read.
+mod server {
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Ca {
+        pub cert: rcgen::Certificate,
+        pub key: rcgen::KeyPair,
+    }
+
+    pub fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A server certificate of `ca` for `sans` (IP addresses or URIs).
+    pub fn server_cert(
+        ca: &Ca,
+        sans: Vec<rcgen::SanType>,
+    ) -> (CertificateDer<'static>, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = sans;
+        let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        (cert.der().clone(), key)
+    }
+
+    pub struct Server {
+        pub url: String,
+        pub heads: Arc<Mutex<Vec<String>>>,
+    }
+
+    pub async fn start(
+        cert: (CertificateDer<'static>, rcgen::KeyPair),
+        status: u16,
+        body: &'static str,
+    ) -> Server {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.0],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.1.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    let _ = tls
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Server { url, heads }
+    }
+}
+
+#[tokio::test]
+async fn the_identity_server_must_verify_against_the_pinned_roots_before_the_token_goes() {
+    use server::*;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret-token-0123456789\n").unwrap();
+    let mesh = ca("mesh root");
+    let ip = rcgen::SanType::IpAddress([127, 0, 0, 1].into());
+    // A server of the mesh CA that refuses (403): reaching its answer proves verification
+    // passed and the token went, over TLS.
+    let good = start(server_cert(&mesh, vec![ip.clone()]), 403, "not a proxy pod").await;
+    let anchor = dir.path().join("roots.pem");
+    std::fs::write(&anchor, mesh.cert.pem()).unwrap();
+    let id =
+        Identity::with_anchor("node-a", token.clone(), &good.url, Some(anchor.clone())).unwrap();
+    let e = id.renew().await.unwrap_err();
+    assert_eq!(e.label(), "refused", "{e}");
+    assert!(e.to_string().contains("not a proxy pod"), "{e}");
+    let heads = good.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(
+        heads[0].contains("authorization: Bearer secret-token-0123456789"),
+        "{heads:?}"
+    );
+
+    // A proxy holding a certificate, pinned to another root: the server is refused during the
+    // handshake, named with the failure; the token never leaves; the certificate stays.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (chain, bundle) = signed(&key, "spiffe://t/ns/maille/sa/proxy", "node-a", 3600);
+    let uri: Uri = "https://c/".parse().unwrap();
+    let held = Arc::new(
+        id.accept(&uri, answer(chain, bundle, "node-a"), key)
+            .unwrap(),
+    );
+    id.current.store(Some(held.clone()));
+    let other = ca("someone else");
+    let impostor = start(server_cert(&other, vec![ip.clone()]), 200, "{}").await;
+    let wrong = Identity::with_anchor("node-a", token.clone(), &impostor.url, Some(anchor.clone()))
+        .unwrap();
+    wrong.current.store(Some(held.clone()));
+    let before = crate::metrics::register()
+        .identity_failures
+        .with_label_values(&["untrusted"])
+        .get();
+    let e = wrong.renew().await.unwrap_err();
+    assert_eq!(e.label(), "untrusted", "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&impostor.url), "names the server: {text}");
+    assert!(
+        text.contains("UnknownIssuer") && text.contains("not signed by a root"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&anchor.display().to_string()) && text.contains("1 root"),
+        "{text}"
+    );
+    assert!(text.contains("the token was not sent"), "{text}");
+    assert!(
+        impostor.heads.lock().unwrap().is_empty(),
+        "nothing reached the impostor"
+    );
+    assert!(
+        Arc::ptr_eq(&wrong.current().unwrap(), &held),
+        "the certificate held stays"
+    );
+    assert!(
+        wrong.ready_detail().contains("does not verify"),
+        "{}",
+        wrong.ready_detail()
+    );
+    assert!(
+        crate::metrics::register()
+            .identity_failures
+            .with_label_values(&["untrusted"])
+            .get()
+            > before
+    );
+
+    // A node certificate of the mesh (it carries a SPIFFE ID) is not the identity server,
+    // even for a name the proxy dials.
+    let node = start(
+        server_cert(
+            &mesh,
+            vec![
+                ip.clone(),
+                rcgen::SanType::URI(
+                    rcgen::Ia5String::try_from("spiffe://t/ns/maille/sa/proxy").unwrap(),
+                ),
+            ],
+        ),
+        200,
+        "{}",
+    )
+    .await;
+    let id =
+        Identity::with_anchor("node-a", token.clone(), &node.url, Some(anchor.clone())).unwrap();
+    let e = id.renew().await.unwrap_err();
+    assert!(e.to_string().contains("a node certificate"), "{e}");
+    assert!(node.heads.lock().unwrap().is_empty());
+
+    // A certificate of the mesh for another name than the URL's host.
+    let named = start(
+        server_cert(
+            &mesh,
+            vec![rcgen::SanType::DnsName("elsewhere".try_into().unwrap())],
+        ),
+        200,
+        "{}",
+    )
+    .await;
+    let id =
+        Identity::with_anchor("node-a", token.clone(), &named.url, Some(anchor.clone())).unwrap();
+    let e = id.renew().await.unwrap_err();
+    assert!(e.to_string().contains("does not name the host"), "{e}");
+
+    // Pinned roots that cannot be used: named, nothing sent.
+    for (text, want) in [
+        ("", "no certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+            "not PEM",
+        ),
+    ] {
+        std::fs::write(&anchor, text).unwrap();
+        let e = Identity::with_anchor("node-a", token.clone(), &good.url, Some(anchor.clone()))
+            .unwrap()
+            .renew()
+            .await
+            .unwrap_err();
+        assert_eq!(e.label(), "trust_anchor", "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    std::fs::write(&anchor, "x".repeat(MAX_ANCHOR_BYTES as usize + 1)).unwrap();
+    let e = Identity::with_anchor("node-a", token.clone(), &good.url, Some(anchor.clone()))
+        .unwrap()
+        .renew()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("longer than"), "{e}");
+    assert_eq!(
+        good.heads.lock().unwrap().len(),
+        1,
+        "no request after the first"
+    );
+}
+
+#[tokio::test]
+async fn locally_the_url_and_the_roots_come_from_the_token_folder() {
+    use server::*;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("bootstrap-token");
+    std::fs::write(&token, "local-token-0123456789\n").unwrap();
+    let mesh = ca("mesh root");
+    let good = start(
+        server_cert(
+            &mesh,
+            vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+        ),
+        401,
+        "not the bootstrap token",
+    )
+    .await;
+    let id = Identity::new("node-a", token.clone(), "").unwrap();
+    assert_eq!(id.anchor_file(), dir.path().join("ca.crt"));
+    // Neither file yet: said, with the file names.
+    let e = id.renew().await.unwrap_err();
+    assert!(e.to_string().contains("identity-url"), "{e}");
+    std::fs::write(dir.path().join(URL_FILE), format!("{}\n", good.url)).unwrap();
+    let e = id.renew().await.unwrap_err();
+    assert_eq!(e.label(), "trust_anchor", "{e}");
+    assert!(e.to_string().contains("ca.crt"), "{e}");
+    std::fs::write(dir.path().join(ANCHOR_FILE), mesh.cert.pem()).unwrap();
+    let e = id.renew().await.unwrap_err();
+    assert_eq!(e.label(), "refused", "{e}");
+    // A plain URL in the folder is refused as well.
+    std::fs::write(dir.path().join(URL_FILE), "http://127.0.0.1:9000\n").unwrap();
+    assert!(id
+        .renew()
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("TLS only"));
 }
 
 mod tunnel {
