@@ -356,6 +356,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_identity_listener_defaults_to_9443_on_a_cluster_and_a_free_port_locally() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("maille-controller").chain(args.iter().copied()))
+                .unwrap()
+                .run
+        };
+        let cluster = parse(&["--identity-ca-secret", "ca", "--namespace", "mesh"]);
+        let addr = cluster.identity_listen_addr();
+        assert_eq!(addr.to_string(), "0.0.0.0:9443");
+        assert_eq!(
+            cluster.identity_server_names(addr)[3],
+            "maille-controller.mesh.svc.cluster.local"
+        );
+        let local = parse(&[
+            "--manifests",
+            "/tmp/m",
+            "--identity-dir",
+            "/tmp/id",
+            "--api-addr",
+            "127.0.0.5:9000",
+        ]);
+        let addr = local.identity_listen_addr();
+        assert_eq!(addr.to_string(), "127.0.0.5:0");
+        assert_eq!(
+            local.identity_server_names("127.0.0.5:41000".parse().unwrap()),
+            ["127.0.0.1", "localhost", "127.0.0.5"]
+        );
+        let given = parse(&[
+            "--identity-ca-secret",
+            "ca",
+            "--identity-listen",
+            "10.0.0.1:15012",
+            "--identity-server-names",
+            "ctl.mesh.svc, 10.0.0.1",
+        ]);
+        assert_eq!(given.identity_listen_addr().to_string(), "10.0.0.1:15012");
+        assert_eq!(
+            given.identity_server_names(given.identity_listen_addr()),
+            ["ctl.mesh.svc", "10.0.0.1"]
+        );
+    }
+
+    #[test]
     fn mtls_defaults_to_strict_with_an_identity_ca_only() {
         let parse = |args: &[&str]| {
             Cli::try_parse_from(std::iter::once("maille-controller").chain(args.iter().copied()))

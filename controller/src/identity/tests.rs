@@ -916,6 +916,40 @@ async fn certificates_are_served_over_tls_only_and_the_plain_api_refuses_without
     .unwrap();
     assert_eq!((status, text.as_str()), (200, roots.as_str()));
 
+    // Hostile input over TLS: an oversized body (413), garbage CSR (400), an oversized header
+    // of 1 MiB (closed or 431: request heads are read into at most 64 KiB); nothing issued.
+    let (status, _) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        post(
+            Some("bootstrap-token-0123456789"),
+            "x".repeat(MAX_REQUEST_BYTES + 1),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 413);
+    let garbage = json!({"node": "node-a", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}).to_string();
+    let (status, text) = tls::request(
+        addr,
+        "127.0.0.1",
+        &roots,
+        post(Some("bootstrap-token-0123456789"), garbage),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("csr"), "{text}");
+    let mut huge = post(Some("bootstrap-token-0123456789"), body.clone());
+    huge.headers_mut()
+        .insert("x-filler", "y".repeat(1024 * 1024).parse().unwrap());
+    // Closed by the server (Err), or answered 431.
+    if let Ok((status, _)) = tls::request(addr, "127.0.0.1", &roots, huge).await {
+        assert_eq!(status, 431);
+    }
+    assert_eq!(issued(), 1, "nothing issued for hostile requests");
+
     // A client pinned to another root refuses the listener during the handshake.
     let foreign = Ca::generate(TD).unwrap();
     let e = tls::request(
