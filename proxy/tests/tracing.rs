@@ -271,6 +271,27 @@ fn echoed(body: &str, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The trace and parent id of a `traceparent` of version 00 with these `flags`; fails the
+/// test when it is not one.
+fn valid_traceparent(tp: &str, flags: &str) -> (String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            && s.bytes().any(|b| b != b'0')
+    };
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && parts[3] == flags,
+        "not a valid traceparent with flags {flags}: {tp:?}"
+    );
+    (parts[1].to_string(), parts[2].to_string())
+}
+
 /// A proxy exporting to `collector` with a short batch delay.
 fn traced_proxy(endpoint: String, edit: impl FnOnce(&mut Config)) -> TestProxy {
     TestProxy::start_with_config(TestProxyOptions::default(), move |c| {
@@ -401,29 +422,70 @@ async fn sampling_is_parent_based_with_a_ratio_for_new_traces() {
     let proxy = traced_proxy(collector.url(), |c| c.trace_sampling_ratio = Some(0.0));
     web_table(&proxy, &web);
     let host = "web.shop.maille.mesh";
-    // New traces at ratio 0: not sampled, yet the upstream still gets the context.
-    let mut unsampled = Vec::new();
+    // New traces at ratio 0: not sampled, yet the upstream still gets a valid context, a new
+    // trace each time.
+    let mut unsampled = std::collections::HashSet::new();
     for _ in 0..20 {
         let (status, body) = send(proxy.http[0], host, "/echo", &[]).await;
         assert_eq!(status, 200);
         let tp = echoed(&body, "traceparent").expect("context sent on");
-        assert!(tp.ends_with("-00"), "not sampled: {tp}");
-        unsampled.push(tp.split('-').nth(1).unwrap().to_string());
+        let (trace, span) = valid_traceparent(&tp, "00");
+        assert!(unsampled.insert(trace), "a new trace id per request: {tp}");
+        assert_ne!(span, "0000000000000000");
     }
-    // A parent that did not sample: followed.
+    // A parent that did not sample: followed, and the upstream's parent is the proxy's own
+    // (unrecorded) span, a new id in the same trace (W3C: a forwarding participant sends its
+    // own parent id), the client's tracestate kept as it came.
     let off = "5555555555555555cccccccccccccccc";
+    let mut seen_spans = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let (_, body) = send(
+            proxy.http[0],
+            host,
+            "/echo",
+            &[
+                ("traceparent", &format!("00-{off}-{CLIENT_SPAN}-00")),
+                ("tracestate", "vendor=1,other=x"),
+            ],
+        )
+        .await;
+        let tp = echoed(&body, "traceparent").unwrap();
+        let (trace, span) = valid_traceparent(&tp, "00");
+        assert_eq!(trace, off, "{tp}");
+        assert_ne!(
+            span, CLIENT_SPAN,
+            "the proxy's span id, not the client's: {tp}"
+        );
+        assert!(seen_spans.insert(span), "a new span id per request: {tp}");
+        assert_eq!(
+            echoed(&body, "tracestate").as_deref(),
+            Some("vendor=1,other=x")
+        );
+    }
+    // An invalid tracestate does not go on; B3 clients get B3 back, sampling 0.
     let (_, body) = send(
         proxy.http[0],
         host,
         "/echo",
-        &[("traceparent", &format!("00-{off}-{CLIENT_SPAN}-00"))],
+        &[
+            ("traceparent", &format!("00-{off}-{CLIENT_SPAN}-00")),
+            ("tracestate", "Not A List"),
+        ],
+    )
+    .await;
+    assert_eq!(echoed(&body, "tracestate"), None, "{body}");
+    let b3_trace = "6666666666666666dddddddddddddddd";
+    let (_, body) = send(
+        proxy.http[0],
+        host,
+        "/echo",
+        &[("b3", &format!("{b3_trace}-{CLIENT_SPAN}-0"))],
     )
     .await;
     let tp = echoed(&body, "traceparent").unwrap();
-    assert!(
-        tp.starts_with(&format!("00-{off}-")) && tp.ends_with("-00"),
-        "{tp}"
-    );
+    let (trace, span) = valid_traceparent(&tp, "00");
+    assert_eq!(trace, b3_trace);
+    assert_eq!(echoed(&body, "b3"), Some(format!("{b3_trace}-{span}-0")));
     // A parent that sampled: followed, even at ratio 0.
     let (_, _) = send(
         proxy.http[0],

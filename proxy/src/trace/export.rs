@@ -1,18 +1,25 @@
-//! Span export off the request path: a bounded queue that a finished span enters without
-//! waiting (or is dropped from, and counted, when full), and one thread of its own that sends
-//! the queue in batches to the OTLP exporter.
+//! Span export off the request path: a bounded queue that a finished (sampled) span enters
+//! without waiting (or is dropped from, and counted, when full), and one thread of its own that
+//! sends the queue in batches to the OTLP exporter.
 //!
 //! The SDK's `BatchSpanProcessor` does the same but keeps its drop count to itself; the
 //! proxy needs it as a metric, so that a slow or absent collector shows on `/metrics`.
+//!
+//! The export thread sleeps until there is something to send: it is woken by the first span
+//! queued after it went idle and by a full batch, never per span, and runs no timer while the
+//! queue is empty. The queue grows with what is queued (up to its bound) instead of being
+//! allocated at its full size up front.
 
+use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// How the queue is drained.
@@ -35,13 +42,6 @@ enum Control {
     Shutdown(std_mpsc::SyncSender<()>),
 }
 
-/// The span processor: `on_end` only tries to enqueue.
-#[derive(Debug)]
-pub struct QueueProcessor {
-    spans: mpsc::Sender<SpanData>,
-    control: mpsc::UnboundedSender<Control>,
-}
-
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -49,6 +49,45 @@ impl std::fmt::Debug for Control {
             Control::Shutdown(_) => "Shutdown",
         })
     }
+}
+
+/// What the request threads and the export thread share.
+#[derive(Debug)]
+struct Queue {
+    spans: Mutex<VecDeque<SpanData>>,
+    /// Woken when the queue goes from empty to one span, and when it holds a full batch.
+    wake: Notify,
+    batching: Batching,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<SpanData>> {
+        // A panic while holding the lock leaves a plain queue: still usable.
+        self.spans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Up to one batch, oldest first; a queue that grew large during a burst is given back
+    /// down to one batch of room once it is drained.
+    fn take_batch(&self) -> Vec<SpanData> {
+        let mut q = self.lock();
+        let n = q.len().min(self.batching.batch_size);
+        let batch: Vec<SpanData> = q.drain(..n).collect();
+        if q.is_empty() && q.capacity() > self.batching.batch_size {
+            q.shrink_to(self.batching.batch_size);
+        }
+        batch
+    }
+}
+
+/// The span processor: `on_end` only tries to enqueue.
+#[derive(Debug)]
+pub struct QueueProcessor {
+    queue: Arc<Queue>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl QueueProcessor {
@@ -63,9 +102,19 @@ impl QueueProcessor {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
-        let (spans, rx) = mpsc::channel(batching.queue_size.max(1));
+        let batching = Batching {
+            queue_size: batching.queue_size.max(1),
+            batch_size: batching.batch_size.clamp(1, batching.queue_size.max(1)),
+            ..batching
+        };
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            batching,
+        });
         let (control, control_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let shared = queue.clone();
         std::thread::Builder::new()
             .name("maille-trace-export".into())
             .spawn(move || {
@@ -89,13 +138,13 @@ impl QueueProcessor {
                 };
                 exporter.set_resource(&resource);
                 let _ = ready_tx.send(Ok(()));
-                rt.block_on(run(exporter, rx, control_rx, batching));
+                rt.block_on(run(exporter, &shared, control_rx));
             })
             .map_err(|e| format!("export thread: {e}"))?;
         ready_rx
             .recv()
             .map_err(|_| "export thread ended at start".to_string())??;
-        Ok(QueueProcessor { spans, control })
+        Ok(QueueProcessor { queue, control })
     }
 
     fn ask(
@@ -116,11 +165,21 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.spans.try_send(span).is_err() {
+        let b = &self.queue.batching;
+        let mut q = self.queue.lock();
+        if q.len() >= b.queue_size {
+            drop(q);
             crate::metrics::register()
                 .spans_dropped
                 .with_label_values(&["queue_full"])
                 .inc();
+            return;
+        }
+        q.push_back(span);
+        let n = q.len();
+        drop(q);
+        if n == 1 || n == b.batch_size {
+            self.queue.wake.notify_one();
         }
     }
 
@@ -133,18 +192,30 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// The export loop: waits for a first span, gathers more until the batch is full or the delay
-/// has passed, exports, and again.
+/// The export loop: sleeps until a span is queued, then until the batch is full or the delay
+/// has passed, exports one batch, and again.
 async fn run<E: SpanExporter>(
     exporter: E,
-    mut spans: mpsc::Receiver<SpanData>,
+    queue: &Queue,
     mut control: mpsc::UnboundedReceiver<Control>,
-    b: Batching,
 ) {
+    let b = queue.batching;
     let mut failing = false;
-    let mut batch: Vec<SpanData> = Vec::with_capacity(b.batch_size);
+    // When the oldest span still queued must be sent; `None` while nothing is queued.
     let mut deadline: Option<Instant> = None;
     loop {
+        if deadline.is_none() && queue.len() > 0 {
+            deadline = Some(Instant::now() + b.delay);
+        }
+        let full = queue.len() >= b.batch_size;
+        let due = deadline.is_some_and(|d| d <= Instant::now());
+        if full || due {
+            let batch = queue.take_batch();
+            export(&exporter, batch, b.timeout, &mut failing).await;
+            // What is left waits a new delay at most (it waited less than one so far).
+            deadline = None;
+            continue;
+        }
         let wait = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -154,13 +225,13 @@ async fn run<E: SpanExporter>(
         tokio::select! {
             c = control.recv() => {
                 // Everything queued so far goes out before the answer.
-                while let Ok(s) = spans.try_recv() {
-                    batch.push(s);
-                    if batch.len() >= b.batch_size {
-                        export(&exporter, &mut batch, b.timeout, &mut failing).await;
+                loop {
+                    let batch = queue.take_batch();
+                    if batch.is_empty() {
+                        break;
                     }
+                    export(&exporter, batch, b.timeout, &mut failing).await;
                 }
-                export(&exporter, &mut batch, b.timeout, &mut failing).await;
                 deadline = None;
                 match c {
                     Some(Control::Flush(done)) => { let _ = done.send(()); }
@@ -172,41 +243,24 @@ async fn run<E: SpanExporter>(
                     None => return,
                 }
             }
-            s = spans.recv() => match s {
-                Some(s) => {
-                    batch.push(s);
-                    deadline.get_or_insert_with(|| Instant::now() + b.delay);
-                    if batch.len() >= b.batch_size {
-                        export(&exporter, &mut batch, b.timeout, &mut failing).await;
-                        deadline = None;
-                    }
-                }
-                None => {
-                    export(&exporter, &mut batch, b.timeout, &mut failing).await;
-                    return;
-                }
-            },
-            () = wait => {
-                export(&exporter, &mut batch, b.timeout, &mut failing).await;
-                deadline = None;
-            }
+            () = queue.wake.notified() => {}
+            () = wait => {}
         }
     }
 }
 
-/// Sends `batch` (emptied) and counts the outcome. A failure is logged once, when the export
+/// Sends `spans` and counts the outcome. A failure is logged once, when the export
 /// starts failing, and again when it recovers: a down collector must not flood the log.
 async fn export<E: SpanExporter>(
     exporter: &E,
-    batch: &mut Vec<SpanData>,
+    spans: Vec<SpanData>,
     timeout: Duration,
     failing: &mut bool,
 ) {
-    if batch.is_empty() {
+    if spans.is_empty() {
         return;
     }
-    let n = batch.len() as u64;
-    let spans = std::mem::take(batch);
+    let n = spans.len() as u64;
     let result = match tokio::time::timeout(timeout, exporter.export(spans)).await {
         Ok(r) => r,
         Err(_) => Err(OTelSdkError::Timeout(timeout)),

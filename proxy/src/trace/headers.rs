@@ -1,21 +1,23 @@
 //! Trace context in request headers: W3C `traceparent`/`tracestate` first, B3 (single `b3`
 //! header or `X-B3-*` headers) when there is no valid `traceparent`; the upstream request gets
 //! `traceparent` always, and B3 in the encoding the client used.
-
 //!
-//! B3 is read and written here: OpenTelemetry Rust's only B3 propagator lives in its
-//! deprecated Zipkin exporter crate, and the format is a few fixed fields
-//! (<https://github.com/openzipkin/b3-propagation>).
+//! Read and written here without the OpenTelemetry propagators and without a heap allocation of
+//! their own: most requests are not sampled, and theirs is the path that must cost nothing
+//! (issue 17). The formats are a few fixed fields:
+//! <https://www.w3.org/TR/trace-context/> and <https://github.com/openzipkin/b3-propagation>
+//! (OpenTelemetry Rust's only B3 propagator lives in its deprecated Zipkin exporter crate).
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
-use opentelemetry::Context;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use http::HeaderValue;
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use pingora_http::RequestHeader;
 
-/// Longest `tracestate` taken from a request; a longer one is dropped (W3C lets a vendor
-/// drop it past 512 characters), the trace itself continues.
+/// Longest `tracestate` taken from a request (all its lines together); a longer one is
+/// dropped (W3C lets a vendor drop it past 512 characters), the trace itself continues.
 pub const TRACESTATE_MAX: usize = 512;
+
+/// Most list members W3C allows in a `tracestate`.
+const TRACESTATE_MEMBERS_MAX: usize = 32;
 
 const B3_HEADERS: [&str; 6] = [
     "b3",
@@ -35,94 +37,276 @@ pub enum B3 {
     Multi,
 }
 
-/// The trace a request belongs to, read from its headers.
-#[derive(Debug, Clone)]
+/// The client's span a request continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    /// Its trace.
+    pub trace_id: TraceId,
+    /// Its span, the parent of the proxy's.
+    pub span_id: SpanId,
+    /// Its sampling decision; `None` when a B3 parent left the decision to the proxy.
+    pub sampled: Option<bool>,
+}
+
+/// The trace a request belongs to, read from its headers (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Incoming {
-    /// The parent: a remote span context, or an empty context for a new trace.
-    pub parent: Context,
+    /// The parent, or `None` for a new trace.
+    pub parent: Option<Parent>,
     /// The B3 encoding the client used, if it sent B3 headers.
     pub b3: Option<B3>,
-    /// Whether the parent is B3 without a sampling decision (the proxy makes it).
-    pub deferred: bool,
+    /// Whether the request's `tracestate` goes on with the trace: the parent came from a
+    /// valid `traceparent` and the state is a valid W3C list of at most [`TRACESTATE_MAX`]
+    /// characters. Otherwise it is removed from the upstream request.
+    pub tracestate: bool,
+}
+
+/// The proxy's own span as the upstream request names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The trace (the parent's, or a new one).
+    pub trace_id: TraceId,
+    /// The proxy's span id: the upstream's parent.
+    pub span_id: SpanId,
+    /// Whether the proxy samples (records and exports) its span.
+    pub sampled: bool,
 }
 
 /// Reads the trace context of `req`.
 pub fn extract(req: &RequestHeader) -> Incoming {
-    let headers = Headers(req);
-    let b3 = if req.headers.contains_key("b3") {
+    let h = &req.headers;
+    let b3 = if h.contains_key("b3") {
         Some(B3::Single)
-    } else if req.headers.contains_key("x-b3-traceid") {
+    } else if h.contains_key("x-b3-traceid") {
         Some(B3::Multi)
     } else {
         None
     };
-    if req.headers.contains_key("traceparent") {
-        let cx = TraceContextPropagator::new().extract(&headers);
-        if cx.span().span_context().is_valid() {
-            return Incoming {
-                parent: cx,
-                b3,
-                deferred: false,
-            };
-        }
+    if let Some(parent) = get(req, "traceparent").and_then(parse_traceparent) {
+        return Incoming {
+            parent: Some(parent),
+            b3,
+            tracestate: tracestate_valid(req),
+        };
     }
-    let parsed = match b3 {
-        Some(B3::Single) => headers.get("b3").and_then(parse_b3_single),
-        Some(B3::Multi) => parse_b3_multi(&headers),
+    let parent = match b3 {
+        Some(B3::Single) => get(req, "b3").and_then(parse_b3_single),
+        Some(B3::Multi) => parse_b3_multi(req),
         None => None,
     };
-    if let Some((trace_id, span_id, sampled)) = parsed {
-        let flags = match sampled {
-            Some(true) => TraceFlags::SAMPLED,
-            _ => TraceFlags::default(),
-        };
-        let sc = SpanContext::new(trace_id, span_id, flags, true, Default::default());
-        return Incoming {
-            parent: Context::new().with_remote_span_context(sc),
-            b3,
-            deferred: sampled.is_none(),
-        };
-    }
     Incoming {
-        parent: Context::new(),
+        parent,
         b3,
-        deferred: false,
+        tracestate: false,
     }
 }
 
-/// Writes `span` as the parent of the upstream request: `traceparent` (and `tracestate`),
-/// and B3 headers in the encoding `b3` when the client sent B3. Stale incoming trace headers
-/// are removed first, so the upstream never sees two different parents.
-pub fn inject(span: &SpanContext, b3: Option<B3>, req: &mut RequestHeader) {
-    req.remove_header("tracestate");
-    let cx = Context::new().with_remote_span_context(span.clone());
-    TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(req));
-    if span.trace_state().header().is_empty() {
+/// The request's `tracestate` as the OpenTelemetry SDK holds it (for a sampled span, whose
+/// exported data carries it); empty unless [`Incoming::tracestate`].
+pub fn trace_state(req: &RequestHeader, incoming: &Incoming) -> TraceState {
+    if !incoming.tracestate {
+        return TraceState::default();
+    }
+    let lines: Vec<&str> = req
+        .headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    lines.join(",").parse().unwrap_or_default()
+}
+
+/// The value of the header `name`, when there is exactly one and it is text.
+fn get<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    let mut all = req.headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()
+}
+
+/// `{version}-{trace id}-{parent id}-{flags}` (W3C Trace Context, level 1): version `00` has
+/// exactly these four fields; a later version may append more after a `-`, which are ignored.
+fn parse_traceparent(v: &str) -> Option<Parent> {
+    let v = v.trim_matches([' ', '\t']).as_bytes();
+    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let version = hex_u64(&v[0..2])?;
+    if version == 0xff || (version == 0 && v.len() != 55) {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace_id = hex_u128(&v[3..35]).filter(|id| *id != 0)?;
+    let span_id = hex_u64(&v[36..52]).filter(|id| *id != 0)?;
+    let flags = hex_u64(&v[53..55])?;
+    Some(Parent {
+        trace_id: TraceId::from(trace_id),
+        span_id: SpanId::from(span_id),
+        sampled: Some(flags & 1 == 1),
+    })
+}
+
+/// Whether the request's `tracestate` lines form one valid W3C list (at most 32 members of
+/// `key=value`, [`TRACESTATE_MAX`] characters in all), checked without copying it.
+fn tracestate_valid(req: &RequestHeader) -> bool {
+    let mut total = 0;
+    let mut members = 0;
+    for line in req.headers.get_all("tracestate") {
+        total += line.len() + 1;
+        if total > TRACESTATE_MAX + 1 {
+            return false;
+        }
+        let Ok(line) = line.to_str() else {
+            return false;
+        };
+        for member in line.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            members += 1;
+            if members > TRACESTATE_MEMBERS_MAX || !tracestate_member(member) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// `key=value`: a key of lower-case letters, digits and `_-*/` starting with a letter (or
+/// `tenant@system`), a value of printable characters but `,` and `=`, not ending in a space.
+fn tracestate_member(m: &str) -> bool {
+    let Some((key, value)) = m.split_once('=') else {
+        return false;
+    };
+    let key_char = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/".contains(&c);
+    let key_ok = match key.split_once('@') {
+        None => {
+            key.len() <= 256
+                && key.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+                && key.bytes().all(key_char)
+        }
+        Some((tenant, system)) => {
+            (1..=241).contains(&tenant.len())
+                && tenant
+                    .as_bytes()
+                    .first()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && tenant.bytes().all(key_char)
+                && (1..=14).contains(&system.len())
+                && system.as_bytes()[0].is_ascii_lowercase()
+                && system.bytes().all(key_char)
+        }
+    };
+    key_ok
+        && (1..=256).contains(&value.len())
+        && !value.ends_with(' ')
+        && value
+            .bytes()
+            .all(|c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+}
+
+/// Writes the proxy's span as the parent of the upstream request: `traceparent`, the client's
+/// `tracestate` kept only when `keep_tracestate`, and B3 headers in the encoding `b3` when the
+/// client sent B3. Stale incoming trace headers are replaced, so the upstream never sees two
+/// parents. The values are built on the stack; the header map copies them.
+pub fn inject(own: &Outgoing, keep_tracestate: bool, b3: Option<B3>, req: &mut RequestHeader) {
+    let trace = hex32(own.trace_id);
+    let span = hex16(own.span_id);
+    let mut tp = [0u8; 55];
+    tp[..3].copy_from_slice(b"00-");
+    tp[3..35].copy_from_slice(&trace);
+    tp[35] = b'-';
+    tp[36..52].copy_from_slice(&span);
+    tp[52..].copy_from_slice(if own.sampled { b"-01" } else { b"-00" });
+    set(req, "traceparent", &tp);
+    if !keep_tracestate {
         req.remove_header("tracestate");
     }
-    if let Some(b3) = b3 {
-        for h in B3_HEADERS {
-            req.remove_header(h);
+    let Some(b3) = b3 else {
+        return;
+    };
+    for h in B3_HEADERS {
+        req.remove_header(h);
+    }
+    let sampled: &'static str = if own.sampled { "1" } else { "0" };
+    match b3 {
+        B3::Single => {
+            let mut v = [0u8; 51];
+            v[..32].copy_from_slice(&trace);
+            v[32] = b'-';
+            v[33..49].copy_from_slice(&span);
+            v[49] = b'-';
+            v[50] = sampled.as_bytes()[0];
+            set(req, "b3", &v);
         }
-        let sampled = if span.is_sampled() { "1" } else { "0" };
-        let mut out = HeadersMut(req);
-        match b3 {
-            B3::Single => out.set(
-                "b3",
-                format!("{}-{}-{sampled}", span.trace_id(), span.span_id()),
-            ),
-            B3::Multi => {
-                out.set("x-b3-traceid", span.trace_id().to_string());
-                out.set("x-b3-spanid", span.span_id().to_string());
-                out.set("x-b3-sampled", sampled.to_string());
+        B3::Multi => {
+            set(req, "x-b3-traceid", &trace);
+            set(req, "x-b3-spanid", &span);
+            if let Err(e) = req.insert_header("x-b3-sampled", HeaderValue::from_static(sampled)) {
+                tracing::debug!(error = %e, "Could not set x-b3-sampled");
             }
         }
     }
 }
 
+/// Sets `name` to `value` (hex digits and dashes, always a valid header value).
+fn set(req: &mut RequestHeader, name: &'static str, value: &[u8]) {
+    let result = HeaderValue::from_bytes(value)
+        .map_err(|e| e.to_string())
+        .and_then(|v| req.insert_header(name, v).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::debug!(error = %e, header = name, "Could not set trace header");
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex32(id: TraceId) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in id.to_bytes().iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    out
+}
+
+fn hex16(id: SpanId) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, b) in id.to_bytes().iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    out
+}
+
+/// Lower-case hex digits only (W3C and B3 both refuse upper case).
+fn lower_hex(s: &[u8]) -> bool {
+    s.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+fn hex_u128(s: &[u8]) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 || !lower_hex(s) {
+        return None;
+    }
+    u128::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
+fn hex_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 || !lower_hex(s) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
 /// `{trace id}-{span id}[-{sampling}[-{parent span id}]]`; the sampling state is `None` when
 /// absent (the receiver decides).
-fn parse_b3_single(v: &str) -> Option<(TraceId, SpanId, Option<bool>)> {
+fn parse_b3_single(v: &str) -> Option<Parent> {
     let mut parts = v.split('-');
     let trace_id = b3_trace_id(parts.next()?)?;
     let span_id = b3_span_id(parts.next()?)?;
@@ -135,83 +319,56 @@ fn parse_b3_single(v: &str) -> Option<(TraceId, SpanId, Option<bool>)> {
     if let Some(parent) = parts.next() {
         b3_span_id(parent)?;
     }
-    parts
-        .next()
-        .is_none()
-        .then_some((trace_id, span_id, sampled))
+    parts.next().is_none().then_some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+    })
 }
 
 /// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled` (`1`/`0`, or `true`/`false` of old
 /// clients), `X-B3-Flags: 1` (debug, implies sampled).
-fn parse_b3_multi(h: &Headers<'_>) -> Option<(TraceId, SpanId, Option<bool>)> {
-    let trace_id = b3_trace_id(h.get("x-b3-traceid")?)?;
-    let span_id = b3_span_id(h.get("x-b3-spanid")?)?;
-    let sampled = if h.get("x-b3-flags") == Some("1") {
+fn parse_b3_multi(req: &RequestHeader) -> Option<Parent> {
+    let trace_id = b3_trace_id(get(req, "x-b3-traceid")?)?;
+    let span_id = b3_span_id(get(req, "x-b3-spanid")?)?;
+    let sampled = if get(req, "x-b3-flags") == Some("1") {
         Some(true)
     } else {
-        match h.get("x-b3-sampled") {
+        match get(req, "x-b3-sampled") {
             None => None,
             Some("1" | "true") => Some(true),
             Some("0" | "false") => Some(false),
             Some(_) => return None,
         }
     };
-    Some((trace_id, span_id, sampled))
-}
-
-fn lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+    })
 }
 
 /// 32 or 16 lower-case hex digits (a 64-bit id is the low half), not all zero.
 fn b3_trace_id(s: &str) -> Option<TraceId> {
-    if !(s.len() == 32 || s.len() == 16) || !lower_hex(s) {
+    if !(s.len() == 32 || s.len() == 16) {
         return None;
     }
-    let id = u128::from_str_radix(s, 16).ok()?;
+    let id = hex_u128(s.as_bytes())?;
     (id != 0).then(|| TraceId::from(id))
 }
 
 /// 16 lower-case hex digits, not all zero.
 fn b3_span_id(s: &str) -> Option<SpanId> {
-    if s.len() != 16 || !lower_hex(s) {
+    if s.len() != 16 {
         return None;
     }
-    let id = u64::from_str_radix(s, 16).ok()?;
+    let id = hex_u64(s.as_bytes())?;
     (id != 0).then(|| SpanId::from(id))
-}
-
-struct Headers<'a>(&'a RequestHeader);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        let v = self.0.headers.get(key)?.to_str().ok()?;
-        if key == "tracestate" && v.len() > TRACESTATE_MAX {
-            return None;
-        }
-        Some(v)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.headers.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct HeadersMut<'a>(&'a mut RequestHeader);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let Err(e) = self.0.insert_header(key.to_string(), value) {
-            tracing::debug!(error = %e, header = key, "Could not set trace header");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId};
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
@@ -224,75 +381,131 @@ mod tests {
         r
     }
 
-    fn parent(i: &Incoming) -> SpanContext {
-        i.parent.span().span_context().clone()
+    fn parent(i: &Incoming) -> Parent {
+        i.parent.expect("a parent")
+    }
+
+    fn trace() -> TraceId {
+        TraceId::from_hex(TRACE).unwrap()
     }
 
     #[test]
     fn w3c_parent_with_tracestate() {
         let tp = format!("00-{TRACE}-{SPAN}-01");
-        let i = extract(&req(&[("traceparent", &tp), ("tracestate", "a=1,b=2")]));
+        let r = req(&[("traceparent", &tp), ("tracestate", "a=1,b=2")]);
+        let i = extract(&r);
         let p = parent(&i);
-        assert_eq!(p.trace_id(), TraceId::from_hex(TRACE).unwrap());
-        assert_eq!(p.span_id(), SpanId::from_hex(SPAN).unwrap());
-        assert!(p.is_sampled() && p.is_remote());
-        assert_eq!(p.trace_state().header(), "a=1,b=2");
+        assert_eq!(p.trace_id, trace());
+        assert_eq!(p.span_id, SpanId::from_hex(SPAN).unwrap());
+        assert_eq!(p.sampled, Some(true));
+        assert!(i.tracestate);
+        assert_eq!(trace_state(&r, &i).header(), "a=1,b=2");
         assert_eq!(i.b3, None);
+        // Flags 00: not sampled; unknown flags are ignored; a later version may add fields.
+        let i = extract(&req(&[("traceparent", &format!("00-{TRACE}-{SPAN}-00"))]));
+        assert_eq!(parent(&i).sampled, Some(false));
+        assert!(i.tracestate, "no tracestate is a valid (empty) one");
+        let i = extract(&req(&[("traceparent", &format!("00-{TRACE}-{SPAN}-09"))]));
+        assert_eq!(parent(&i).sampled, Some(true));
+        let i = extract(&req(&[(
+            "traceparent",
+            &format!("cc-{TRACE}-{SPAN}-01-what"),
+        )]));
+        assert_eq!(parent(&i).trace_id, trace());
+        // Two lines of tracestate are one list.
+        let r = req(&[
+            ("traceparent", &tp),
+            ("tracestate", "a=1"),
+            ("tracestate", "t@sys=x y"),
+        ]);
+        let i = extract(&r);
+        assert!(i.tracestate);
+        assert_eq!(trace_state(&r, &i).header(), "a=1,t@sys=x y");
     }
 
     #[test]
-    fn bad_traceparent_starts_a_new_trace_and_long_tracestate_is_dropped() {
+    fn bad_traceparent_starts_a_new_trace_and_bad_or_long_tracestate_is_dropped() {
         for bad in [
-            "00-xyz-00f067aa0ba902b7-01",
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-xyz-00f067aa0ba902b7-01".to_string(),
+            String::new(),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            format!("ff-{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-0x"),
+            format!("00-{TRACE}-{SPAN}x01"),
+            format!("00-{TRACE}-{SPAN}-01").replace('-', "_"),
+            format!("cc-{TRACE}-{SPAN}-01x"),
         ] {
+            let i = extract(&req(&[("traceparent", &bad), ("tracestate", "a=1")]));
+            assert_eq!(i.parent, None, "{bad:?}");
             assert!(
-                !parent(&extract(&req(&[("traceparent", bad)]))).is_valid(),
-                "{bad:?}"
+                !i.tracestate,
+                "{bad:?}: no tracestate without its traceparent"
             );
         }
         let tp = format!("00-{TRACE}-{SPAN}-01");
+        let two = req(&[("traceparent", &tp), ("traceparent", &tp)]);
+        assert_eq!(extract(&two).parent, None, "two parents: none is trusted");
         let long = format!("a={}", "x".repeat(TRACESTATE_MAX));
-        let p = parent(&extract(&req(&[
-            ("traceparent", &tp),
-            ("tracestate", &long),
-        ])));
-        assert!(p.is_valid());
-        assert_eq!(p.trace_state().header(), "");
+        let many = (0..33)
+            .map(|n| format!("k{n}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            long.as_str(),
+            many.as_str(),
+            "A=1",
+            "a",
+            "a=",
+            "a=1=",
+            "1a=1",
+            "a=b=c",
+            "a@=1",
+            "a@toolongsystemid=1",
+        ] {
+            let r = req(&[("traceparent", &tp), ("tracestate", bad)]);
+            let i = extract(&r);
+            assert_eq!(parent(&i).trace_id, trace(), "{bad:?}: the trace goes on");
+            assert!(!i.tracestate, "{bad:?}");
+            assert_eq!(trace_state(&r, &i).header(), "");
+        }
+        let ok = "a=1, ,b-c/d*e_f=x~y, 0t@s=v";
+        assert!(extract(&req(&[("traceparent", &tp), ("tracestate", ok)])).tracestate);
     }
 
     #[test]
     fn b3_single_and_multi() {
         let i = extract(&req(&[("b3", &format!("{TRACE}-{SPAN}-1"))]));
         assert_eq!(i.b3, Some(B3::Single));
-        assert_eq!(parent(&i).trace_id(), TraceId::from_hex(TRACE).unwrap());
-        assert!(parent(&i).is_sampled() && !i.deferred);
+        assert_eq!(parent(&i).trace_id, trace());
+        assert_eq!(parent(&i).sampled, Some(true));
         let i = extract(&req(&[
             ("X-B3-TraceId", TRACE),
             ("X-B3-SpanId", SPAN),
             ("X-B3-Sampled", "0"),
         ]));
         assert_eq!(i.b3, Some(B3::Multi));
-        assert_eq!(parent(&i).span_id(), SpanId::from_hex(SPAN).unwrap());
-        assert!(!parent(&i).is_sampled());
+        assert_eq!(parent(&i).span_id, SpanId::from_hex(SPAN).unwrap());
+        assert_eq!(parent(&i).sampled, Some(false));
+        assert!(!i.tracestate, "B3 carries no tracestate");
         // No sampling decision: the proxy takes it.
         let i = extract(&req(&[("b3", &format!("{TRACE}-{SPAN}"))]));
-        assert!(i.deferred);
-        assert_eq!(parent(&i).trace_flags(), TraceFlags::default());
+        assert_eq!(parent(&i).sampled, None);
         // 64-bit trace ids, debug, parent span id.
         let i = extract(&req(&[(
             "b3",
             &format!("a3ce929d0e0e4736-{SPAN}-d-{SPAN}"),
         )]));
-        assert_eq!(parent(&i).trace_id(), TraceId::from(0xa3ce929d0e0e4736u128));
-        assert!(parent(&i).is_sampled());
+        assert_eq!(parent(&i).trace_id, TraceId::from(0xa3ce929d0e0e4736u128));
+        assert_eq!(parent(&i).sampled, Some(true));
         let i = extract(&req(&[
             ("X-B3-TraceId", TRACE),
             ("X-B3-SpanId", SPAN),
             ("X-B3-Flags", "1"),
         ]));
-        assert!(parent(&i).is_sampled() && !i.deferred);
+        assert_eq!(parent(&i).sampled, Some(true));
     }
 
     #[test]
@@ -307,7 +520,8 @@ mod tests {
             format!("{TRACE}x-{SPAN}"),
         ] {
             let i = extract(&req(&[("b3", &bad)]));
-            assert!(!parent(&i).is_valid(), "{bad:?}");
+            assert_eq!(i.parent, None, "{bad:?}");
+            assert_eq!(i.b3, Some(B3::Single), "still answered in B3");
         }
     }
 
@@ -319,19 +533,17 @@ mod tests {
             ("traceparent", &tp),
             ("b3", &format!("{other}-{SPAN}-1")),
         ]));
-        assert_eq!(parent(&i).trace_id(), TraceId::from_hex(TRACE).unwrap());
+        assert_eq!(parent(&i).trace_id, trace());
         assert_eq!(i.b3, Some(B3::Single), "B3 is still sent on");
     }
 
     #[test]
     fn inject_replaces_stale_headers() {
-        let own = SpanContext::new(
-            TraceId::from_hex(TRACE).unwrap(),
-            SpanId::from_hex("1111111111111111").unwrap(),
-            TraceFlags::SAMPLED,
-            false,
-            Default::default(),
-        );
+        let own = Outgoing {
+            trace_id: trace(),
+            span_id: SpanId::from_hex("1111111111111111").unwrap(),
+            sampled: true,
+        };
         let mut r = req(&[
             ("traceparent", "garbage"),
             ("tracestate", "stale=1"),
@@ -340,22 +552,44 @@ mod tests {
             ("X-B3-ParentSpanId", "2222222222222222"),
             ("X-B3-Sampled", "1"),
         ]);
-        inject(&own, Some(B3::Multi), &mut r);
-        let h = |k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
+        inject(&own, false, Some(B3::Multi), &mut r);
+        let h =
+            |r: &RequestHeader, k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(
-            h("traceparent").unwrap(),
+            h(&r, "traceparent").unwrap(),
             format!("00-{TRACE}-1111111111111111-01")
         );
-        assert_eq!(h("tracestate"), None);
-        assert_eq!(h("x-b3-spanid").as_deref(), Some("1111111111111111"));
-        assert_eq!(h("x-b3-parentspanid"), None);
-        assert_eq!(h("x-b3-sampled").as_deref(), Some("1"));
+        assert_eq!(h(&r, "tracestate"), None);
+        assert_eq!(h(&r, "x-b3-traceid").as_deref(), Some(TRACE));
+        assert_eq!(h(&r, "x-b3-spanid").as_deref(), Some("1111111111111111"));
+        assert_eq!(h(&r, "x-b3-parentspanid"), None);
+        assert_eq!(h(&r, "x-b3-sampled").as_deref(), Some("1"));
         assert_eq!(r.headers.get_all("traceparent").iter().count(), 1);
         let mut r = req(&[("b3", "whatever")]);
-        inject(&own, Some(B3::Single), &mut r);
+        inject(&own, false, Some(B3::Single), &mut r);
+        assert_eq!(h(&r, "b3").unwrap(), format!("{TRACE}-1111111111111111-1"));
+        // Not sampled: flags 00 and B3 sampling 0; a valid tracestate kept as it came.
+        let own = Outgoing {
+            sampled: false,
+            ..own
+        };
+        let mut r = req(&[("tracestate", "a=1"), ("tracestate", "b=2")]);
+        inject(&own, true, None, &mut r);
         assert_eq!(
-            r.headers.get("b3").unwrap().to_str().unwrap(),
-            format!("{TRACE}-1111111111111111-1")
+            h(&r, "traceparent").unwrap(),
+            format!("00-{TRACE}-1111111111111111-00")
         );
+        let states: Vec<_> = r.headers.get_all("tracestate").iter().collect();
+        assert_eq!(states, ["a=1", "b=2"]);
+        let mut r = req(&[]);
+        inject(&own, false, Some(B3::Single), &mut r);
+        assert_eq!(h(&r, "b3").unwrap(), format!("{TRACE}-1111111111111111-0"));
+    }
+
+    #[test]
+    fn hex_of_ids() {
+        assert_eq!(&hex32(trace()), TRACE.as_bytes());
+        assert_eq!(&hex16(SpanId::from_hex(SPAN).unwrap()), SPAN.as_bytes());
+        assert_eq!(&hex16(SpanId::from(u64::MAX)), b"ffffffffffffffff");
     }
 }

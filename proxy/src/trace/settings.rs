@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use opentelemetry_sdk::trace::Sampler;
-
 use crate::config::{Config, OtlpProtocol};
 
 /// Longest environment value quoted in an error or warning.
@@ -58,23 +56,6 @@ pub enum Root {
     AlwaysOff,
     /// This share of new traces (by trace id).
     Ratio(f64),
-}
-
-impl SamplerSpec {
-    /// The SDK sampler.
-    pub fn sampler(self) -> Sampler {
-        let root = |r: Root| match r {
-            Root::AlwaysOn => Sampler::AlwaysOn,
-            Root::AlwaysOff => Sampler::AlwaysOff,
-            Root::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        };
-        match self {
-            SamplerSpec::AlwaysOn => Sampler::AlwaysOn,
-            SamplerSpec::AlwaysOff => Sampler::AlwaysOff,
-            SamplerSpec::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerSpec::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
-        }
-    }
 }
 
 /// Everything tracing needs; `None` from [`resolve`] means tracing is off.
