@@ -135,7 +135,7 @@ pub fn swap_delta(store: &TableStore, bytes: &[u8], origin: &str) -> Result<u64,
             let applied = start.elapsed();
             let version = table.version;
             let services = table.len();
-            store.store(table);
+            store.store_delta(table, bytes);
             tracing::info!(
                 origin,
                 version,
@@ -245,5 +245,150 @@ mod tests {
         let e = apply_json(&store, &bad, "test").unwrap_err().to_string();
         assert!(e.len() < 400, "{} bytes", e.len());
         assert!(e.contains("[1048576 bytes]"), "{e}");
+    }
+
+    fn delta(
+        base: u64,
+        version: u64,
+        changed: Vec<config_model::ServiceSpec>,
+        removed: &[(&str, &str, u16)],
+    ) -> Vec<u8> {
+        serde_json::to_vec(&TableDelta {
+            schema_version: config_model::SCHEMA_VERSION,
+            base_version: base,
+            version,
+            changed,
+            removed: removed
+                .iter()
+                .map(|(ns, name, port)| config_model::ServiceKey {
+                    namespace: (*ns).into(),
+                    name: (*name).into(),
+                    port: *port,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn gzip(json: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// The table an upgrade would hand over, as the controller's whole table is compared:
+    /// parsed, services in key order.
+    fn handed_over(store: &TableStore) -> config_model::TableSpec {
+        let json = store.json().expect("a table to hand over");
+        let mut spec: config_model::TableSpec = serde_json::from_slice(&json).unwrap();
+        spec.sort_services();
+        spec
+    }
+
+    #[test]
+    fn after_deltas_the_upgrade_hands_over_the_table_of_the_version_served() {
+        let store = TableStore::new();
+        let full = serde_json::to_vec(&table(
+            1,
+            vec![
+                http("a", "web", 5000, &["10.0.0.1:80"]),
+                http("a", "old", 5000, &["10.0.0.2:80"]),
+            ],
+        ))
+        .unwrap();
+        // As the controller sends it: gzip, kept so.
+        swap_json_body(&store, full.clone(), Some(gzip(&full)), "test").unwrap();
+        let d2 = delta(
+            1,
+            2,
+            vec![
+                http("a", "web", 5000, &["10.0.0.9:80"]),
+                http("a", "cart", 5000, &["10.0.0.3:80"]),
+            ],
+            &[],
+        );
+        assert_eq!(swap_delta(&store, &d2, "test").unwrap(), 2);
+        let d3 = delta(2, 3, vec![], &[("a", "old", 80)]);
+        assert_eq!(swap_delta(&store, &d3, "test").unwrap(), 3);
+
+        let mut expected = table(
+            3,
+            vec![
+                http("a", "web", 5000, &["10.0.0.9:80"]),
+                http("a", "cart", 5000, &["10.0.0.3:80"]),
+            ],
+        );
+        expected.sort_services();
+        assert_eq!(handed_over(&store), expected);
+
+        // The new process reads it into the very table the old one serves.
+        let new = TableStore::new();
+        assert_eq!(apply_json(&new, &store.json().unwrap(), "test").unwrap(), 3);
+        let t = new.load();
+        let web = &t[t.http_route(5000, "web.a.maille.mesh").unwrap()];
+        assert_eq!(web.endpoints[0].addr.to_string(), "10.0.0.9:80");
+        assert!(t.http_route(5000, "cart.a.maille.mesh").is_some());
+        assert!(t.http_route(5000, "old.a.maille.mesh").is_none());
+
+        // A refused delta changes nothing kept; a whole table replaces the deltas.
+        let bad = delta(3, 4, vec![http("a", "web", 5000, &["10.0.0.9"])], &[]);
+        assert!(swap_delta(&store, &bad, "test").is_err());
+        assert_eq!(handed_over(&store), expected);
+        let full5 =
+            serde_json::to_vec(&table(5, vec![http("a", "x", 5000, &["10.0.0.5:80"])])).unwrap();
+        apply_json(&store, &full5, "test").unwrap();
+        assert_eq!(store.kept_deltas().map(|k| k.0), Some(0));
+        assert_eq!(&store.json().unwrap()[..], &full5[..]);
+        // A table stored without JSON hands none over.
+        store.store(config_model::Table::try_from(table(6, vec![])).unwrap());
+        assert!(store.json().is_none());
+    }
+
+    #[test]
+    fn many_deltas_are_folded_into_the_kept_table_and_stay_bounded() {
+        let store = TableStore::new();
+        let services: Vec<_> = (0..50)
+            .map(|i| http("a", &format!("s{i}"), 5000, &["10.0.0.1:80"]))
+            .collect();
+        let full = serde_json::to_vec(&table(1, services.clone())).unwrap();
+        swap_json_body(&store, full.clone(), Some(gzip(&full)), "test").unwrap();
+        let mut expected = table(1, services);
+        let mut most = 0;
+        for v in 2..=2000u64 {
+            let i = (v % 50) as usize;
+            let ip = format!("10.0.{}.{}:80", v / 250, v % 250);
+            let changed = http("a", &format!("s{i}"), 5000, &[&ip]);
+            expected.services[i] = changed.clone();
+            swap_delta(&store, &delta(v - 1, v, vec![changed], &[]), "test").unwrap();
+            let (bytes, _, _) = store.kept_deltas().unwrap();
+            most = most.max(bytes);
+        }
+        // Let the last fold finish.
+        let start = Instant::now();
+        while store.kept_deltas().unwrap().1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "fold still running"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (bytes, _, bound) = store.kept_deltas().unwrap();
+        let one = delta(1, 2, vec![http("a", "s1", 5000, &["10.0.0.1:80"])], &[]).len();
+        // 2,000 deltas of about 300 bytes: 600 KB unfolded. Kept: the bound, plus what came
+        // while a fold ran (a few at most here).
+        assert!(2000 * one > 4 * bound, "{one} bytes a delta, bound {bound}");
+        assert!(
+            bytes <= bound,
+            "{bytes} kept after the folds, bound {bound}"
+        );
+        assert!(
+            most <= bound + 200 * one,
+            "{most} kept at most, bound {bound}"
+        );
+        expected.version = 2000;
+        expected.sort_services();
+        assert_eq!(handed_over(&store), expected);
     }
 }

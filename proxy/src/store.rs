@@ -76,6 +76,107 @@ impl From<Arc<[u8]>> for TableJson {
     }
 }
 
+impl TableJson {
+    fn len(&self) -> usize {
+        match self {
+            TableJson::Plain(b) | TableJson::Gzip(b) => b.len(),
+        }
+    }
+
+    /// Whether both are the same kept bytes (not a copy).
+    fn same(&self, other: &TableJson) -> bool {
+        match (self, other) {
+            (TableJson::Plain(a), TableJson::Plain(b))
+            | (TableJson::Gzip(a), TableJson::Gzip(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The plain JSON (inflated when kept as gzip).
+    fn inflate(&self) -> std::io::Result<Arc<[u8]>> {
+        match self {
+            TableJson::Plain(json) => Ok(json.clone()),
+            TableJson::Gzip(gz) => {
+                use std::io::Read;
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out)?;
+                Ok(out.into())
+            }
+        }
+    }
+}
+
+/// What is kept to hand the current table over on upgrade: the last whole table, and the
+/// deltas (their JSON, in order) applied since, folded into it when they grow
+/// ([`fold_bound`]) or at the hand-over.
+#[derive(Clone, Debug)]
+struct Kept {
+    full: TableJson,
+    deltas: Vec<Arc<[u8]>>,
+    delta_bytes: usize,
+    /// A fold of the first deltas runs (one at a time).
+    folding: bool,
+}
+
+/// Delta bytes kept beside a whole table of `full_len` bytes (in its kept form) before they
+/// are folded into it: a quarter of it, at least 64 KiB.
+fn fold_bound(full_len: usize) -> usize {
+    (full_len / 4).max(64 << 10)
+}
+
+/// Why the kept table and deltas could not be made into the JSON of one table.
+#[derive(Debug, thiserror::Error)]
+enum FoldError {
+    #[error("the kept table does not inflate: {0}")]
+    Inflate(std::io::Error),
+    #[error("the kept table does not parse: {0}")]
+    Table(serde_json::Error),
+    #[error("kept delta {index} does not parse: {error}")]
+    Delta {
+        index: usize,
+        error: serde_json::Error,
+    },
+    #[error("kept delta {index} does not apply: {error}")]
+    Apply {
+        index: usize,
+        error: config_model::DeltaError,
+    },
+    #[error("cannot write the folded table: {0}")]
+    Write(std::io::Error),
+}
+
+/// The JSON of the table `full` and `deltas` lead to (plain), and its version.
+fn fold(full: &TableJson, deltas: &[Arc<[u8]>]) -> Result<(Vec<u8>, u64), FoldError> {
+    let json = full.inflate().map_err(FoldError::Inflate)?;
+    let mut spec: config_model::TableSpec =
+        serde_json::from_slice(&json).map_err(FoldError::Table)?;
+    drop(json);
+    for (index, bytes) in deltas.iter().enumerate() {
+        let delta: config_model::TableDelta =
+            serde_json::from_slice(bytes).map_err(|error| FoldError::Delta { index, error })?;
+        config_model::delta::apply_to_spec(&mut spec, &delta)
+            .map_err(|error| FoldError::Apply { index, error })?;
+    }
+    let out = serde_json::to_vec(&spec).map_err(|e| FoldError::Write(e.into()))?;
+    Ok((out, spec.version))
+}
+
+/// [`fold`], kept in the same form as `full` (gzip stays gzip).
+fn fold_kept(full: &TableJson, deltas: &[Arc<[u8]>]) -> Result<(TableJson, u64), FoldError> {
+    let (json, version) = fold(full, deltas)?;
+    Ok(match full {
+        TableJson::Plain(_) => (TableJson::Plain(json.into()), version),
+        TableJson::Gzip(_) => {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&json).map_err(FoldError::Write)?;
+            drop(json);
+            let gz = gz.finish().map_err(FoldError::Write)?;
+            (TableJson::Gzip(gz.into()), version)
+        }
+    })
+}
+
 /// Holds the table every listener (HTTP, TCP, UDP) routes with.
 #[derive(Debug)]
 pub struct TableStore {
@@ -84,8 +185,10 @@ pub struct TableStore {
     /// The lock also makes applies one at a time; requests never take it.
     endpoints: Mutex<EndpointRegistry>,
     ready: AtomicBool,
-    /// The JSON the current table was built from, handed to a new process on upgrade.
-    json: Mutex<Option<TableJson>>,
+    /// The JSON the current table was built from (a whole table and the deltas since),
+    /// handed to a new process on upgrade. Taken before the table is swapped, so that the
+    /// table served and the JSON kept change together.
+    json: Arc<Mutex<Option<Kept>>>,
     /// When known, tables are checked against them: services that cannot be routed are
     /// accepted, warned about (once per service per table) and counted.
     listeners: Option<Listeners>,
@@ -102,7 +205,7 @@ impl Default for TableStore {
             current: ArcSwap::from_pointee(CompiledTable::default()),
             endpoints: Mutex::new(EndpointRegistry::default()),
             ready: AtomicBool::new(false),
-            json: Mutex::new(None),
+            json: Arc::default(),
             listeners: None,
             unroutable: Mutex::new(Vec::new()),
             node: None,
@@ -208,39 +311,117 @@ impl TableStore {
     /// form, as it came: plain or gzip), which is kept to hand over to a new process on
     /// upgrade. Returns the previous table.
     pub fn store_json(&self, table: Table, json: impl Into<TableJson>) -> Arc<CompiledTable> {
+        let mut kept = self.json.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.swap(table);
-        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = Some(json.into());
+        *kept = Some(Kept {
+            full: json.into(),
+            deltas: Vec::new(),
+            delta_bytes: 0,
+            folding: false,
+        });
+        old
+    }
+
+    /// Replaces the table whole with one a delta (`delta`: its JSON) led to from the current
+    /// one. The delta is kept beside the whole table kept, so that an upgrade hands over this
+    /// very table; past [`fold_bound`] the deltas are folded into the whole table on a thread
+    /// of their own, off the request path and without holding up this swap. Returns the
+    /// previous table.
+    pub fn store_delta(&self, table: Table, delta: &[u8]) -> Arc<CompiledTable> {
+        let version = table.version;
+        let mut guard = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.swap(table);
+        let Some(kept) = guard.as_mut() else {
+            // No whole table to apply it to (a fold failed): the next whole one brings it back.
+            return old;
+        };
+        kept.deltas.push(Arc::from(delta));
+        kept.delta_bytes += delta.len();
+        if kept.folding || kept.delta_bytes <= fold_bound(kept.full.len()) {
+            return old;
+        }
+        kept.folding = true;
+        let (full, deltas) = (kept.full.clone(), kept.deltas.clone());
+        let shared = self.json.clone();
+        let spawned = std::thread::Builder::new()
+            .name("maille-table-fold".into())
+            .spawn(move || {
+                let folded = fold_kept(&full, &deltas);
+                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(kept) = guard.as_mut() else {
+                    return;
+                };
+                // A whole table came meanwhile: this fold is of no use.
+                if !kept.full.same(&full) {
+                    return;
+                }
+                kept.folding = false;
+                match folded {
+                    Ok((folded, _)) => {
+                        let n = deltas.len();
+                        kept.full = folded;
+                        kept.deltas.drain(..n);
+                        kept.delta_bytes = kept.deltas.iter().map(|d| d.len()).sum();
+                        tracing::debug!(version, deltas = n, bytes = kept.full.len(), "Kept table deltas folded for an upgrade");
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            version,
+                            %error,
+                            "Cannot fold the table deltas kept for an upgrade; an upgrade hands no table over until the next whole table"
+                        );
+                        *guard = None;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "Cannot start folding the table deltas kept for an upgrade; they are dropped");
+            *guard = None;
+        }
         old
     }
 
     /// Replaces the table whole and marks the store ready. Returns the previous table.
     /// A table stored this way has no JSON form: an upgrade hands none over (the new process
-    /// then waits for its source); sources use [`Self::store_json`].
+    /// then waits for its source); sources use [`Self::store_json`] and [`Self::store_delta`].
     pub fn store(&self, table: Table) -> Arc<CompiledTable> {
+        let mut kept = self.json.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.swap(table);
-        *self.json.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *kept = None;
         old
     }
 
-    /// The JSON of the current table, when it came with one ([`Self::store_json`]); inflated
-    /// when it is kept as gzip. `None` also when the gzip form does not inflate (it did when
-    /// the table was read).
+    /// The JSON of the current table, when it came with one ([`Self::store_json`], and
+    /// [`Self::store_delta`] since): the whole table kept, inflated when kept as gzip, with
+    /// the deltas kept applied. `None`, with an error logged, when that fails or does not
+    /// lead to the version served.
     pub fn json(&self) -> Option<Arc<[u8]>> {
-        let kept = self
-            .json
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        match kept {
-            TableJson::Plain(json) => Some(json),
-            TableJson::Gzip(gz) => {
-                use std::io::Read;
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(&gz[..])
-                    .read_to_end(&mut out)
-                    .inspect_err(|e| tracing::error!(error = %e, "The kept table does not inflate"))
-                    .ok()?;
-                Some(out.into())
+        let (kept, serving) = {
+            let kept = self.json.lock().unwrap_or_else(|p| p.into_inner());
+            (kept.clone()?, self.current.load().version)
+        };
+        let result = if kept.deltas.is_empty() {
+            // The version of a table read whole is the one served.
+            kept.full
+                .inflate()
+                .map_err(FoldError::Inflate)
+                .map(|json| (json, serving))
+        } else {
+            fold(&kept.full, &kept.deltas).map(|(json, version)| (json.into(), version))
+        };
+        match result {
+            Ok((json, version)) if version == serving => Some(json),
+            Ok((_, version)) => {
+                tracing::error!(
+                    version,
+                    serving,
+                    "The kept table is not the one served; none handed over"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::error!(version = serving, %error, "Cannot make the JSON of the table served; none handed over");
+                None
             }
         }
     }
@@ -272,6 +453,15 @@ impl TableStore {
             .table_last_swap
             .set(i64::try_from(now).unwrap_or(i64::MAX));
         old
+    }
+
+    /// Bytes of the deltas kept beside the whole table, whether a fold of them runs, and
+    /// the fold bound of the whole table kept: `None` when nothing is kept.
+    #[cfg(test)]
+    pub(crate) fn kept_deltas(&self) -> Option<(usize, bool, usize)> {
+        let kept = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        kept.as_ref()
+            .map(|k| (k.delta_bytes, k.folding, fold_bound(k.full.len())))
     }
 
     /// Whether a first valid table has been stored.

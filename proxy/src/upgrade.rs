@@ -533,7 +533,7 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = quit.recv() => {
-                    let (path, fds, table) = (self.path.clone(), self.fds.clone(), self.store.json());
+                    let (path, fds, store) = (self.path.clone(), self.fds.clone(), self.store.clone());
                     // A thread of its own rather than the runtime's blocking pool: a runtime
                     // waits for its blocking tasks when dropped, and a hand-over that waits
                     // for the new process must not hold up the exit after SIGTERM.
@@ -541,6 +541,9 @@ impl ShutdownSignalWatch for Signals {
                     let spawned = std::thread::Builder::new()
                         .name("maille-upgrade".into())
                         .spawn(move || {
+                            // The current table's JSON: the kept deltas folded into the kept
+                            // whole table, off the runtime's threads.
+                            let table = store.json();
                             let _ = tx.send(send(&path, &fds, table.as_deref(), CONFIRM_WAIT));
                         });
                     if let Err(e) = spawned {
