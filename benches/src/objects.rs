@@ -146,7 +146,7 @@ mod tests {
         let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
         let t = translate(&snapshot(n, 3), &settings, &mut alloc);
         assert!(t.problems.is_empty(), "{:?}", t.problems);
-        let mut got = t.table.services.clone();
+        let mut got = t.table.spec().services;
         let mut want = fixtures::table(n, 3).services;
         let key = |s: &config_model::ServiceSpec| (s.namespace.clone(), s.name.clone());
         got.sort_by_key(key);

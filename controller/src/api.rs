@@ -20,11 +20,12 @@ use axum::Router;
 use config_model::{ServiceKey, TableSpec};
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::translate::{ObjectStatus, ServiceStatus};
+use crate::translate::{ObjectStatus, ServiceStatus, SharedTable, StatusRows, Translation};
 
 /// Names the controller process that served a table: a delta is only computed for a client
 /// that names this process, whose history its version belongs to (another replica, or an
@@ -119,8 +120,8 @@ pub struct Published {
     pub version: u64,
     /// `"<version>"`.
     pub etag: String,
-    /// The table, services in key order.
-    spec: Arc<TableSpec>,
+    /// The table (shared with the translation it came from).
+    table: SharedTable,
     /// The changes that led here, oldest first; the last one ends at this version.
     history: Vec<Arc<Change>>,
     full: Encoded,
@@ -136,7 +137,7 @@ impl Published {
 
     fn full(&self, gzip: bool) -> (Bytes, bool) {
         self.full.get(gzip, || {
-            Bytes::from(serde_json::to_vec(&*self.spec).expect("table serialises"))
+            Bytes::from(serde_json::to_vec(&self.table).expect("table serialises"))
         })
     }
 
@@ -158,16 +159,54 @@ impl Published {
                 .flat_map(|c| c.workloads.iter().map(String::as_str))
                 .collect();
             let nodes = changes.iter().any(|c| c.nodes);
-            let delta = self.spec.delta_with(base, keys, workloads, nodes);
+            let delta = self.table.delta_with(base, keys, workloads, nodes);
             Bytes::from(serde_json::to_vec(&delta).expect("delta serialises"))
         }))
+    }
+}
+
+/// The `/api/services` rows of the last translation published, serialised when first asked
+/// for.
+#[derive(Debug, Default)]
+struct Rows {
+    rows: StatusRows,
+    objects: Vec<ObjectStatus>,
+    json: OnceLock<Bytes>,
+}
+
+impl Rows {
+    /// The service ports' rows followed by the other objects' rows, as one JSON list.
+    fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| {
+                #[derive(Serialize)]
+                #[serde(untagged)]
+                enum Row<'a> {
+                    Port(&'a ServiceStatus),
+                    Object(&'a ObjectStatus),
+                }
+                let mut out = vec![b'['];
+                let rows =
+                    (self.rows.iter().map(Row::Port)).chain(self.objects.iter().map(Row::Object));
+                for (i, row) in rows.enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut out, &row).expect("service statuses serialise");
+                }
+                out.push(b']');
+                Bytes::from(out)
+            })
+            .clone()
     }
 }
 
 /// The last table published and the changes before it.
 #[derive(Debug)]
 struct Last {
-    spec: Option<Arc<TableSpec>>,
+    table: Option<SharedTable>,
+    /// The translator and number of the last translation published, when it had them.
+    lineage: Option<(u64, u64)>,
     version: u64,
     history: VecDeque<Arc<Change>>,
     /// Keys in `history`, summed: the history is cut when it outgrows the table.
@@ -179,7 +218,7 @@ struct Last {
 pub struct ApiState {
     current: watch::Sender<Option<Arc<Published>>>,
     last: Mutex<Last>,
-    services: Mutex<Bytes>,
+    services: Mutex<Arc<Rows>>,
     ready: AtomicBool,
     /// Lines appended to `/ready`: watch health and leadership.
     detail: Mutex<String>,
@@ -207,12 +246,13 @@ impl ApiState {
         Arc::new(ApiState {
             current: watch::Sender::new(None),
             last: Mutex::new(Last {
-                spec: None,
+                table: None,
+                lineage: None,
                 version: first_version,
                 history: VecDeque::new(),
                 history_keys: 0,
             }),
-            services: Mutex::new(Bytes::from_static(b"[]")),
+            services: Mutex::new(Arc::default()),
             ready: AtomicBool::new(false),
             detail: Mutex::new(String::new()),
             origin: origin_id(),
@@ -242,8 +282,8 @@ impl ApiState {
 
     /// Serves this table, and in `/api/services` the service ports followed by the other
     /// objects that have problems. The version grows only when the table differs from the one
-    /// served; returns the version now served. Costs a sort and one comparison walk of the
-    /// table: the JSON is made when a client first asks for it.
+    /// served; returns the version now served. Costs a walk of both tables: the rebuild loop
+    /// publishes translations ([`ApiState::publish_translation`]), which say what changed.
     pub fn publish(
         &self,
         table: TableSpec,
@@ -258,29 +298,44 @@ impl ApiState {
     /// that saw the same cluster state number their tables alike.
     pub fn publish_at(
         &self,
-        mut table: TableSpec,
+        table: TableSpec,
         services: &[ServiceStatus],
         objects: &[ObjectStatus],
         revision: u64,
     ) -> u64 {
-        #[derive(serde::Serialize)]
-        #[serde(untagged)]
-        enum Row<'a> {
-            Port(&'a ServiceStatus),
-            Object(&'a ObjectStatus),
-        }
-        let rows: Vec<Row<'_>> = services
-            .iter()
-            .map(Row::Port)
-            .chain(objects.iter().map(Row::Object))
-            .collect();
-        let services = serde_json::to_vec(&rows).expect("service statuses serialise");
-        *self.services.lock().expect("services lock") = Bytes::from(services);
-        table.sort_services();
+        let t = Translation {
+            table: SharedTable::from_spec(table),
+            services: StatusRows::from_rows(services),
+            objects: objects.to_vec(),
+            ..Translation::default()
+        };
+        self.publish_translation(&t, revision)
+    }
+
+    /// Serves the table and rows of this translation, with a version of at least `revision`
+    /// when the table changed (see [`ApiState::publish_at`]). A translation that follows the
+    /// last one published from the same translator says what changed; the cost is then in
+    /// proportion to that: the table and rows are shared, not copied, and their JSON is made
+    /// when a client first asks for it.
+    pub fn publish_translation(&self, t: &Translation, revision: u64) -> u64 {
+        *self.services.lock().expect("services lock") = Arc::new(Rows {
+            rows: t.services.clone(),
+            objects: t.objects.clone(),
+            json: OnceLock::new(),
+        });
+        let mut table = t.table.clone();
         let mut last = self.last.lock().expect("table lock");
-        let changes = match &last.spec {
+        let follows = match (&t.lineage, last.lineage) {
+            (Some(l), Some((id, seq))) => l.translator == id && l.seq == seq + 1,
+            _ => false,
+        };
+        last.lineage = t.lineage.as_ref().map(|l| (l.translator, l.seq));
+        let changes = match &last.table {
             Some(prev) => {
-                let changes = prev.changes(&table);
+                let changes = match &t.lineage {
+                    Some(l) if follows => l.changes.clone(),
+                    _ => prev.changes(&table),
+                };
                 if changes.is_empty()
                     && prev.acl == table.acl
                     && prev.mtls == table.mtls
@@ -294,7 +349,6 @@ impl ApiState {
         };
         let version = (last.version + 1).max(revision);
         table.version = version;
-        let spec = Arc::new(table);
         if let Some(changes) = changes {
             let change = Change {
                 from: last.version,
@@ -305,7 +359,7 @@ impl ApiState {
             last.history_keys += change.len();
             last.history.push_back(Arc::new(change));
         }
-        let bound = (spec.services.len() + spec.workloads.len()).max(1024);
+        let bound = (table.services.len() + table.workloads.len()).max(1024);
         while last.history.len() > DELTA_HISTORY
             || (last.history_keys > bound && last.history.len() > 1)
         {
@@ -313,13 +367,13 @@ impl ApiState {
                 last.history_keys -= c.len();
             }
         }
-        last.spec = Some(spec.clone());
+        last.table = Some(table.clone());
         last.version = version;
         let history = last.history.iter().cloned().collect();
         self.current.send_replace(Some(Arc::new(Published {
             version,
             etag: format!("\"{version}\""),
-            spec,
+            table,
             history,
             full: Encoded::default(),
             deltas: Mutex::new(HashMap::new()),
@@ -624,8 +678,8 @@ async fn configuration(
 }
 
 async fn services(State(state): State<Arc<ApiState>>) -> Response {
-    let body = state.services.lock().expect("services lock").clone();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let rows = state.services.lock().expect("services lock").clone();
+    ([(header::CONTENT_TYPE, "application/json")], rows.json()).into_response()
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {

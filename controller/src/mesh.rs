@@ -15,6 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::problem::{ObjectRef, Problem};
 
+mod index;
+
+pub use index::MeshIndex;
+
 /// The Pod annotation that moves a node proxy's tunnel off `--proxy-tunnel-port`.
 pub const TUNNEL_PORT_ANNOTATION: &str = "maille.io/tunnel-port";
 

@@ -11,6 +11,8 @@ use prometheus::{
 pub struct Metrics {
     /// `maille_controller_rebuilds_total`.
     pub rebuilds: IntCounter,
+    /// `maille_controller_translations_total`.
+    pub translations: IntCounter,
     /// `maille_controller_rebuild_duration_seconds`.
     pub rebuild_duration: Histogram,
     /// `maille_controller_objects_watched{kind}`.
@@ -53,6 +55,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Routing table rebuilds (a burst of object changes gives one)."
     )
     .expect("register maille_controller_rebuilds_total"),
+    translations: register_int_counter!(
+        "maille_controller_translations_total",
+        "Rebuilds that put a table together again (one for changes translation does not read, such as a Pod readiness flip, puts nothing together)."
+    )
+    .expect("register maille_controller_translations_total"),
     rebuild_duration: register_histogram!(
         "maille_controller_rebuild_duration_seconds",
         "Time to translate the objects into a validated table.",

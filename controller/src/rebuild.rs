@@ -29,6 +29,8 @@ pub struct Rebuilder {
     reported: BTreeSet<Problem>,
     /// The last translation, as published.
     last: Option<Arc<Translation>>,
+    /// Rebuilds that put a table together (not those that found nothing to redo).
+    translations: u64,
     /// Kubernetes provider: TCP/UDP ports come from the shadow services of this mesh namespace
     /// at every rebuild, not from this replica's memory.
     ports_from_shadows: Option<String>,
@@ -51,6 +53,7 @@ impl Rebuilder {
             out,
             reported: BTreeSet::new(),
             last: None,
+            translations: 0,
             ports_from_shadows: None,
         }
     }
@@ -73,6 +76,11 @@ impl Rebuilder {
     /// What the last rebuild translated again.
     pub fn work(&self) -> crate::translate::Work {
         self.translator.work()
+    }
+
+    /// Rebuilds so far that put a table together again (the others found nothing to redo).
+    pub fn translations(&self) -> u64 {
+        self.translations
     }
 
     /// Translates, publishes, and returns the translation.
@@ -114,9 +122,9 @@ impl Rebuilder {
                 self.translator.translate(snapshot, &mut self.alloc)
             }
         };
-        let version =
-            self.api
-                .publish_at(t.table.clone(), &t.services, &t.objects, snapshot.revision);
+        self.translations += 1;
+        m.translations.inc();
+        let version = self.api.publish_translation(&t, snapshot.revision);
         t.table.version = version;
         m.rebuild_duration.observe(start.elapsed().as_secs_f64());
         m.rebuilds.inc();

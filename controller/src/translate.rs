@@ -7,8 +7,10 @@
 //! changes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use config_model::{ServiceKey, ServiceSpec, TableSpec, TrafficType, SCHEMA_VERSION};
+use config_model::delta::Changes;
+use config_model::{ServiceKey, ServiceSpec, TrafficType, SCHEMA_VERSION};
 use serde::Serialize;
 
 use crate::alloc::PortAllocator;
@@ -21,8 +23,13 @@ mod checks;
 mod entries;
 mod gateway_pass;
 mod objects;
+mod output;
+mod shared;
 mod smi_pass;
 mod status;
+
+pub use output::{ServiceList, SharedTable, StatusRows};
+pub use shared::SharedMap;
 
 use entries::Entry;
 use objects::Name;
@@ -30,23 +37,38 @@ use objects::Name;
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The result of one translation.
+/// The result of one translation. The table, the rows and the shadows share their unchanged
+/// entries with those of the translation before.
 #[derive(Clone, Debug, Default)]
 pub struct Translation {
     /// The table to serve; validated as a whole. Its `version` is set by the publisher.
-    pub table: TableSpec,
+    pub table: SharedTable,
     /// One entry per service port considered (meshed or refused), for `/api/services`.
-    pub services: Vec<ServiceStatus>,
+    pub services: StatusRows,
     /// The other objects with problems (SMI objects, manifests files, services without a port
     /// entry), for `/api/services`.
     pub objects: Vec<ObjectStatus>,
     /// Shadow services to keep in the mesh namespace, by shadow name.
-    pub shadows: BTreeMap<String, ShadowSpec>,
+    pub shadows: SharedMap<String, ShadowSpec>,
     /// Every problem found, sorted.
     pub problems: Vec<Problem>,
     /// What Maille concluded for every Gateway API route with a Service parent, for the
     /// `status.parents[]` the leader writes.
     pub route_statuses: Vec<crate::gateway::status::RouteOutcome>,
+    /// Which translation this one follows and what changed in the table since it, so that the
+    /// publisher need not compare the tables; `None` for a translation made some other way.
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a translation stands among those of one [`Translator`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// The translator (unique in the process).
+    pub translator: u64,
+    /// The translation's number: 1 for the first of its translator.
+    pub seq: u64,
+    /// What differs in the table from translation `seq - 1` (everything for the first).
+    pub changes: Changes,
 }
 
 /// The status of one service port, as `/api/services` shows it.
@@ -136,11 +158,25 @@ pub struct Translator {
     gateway: gateway_pass::GatewayPass,
     checks: checks::Checks,
     work: Work,
-    /// Node proxies and workloads, as of the last Pod change.
-    mesh: Option<crate::mesh::MeshPart>,
+    /// Node proxies and the Pods' problems (and, when the index cannot say, every
+    /// workload), as of the last Pod change.
+    mesh: Option<MeshOut>,
+    /// What each Pod contributes to the mesh part, kept per Pod event.
+    mesh_index: crate::mesh::MeshIndex,
+    /// Workload addresses whose entry differs from the assembled table's.
+    mesh_pending: BTreeSet<String>,
     /// The port stage's and the provider's problems at the last `translate_if_changed`.
     last_problems: Option<Vec<Problem>>,
+    /// Services to put together again at the next assembly (touched since the last one).
+    dirty: BTreeSet<Name>,
+    /// The assembled result of the last call.
+    assembly: status::Assembly,
+    /// This translator's number, for [`Lineage`].
+    id: u64,
 }
+
+/// Numbers of translators made so far.
+static TRANSLATORS: AtomicU64 = AtomicU64::new(0);
 
 /// The work of the last [`Translator::translate`], for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +190,34 @@ pub struct Work {
     pub gateway: bool,
     /// Whether the node proxies or workloads changed.
     pub mesh: bool,
+}
+
+/// The mesh part as of the last Pod change.
+#[derive(Debug, Default)]
+struct MeshOut {
+    /// Node proxies, by node name.
+    nodes: Vec<config_model::NodeSpec>,
+    /// Pods left out, sorted.
+    problems: Vec<Problem>,
+    /// Every workload by address, when the index cannot say ([`crate::mesh::MeshIndex::whole`]).
+    whole: Option<Vec<config_model::WorkloadSpec>>,
+}
+
+impl MeshOut {
+    /// The workload of this address (as the table writes it).
+    fn workload(
+        &self,
+        index: &crate::mesh::MeshIndex,
+        ip: &str,
+    ) -> Option<config_model::WorkloadSpec> {
+        match &self.whole {
+            Some(all) => all
+                .binary_search_by(|w| w.ip.as_str().cmp(ip))
+                .ok()
+                .map(|i| all[i].clone()),
+            None => index.workload(ip),
+        }
+    }
 }
 
 /// What one Service has come to so far.
@@ -176,7 +240,12 @@ impl Translator {
             checks: checks::Checks::default(),
             work: Work::default(),
             mesh: None,
+            mesh_index: crate::mesh::MeshIndex::default(),
+            mesh_pending: BTreeSet::new(),
             last_problems: None,
+            dirty: BTreeSet::new(),
+            assembly: status::Assembly::default(),
+            id: TRANSLATORS.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
@@ -203,7 +272,10 @@ impl Translator {
         let problems = self.update(snapshot, alloc);
         let same = self.work == Work::default() && self.last_problems.as_ref() == Some(&problems);
         self.last_problems = Some(problems.clone());
-        (!same).then(|| status::assemble(self, problems))
+        if same {
+            return None;
+        }
+        Some(status::assemble(self, problems))
     }
 
     /// Stages 1 to 5; returns the problems of the port stage and the provider.
@@ -246,12 +318,10 @@ impl Translator {
         let (gateway_ran, gateway_touched) = self.gateway.run(&self.services, &touched, snapshot);
         smi_touched.extend(gateway_touched);
 
-        // Beside: node proxies and workloads, from the Pods.
+        // Beside: node proxies and workloads, from the Pods that changed.
         let mut mesh_changed = false;
-        if changes.pods || self.mesh.is_none() {
-            let part = crate::mesh::mesh_part(&snapshot.pods, &self.settings.mesh);
-            mesh_changed = self.mesh.as_ref() != Some(&part);
-            self.mesh = Some(part);
+        if !changes.pods_went.is_empty() || !changes.pods_came.is_empty() || self.mesh.is_none() {
+            mesh_changed = self.update_mesh(&changes, snapshot);
         }
         self.work = Work {
             services: touched.len(),
@@ -268,9 +338,66 @@ impl Translator {
             &self.smi,
             &self.gateway.attached.routes,
         );
+        self.dirty.extend(touched);
+        self.dirty.extend(smi_touched);
 
         problems.extend(snapshot.problems.iter().cloned());
         problems
+    }
+
+    /// Brings the mesh part up to date with the Pods that went and came; returns whether it
+    /// changed (node proxies, workloads or the Pods' problems).
+    fn update_mesh(&mut self, changes: &objects::Changes, snapshot: &Snapshot) -> bool {
+        let settings = &self.settings.mesh;
+        let touched = self
+            .mesh_index
+            .update(&changes.pods_went, &changes.pods_came, settings);
+        let was_whole = self.mesh.as_ref().is_some_and(|m| m.whole.is_some());
+        let held = self.assembly.workloads();
+        let (out, candidates): (MeshOut, Vec<String>) = if self.mesh_index.whole() {
+            // The result depends on the order of all Pods: from scratch, compared whole.
+            let mut part = crate::mesh::mesh_part(&snapshot.pods, settings);
+            part.problems.sort();
+            let mut ips: BTreeSet<String> = held.keys().cloned().collect();
+            ips.extend(part.workloads.iter().map(|w| w.ip.clone()));
+            let out = MeshOut {
+                nodes: part.nodes,
+                problems: part.problems,
+                whole: Some(part.workloads),
+            };
+            (out, ips.into_iter().collect())
+        } else {
+            let mut problems = self.mesh_index.problems();
+            problems.sort();
+            let out = MeshOut {
+                nodes: self.mesh_index.node_specs(),
+                problems,
+                whole: None,
+            };
+            let ips: Vec<String> = if was_whole {
+                let mut ips: BTreeSet<String> = held.keys().cloned().collect();
+                ips.extend(self.mesh_index.workloads().into_iter().map(|w| w.ip));
+                ips.into_iter().collect()
+            } else {
+                touched.into_iter().collect()
+            };
+            (out, ips)
+        };
+        for ip in candidates {
+            let want = out.workload(&self.mesh_index, &ip);
+            if want.as_ref() == held.get(ip.as_str()) {
+                self.mesh_pending.remove(&ip);
+            } else {
+                self.mesh_pending.insert(ip);
+            }
+        }
+        let changed = !self.mesh_pending.is_empty()
+            || self
+                .mesh
+                .as_ref()
+                .is_none_or(|m| m.nodes != out.nodes || m.problems != out.problems);
+        self.mesh = Some(out);
+        changed
     }
 
     /// Assigns the TCP/UDP mesh ports and fills each touched Service's `ported`. Returns the

@@ -270,11 +270,13 @@ async fn a_pod_change_changes_one_workload_and_a_readiness_flip_none() {
     pods[7] = Arc::new(moved);
     let second = rebuilder.rebuild(&snap(&pods));
     assert!(rebuilder.work().mesh);
-    let mut a = first.table.clone();
-    let mut b = second.table.clone();
-    a.sort_services();
-    b.sort_services();
-    let c = a.changes(&b);
+    let (a, b) = (&first.table, &second.table);
+    let c = a.changes(b);
+    assert_eq!(
+        second.lineage.as_ref().map(|l| &l.changes),
+        Some(&c),
+        "the translation says what changed, as a walk of both tables finds"
+    );
     assert_eq!(c.workloads, ["10.0.0.7"]);
     assert!(c.services.is_empty() && !c.nodes);
     let v2 = api.current().unwrap().version;
@@ -288,4 +290,64 @@ async fn a_pod_change_changes_one_workload_and_a_readiness_flip_none() {
     assert_eq!(d.workloads_changed.len(), 1);
     assert_eq!(d.workloads_changed[0].node, "n2");
     assert!(serde_json::to_vec(&d).unwrap().len() < 300);
+}
+
+/// Issue 14 gap 4: the mesh part is kept per Pod event. Among 10,000 Pods, one Pod moving to
+/// another node touches its own address only, and the index says what `mesh_part` over all the
+/// Pods says.
+#[test]
+fn one_pod_change_among_ten_thousand_touches_one_workload() {
+    let settings = strict();
+    let mut pods: Vec<Arc<Pod>> = (0..10_000u32)
+        .map(|i| {
+            let ip = format!("10.1.{}.{}", i >> 8, i & 255);
+            Arc::new(pod(
+                "shop",
+                &format!("p{i}"),
+                &format!("n{}", i % 50),
+                &ip,
+                "sa",
+            ))
+        })
+        .collect();
+    // Two node proxies, one of them contested, and two Pods sharing an address.
+    let proxy = |name: &str, node: &str, ip: &str| {
+        labelled(
+            pod("maille", name, node, ip, "proxy"),
+            &[("app.kubernetes.io/name", "maille-proxy")],
+        )
+    };
+    pods.push(Arc::new(proxy("proxy-a", "n1", "10.9.0.1")));
+    pods.push(Arc::new(proxy("proxy-b", "n1", "10.9.0.2")));
+    pods.push(Arc::new(pod("shop", "twin", "n3", "10.1.0.5", "sa")));
+    let mut index = MeshIndex::default();
+    let touched = index.update(&[], &pods, &settings);
+    assert_eq!(touched.len(), 10_000);
+    let same = |index: &MeshIndex, pods: &[Arc<Pod>]| {
+        let whole = mesh_part(pods, &settings);
+        assert!(!index.whole());
+        assert_eq!(index.node_specs(), whole.nodes);
+        assert_eq!(index.workloads(), whole.workloads);
+        let (mut a, mut b) = (index.problems(), whole.problems);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    };
+    same(&index, &pods);
+    assert_eq!(index.problems().len(), 2, "{:?}", index.problems());
+
+    let old = pods[4321].clone();
+    let mut moved = (*old).clone();
+    moved.spec.as_mut().unwrap().node_name = Some("n-other".into());
+    pods[4321] = Arc::new(moved);
+    let touched = index.update(&[old], &[pods[4321].clone()], &settings);
+    assert_eq!(touched.into_iter().collect::<Vec<_>>(), ["10.1.16.225"]);
+    assert_eq!(index.workload("10.1.16.225").unwrap().node, "n-other");
+    same(&index, &pods);
+
+    // The first proxy of n1 goes: the other one is n1's now.
+    let gone = pods.remove(10_000);
+    index.update(&[gone], &[], &settings);
+    assert_eq!(index.node_specs()[0].tunnel, "10.9.0.2:15008");
+    same(&index, &pods);
 }

@@ -48,7 +48,7 @@ fn golden(case: &str) -> Translation {
     let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
     let t = translate(&snap, &settings, &mut alloc);
     // Whatever routes give, the table is one a proxy accepts.
-    config_model::Table::try_from(&t.table).expect("the table validates");
+    config_model::Table::try_from(&t.table.spec()).expect("the table validates");
     let got = render(&t);
     let path = golden_dir().join(format!("{case}.json"));
     if std::env::var_os("MAILLE_BLESS").is_some() {
@@ -240,7 +240,7 @@ fn routes_win_over_a_traffic_split_on_the_same_port() {
     let settings = Settings::default();
     let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
     let t = translate(&snap, &settings, &mut alloc);
-    config_model::Table::try_from(&t.table).expect("the table validates");
+    config_model::Table::try_from(&t.table.spec()).expect("the table validates");
     let web80 = t
         .table
         .services
@@ -293,7 +293,7 @@ fn a_parent_port_left_out_of_the_table_is_not_accepted() {
     let settings = Settings::default();
     let mut alloc = PortAllocator::new(settings.tcp_ports, settings.udp_ports);
     let t = translate(&snap, &settings, &mut alloc);
-    config_model::Table::try_from(&t.table).expect("the table validates");
+    config_model::Table::try_from(&t.table.spec()).expect("the table validates");
     let outcome = |name: &str| {
         t.route_statuses
             .iter()

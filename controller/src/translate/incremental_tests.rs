@@ -229,6 +229,11 @@ fn run(acl: bool, mtls: config_model::MtlsMode, start: &[(u8, u8, u8)], changes:
     let mut lazy = Translator::new(settings.clone());
     let mut alloc_lazy = alloc_inc.clone();
     let mut last_lazy: Option<Translation> = None;
+    let mut prev_inc: Option<Translation> = None;
+    // The incremental translations published as the rebuild loop does (saying what changed),
+    // and their tables published whole (the publisher compares): same versions, same JSON.
+    let told = crate::api::ApiState::new(0, tokio_util::sync::CancellationToken::new());
+    let walked = crate::api::ApiState::new(0, tokio_util::sync::CancellationToken::new());
     for (step, &(kind, i, v)) in std::iter::once(&(255, 0, 0)).chain(changes).enumerate() {
         if kind != 255 {
             let slot = slot_of(kind, i);
@@ -268,13 +273,46 @@ fn run(acl: bool, mtls: config_model::MtlsMode, start: &[(u8, u8, u8)], changes:
         let inc = translator.translate(&snap, &mut alloc_inc);
         let full = translate(&snap, &settings, &mut alloc_full);
         assert_same(&inc, &full, step);
+        let lineage = inc
+            .lineage
+            .as_ref()
+            .expect("a translator's translation has a lineage");
+        match &prev_inc {
+            Some(prev) => assert_eq!(
+                lineage.changes,
+                prev.table.changes(&inc.table),
+                "step {step}: what the translation says changed"
+            ),
+            None => assert_eq!(lineage.seq, 1),
+        }
+        assert_eq!(
+            serde_json::to_value(&inc.table).unwrap(),
+            serde_json::to_value(inc.table.spec()).unwrap(),
+            "step {step}: the shared table's JSON"
+        );
+        let v_told = told.publish_translation(&inc, 0);
+        let v_walked = walked.publish(inc.table.spec(), &inc.services.to_vec(), &inc.objects);
+        assert_eq!(v_told, v_walked, "step {step}: versions");
+        assert_eq!(
+            told.current().unwrap().table_json(),
+            walked.current().unwrap().table_json(),
+            "step {step}: served tables"
+        );
         if let Some(t) = lazy.translate_if_changed(&snap, &mut alloc_lazy) {
+            if let Some(last) = &last_lazy {
+                assert_eq!(
+                    t.lineage.as_ref().map(|l| &l.changes),
+                    Some(&last.table.changes(&t.table)),
+                    "step {step}: what the lazy translation says changed"
+                );
+            }
             last_lazy = Some(t);
         }
         assert_same(last_lazy.as_ref().expect("a first result"), &full, step);
-        if let Err(e) = Table::try_from(&inc.table) {
+        if let Err(e) = Table::try_from(&inc.table.spec()) {
             panic!("step {step}: the proxy refuses the table: {e}");
         }
+        prev_inc = Some(inc);
     }
 }
 
@@ -376,6 +414,7 @@ fn a_pod_update_that_changes_nothing_makes_no_new_version() {
             );
         }
         let version = api.current().unwrap().version;
+        let built = rebuilder.translations();
 
         // p1 becomes ready: same address, account and phase.
         assert_eq!(
@@ -386,11 +425,21 @@ fn a_pod_update_that_changes_nothing_makes_no_new_version() {
         rebuilder.rebuild(&world.snapshot(false));
         assert_eq!(api.current().unwrap().version, version, "acl {acl}");
         assert_eq!(rebuilder.work(), Work::default(), "acl {acl}");
+        assert_eq!(
+            rebuilder.translations(),
+            built,
+            "nothing put together, acl {acl}"
+        );
 
         // A Pod that moves to another address is a change, in ACL mode.
         world.set(Slot::Pod(1), 4);
         let t = rebuilder.rebuild(&world.snapshot(false));
         assert_eq!(rebuilder.work().smi, acl, "acl {acl}");
+        assert_eq!(
+            rebuilder.translations(),
+            built + u64::from(acl),
+            "acl {acl}"
+        );
         assert_eq!(
             api.current().unwrap().version > version,
             t.table != first.table,

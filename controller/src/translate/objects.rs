@@ -24,6 +24,10 @@ pub(super) struct Changes {
     /// Whether a Pod changed in what translation reads of it (addresses, ServiceAccount, host
     /// network, finished).
     pub pods: bool,
+    /// The Pod objects gone and new since the last call (a Pod updated is in both), whether
+    /// or not they differ in what translation reads.
+    pub pods_went: Vec<Arc<Pod>>,
+    pub pods_came: Vec<Arc<Pod>>,
     /// Whether an SMI object was added, changed or removed.
     pub smi: bool,
 }
@@ -114,6 +118,8 @@ impl Objects {
         went.sort();
         came.sort();
         changes.pods = went != came;
+        changes.pods_went = removed;
+        changes.pods_came = added;
 
         let smi = &snap.smi;
         let smi_ptrs: Vec<usize> = (smi.traffic_targets.iter().map(ptr))

@@ -214,7 +214,7 @@ fn table_level_conflicts_drop_only_the_culprit() {
         "{}",
         t.problems[0]
     );
-    config_model::Table::try_from(&t.table).expect("the served table is valid");
+    config_model::Table::try_from(&t.table.spec()).expect("the served table is valid");
 }
 
 fn svc(
@@ -415,7 +415,7 @@ fn smi_objects_from_manifests_reach_the_table() {
         .map(|b| (b.name.as_str(), b.weight))
         .collect();
     assert_eq!(weights, [("web-v1", 90), ("web-v2", 10)]);
-    config_model::Table::try_from(&t.table).unwrap();
+    config_model::Table::try_from(&t.table.spec()).unwrap();
 }
 
 #[test]
@@ -641,7 +641,7 @@ fn mesh_nodes_workloads_and_identities() {
     assert_eq!(nodes, ["node-a 127.0.1.1:15008", "node-b 127.0.2.1:16008"]);
     let workloads: Vec<_> = table
         .workloads
-        .iter()
+        .values()
         .map(|w| format!("{} {} {}/{}", w.ip, w.node, w.namespace, w.service_account))
         .collect();
     assert_eq!(
@@ -685,7 +685,7 @@ fn mesh_nodes_workloads_and_identities() {
         assert!(problems.contains(needle), "{needle:?} not in\n{problems}");
     }
     // The proxy accepts it.
-    config_model::Table::try_from(table).unwrap();
+    config_model::Table::try_from(&table.spec()).unwrap();
 }
 
 /// Without mutual TLS the same objects give the table they gave before it existed: no

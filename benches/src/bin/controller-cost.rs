@@ -1,0 +1,169 @@
+//! The controller's CPU per change (issue 15's goals: ≤ 10 ms for one changed endpoint at
+//! 10,000 services, ≤ 1 ms and no new table version for a Pod update that changes nothing):
+//! the real rebuild path (`Rebuilder::rebuild`: translation, then publishing to the API) fed
+//! snapshots that share every unchanged object with the last one, as both providers do.
+//! Cases, each repeated and reported as the median and mean of the rebuilding thread's own
+//! CPU time (`/proc/thread-self/schedstat`, nanoseconds) and wall time:
+//! - `endpoint`: one EndpointSlice changes (an endpoint no longer ready, then ready again);
+//! - `pod-noop`: one Pod is replaced by one that differs only in readiness;
+//! - `pod-moved`: with mutual TLS on (workloads in the table), one Pod moves to another node.
+//!
+//! Run: `cargo run --release -p maille-benches --bin controller-cost -- --services 10000`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use maille_benches::{fixtures, objects};
+use maille_controller::api::ApiState;
+use maille_controller::rebuild::Rebuilder;
+use maille_controller::{Settings, Snapshot};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Measures the controller's CPU per change.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Services (one port, one EndpointSlice and one Pod each).
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Endpoints per service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Changes measured per case (after 5 not measured).
+    #[arg(long, default_value_t = 100)]
+    reps: usize,
+    /// Cases to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "endpoint,pod-noop,pod-moved"
+    )]
+    cases: Vec<String>,
+}
+
+/// This thread's CPU time so far, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `i`-th service's Pod, on node `node`, ready or not.
+fn pod(i: usize, endpoints: usize, node: usize, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-0", fixtures::name(i))),
+            namespace: Some(fixtures::namespace(i)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some(fixtures::name(i)),
+            node_name: Some(format!("node-{node}")),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(fixtures::ip(i * endpoints, 11)),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+struct Figures {
+    cpu: Vec<u64>,
+    wall: Vec<u64>,
+}
+
+fn median(v: &mut [u64]) -> f64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e6
+}
+
+fn mean(v: &[u64]) -> f64 {
+    v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1e6
+}
+
+/// Rebuilds alternately from `snaps`, `reps` times after 5 unmeasured.
+fn run(rebuilder: &mut Rebuilder, snaps: &[Snapshot; 2], reps: usize) -> Figures {
+    let mut f = Figures {
+        cpu: Vec::with_capacity(reps),
+        wall: Vec::with_capacity(reps),
+    };
+    for turn in 0..reps + 5 {
+        let snap = &snaps[turn % 2];
+        let (cpu, wall) = (thread_cpu_ns(), Instant::now());
+        let t = rebuilder.rebuild(snap);
+        let (cpu, wall) = (thread_cpu_ns() - cpu, wall.elapsed().as_nanos() as u64);
+        drop(t);
+        if turn >= 5 {
+            f.cpu.push(cpu);
+            f.wall.push(wall);
+        }
+    }
+    f
+}
+
+fn report(case: &str, n: usize, mut f: Figures, extra: &str) {
+    println!(
+        "{case:<10} services={n:<6} cpu_ms median={:>8.3} mean={:>8.3}  wall_ms median={:>8.3}  {extra}",
+        median(&mut f.cpu),
+        mean(&f.cpu),
+        median(&mut f.wall)
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let n = args.services;
+    let e = args.endpoints;
+    for case in &args.cases {
+        let mut settings = Settings::default();
+        let mut base = objects::snapshot(n, e);
+        base.pods = (0..n).map(|i| Arc::new(pod(i, e, i % 100, true))).collect();
+        let snaps: [Snapshot; 2] = match case.as_str() {
+            "endpoint" => {
+                let changed = objects::with_endpoint_not_ready(&base, n / 2, e);
+                [base, changed]
+            }
+            "pod-noop" => {
+                let mut flipped = base.clone();
+                flipped.pods[n / 2] = Arc::new(pod(n / 2, e, (n / 2) % 100, false));
+                [base, flipped]
+            }
+            "pod-moved" => {
+                settings.mesh.mtls = config_model::MtlsMode::Strict;
+                let mut moved = base.clone();
+                moved.pods[n / 2] = Arc::new(pod(n / 2, e, (n / 2 + 1) % 100, true));
+                [base, moved]
+            }
+            other => {
+                eprintln!("unknown case {other:?}: endpoint, pod-noop, pod-moved");
+                std::process::exit(2);
+            }
+        };
+        let api = ApiState::new(0, CancellationToken::new());
+        let (out, _keep) = watch::channel(None);
+        let mut rebuilder = Rebuilder::new(settings, api.clone(), out);
+        let start = Instant::now();
+        rebuilder.rebuild(&snaps[0]);
+        let first_ms = start.elapsed().as_secs_f64() * 1e3;
+        let v0 = api.current().map(|p| p.version).unwrap_or(0);
+        let f = run(&mut rebuilder, &snaps, args.reps);
+        let versions = api.current().map(|p| p.version).unwrap_or(0) - v0;
+        report(
+            case,
+            n,
+            f,
+            &format!("first_rebuild_ms={first_ms:.0} new_versions={versions}"),
+        );
+    }
+}
