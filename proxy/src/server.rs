@@ -130,7 +130,7 @@ impl ProxyServer {
         );
         let fds = upgrade::new_fds();
         let handover = if config.upgrade {
-            let h = upgrade::receive(
+            let mut h = upgrade::receive(
                 &config.upgrade_sock,
                 &config.handover_addrs(),
                 &fds,
@@ -145,10 +145,10 @@ impl ProxyServer {
             if !h.not_handed_over.is_empty() {
                 tracing::warn!(addrs = ?h.not_handed_over, "The running proxy did not listen on these; binding them afresh");
             }
-            match &h.table {
+            match h.table.take() {
                 // Routes from its first request on; the table source then brings newer ones.
                 Some(json) => {
-                    let _ = crate::source::apply_json(&store, json, "the running proxy");
+                    let _ = crate::source::apply_handed_over(&store, json, "the running proxy");
                 }
                 None => tracing::warn!("The running proxy had no routing table to hand over"),
             }

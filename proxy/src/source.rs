@@ -67,6 +67,27 @@ pub fn swap_json_body(
     }
 }
 
+/// [`apply_json`] for the table an upgrade's old process handed over: kept as gzip, as the
+/// controller's are, rather than plain (5.8 MB instead of 0.7 MB at 10,000 services), so that
+/// a proxy after an upgrade holds no more than before it.
+pub fn apply_handed_over(
+    store: &TableStore,
+    json: Vec<u8>,
+    origin: &str,
+) -> Result<u64, JsonError> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let gzip = gz.write_all(&json).and_then(|()| gz.finish()).ok();
+    swap_json_body(store, json, gzip, origin).inspect_err(|e| {
+        tracing::error!(
+            origin,
+            error = %e,
+            kept_version = store.load().version,
+            "Routing table refused; keeping the last good one"
+        );
+    })
+}
+
 /// Swaps in a table read from JSON (`start`: when the reading began), keeping `kept` for an
 /// upgrade, or counts its refusal.
 fn swapped(
@@ -341,6 +362,12 @@ mod tests {
         apply_json(&store, &full5, "test").unwrap();
         assert_eq!(store.kept_deltas().map(|k| k.0), Some(0));
         assert_eq!(&store.json().unwrap()[..], &full5[..]);
+        // The new process keeps what it was handed as gzip, and hands the same table on.
+        let new = TableStore::new();
+        let handed = store.json().unwrap().to_vec();
+        apply_handed_over(&new, handed.clone(), "test").unwrap();
+        assert!(new.kept_is_gzip());
+        assert_eq!(&new.json().unwrap()[..], &handed[..]);
         // A table stored without JSON hands none over.
         store.store(config_model::Table::try_from(table(6, vec![])).unwrap());
         assert!(store.json().is_none());

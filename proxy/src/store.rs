@@ -464,6 +464,13 @@ impl TableStore {
             .map(|k| (k.delta_bytes, k.folding, fold_bound(k.full.len())))
     }
 
+    /// Whether the whole table kept is in gzip form.
+    #[cfg(test)]
+    pub(crate) fn kept_is_gzip(&self) -> bool {
+        let kept = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(kept.as_ref().map(|k| &k.full), Some(TableJson::Gzip(_)))
+    }
+
     /// Whether a first valid table has been stored.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
