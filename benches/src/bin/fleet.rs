@@ -20,7 +20,7 @@ struct Args {
     /// Endpoints per service.
     #[arg(long)]
     endpoints: Option<usize>,
-    /// Fleet sizes (comma-separated); empty for none.
+    /// Fleet sizes (comma-separated); 0 for none (the real proxy alone).
     #[arg(long, value_delimiter = ',')]
     proxies: Option<Vec<usize>>,
     /// Deliveries to measure (comma-separated): full, full-gzip, delta.
@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     opts.services = args.services.unwrap_or(opts.services);
     opts.endpoints = args.endpoints.unwrap_or(opts.endpoints);
     opts.proxies = args.proxies.unwrap_or(opts.proxies);
+    opts.proxies.retain(|&n| n > 0);
     opts.deliveries = args.deliveries.unwrap_or(opts.deliveries);
     opts.deliveries.sort();
     opts.deliveries.dedup();
