@@ -9,6 +9,7 @@
 //! with no failed request; HTTP connections through the tunnel are pooled and reused per
 //! client identity, and those of a broken session are not handed out again.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -483,8 +484,23 @@ async fn carried_by(m: &Mesh, from: [u8; 4]) -> String {
     body
 }
 
+/// The tunnel streams (see [`carried_by`]) that `n` sequential requests of pod `from` rode, a
+/// short pause between them.
+async fn carriers(m: &Mesh, from: [u8; 4], n: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        seen.insert(carried_by(m, from).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
+    // Pingora puts an upstream connection back in its pool just after the answer reaches the
+    // client, so a request can now and then race it and open another connection (same-node
+    // connections alike): the counts below allow a few streams, where each request opened
+    // one of its own before connections through the tunnel were reused.
     let m = Mesh::start(MtlsMode::Strict, false).await;
     let pool = m.a.tunnel().expect("node-a has a tunnel pool");
     let opened = metric(
@@ -492,51 +508,51 @@ async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
         &[("direction", "out"), ("protocol", "tcp"), ("result", "ok")],
     );
     // Sequential requests of one client (each on a new client connection): one stream
-    // carries them all.
-    let first = carried_by(&m, CLIENT).await;
-    for i in 0..19 {
-        assert_eq!(carried_by(&m, CLIENT).await, first, "request {}", i + 2);
-    }
-    assert_eq!(m.be.web_b.hits(), 20);
-    assert_eq!(
-        pool.streams_opened(),
-        1,
-        "one tunnel stream for 20 requests"
+    // carries (nearly) all of them.
+    let mine = carriers(&m, CLIENT, 20).await;
+    assert!(
+        mine.len() <= 3,
+        "20 requests rode {} streams: {mine:?}",
+        mine.len()
     );
-    // Other tests of this binary open streams at the same time: at least ours is counted.
+    assert_eq!(m.be.web_b.hits(), 20);
+    assert_eq!(pool.streams_opened(), mine.len() as u64, "{mine:?}");
+    // Other tests of this binary open streams at the same time: at least ours are counted.
     assert!(
         metric(
             "maille_proxy_tunnel_streams_total",
             &[("direction", "out"), ("protocol", "tcp"), ("result", "ok")],
-        ) >= opened + 1.0
+        ) >= opened + mine.len() as f64
     );
 
-    // Another client identity of the same node: a stream of its own, never the first one's,
+    // Another client identity of the same node: streams of its own, never the first one's,
     // and each keeps its own while they alternate.
-    let other = carried_by(&m, OTHER).await;
-    assert_ne!(other, first, "shop/other never rides shop/client's stream");
-    for _ in 0..5 {
-        assert_eq!(carried_by(&m, CLIENT).await, first);
-        assert_eq!(carried_by(&m, OTHER).await, other);
+    let (mut mine, mut others) = (mine, HashSet::new());
+    for _ in 0..6 {
+        mine.extend(carriers(&m, CLIENT, 1).await);
+        others.extend(carriers(&m, OTHER, 1).await);
     }
-    assert_eq!(pool.streams_opened(), 2);
+    assert!(
+        mine.is_disjoint(&others),
+        "shop/other never rides shop/client's streams: {mine:?} {others:?}"
+    );
+    assert!(mine.len() <= 4 && others.len() <= 3, "{mine:?} {others:?}");
+    assert_eq!(pool.streams_opened(), (mine.len() + others.len()) as u64);
     assert_eq!(m.relay.connections(), 1, "one session carries both");
 
     // The network between the nodes breaks: the pooled connections of that session are not
-    // handed out again; the next request dials a new session and opens a new stream.
+    // handed out again; the next requests dial a new session and open new streams, reused in
+    // turn.
     m.relay.cut();
     eventually("node-a notices the broken session", || pool.sessions() == 0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = carried_by(&m, CLIENT).await;
-    assert_ne!(
-        after, first,
-        "a new stream, hence a new connection to the pod"
+    let before = pool.streams_opened();
+    let after = carriers(&m, CLIENT, 10).await;
+    assert!(
+        after.is_disjoint(&mine),
+        "new streams, hence new connections to the pod: {after:?} {mine:?}"
     );
+    assert!(after.len() <= 3, "10 requests rode {} streams", after.len());
     assert_eq!(m.relay.connections(), 2);
-    assert_eq!(pool.streams_opened(), 3);
-    assert_eq!(
-        carried_by(&m, CLIENT).await,
-        after,
-        "and it is reused in turn"
-    );
+    assert_eq!(pool.streams_opened(), before + after.len() as u64);
 }
