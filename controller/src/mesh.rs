@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use config_model::cut::cut;
-use config_model::mesh::{is_dns_subdomain, MAX_NODES, MAX_WORKLOADS};
-use config_model::{is_dns_label, MtlsMode, NodeSpec, WorkloadSpec};
+use config_model::mesh::{MAX_NODES, MAX_WORKLOADS};
+use config_model::{MtlsMode, NodeSpec, WorkloadSpec};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::problem::{ObjectRef, Problem};
@@ -140,126 +140,63 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
     let who = |i: usize| format!("{}/{}", sorted[i].0, sorted[i].1);
 
     // Node name → (its proxy, position of the proxy Pod in `sorted`).
-    let mut nodes: BTreeMap<&str, (NodeSpec, usize)> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, (NodeSpec, usize)> = BTreeMap::new();
     let mut workloads: Vec<WorkloadSpec> = Vec::new();
     // Address → position of the Pod holding it.
     let mut owners: HashMap<IpAddr, usize> = HashMap::new();
     let mut over = (0usize, 0usize);
     for (i, &(ns, name, pod)) in sorted.iter().enumerate() {
-        if finished(pod) || name.is_empty() {
-            continue;
-        }
-        let spec = pod.spec.as_ref();
-        let Some(node) = spec.and_then(|s| s.node_name.as_deref()) else {
-            continue;
-        };
-        let ips = pod_ips(pod);
-        if ips.is_empty() {
-            continue;
-        }
-        if !is_dns_subdomain(node) {
-            out.problems.push(problem(
-                ns,
-                name,
-                "spec.nodeName",
-                node,
-                "expected a node name (DNS subdomain: a-z, 0-9, -, .; at most 253); the pod is left out of the mesh",
-            ));
-            continue;
-        }
-        let mut addrs: Vec<IpAddr> = Vec::with_capacity(ips.len());
-        for ip in &ips {
-            match ip.parse::<IpAddr>() {
-                Ok(a) if !a.is_unspecified() && !a.is_multicast() => addrs.push(a),
-                _ => out.problems.push(problem(
-                    ns,
-                    name,
-                    "status.podIP",
-                    ip,
-                    "expected the IP address of one pod; the address is left out of the mesh",
-                )),
-            }
-        }
-        let Some(&first) = addrs.first() else {
-            continue;
-        };
-
-        if settings.is_proxy(pod) {
-            let port = match tunnel_port(pod, settings.tunnel_port) {
-                Ok(p) => p,
-                Err(value) => {
-                    out.problems.push(problem(
-                        ns,
-                        name,
-                        &format!("metadata.annotations[{TUNNEL_PORT_ANNOTATION}]"),
-                        &value,
-                        "expected a port from 1 to 65535; the node proxy is left out",
-                    ));
-                    continue;
-                }
-            };
-            match nodes.get(node) {
+        // What the Pod says alone is the index's own reading; what follows is what depends on
+        // the Pods before it in this order.
+        let index::Part { problems, role } = index::part(pod, settings);
+        out.problems.extend(problems);
+        match role {
+            index::Role::Nothing => {}
+            index::Role::Proxy(spec) => match nodes.get(spec.name.as_str()) {
                 Some(&(_, other)) => out.problems.push(Problem::new(
                     ObjectRef::new("Pod", ns, name),
                     format!(
-                        "{ns}/{}: node {node} already has node proxy {}; this one is left out",
+                        "{ns}/{}: node {} already has node proxy {}; this one is left out",
                         cut(name),
+                        spec.name,
                         who(other)
                     ),
                 )),
                 None if nodes.len() >= MAX_NODES => over.0 += 1,
                 None => {
-                    let tunnel = match first {
-                        IpAddr::V4(a) => format!("{a}:{port}"),
-                        IpAddr::V6(a) => format!("[{a}]:{port}"),
-                    };
-                    let spec = NodeSpec {
-                        name: node.to_string(),
-                        tunnel,
-                    };
-                    nodes.insert(node, (spec, i));
+                    nodes.insert(spec.name.clone(), (spec, i));
+                }
+            },
+            index::Role::Workload {
+                node,
+                service_account,
+                addrs,
+            } => {
+                for a in addrs {
+                    if let Some(&owner) = owners.get(&a) {
+                        let owner = who(owner);
+                        out.problems.push(Problem::new(
+                            ObjectRef::new("Pod", ns, name),
+                            format!(
+                                "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
+                                cut(name)
+                            ),
+                        ));
+                        continue;
+                    }
+                    if workloads.len() >= MAX_WORKLOADS {
+                        over.1 += 1;
+                        continue;
+                    }
+                    owners.insert(a, i);
+                    workloads.push(WorkloadSpec {
+                        ip: a.to_string(),
+                        node: node.clone(),
+                        namespace: ns.to_string(),
+                        service_account: service_account.clone(),
+                    });
                 }
             }
-            continue;
-        }
-
-        if spec.and_then(|s| s.host_network).unwrap_or(false) {
-            continue;
-        }
-        let sa = pod_service_account(pod);
-        if !is_dns_subdomain(&sa) || !is_dns_label(ns) {
-            out.problems.push(problem(
-                ns,
-                name,
-                "spec.serviceAccountName",
-                &sa,
-                "expected a ServiceAccount name (DNS subdomain) in a namespace that is a DNS label; the pod has no mesh identity",
-            ));
-            continue;
-        }
-        for a in addrs {
-            if let Some(&owner) = owners.get(&a) {
-                let owner = who(owner);
-                out.problems.push(Problem::new(
-                    ObjectRef::new("Pod", ns, name),
-                    format!(
-                        "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
-                        cut(name)
-                    ),
-                ));
-                continue;
-            }
-            if workloads.len() >= MAX_WORKLOADS {
-                over.1 += 1;
-                continue;
-            }
-            owners.insert(a, i);
-            workloads.push(WorkloadSpec {
-                ip: a.to_string(),
-                node: node.to_string(),
-                namespace: ns.to_string(),
-                service_account: sa.clone(),
-            });
         }
     }
     if over.0 > 0 || over.1 > 0 {

@@ -30,13 +30,13 @@ type Claimant = (PodName, usize, usize);
 
 /// What one Pod contributes, worked out from it alone.
 #[derive(Debug, Default)]
-struct Part {
-    problems: Vec<Problem>,
-    role: Role,
+pub(super) struct Part {
+    pub(super) problems: Vec<Problem>,
+    pub(super) role: Role,
 }
 
 #[derive(Debug, Default)]
-enum Role {
+pub(super) enum Role {
     #[default]
     Nothing,
     Proxy(NodeSpec),
@@ -47,7 +47,8 @@ enum Role {
     },
 }
 
-fn part(pod: &Pod, settings: &MeshSettings) -> Part {
+/// What `pod` contributes on its own ([`super::mesh_part`] reads every Pod through it too).
+pub(super) fn part(pod: &Pod, settings: &MeshSettings) -> Part {
     let mut out = Part::default();
     let m = &pod.metadata;
     let ns = m.namespace.as_deref().unwrap_or("default");
