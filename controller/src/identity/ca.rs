@@ -232,9 +232,6 @@ impl Ca {
         node: &str,
         lifetime: Duration,
     ) -> Result<Signed> {
-        let now = unix_now();
-        let not_before = now - CLOCK_SKEW.as_secs() as i64;
-        let not_after = (now + lifetime.as_secs().max(1) as i64).min(self.not_after);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node);
@@ -254,6 +251,21 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        self.issue(params, public_key, lifetime)
+    }
+
+    /// Signs `params` (names and usages set by the caller) for `public_key`: valid from
+    /// [`CLOCK_SKEW`] ago for `lifetime` (never past the CA's own end), a random serial, the
+    /// CA's key identifier; the chain holds the intermediate when the CA is one.
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
+        lifetime: Duration,
+    ) -> Result<Signed> {
+        let now = unix_now();
+        let not_before = now - CLOCK_SKEW.as_secs() as i64;
+        let not_after = (now + lifetime.as_secs().max(1) as i64).min(self.not_after);
         params.not_before = at(not_before);
         params.not_after = at(not_after);
         let serial = random_serial();
@@ -286,9 +298,6 @@ impl Ca {
         names: &[SanType],
         lifetime: Duration,
     ) -> Result<Signed> {
-        let now = unix_now();
-        let not_before = now - CLOCK_SKEW.as_secs() as i64;
-        let not_after = (now + lifetime.as_secs().max(1) as i64).min(self.not_after);
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "Maille identity server");
@@ -297,25 +306,7 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = at(not_before);
-        params.not_after = at(not_after);
-        let serial = random_serial();
-        let serial_hex: String = serial.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        params.serial_number = Some(serial);
-        params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(public_key, &self.issuer, &self.key)
-            .map_err(|e| Error::Sign(e.to_string()))?;
-        let mut chain_pem = cert.pem();
-        if self.intermediate {
-            chain_pem.push_str(&self.cert_pem);
-        }
-        Ok(Signed {
-            chain_pem,
-            serial: serial_hex,
-            not_before,
-            not_after,
-        })
+        self.issue(params, public_key, lifetime)
     }
 
     /// The CA kept in `dir`: read from `ca.crt` and `ca.key`, or made and written there on
