@@ -107,6 +107,14 @@ impl LocalMesh {
     }
 }
 
+/// Replaces the manifest `file` of the folder `dir` whole (written beside it, then renamed
+/// over it), so the controller's watcher never reads it half written. Panics on an I/O error.
+pub fn write_manifest(dir: &std::path::Path, file: &str, text: &str) {
+    let staged = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, dir.join(file)).unwrap();
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for a
 /// process under test that must be told its port on the command line.
 pub fn free_port() -> u16 {

@@ -5,9 +5,9 @@
 //! `scripts/test-all` builds every binary before the tests; the proxy binary is looked up next
 //! to this test's own target directory.
 
+use maille_controller::testing::write_manifest;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
 
 use maille_controller::testing::{eventually, LocalMesh};
@@ -80,20 +80,13 @@ fn slice(name: &str, port: u16) -> String {
     )
 }
 
-/// Replaces a manifest atomically, so the controller never reads half a file.
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_follows_manifest_edits_within_a_second() {
     let (one, two, three) = (backend("one"), backend("two"), backend("three"));
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "service.yaml", &service("http"));
-    write(dir.path(), "slice-1.yaml", &slice("web-1", one));
-    write(dir.path(), "slice-2.yaml", &slice("web-2", two));
+    write_manifest(dir.path(), "service.yaml", &service("http"));
+    write_manifest(dir.path(), "slice-1.yaml", &slice("web-1", one));
+    write_manifest(dir.path(), "slice-2.yaml", &slice("web-2", two));
 
     let mesh = LocalMesh::start(env!("CARGO_BIN_EXE_maille-controller"), dir.path());
     let (http, tcp) = (mesh.http, mesh.tcp);
@@ -130,7 +123,7 @@ async fn routing_follows_manifest_edits_within_a_second() {
     );
 
     // A new endpoint is used within a second.
-    write(dir.path(), "slice-3.yaml", &slice("web-3", three));
+    write_manifest(dir.path(), "slice-3.yaml", &slice("web-3", three));
     eventually("new endpoint in rotation", second, async || {
         bodies(6).await.iter().any(|b| b == "three").then_some(())
     })
@@ -145,7 +138,7 @@ async fn routing_follows_manifest_edits_within_a_second() {
     .await;
 
     // Changing the traffic type moves the service from the HTTP port to the TCP port.
-    write(dir.path(), "service.yaml", &service("tcp"));
+    write_manifest(dir.path(), "service.yaml", &service("tcp"));
     eventually("service leaves the HTTP listener", second, async || {
         get(http, host).await.filter(|(s, _)| *s == 404)
     })

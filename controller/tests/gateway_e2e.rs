@@ -7,9 +7,9 @@
 //! `scripts/test-all` builds every binary before the tests; the proxy binary is looked up next
 //! to this test's own target directory.
 
+use maille_controller::testing::write_manifest;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use maille_controller::testing::{eventually, LocalMesh};
@@ -200,22 +200,15 @@ spec:
     filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}}}]
 "#;
 
-/// Replaces a manifest atomically, so the controller never reads half a file.
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_scenarios_through_the_real_binaries() {
     let (v1, v2) = (backend("web-v1"), backend("web-v2"));
     let (cart1, cart2) = (backend("cart-v1"), backend("cart-v2"));
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "web.yaml", &(service("web") + &ports(v1)));
-    write(dir.path(), "web-v2.yaml", &(service("web-v2") + &ports(v2)));
-    write(dir.path(), "cart.yaml", &(service("cart") + &ports(cart1)));
-    write(
+    write_manifest(dir.path(), "web.yaml", &(service("web") + &ports(v1)));
+    write_manifest(dir.path(), "web-v2.yaml", &(service("web-v2") + &ports(v2)));
+    write_manifest(dir.path(), "cart.yaml", &(service("cart") + &ports(cart1)));
+    write_manifest(
         dir.path(),
         "cart-v2.yaml",
         &(service("cart-v2") + &ports(cart2)),
@@ -236,7 +229,7 @@ async fn mesh_scenarios_through_the_real_binaries() {
     )
     .await;
 
-    write(dir.path(), "routes.yaml", ROUTES);
+    write_manifest(dir.path(), "routes.yaml", ROUTES);
     // Path match: the routes are in effect (an exact path to web-v2).
     eventually(
         "the routes at the proxy",

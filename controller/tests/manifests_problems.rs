@@ -2,8 +2,8 @@
 //! defined twice are reported in `/api/services` and in the log, while the last good objects
 //! keep being served.
 
+use maille_controller::testing::write_manifest;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use maille_controller::testing::KillOnDrop;
@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80}]\n";
 const SPLIT: &str = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: canary, namespace: shop}\nspec: {service: web, backends: [{service: web, weight: 1}]}\n";
-
-fn write(dir: &Path, file: &str, text: &str) {
-    // Through a rename, so the controller never reads half a file.
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
 
 /// Waits until `ok` holds, polling; panics naming `what` after 20 s.
 async fn eventually<T>(what: &str, mut ok: impl AsyncFnMut() -> Option<T>) -> T {
@@ -38,8 +31,8 @@ async fn eventually<T>(what: &str, mut ok: impl AsyncFnMut() -> Option<T>) -> T 
 #[tokio::test]
 async fn broken_file_and_duplicate_reach_api_services_and_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.yaml", &format!("{SERVICE}---\n{SPLIT}"));
-    write(dir.path(), "b.yaml", SPLIT);
+    write_manifest(dir.path(), "a.yaml", &format!("{SERVICE}---\n{SPLIT}"));
+    write_manifest(dir.path(), "b.yaml", SPLIT);
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_maille-controller"))
             .arg("--manifests")
@@ -116,7 +109,7 @@ async fn broken_file_and_duplicate_reach_api_services_and_the_log() {
     assert_eq!(w["level"], "WARN", "{w}");
 
     // a.yaml stops parsing: reported on a File row and in the log, its objects still used.
-    write(dir.path(), "a.yaml", "kind: [unclosed\n");
+    write_manifest(dir.path(), "a.yaml", "kind: [unclosed\n");
     let file = eventually("the broken file's row", async || {
         row(&rows().await?, "File")
     })
@@ -133,7 +126,7 @@ async fn broken_file_and_duplicate_reach_api_services_and_the_log() {
     assert!(w.to_string().contains("a.yaml"), "{w}");
 
     // Fixed: the File row goes, and the log says the problem is resolved.
-    write(dir.path(), "a.yaml", SERVICE);
+    write_manifest(dir.path(), "a.yaml", SERVICE);
     eventually("the File row gone", async || {
         let rows = rows().await?;
         row(&rows, "File").is_none().then_some(())

@@ -5,6 +5,7 @@
 //! served to a proxy holding the last table as a delta of that one workload; without
 //! `--identity-dir` the table is what it always was.
 
+use maille_controller::testing::write_manifest;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,21 +44,12 @@ fn write_folder(dir: &Path, client_sa: &str) {
         pod("web-1", "shop", "node-b", "127.0.0.20", "web", "{}"),
     ]
     .join("---\n");
-    write_whole(dir, "pods.yaml", &pods);
-    write_whole(
+    write_manifest(dir, "pods.yaml", &pods);
+    write_manifest(
         dir,
         "web.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: [\"127.0.0.20\"], nodeName: node-b}]\nports: [{name: http, port: 8080}]\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: TCPRoute\nmetadata: {name: any, namespace: shop}\nspec: {}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: client-to-web, namespace: shop}\nspec:\n  destination: {kind: ServiceAccount, name: web}\n  rules: [{kind: TCPRoute, name: any}]\n  sources: [{kind: ServiceAccount, name: client}]\n",
     );
-}
-
-/// Writes a file of the folder the way a deploy tool does: beside it, then renamed over it,
-/// so the controller's watcher never reads it truncated (a rewrite in place was once read half
-/// written, and the delta the test waited for named the intermediate table).
-fn write_whole(dir: &Path, name: &str, content: &str) {
-    let staged = dir.join(format!(".{name}.staged"));
-    std::fs::write(&staged, content).unwrap();
-    std::fs::rename(&staged, dir.join(name)).unwrap();
 }
 
 fn start(folder: &Path, extra: &[&str]) -> (KillOnDrop, String) {

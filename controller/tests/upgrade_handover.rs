@@ -3,6 +3,7 @@
 //! table the old one served (the delta's version) from its first request: no 503 waiting for a
 //! controller that does not answer.
 
+use maille_controller::testing::write_manifest;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -82,13 +83,6 @@ fn slice(service: &str, port: u16) -> String {
     )
 }
 
-/// Replaces a manifest atomically, so the controller never reads half a file.
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
 /// The proxy, its log in `log`.
 fn proxy(args: &[String], log: &Path) -> KillOnDrop {
     let out = File::create(log).unwrap();
@@ -117,8 +111,8 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    write(&manifests, "web.yaml", &service("web", "10.96.0.20"));
-    write(&manifests, "web-slice.yaml", &slice("web", one));
+    write_manifest(&manifests, "web.yaml", &service("web", "10.96.0.20"));
+    write_manifest(&manifests, "web-slice.yaml", &slice("web", one));
 
     let (api, http, admin) = (free_port(), free_port(), free_port());
     let controller = KillOnDrop(
@@ -170,9 +164,9 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
     .await;
 
     // A change: web's endpoint moves, a service joins. The controller sends it as a delta.
-    write(&manifests, "web-slice.yaml", &slice("web", two));
-    write(&manifests, "cart.yaml", &service("cart", "10.96.0.21"));
-    write(&manifests, "cart-slice.yaml", &slice("cart", cart));
+    write_manifest(&manifests, "web-slice.yaml", &slice("web", two));
+    write_manifest(&manifests, "cart.yaml", &service("cart", "10.96.0.21"));
+    write_manifest(&manifests, "cart-slice.yaml", &slice("cart", cart));
     eventually("the change at the proxy", patience, async || {
         let web = get(http, "web.shop.maille.mesh").await.ok()?;
         let cart = get(http, "cart.shop.maille.mesh").await.ok()?;
