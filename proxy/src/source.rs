@@ -389,33 +389,41 @@ mod tests {
             let changed = http("a", &format!("s{i}"), 5000, &[&ip]);
             expected.services[i] = changed.clone();
             swap_delta(&store, &delta(v - 1, v, vec![changed], &[]), "test").unwrap();
-            let (bytes, _, _) = store.kept_deltas().unwrap();
-            most = most.max(bytes);
+            if let Some((bytes, _, _)) = store.kept_deltas() {
+                most = most.max(bytes);
+            }
         }
         // Let the last fold finish.
         let start = Instant::now();
-        while store.kept_deltas().unwrap().1 {
+        while store.kept_deltas().is_some_and(|k| k.1) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "fold still running"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (bytes, _, bound) = store.kept_deltas().unwrap();
         let one = delta(1, 2, vec![http("a", "s1", 5000, &["10.0.0.1:80"])], &[]).len();
-        // 2,000 deltas of about 300 bytes: 600 KB unfolded. Kept: the bound, plus what came
-        // while a fold ran (a few at most here).
+        let bound = crate::store::fold_bound(full.len());
+        // 2,000 deltas of about 300 bytes: 600 KB unfolded. Kept: the bound, plus what comes
+        // while a fold runs, never past the hard bound (deltas come here as fast as a loop
+        // makes them, faster than a loaded machine may fold them: then they are dropped, and
+        // with them the table to hand over).
         assert!(2000 * one > 4 * bound, "{one} bytes a delta, bound {bound}");
         assert!(
-            bytes <= bound,
-            "{bytes} kept after the folds, bound {bound}"
-        );
-        assert!(
-            most <= bound + 200 * one,
+            most <= crate::store::KEPT_DELTAS_HARD_BOUND * bound + one,
             "{most} kept at most, bound {bound}"
         );
-        expected.version = 2000;
-        expected.sort_services();
-        assert_eq!(handed_over(&store), expected);
+        match store.kept_deltas() {
+            Some((bytes, _, _)) => {
+                assert!(
+                    bytes <= bound,
+                    "{bytes} kept after the folds, bound {bound}"
+                );
+                expected.version = 2000;
+                expected.sort_services();
+                assert_eq!(handed_over(&store), expected);
+            }
+            None => assert!(store.json().is_none(), "dropped: nothing handed over"),
+        }
     }
 }

@@ -118,9 +118,13 @@ struct Kept {
     folding: bool,
 }
 
+/// While a fold runs, deltas kept beyond this many times [`fold_bound`] are dropped (with the
+/// whole table kept): bounded memory over an upgrade's hand-over when deltas outrun folds.
+pub(crate) const KEPT_DELTAS_HARD_BOUND: usize = 4;
+
 /// Delta bytes kept beside a whole table of `full_len` bytes (in its kept form) before they
 /// are folded into it: a quarter of it, at least 64 KiB.
-fn fold_bound(full_len: usize) -> usize {
+pub(crate) fn fold_bound(full_len: usize) -> usize {
     (full_len / 4).max(64 << 10)
 }
 
@@ -337,7 +341,21 @@ impl TableStore {
         };
         kept.deltas.push(Arc::from(delta));
         kept.delta_bytes += delta.len();
-        if kept.folding || kept.delta_bytes <= fold_bound(kept.full.len()) {
+        let bound = fold_bound(kept.full.len());
+        if kept.folding {
+            // Deltas that come faster than a fold of them ends are dropped past a hard bound
+            // rather than held without one.
+            if kept.delta_bytes > KEPT_DELTAS_HARD_BOUND * bound {
+                tracing::warn!(
+                    version,
+                    bytes = kept.delta_bytes,
+                    "Table deltas come faster than they fold; the deltas kept for an upgrade are dropped: an upgrade hands no table over until the next whole table"
+                );
+                *guard = None;
+            }
+            return old;
+        }
+        if kept.delta_bytes <= bound {
             return old;
         }
         kept.folding = true;
