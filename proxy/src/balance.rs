@@ -1,7 +1,7 @@
 //! Endpoint selection: weighted power-of-two-choices over peak-EWMA latency (as Linkerd does),
-//! with weighted round robin while latency data is missing. Latency state is kept per endpoint
-//! address, so it survives table swaps; each service's [`EndpointPlan`] is built when a table is
-//! compiled, so a pick takes no lock.
+//! with weighted round robin while latency data is missing. Each service's [`EndpointPlan`] is
+//! built when a table is compiled, so a pick takes no lock; it owns the latency state of its
+//! endpoints in one slab, which a table swap carries over ([`EndpointPlan::new`]).
 //!
 //! How a pick works (mode [`Balancer::PeakEwma`](crate::config::Balancer::PeakEwma)):
 //! 1. Two candidates are drawn at random, each with probability proportional to its weight.
@@ -22,7 +22,6 @@
 //! time is up it gets traffic again; one success ends the streak. A pick never finds every
 //! endpoint ejected: if all are, ejection is ignored for that service.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -79,6 +78,21 @@ impl EndpointStats {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the latency estimate and passive-health state, with no request in flight:
+    /// what a new plan of the same service takes over.
+    fn carried(&self) -> Self {
+        let copy = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        let copy32 = |a: &AtomicU32| AtomicU32::new(a.load(Ordering::Relaxed));
+        EndpointStats {
+            ewma_ns: copy(&self.ewma_ns),
+            stamp_ns: copy(&self.stamp_ns),
+            pending: AtomicI64::new(0),
+            failures: copy32(&self.failures),
+            ejections: copy32(&self.ejections),
+            ejected_until_ns: copy(&self.ejected_until_ns),
         }
     }
 
@@ -165,17 +179,40 @@ impl EndpointStats {
     }
 }
 
+/// The statistics of one endpoint of a plan: a share of the plan's slab, so that a pick holds
+/// them past a table swap without a reference count per endpoint.
+#[derive(Clone, Debug)]
+pub struct StatsRef {
+    slab: Arc<[EndpointStats]>,
+    index: usize,
+}
+
+impl StatsRef {
+    /// Whether both are the statistics of the same endpoint of the same slab.
+    pub fn same(&self, other: &StatsRef) -> bool {
+        std::ptr::eq::<EndpointStats>(&**self, &**other)
+    }
+}
+
+impl std::ops::Deref for StatsRef {
+    type Target = EndpointStats;
+
+    fn deref(&self) -> &EndpointStats {
+        &self.slab[self.index]
+    }
+}
+
 /// One endpoint chosen for one attempt. Counts as in flight until dropped.
 #[derive(Debug)]
 pub struct Pick {
     /// Where to connect.
     pub addr: SocketAddr,
-    stats: Arc<EndpointStats>,
+    stats: StatsRef,
     started: Instant,
 }
 
 impl Pick {
-    fn new(addr: SocketAddr, stats: Arc<EndpointStats>) -> Self {
+    fn new(addr: SocketAddr, stats: StatsRef) -> Self {
         stats.pending.fetch_add(1, Ordering::Relaxed);
         Pick {
             addr,
@@ -210,39 +247,67 @@ impl Drop for Pick {
     }
 }
 
+/// Services with more endpoints than this find an address of their previous plan through a
+/// map built for the purpose; fewer are searched in place.
+const CARRY_SCAN_MAX: usize = 16;
+
 /// The endpoints of one service port with their statistics and a weighted picker over them,
 /// built when a table is compiled ([`crate::compiled`]).
 #[derive(Debug)]
 pub struct EndpointPlan {
     /// The service the endpoints are of (shared with the table: the addresses are not copied).
     service: Arc<Service>,
-    stats: Box<[Arc<EndpointStats>]>,
+    /// The statistics of each endpoint, in the order of the service's endpoints: one
+    /// allocation per plan.
+    stats: Arc<[EndpointStats]>,
     picker: WeightedPicker,
 }
 
 impl EndpointPlan {
-    /// The plan of `svc`'s endpoints, with the statistics `registry` holds for their addresses
-    /// (new ones for addresses it has none of), counted as used by this plan
-    /// ([`EndpointRegistry::release`] when the plan is dropped from the table).
-    pub(crate) fn new(svc: &Arc<Service>, registry: &mut EndpointRegistry) -> EndpointPlan {
+    /// The plan of `svc`'s endpoints. `previous`, the plan of the same service port in the
+    /// table before, passes on what it measured: its whole slab when the addresses are the
+    /// same, in the same order (an options change: requests in flight stay counted); else, per
+    /// address it also had, the latency estimate and the passive-health state (requests in
+    /// flight are counted where they were picked, so the new plan starts from none; what they
+    /// observe after the swap updates the old plan only). Addresses it did not have start
+    /// unmeasured.
+    pub(crate) fn new(svc: &Arc<Service>, previous: Option<&EndpointPlan>) -> EndpointPlan {
         EndpointPlan {
             service: svc.clone(),
-            stats: svc
-                .endpoints
-                .iter()
-                .map(|e| registry.acquire(e.addr))
-                .collect(),
+            stats: match previous {
+                Some(p) if same_addresses(&p.service, svc) => p.stats.clone(),
+                Some(p) => carry(p, svc),
+                None => svc.endpoints.iter().map(|_| EndpointStats::new()).collect(),
+            },
             picker: WeightedPicker::new(svc.endpoints.iter().map(|e| e.weight)),
         }
     }
 
     /// The endpoint addresses with their statistics.
-    pub(crate) fn endpoints(&self) -> impl Iterator<Item = (SocketAddr, &Arc<EndpointStats>)> {
+    #[cfg(test)]
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = (SocketAddr, StatsRef)> + '_ {
         self.service
             .endpoints
             .iter()
-            .map(|e| e.addr)
-            .zip(self.stats.iter())
+            .enumerate()
+            .map(|(i, e)| (e.addr, self.stats_ref(i)))
+    }
+
+    /// The statistics of an endpoint address of this plan.
+    pub fn stats_of(&self, addr: &SocketAddr) -> Option<StatsRef> {
+        let i = self
+            .service
+            .endpoints
+            .iter()
+            .position(|e| e.addr == *addr)?;
+        Some(self.stats_ref(i))
+    }
+
+    fn stats_ref(&self, index: usize) -> StatsRef {
+        StatsRef {
+            slab: self.stats.clone(),
+            index,
+        }
     }
 
     /// Number of endpoints.
@@ -256,49 +321,35 @@ impl EndpointPlan {
     }
 }
 
-/// Latency statistics per endpoint address, carried from one compiled table to the next. Only
-/// table compilation touches it (under the store's lock), never a request. Each address
-/// counts the plans of the current table that use it: a table compiled from a delta acquires
-/// the plans it builds ([`EndpointPlan::new`]) and releases those it drops, so the work
-/// follows the size of the change, and an address leaves with its last plan.
-#[derive(Debug, Default)]
-pub(crate) struct EndpointRegistry {
-    stats: HashMap<SocketAddr, (Arc<EndpointStats>, u32)>,
+fn same_addresses(a: &Service, b: &Service) -> bool {
+    a.endpoints.len() == b.endpoints.len()
+        && a.endpoints
+            .iter()
+            .zip(&b.endpoints)
+            .all(|(x, y)| x.addr == y.addr)
 }
 
-impl EndpointRegistry {
-    /// The statistics of `addr` (those it had, or new ones), counted as used once more.
-    fn acquire(&mut self, addr: SocketAddr) -> Arc<EndpointStats> {
-        let (stats, users) = self
-            .stats
-            .entry(addr)
-            .or_insert_with(|| (Arc::new(EndpointStats::new()), 0));
-        *users += 1;
-        stats.clone()
-    }
-
-    /// Forgets a plan of the previous table that the new one no longer uses.
-    pub(crate) fn release(&mut self, plan: &EndpointPlan) {
-        for (addr, _) in plan.endpoints() {
-            if let Entry::Occupied(mut e) = self.stats.entry(addr) {
-                e.get_mut().1 = e.get().1.saturating_sub(1);
-                if e.get().1 == 0 {
-                    e.remove();
-                }
-            }
-        }
-    }
-
-    /// The statistics of an address of the current table.
-    pub(crate) fn get(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
-        self.stats.get(addr).map(|(stats, _)| stats.clone())
-    }
-
-    /// Number of endpoint addresses held.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.stats.len()
-    }
+/// A slab for `svc` with what `previous` measured of the addresses it shares.
+fn carry(previous: &EndpointPlan, svc: &Service) -> Arc<[EndpointStats]> {
+    let old = &previous.service.endpoints;
+    let by_addr: Option<HashMap<SocketAddr, usize>> = (old.len() > CARRY_SCAN_MAX).then(|| {
+        old.iter()
+            .enumerate()
+            .map(|(i, e)| (e.addr, i))
+            .rev()
+            .collect()
+    });
+    let find = |addr: SocketAddr| match &by_addr {
+        Some(map) => map.get(&addr).copied(),
+        None => old.iter().position(|e| e.addr == addr),
+    };
+    svc.endpoints
+        .iter()
+        .map(|e| match find(e.addr) {
+            Some(i) => previous.stats[i].carried(),
+            None => EndpointStats::new(),
+        })
+        .collect()
 }
 
 /// Picks endpoints with a service's [`EndpointPlan`]. One per proxy, shared by all listeners.
@@ -348,7 +399,7 @@ impl Balancer {
                 idx = i;
             }
         }
-        Some(Pick::new(eps[idx].addr, sp.stats[idx].clone()))
+        Some(Pick::new(eps[idx].addr, sp.stats_ref(idx)))
     }
 }
 

@@ -8,8 +8,8 @@
 //! runtime depends on its [`Service`] only, never on positions in a table, so a service the
 //! new table shares with the old one (the same `Arc`, as [`Table::apply_delta`] leaves
 //! unchanged services) keeps its runtime as it is; a changed service gets a new runtime that
-//! takes over the resilience state when its options are equal. Latency statistics are kept
-//! per endpoint address whatever happens to the services. The table is compiled knowing this
+//! takes over the resilience state when its options are equal, and the latency statistics of
+//! the endpoint addresses it keeps ([`EndpointPlan::new`]). The table is compiled knowing this
 //! proxy's node, so that it can say how each endpoint is reached ([`mesh`]).
 
 pub mod mesh;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use config_model::{Service, ServiceId, Table};
 use prometheus::IntCounter;
 
-use crate::balance::{EndpointPlan, EndpointRegistry};
+use crate::balance::{EndpointPlan, StatsRef};
 use crate::picker::WeightedPicker;
 use crate::resilience::metrics::ServiceMetrics as ResilienceMetrics;
 use crate::resilience::ServiceState;
@@ -58,11 +58,18 @@ impl CompiledTable {
         &self.runtimes[id.index()]
     }
 
+    /// The statistics of an endpoint address, in the plan of the first service port of this
+    /// table that has it (a look at every service: for tests and diagnostics, not requests).
+    pub fn endpoint_stats(&self, addr: &std::net::SocketAddr) -> Option<StatsRef> {
+        self.runtimes
+            .iter()
+            .find_map(|rt| rt.endpoints.stats_of(addr))
+    }
+
     /// Builds the runtime of every service port of `table`, taking over from `previous` what
-    /// still holds: the whole runtime of a service `previous` shares, the resilience state of
-    /// a changed service whose options are equal. `endpoints` supplies (and afterwards holds
-    /// exactly) the latency statistics of the endpoint addresses in use; it must hold those of
-    /// `previous` (the store compiles each table against the one it replaces).
+    /// still holds: the whole runtime of a service `previous` shares; for a changed service,
+    /// the resilience state when its options are equal and the latency statistics of the
+    /// endpoint addresses it keeps.
     ///
     /// A runtime is carried by position while the service at that position is the same `Arc`
     /// (a delta keeps positions), so after a delta only the services it named, and the one
@@ -70,7 +77,6 @@ impl CompiledTable {
     pub(crate) fn compile(
         table: Arc<Table>,
         previous: &CompiledTable,
-        endpoints: &mut EndpointRegistry,
         node: Option<Arc<str>>,
     ) -> CompiledTable {
         let old = previous.table.services();
@@ -95,15 +101,10 @@ impl CompiledTable {
                     moved.insert(p);
                     previous.runtimes[p].clone()
                 }
-                _ => {
-                    let rt = before.map(|p| &previous.runtimes[p]);
-                    Arc::new(ServiceRuntime::new(
-                        svc,
-                        rt.and_then(|rt| rt.resilience.as_ref()),
-                        rt.map_or(&[], |rt| &rt.routes),
-                        endpoints,
-                    ))
-                }
+                _ => Arc::new(ServiceRuntime::new(
+                    svc,
+                    before.map(|p| &*previous.runtimes[p]),
+                )),
             };
             runtimes.push(runtime);
         }
@@ -113,7 +114,6 @@ impl CompiledTable {
             .filter(|p| !moved.contains(p))
             .map(|p| &previous.runtimes[p]);
         for rt in dropped {
-            endpoints.release(&rt.endpoints);
             forget_dropped_breaker(rt, &table, &runtimes);
         }
         CompiledTable {
@@ -161,7 +161,7 @@ pub struct ServiceRuntime {
     /// The node of each endpoint whose node is known ([`CompiledTable::hop`]).
     pub nodes: mesh::EndpointNodes,
     /// The `port` label value (the Service port), formatted once.
-    port_label: Box<str>,
+    port_label: PortLabel,
 }
 
 /// A traffic split, ready to pick.
@@ -174,13 +174,11 @@ pub struct SplitRuntime {
 }
 
 impl ServiceRuntime {
-    fn new(
-        svc: &Arc<Service>,
-        previous: Option<&Arc<ServiceState>>,
-        previous_routes: &[routes::RouteRuntime],
-        endpoints: &mut EndpointRegistry,
-    ) -> ServiceRuntime {
-        let port_label: Box<str> = svc.key.port.to_string().into();
+    /// The runtime of `svc`, taking over from `previous` (the runtime of the same service port
+    /// in the table before, if any) its resilience state and route policies where their
+    /// settings are unchanged, and its endpoints' statistics.
+    fn new(svc: &Arc<Service>, previous: Option<&ServiceRuntime>) -> ServiceRuntime {
+        let port_label = PortLabel::new(svc.key.port);
         let splits = svc
             .splits
             .iter()
@@ -196,7 +194,7 @@ impl ServiceRuntime {
                             .with_label_values(&[
                                 svc.key.namespace.as_str(),
                                 svc.key.name.as_str(),
-                                &port_label,
+                                port_label.as_str(),
                                 &backend,
                             ])
                     })
@@ -204,15 +202,22 @@ impl ServiceRuntime {
             })
             .collect();
         ServiceRuntime {
-            endpoints: EndpointPlan::new(svc, endpoints),
+            endpoints: EndpointPlan::new(svc, previous.map(|rt| &rt.endpoints)),
             splits,
-            routes: routes::compile(svc, &port_label, previous_routes),
+            routes: routes::compile(
+                svc,
+                port_label.as_str(),
+                previous.map_or(&[], |rt| &rt.routes),
+            ),
             access: svc
                 .access
                 .iter()
                 .map(|rule| rule.sources.iter().copied().collect())
                 .collect(),
-            resilience: ServiceState::carry_or_build(svc, previous),
+            resilience: ServiceState::carry_or_build(
+                svc,
+                previous.and_then(|rt| rt.resilience.as_ref()),
+            ),
             nodes: mesh::EndpointNodes::new(svc),
             port_label,
             service: svc.clone(),
@@ -227,7 +232,45 @@ impl ServiceRuntime {
     /// The `namespace`, `service` and `port` label values of the service port.
     pub fn labels(&self) -> [&str; 3] {
         let k = &self.service.key;
-        [k.namespace.as_str(), k.name.as_str(), &self.port_label]
+        [
+            k.namespace.as_str(),
+            k.name.as_str(),
+            self.port_label.as_str(),
+        ]
+    }
+}
+
+/// A port number as a label value: its decimal digits, kept inline (no allocation per
+/// service).
+#[derive(Debug)]
+struct PortLabel {
+    digits: [u8; 5],
+    len: u8,
+}
+
+impl PortLabel {
+    fn new(port: u16) -> PortLabel {
+        let mut digits = [0u8; 5];
+        let mut len = 0;
+        let mut rest = port;
+        loop {
+            digits[len] = b'0' + (rest % 10) as u8;
+            len += 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        digits[..len].reverse();
+        PortLabel {
+            digits,
+            len: len as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 

@@ -10,54 +10,83 @@ use rand::Rng;
 /// round robin. Built off the request path; a pick takes no lock and allocates nothing.
 #[derive(Debug)]
 pub struct WeightedPicker {
-    /// Cumulative weights: position i owns `[cumulative[i-1], cumulative[i])`.
-    cumulative: Box<[u64]>,
+    slots: Slots,
     /// A step coprime with the total weight, so that `counter * stride mod total` visits every
     /// slot once per round while interleaving positions.
     stride: u64,
     rr: AtomicU64,
 }
 
+/// Which position owns each slot of `0..total`.
+#[derive(Debug)]
+enum Slots {
+    /// Every position has this weight (the common case: endpoints of equal weight): position
+    /// i owns `[i·weight, (i+1)·weight)`, no table needed.
+    Equal { len: usize, weight: u64 },
+    /// Cumulative weights: position i owns `[cumulative[i-1], cumulative[i])`.
+    Cumulative(Box<[u64]>),
+}
+
 impl WeightedPicker {
     /// A picker over these weights (0 never picked), round robin starting at a random slot.
     pub fn new(weights: impl IntoIterator<Item = u32>) -> WeightedPicker {
-        let mut acc = 0u64;
-        let cumulative: Box<[u64]> = weights
-            .into_iter()
-            .map(|w| {
-                acc += u64::from(w);
-                acc
-            })
-            .collect();
-        let start = if acc > 0 {
-            rand::rng().random_range(0..acc)
+        let weights: Vec<u64> = weights.into_iter().map(u64::from).collect();
+        let slots = match weights.first() {
+            Some(&w) if weights.iter().all(|&x| x == w) => Slots::Equal {
+                len: weights.len(),
+                weight: w,
+            },
+            None => Slots::Equal { len: 0, weight: 0 },
+            Some(_) => {
+                let mut acc = 0u64;
+                Slots::Cumulative(
+                    weights
+                        .iter()
+                        .map(|w| {
+                            acc += w;
+                            acc
+                        })
+                        .collect(),
+                )
+            }
+        };
+        let total = slots.total();
+        let start = if total > 0 {
+            rand::rng().random_range(0..total)
         } else {
             0
         };
         WeightedPicker {
-            cumulative,
-            stride: coprime_stride(acc),
+            slots,
+            stride: coprime_stride(total),
             rr: AtomicU64::new(start),
         }
     }
 
     /// Sum of the weights; 0 means nothing can be picked.
     pub fn total(&self) -> u64 {
-        self.cumulative.last().copied().unwrap_or(0)
+        self.slots.total()
     }
 
     /// Number of positions.
     pub fn len(&self) -> usize {
-        self.cumulative.len()
+        match &self.slots {
+            Slots::Equal { len, .. } => *len,
+            Slots::Cumulative(c) => c.len(),
+        }
     }
 
     /// Whether the list is empty.
     pub fn is_empty(&self) -> bool {
-        self.cumulative.is_empty()
+        self.len() == 0
     }
 
+    /// The position owning `slot` (below the total, which is not 0).
     fn slot_owner(&self, slot: u64) -> usize {
-        self.cumulative.partition_point(|c| *c <= slot)
+        match &self.slots {
+            Slots::Equal { weight, .. } => (slot / weight) as usize,
+            Slots::Cumulative(c) => c.partition_point(|c| *c <= slot),
+        }
     }
 
     /// A position drawn with probability proportional to its weight; `None` when the total
@@ -76,6 +105,15 @@ impl WeightedPicker {
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
         let slot = (u128::from(n) * u128::from(self.stride) % u128::from(total)) as u64;
         Some(self.slot_owner(slot))
+    }
+}
+
+impl Slots {
+    fn total(&self) -> u64 {
+        match self {
+            Slots::Equal { len, weight } => *len as u64 * weight,
+            Slots::Cumulative(c) => c.last().copied().unwrap_or(0),
+        }
     }
 }
 
@@ -127,6 +165,27 @@ mod tests {
             counts[p.round_robin().unwrap()] += 1;
         }
         assert_eq!(counts, [200, 100, 0, 400]);
+    }
+
+    #[test]
+    fn equal_weights_need_no_table_and_pick_alike() {
+        let p = WeightedPicker::new([3, 3, 3]);
+        assert!(matches!(p.slots, Slots::Equal { len: 3, weight: 3 }));
+        assert_eq!(p.total(), 9);
+        let mut counts = [0u32; 3];
+        for _ in 0..9 * 100 {
+            counts[p.round_robin().unwrap()] += 1;
+        }
+        assert_eq!(counts, [300, 300, 300]);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut drawn = [0u32; 3];
+        for _ in 0..30_000 {
+            drawn[p.random(&mut rng).unwrap()] += 1;
+        }
+        assert!(
+            drawn.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{drawn:?}"
+        );
     }
 
     #[test]

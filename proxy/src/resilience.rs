@@ -33,7 +33,7 @@ use pingora_error::{Error, ErrorType};
 use crate::clock;
 use breaker::{Admission, Breaker, Outcome};
 use budget::RetryBudget;
-use metrics::ServiceMetrics;
+use metrics::{inc, Counted, ServiceMetrics};
 use ratelimit::TokenBucket;
 
 /// Upstream connect attempts of an HTTP request to a service without a retry policy (each on
@@ -53,17 +53,22 @@ pub struct ServiceState {
 
 impl ServiceState {
     fn new(svc: &Service) -> Self {
-        let metrics = ServiceMetrics::new(&svc.key);
         let o = &svc.options;
+        let metrics = ServiceMetrics::new(
+            &svc.key,
+            Counted {
+                retries: o.retry.is_some(),
+                rate_limit: o.rate_limit.is_some(),
+                timeouts: o.timeout_ms.is_some(),
+                breaker: o.circuit_breaker.is_some(),
+            },
+        );
         ServiceState {
             options: o.clone(),
             rate_limit: o.rate_limit.map(|r| TokenBucket::new(r.average, r.burst)),
             breaker: o.circuit_breaker.as_ref().map(|cb| {
-                Breaker::new(
-                    cb,
-                    metrics.breaker_state.clone(),
-                    metrics.breaker_trips.clone(),
-                )
+                let (state, trips) = ServiceMetrics::breaker(&svc.key);
+                Breaker::new(cb, state, trips)
             }),
             budget: o.retry.map(|r| RetryBudget::new(r.budget_percent)),
             metrics,
@@ -141,7 +146,18 @@ impl RoutePolicy {
             budget: route.retry.as_ref().map(|_| RetryBudget::new(percent)),
             budget_percent: percent,
             retry: route.retry.clone(),
-            metrics: ServiceMetrics::new(parent),
+            // A request of this rule counts its timeouts here whichever deadline (the rule's
+            // or the service's) ran out.
+            metrics: ServiceMetrics::new(
+                parent,
+                Counted {
+                    retries: route.retry.is_some(),
+                    timeouts: t.request_ms.is_some()
+                        || t.backend_request_ms.is_some()
+                        || options.timeout_ms.is_some(),
+                    ..Counted::default()
+                },
+            ),
         })
     }
 }
@@ -263,7 +279,7 @@ impl RequestState {
         let now = clock::now_ns();
         if let Some(bucket) = &s.rate_limit {
             if let Err(wait) = bucket.try_acquire(now) {
-                s.metrics.ratelimited.inc();
+                inc(&s.metrics.ratelimited);
                 return Err(Rejection::RateLimited {
                     retry_after_secs: ratelimit::retry_after_secs(wait),
                 });
@@ -272,7 +288,7 @@ impl RequestState {
         if let Some(b) = &s.breaker {
             match b.admit(now) {
                 Admission::Reject => {
-                    s.metrics.breaker_rejected.inc();
+                    inc(&s.metrics.breaker_rejected);
                     return Err(Rejection::CircuitOpen);
                 }
                 a => self.admission = Some(a),
@@ -385,10 +401,10 @@ impl RequestState {
                 .as_ref()
                 .is_none_or(|b| b.try_retry(clock::now_ns()));
             if !budget_ok {
-                route.metrics.budget_exhausted.inc();
+                inc(&route.metrics.budget_exhausted);
                 return false;
             }
-            route.metrics.retries.inc();
+            inc(&route.metrics.retries);
             return true;
         }
         let Some(s) = self.service.clone() else {
@@ -408,10 +424,10 @@ impl RequestState {
             .as_ref()
             .is_none_or(|b| b.try_retry(clock::now_ns()));
         if !budget_ok {
-            s.metrics.budget_exhausted.inc();
+            inc(&s.metrics.budget_exhausted);
             return false;
         }
-        s.metrics.retries.inc();
+        inc(&s.metrics.retries);
         true
     }
 
@@ -495,9 +511,9 @@ impl RequestState {
             );
         if self.timed_out || attempt_timed_out {
             if let Some(r) = &self.route {
-                r.metrics.timeouts.inc();
+                inc(&r.metrics.timeouts);
             } else if let Some(s) = &self.service {
-                s.metrics.timeouts.inc();
+                inc(&s.metrics.timeouts);
             }
             self.timed_out = true;
             return Some(504);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use config_model::{Table, TrafficType};
 
-use crate::balance::{EndpointRegistry, EndpointStats};
+use crate::balance::StatsRef;
 use crate::compiled::CompiledTable;
 use crate::metrics;
 
@@ -185,9 +185,9 @@ fn fold_kept(full: &TableJson, deltas: &[Arc<[u8]>]) -> Result<(TableJson, u64),
 #[derive(Debug)]
 pub struct TableStore {
     current: ArcSwap<CompiledTable>,
-    /// Latency statistics per endpoint address, carried from one compiled table to the next.
-    /// The lock also makes applies one at a time; requests never take it.
-    endpoints: Mutex<EndpointRegistry>,
+    /// Makes applies one at a time (each table is compiled against the one it replaces);
+    /// requests never take it.
+    applying: Mutex<()>,
     ready: AtomicBool,
     /// The JSON the current table was built from (a whole table and the deltas since),
     /// handed to a new process on upgrade. Taken before the table is swapped, so that the
@@ -207,7 +207,7 @@ impl Default for TableStore {
     fn default() -> Self {
         TableStore {
             current: ArcSwap::from_pointee(CompiledTable::default()),
-            endpoints: Mutex::new(EndpointRegistry::default()),
+            applying: Mutex::new(()),
             ready: AtomicBool::new(false),
             json: Arc::default(),
             listeners: None,
@@ -294,21 +294,10 @@ impl TableStore {
         self.current.load_full()
     }
 
-    /// Latency and passive-health statistics of an endpoint address of the current table.
-    pub fn endpoint_stats(&self, addr: &std::net::SocketAddr) -> Option<Arc<EndpointStats>> {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-    }
-
-    /// Number of endpoint addresses whose statistics are held.
-    #[cfg(test)]
-    pub(crate) fn endpoint_count(&self) -> usize {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+    /// Latency and passive-health statistics of an endpoint address of the current table
+    /// ([`CompiledTable::endpoint_stats`]).
+    pub fn endpoint_stats(&self, addr: &std::net::SocketAddr) -> Option<StatsRef> {
+        self.current.load().endpoint_stats(addr)
     }
 
     /// Replaces the table whole with one built from `json` (the whole table, in the wire
@@ -449,15 +438,11 @@ impl TableStore {
     fn swap(&self, table: Table) -> Arc<CompiledTable> {
         let version = table.version;
         self.check_routable(&table);
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let compiled = CompiledTable::compile(
-            Arc::new(table),
-            &self.current.load(),
-            &mut endpoints,
-            self.node.clone(),
-        );
+        let applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let compiled =
+            CompiledTable::compile(Arc::new(table), &self.current.load(), self.node.clone());
         let old = self.current.swap(Arc::new(compiled));
-        drop(endpoints);
+        drop(applying);
         self.ready.store(true, Ordering::Release);
         metrics::register().table_swaps.inc();
         metrics::register()

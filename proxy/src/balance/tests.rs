@@ -36,7 +36,7 @@ impl Lb {
         self.balancer.pick(&t.runtime(id).endpoints, exclude)
     }
 
-    fn stats(&self, addr: &SocketAddr) -> Option<Arc<EndpointStats>> {
+    fn stats(&self, addr: &SocketAddr) -> Option<StatsRef> {
         self.store.endpoint_stats(addr)
     }
 }

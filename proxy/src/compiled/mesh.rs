@@ -3,7 +3,6 @@
 //! which identity a client of this node has. The table is compiled knowing this proxy's node
 //! (`--node-name`).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -51,27 +50,38 @@ impl Hop {
     }
 }
 
-/// Per service port: the node of each endpoint address, for endpoints whose node is known.
-/// Built with the service's runtime (and shared with it while the service is unchanged).
+/// Per service port: where to find the node of an endpoint address, for endpoints whose node
+/// is known. Built with the service's runtime (and shared with it while the service is
+/// unchanged); the nodes themselves stay in the service's endpoints, so this holds 4 bytes per
+/// endpoint with a node and nothing for a service without.
 #[derive(Debug, Default)]
 pub struct EndpointNodes {
-    by_addr: HashMap<SocketAddr, Arc<str>>,
+    /// Positions in the service's endpoints of those with a node, in address order.
+    by_addr: Box<[u32]>,
 }
 
 impl EndpointNodes {
     pub(super) fn new(svc: &Service) -> EndpointNodes {
+        let eps = &svc.endpoints;
+        let mut by_addr: Vec<u32> = (0..eps.len())
+            .filter(|&i| eps[i].node.is_some())
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        by_addr.sort_by_key(|&i| eps[i as usize].addr);
         EndpointNodes {
-            by_addr: svc
-                .endpoints
-                .iter()
-                .filter_map(|e| e.node.clone().map(|n| (e.addr, n)))
-                .collect(),
+            by_addr: by_addr.into(),
         }
     }
 
-    /// The node an endpoint address of the service runs on, if known.
-    pub fn get(&self, addr: SocketAddr) -> Option<&Arc<str>> {
-        self.by_addr.get(&addr)
+    /// The node an endpoint address of `svc` (the service this was built from) runs on, if
+    /// known.
+    pub fn get<'a>(&self, svc: &'a Service, addr: SocketAddr) -> Option<&'a Arc<str>> {
+        let eps = &svc.endpoints;
+        let at = self
+            .by_addr
+            .binary_search_by(|&i| eps[i as usize].addr.cmp(&addr))
+            .ok()?;
+        eps[self.by_addr[at] as usize].node.as_ref()
     }
 }
 
@@ -83,7 +93,8 @@ impl CompiledTable {
 
     /// The node an endpoint of a service port runs on, if the table says.
     pub fn endpoint_node(&self, id: ServiceId, endpoint: SocketAddr) -> Option<&Arc<str>> {
-        self.runtime(id).nodes.get(endpoint)
+        let rt = self.runtime(id);
+        rt.nodes.get(rt.service(), endpoint)
     }
 
     /// How this proxy reaches `endpoint` of service port `id`: directly when mutual TLS is

@@ -152,8 +152,9 @@ proptest! {
 
     /// Applying the deltas between any sequence of tables gives, at every step, the same
     /// compiled table as compiling that step's full table; the runtime of every service the
-    /// delta does not name is the one held (shared), and a changed service whose options are
-    /// equal keeps its resilience state.
+    /// delta does not name is the one held (shared), a changed service whose options are
+    /// equal keeps its resilience state, and every endpoint address a service keeps keeps its
+    /// latency estimate (a new one starts unmeasured).
     #[test]
     fn any_sequence_of_deltas_gives_the_compiled_full_table(
         versions in proptest::collection::vec(
@@ -170,6 +171,11 @@ proptest! {
         store.store(Table::try_from(&specs[0]).unwrap());
         for pair in specs.windows(2) {
             let held = store.current();
+            for (id, _) in held.iter() {
+                for (_, stats) in held.runtime(id).endpoints.endpoints() {
+                    stats.observe(std::time::Duration::from_millis(3));
+                }
+            }
             let delta = pair[1].delta_for(pair[0].version, &pair[0].changed_keys(&pair[1]));
             let bytes = serde_json::to_vec(&delta).unwrap();
             crate::source::swap_delta(&store, &bytes, "test").unwrap();
@@ -177,12 +183,11 @@ proptest! {
             let whole = TableStore::new();
             whole.store(Table::try_from(&pair[1]).unwrap());
             prop_assert_eq!(describe(&now), describe(&whole.current()));
-            // The registry holds exactly the statistics the plans use.
-            prop_assert_eq!(store.endpoint_count(), whole.endpoint_count());
-            for (id, _) in now.iter() {
+            for (id, svc) in now.iter() {
+                let before = held.service(&svc.key).map(|b| &held.runtime(b).endpoints);
                 for (addr, stats) in now.runtime(id).endpoints.endpoints() {
-                    let held = store.endpoint_stats(&addr);
-                    prop_assert!(held.is_some_and(|h| Arc::ptr_eq(&h, stats)), "{addr} stats");
+                    let kept = before.is_some_and(|b| b.stats_of(&addr).is_some());
+                    prop_assert_eq!(stats.has_sample(), kept, "{} {} measured", &svc.key, addr);
                 }
             }
             for (id, svc) in now.iter() {
@@ -219,6 +224,7 @@ fn a_full_table_with_equal_options_keeps_resilience_state_and_endpoint_statistic
     let stats = store
         .endpoint_stats(&"10.0.0.1:80".parse().unwrap())
         .unwrap();
+    stats.observe(std::time::Duration::from_millis(5));
     store.store(Table::try_from(table(2, vec![limited(&["10.0.0.1:80", "10.0.0.2:80"])])).unwrap());
     let t2 = store.current();
     let (id2, _) = t2.iter().next().unwrap();
@@ -233,5 +239,39 @@ fn a_full_table_with_equal_options_keeps_resilience_state_and_endpoint_statistic
     let kept = store
         .endpoint_stats(&"10.0.0.1:80".parse().unwrap())
         .unwrap();
-    assert!(Arc::ptr_eq(&stats, &kept), "statistics are per address");
+    assert!(!kept.same(&stats), "a new plan, a new slab");
+    assert!(kept.has_sample(), "the estimate is carried over");
+    assert!(!store
+        .endpoint_stats(&"10.0.0.2:80".parse().unwrap())
+        .unwrap()
+        .has_sample());
+}
+
+/// A service whose endpoints stay the same while its options change keeps its plan's
+/// statistics whole: the same slab, requests in flight still counted.
+#[test]
+fn changed_options_with_the_same_endpoints_keep_the_statistics_slab() {
+    let with_limit = |burst: u32| {
+        let mut s = http("ns", "api", 5000, &["10.0.0.1:80", "10.0.0.2:80"]);
+        s.options.rate_limit = Some(RateLimitSpec { average: 1, burst });
+        s
+    };
+    let store = TableStore::new();
+    store.store(Table::try_from(table(1, vec![with_limit(2)])).unwrap());
+    let t1 = store.current();
+    let (id1, _) = t1.iter().next().unwrap();
+    let balancer = crate::balance::Balancer::new(crate::config::Balancer::PeakEwma);
+    let in_flight = balancer.pick(&t1.runtime(id1).endpoints, &[]).unwrap();
+    store.store(Table::try_from(table(2, vec![with_limit(3)])).unwrap());
+    let kept = store.endpoint_stats(&in_flight.addr).unwrap();
+    assert_eq!(kept.pending(), 1, "the request in flight is still counted");
+    drop(in_flight);
+    assert_eq!(kept.pending(), 0);
+}
+
+#[test]
+fn port_labels_are_the_decimal_port() {
+    for port in [0u16, 7, 10, 80, 443, 5432, 10000, 65535] {
+        assert_eq!(PortLabel::new(port).as_str(), port.to_string());
+    }
 }

@@ -283,3 +283,40 @@ fn a_route_timeout_replaces_the_annotation_and_an_attempt_timeout_is_a_504() {
     let e = Error::new_up(ErrorType::ReadTimedout);
     assert_eq!(rs.error_status(&e), Some(504));
 }
+
+/// A service port has the resilience series of the features its options turn on, and none of
+/// the others (each series costs the registry several hundred bytes per service).
+#[test]
+fn only_the_series_a_service_can_count_are_created() {
+    let tables = Tables::default();
+    let limited = OptionsSpec {
+        rate_limit: Some(RateLimitSpec {
+            average: 5,
+            burst: 5,
+        }),
+        ..OptionsSpec::default()
+    };
+    tables.load(&[("series-limited", limited)]);
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap();
+    let has = |name: &str| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("{name}{{")) && l.contains("service=\"series-limited\"")
+        })
+    };
+    assert!(has("maille_proxy_ratelimited_requests_total"));
+    for absent in [
+        "maille_proxy_retries_total",
+        "maille_proxy_retry_budget_exhausted_total",
+        "maille_proxy_timeouts_total",
+        "maille_proxy_circuit_breaker_state",
+        "maille_proxy_circuit_breaker_trips_total",
+        "maille_proxy_circuit_breaker_rejected_total",
+    ] {
+        assert!(
+            !has(absent),
+            "{absent} created for a service without the feature"
+        );
+    }
+}
