@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod ca;
 pub mod metrics;
+pub mod reload;
 pub mod secret;
 pub mod tls;
 pub mod trust;
@@ -107,12 +108,31 @@ pub struct Issued {
     pub expired: bool,
 }
 
+/// What became of a CA offered to [`Service::offer_ca`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Signing with it from now on.
+    Applied,
+    /// The same CA as the one held: nothing to do.
+    Unchanged,
+    /// Invalid: the CA held stays. The reason.
+    Refused(String),
+}
+
 /// The identity service: set up at start, able to sign once its CA and authenticator are
-/// installed (a CA kept in a Secret is read in the background; requests before get 503).
+/// installed (a CA kept in a Secret is read in the background; requests before get 503). The
+/// CA can change while it runs ([`Service::offer_ca`]); a request signs with the CA held when
+/// it started.
 pub struct Service {
     config: Config,
-    ready: OnceLock<(Arc<Ca>, Authenticator)>,
-    installed: tokio::sync::watch::Sender<bool>,
+    auth: OnceLock<Authenticator>,
+    /// The CA signing now (`None` until installed); its subscribers follow every change.
+    ca: tokio::sync::watch::Sender<Option<Arc<Ca>>>,
+    /// Why the last CA offered was refused, with where it came from.
+    ca_refused: Mutex<Option<String>>,
+    /// The root of the signer replaced last, and when: what it signed is valid up to a
+    /// certificate lifetime after.
+    retired: Mutex<Option<(Vec<u8>, Instant)>>,
     issued: Mutex<BTreeMap<String, Issued>>,
     refusals_logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
 }
@@ -175,30 +195,95 @@ impl Service {
         metrics::register();
         Arc::new(Service {
             config,
-            ready: OnceLock::new(),
-            installed: tokio::sync::watch::Sender::new(false),
+            auth: OnceLock::new(),
+            ca: tokio::sync::watch::Sender::new(None),
+            ca_refused: Mutex::new(None),
+            retired: Mutex::new(None),
             issued: Mutex::new(BTreeMap::new()),
             refusals_logged: Mutex::new(HashMap::new()),
         })
     }
 
     /// Makes the service sign with `ca`, for whom `auth` lets through. Only the first call
-    /// counts.
+    /// counts; later CAs come through [`Service::offer_ca`].
     pub fn install(&self, ca: Ca, auth: Authenticator) {
+        if self.auth.set(auth).is_err() {
+            return;
+        }
         metrics::register().ca_expiry.set(ca.not_after());
-        let _ = self.ready.set((Arc::new(ca), auth));
-        self.installed.send_replace(true);
+        self.ca.send_replace(Some(Arc::new(ca)));
     }
 
     /// Returns once a CA is installed.
     pub async fn wait_installed(&self) {
-        let mut rx = self.installed.subscribe();
-        let _ = rx.wait_for(|installed| *installed).await;
+        let mut rx = self.ca.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
     }
 
-    /// The CA, once installed.
-    pub fn ca(&self) -> Option<&Arc<Ca>> {
-        self.ready.get().map(|(ca, _)| ca)
+    /// The CA signing now, once installed.
+    pub fn ca(&self) -> Option<Arc<Ca>> {
+        self.ca.borrow().clone()
+    }
+
+    /// Why the last CA offered was refused (naming where it came from, the part and the
+    /// reason), if it was.
+    pub fn last_ca_refusal(&self) -> Option<String> {
+        self.ca_refused.lock().expect("ca refusal lock").clone()
+    }
+
+    /// Follows the CA: the receiver sees each one installed or applied.
+    pub fn subscribe_ca(&self) -> tokio::sync::watch::Receiver<Option<Arc<Ca>>> {
+        self.ca.subscribe()
+    }
+
+    /// A CA read again from `origin` (its Secret or folder) while running: a valid one that
+    /// differs from the CA held signs from now on (requests under way finish with the one they
+    /// started with) and its roots are served; an invalid one is refused, logged with its
+    /// reason and counted, and the CA held stays.
+    pub fn offer_ca(&self, candidate: Result<Ca, String>, origin: &str) -> Offer {
+        let m = metrics::register();
+        let new = match candidate {
+            Ok(ca) => ca,
+            Err(reason) => {
+                m.ca_changes.with_label_values(&["refused"]).inc();
+                *self.ca_refused.lock().expect("ca refusal lock") = Some(reason.clone());
+                let held = self.ca();
+                tracing::error!(%origin, %reason, held = held.as_ref().map_or("none", |c| c.describe()), "Mesh CA change refused; the CA held stays");
+                return Offer::Refused(reason);
+            }
+        };
+        let old = self.ca();
+        if old.as_ref().is_some_and(|o| o.same_as(&new)) {
+            return Offer::Unchanged;
+        }
+        if let Some(old) = &old {
+            // The documented rotation keeps an overlap: warn when a change skips it.
+            if !old.roots().iter().any(|r| r == new.signer_root()) {
+                tracing::warn!(%origin, "The new signer's root was not among the roots served before: proxies refuse what it signs until they renew and receive it (rotate in steps: docs/security.md, \"Rotating the mesh root\")");
+            }
+            let mut retired = self.retired.lock().expect("retired lock");
+            if old.signer_root() != new.signer_root() {
+                *retired = Some((old.signer_root().to_vec(), Instant::now()));
+            }
+            let dropped: Vec<&Vec<u8>> = old
+                .roots()
+                .iter()
+                .filter(|r| !new.roots().contains(r))
+                .collect();
+            let recent = retired.as_ref().filter(|(root, at)| {
+                dropped.contains(&root) && at.elapsed() < self.config.lifetime
+            });
+            if let Some((_, at)) = recent {
+                tracing::warn!(%origin, retired_secs_ago = at.elapsed().as_secs(), lifetime_secs = self.config.lifetime.as_secs(), "The new trust bundle drops the root that signed until less than a certificate lifetime ago: certificates it signed, still valid, stop verifying at proxies that renew");
+            } else if !dropped.is_empty() {
+                tracing::info!(%origin, dropped = dropped.len(), "The trust bundle drops roots of the previous one");
+            }
+        }
+        m.ca_expiry.set(new.not_after());
+        m.ca_changes.with_label_values(&["applied"]).inc();
+        tracing::info!(%origin, signer = %new.describe(), roots = new.roots().len(), previous = old.as_ref().map_or("none", |c| c.describe()), "Mesh CA changed: signing with it, serving its roots");
+        self.ca.send_replace(Some(Arc::new(new)));
+        Offer::Applied
     }
 
     /// The configuration.
@@ -219,10 +304,9 @@ impl Service {
                 config_model::cut::cut(node)
             )));
         }
-        let (ca, auth) = self
-            .ready
-            .get()
-            .ok_or_else(|| Refusal::Unavailable("the mesh CA is not loaded yet".into()))?;
+        let not_loaded = || Refusal::Unavailable("the mesh CA is not loaded yet".into());
+        let auth = self.auth.get().ok_or_else(not_loaded)?;
+        let ca = self.ca().ok_or_else(not_loaded)?;
         let subject = auth.authenticate(token, node).await?;
         let id = spiffe_id(
             &self.config.trust_domain,
@@ -298,8 +382,9 @@ impl Service {
 }
 
 /// Kubernetes mode: loads (or creates) the CA Secret, retrying while the API server refuses,
-/// then lets the service sign for tokens a TokenReview accepts, and publishes the roots in the
-/// ConfigMap `trust_configmap` of the mesh namespace for proxies to pin.
+/// then lets the service sign for tokens a TokenReview accepts, publishes the roots in the
+/// ConfigMap `trust_configmap` of the mesh namespace for proxies to pin, and follows the Secret
+/// ([`reload::follow_secret`]): a valid change signs and is published without a restart.
 pub async fn run_kubernetes(
     service: Arc<Service>,
     client: kube::Client,
@@ -321,23 +406,24 @@ pub async fn run_kubernetes(
     else {
         return;
     };
-    tracing::info!(secret = %format!("{}/{}", at.namespace, at.name), "Mesh CA loaded: signing node certificates");
+    tracing::info!(secret = %format!("{}/{}", at.namespace, at.name), signer = %ca.describe(), "Mesh CA loaded: signing node certificates");
+    service.install(
+        ca,
+        Authenticator::Kubernetes {
+            client: client.clone(),
+            audience,
+            namespace: at.namespace.clone(),
+            proxy_labels,
+        },
+    );
     tokio::spawn(trust::keep_published(
         client.clone(),
         at.namespace.clone(),
         trust_configmap,
-        ca.trust_bundle().to_string(),
-        shutdown,
+        service.subscribe_ca(),
+        shutdown.clone(),
     ));
-    service.install(
-        ca,
-        Authenticator::Kubernetes {
-            client,
-            audience,
-            namespace: at.namespace,
-            proxy_labels,
-        },
-    );
+    reload::follow_secret(service, client, at, shutdown).await;
 }
 
 /// The identity routes served on the TLS listener ([`tls::serve`]).
@@ -445,7 +531,7 @@ async fn certificate(
 }
 
 async fn trust_bundle(State(service): State<Arc<Service>>) -> Response {
-    match service.ca() {
+    match service.ca().as_deref() {
         Some(ca) => (
             [(header::CONTENT_TYPE, "application/x-pem-file")],
             ca.trust_bundle().to_string(),

@@ -194,7 +194,7 @@ fn cut(s: &str) -> String {
 
 /// Why a watch error happened, which sets how long to wait before retrying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// `410 Gone`: the resume point was compacted; relist now.
     Expired,
     /// 404 on the list: the resource is not served.
@@ -205,7 +205,7 @@ enum Failure {
     Other,
 }
 
-fn classify(err: &watcher::Error) -> Failure {
+pub(crate) fn classify(err: &watcher::Error) -> Failure {
     let code = match err {
         watcher::Error::WatchError(status) => Some(status.code),
         watcher::Error::InitialListFailed(kube::Error::Api(s))

@@ -63,6 +63,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
     metrics::register();
+    // Shown (at 0) when identity is off too, so that dashboards have a series either way.
+    crate::identity::metrics::register();
     let settings = args.settings();
     tracing::info!(mtls = %settings.mesh.mtls, "Traffic between nodes");
     if settings.mesh.mtls != config_model::MtlsMode::Disabled && args.identity_config().is_none() {
@@ -123,6 +125,14 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
                 snapshots: snap_tx.subscribe(),
             },
         );
+        if let Some(dir) = &args.identity_dir {
+            // Each step of a rotation takes effect without a restart.
+            tokio::spawn(crate::identity::reload::follow_dir(
+                service.clone(),
+                dir.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
     let (out_tx, out_rx) = watch::channel(None);
     let rebuilder = Rebuilder::new(settings.clone(), api_state.clone(), out_tx);

@@ -2,15 +2,16 @@
 //! a manifests folder, real `maille-proxy` processes with `--node-name` and the bootstrap token.
 //! A proxy of the folder gets a certificate naming its ServiceAccount and node and renews it
 //! (seconds-long lifetimes here) while traffic flows; a wrong token or a node without a proxy
-//! Pod gets nothing and the reason; a proxy whose controller is gone says so before expiry.
+//! Pod gets nothing and the reason; a proxy whose controller is gone says so before expiry; the
+//! CA files rotated in three steps under a running proxy, which renews from the new root.
 //!
 //! Needs the proxy binary (`cargo build --workspace --bins`, as scripts/test-all does).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
+use maille_controller::testing::{eventually, free_port, proxy_binary, write_manifest, KillOnDrop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPIFFE: &str = "spiffe://mesh.test/ns/maille/sa/maille-proxy";
@@ -201,6 +202,11 @@ async fn request(port: u16) -> Option<u16> {
         .ok()?
 }
 
+/// The sum of the samples of `name` with `result="<result>"`, 0 when there are none.
+fn result_count(page: &str, name: &str, result: &str) -> f64 {
+    metric(page, name, &format!("result=\"{result}\"")).unwrap_or(0.0)
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -208,19 +214,27 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when_the_controller_is_gone(
-) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
+/// The folder of [`manifests`] in `tmp/m` with a backend, and a controller on it whose
+/// identity folder is `tmp/identity`, once it made its bootstrap token: (the identity folder,
+/// the controller, the token file).
+async fn start_mesh(tmp: &Path, lifetime: &str) -> (PathBuf, Controller, PathBuf) {
+    let (folder, identity) = (tmp.join("m"), tmp.join("identity"));
     std::fs::create_dir(&folder).unwrap();
     manifests(&folder, backend().await);
-    let controller = start_controller(&folder, &identity, "4s");
+    let controller = start_controller(&folder, &identity, lifetime);
     let token = identity.join("bootstrap-token");
     eventually("the bootstrap token", Duration::from_secs(15), async || {
         token.exists().then_some(())
     })
     .await;
+    (identity, controller, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when_the_controller_is_gone(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity, controller, token) = start_mesh(tmp.path(), "4s").await;
     for f in ["ca.crt", "ca.key"] {
         assert!(identity.join(f).exists(), "{f} made on first start");
     }
@@ -322,14 +336,7 @@ async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when
     let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
         .await
         .unwrap();
-    let tunnel = |r: &str| {
-        metric(
-            &page,
-            "maille_proxy_tunnel_handshakes_total",
-            &format!("result=\"{r}\""),
-        )
-        .unwrap_or(0.0)
-    };
+    let tunnel = |r: &str| result_count(&page, "maille_proxy_tunnel_handshakes_total", r);
     assert!(tunnel("ok") >= 1.0 && tunnel("unknown_ca") >= 1.0, "{page}");
 
     // The controller goes away: the proxy keeps its certificate and says, before it ends,
@@ -427,12 +434,11 @@ async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the
         .await
         .unwrap();
     let count = |result: &str| {
-        metric(
+        result_count(
             &page,
             "maille_controller_certificate_requests_total",
-            &format!("result=\"{result}\""),
+            result,
         )
-        .unwrap_or(0.0)
     };
     assert!(
         count("forbidden") >= 1.0 && count("unauthenticated") >= 1.0,
@@ -592,6 +598,110 @@ async fn certificate_requests_go_over_tls_to_a_server_verified_against_the_pinne
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_root_with_no_failed_request(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity, controller, token) = start_mesh(tmp.path(), "4s").await;
+    let proxy = start_proxy(
+        controller.api,
+        controller.http_port,
+        "node-a",
+        &token,
+        tmp.path(),
+    );
+    eventually(
+        "the proxy holds its certificate",
+        Duration::from_secs(30),
+        async || {
+            get_text(&format!("http://127.0.0.1:{}/ready", proxy.admin))
+                .await
+                .filter(|t| t.starts_with("ready") && t.contains(SPIFFE))
+        },
+    )
+    .await;
+    // Each file is written beside and renamed over, as a deploy tool does.
+    let replace = |file: &str, text: &str| write_manifest(&identity, file, text);
+    let old = TestCa::from_dir(&identity);
+    let old_pem = std::fs::read_to_string(identity.join("ca.crt")).unwrap();
+    let new = TestCa::new();
+    let new_pem = new.cert.pem();
+
+    // Requests through the proxy all along, on new connections.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, port) = (stop.clone(), controller.http_port);
+        async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match request(port).await {
+                    Some(200) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let handshake = async |roots: &TestCa, peer: &TestCa| {
+        tunnel_handshake(proxy.tunnel, roots, Some(peer.leaf(SPIFFE, "node-b")))
+            .await
+            .is_ok()
+    };
+    assert!(
+        !handshake(&old, &new).await,
+        "the new root is not trusted yet"
+    );
+
+    // Step 1: the new root after the signer. The proxy's next certificate comes with both
+    // roots: it admits a peer of the new root on its tunnel.
+    replace("ca.crt", &format!("{}\n{new_pem}", old_pem.trim_end()));
+    eventually(
+        "the proxy trusts the new root",
+        Duration::from_secs(30),
+        async || handshake(&old, &new).await.then_some(()),
+    )
+    .await;
+    // Step 2: the new root signs (its certificate first, then its key: the pair in between is
+    // refused and the old CA keeps signing). The proxy renews from the new root.
+    replace("ca.crt", &format!("{new_pem}{old_pem}"));
+    replace("ca.key", &new.key.serialize_pem());
+    eventually(
+        "the proxy's certificate is the new root's",
+        Duration::from_secs(30),
+        async || handshake(&new, &new).await.then_some(()),
+    )
+    .await;
+    // Peers whose certificate the old root signed are still admitted during the overlap.
+    assert!(handshake(&new, &old).await);
+    // Step 3: the old root leaves the bundle; once the proxy renewed, its peers are refused.
+    replace("ca.crt", &new_pem);
+    eventually(
+        "the old root no longer trusted",
+        Duration::from_secs(30),
+        async || (!handshake(&new, &old).await).then_some(()),
+    )
+    .await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rotation",
+        ok + failed
+    );
+    assert!(ok > 0);
+    // One controller process throughout: three steps applied, the half-written pair refused.
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", controller.api))
+        .await
+        .unwrap();
+    let changes = |r: &str| result_count(&page, "maille_controller_identity_ca_changes_total", r);
+    assert_eq!(changes("applied"), 3.0, "{page}");
+    assert!(changes("refused") <= 1.0, "{page}");
+    let rows = identities(controller.api).await;
+    assert!(rows[0]["issued"].as_u64().unwrap() >= 4, "{rows:?}");
 }
 
 /// A CA to sign test certificates with: the mesh's (read from the identity folder) or another.

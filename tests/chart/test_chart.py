@@ -284,12 +284,13 @@ def check_wiring(docs, values):
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[field], f"{d['kind']} {d['metadata']['name']} has a wildcard in {field}"
                 if "secrets" in rule["resources"]:
-                    # Only the mesh CA's Secret, in the mesh namespace: read by name, or created
-                    # once (create cannot be limited by name).
+                    # Only the mesh CA's Secret, in the mesh namespace: read and watched by name,
+                    # or created once (create cannot be limited by name).
                     assert d["kind"] == "Role" and d["metadata"]["namespace"] == NAMESPACE, rule
                     assert rule["resources"] == ["secrets"], rule
                     reads = set(rule["verbs"]) & {"get", "list", "watch", "update", "patch", "delete"}
-                    assert not reads or (rule["verbs"] == ["get"] and len(rule.get("resourceNames", [])) == 1), \
+                    assert not reads or (rule["verbs"] == ["get", "list", "watch"]
+                                         and len(rule.get("resourceNames", [])) == 1), \
                         f"{d['metadata']['name']} may read secrets other than the mesh CA: {rule}"
                 if d["kind"] == "ClusterRole":
                     writes = set(rule["verbs"]) - {"get", "list", "watch"}
@@ -447,10 +448,12 @@ def test_identity_on_by_default_with_a_projected_token_and_least_rights():
     assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in cr["rules"]
     mesh_role = one(docs, "Role", "maille-controller")
     secret_rules = [r for r in mesh_role["rules"] if "secrets" in r["resources"]]
-    # Read by name only; create (which cannot be limited by name) only to make it once.
-    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["maille-mesh-ca"], "verbs": ["get"]} in secret_rules
+    # Read and watched by name only (a rotation is followed live); create (which cannot be
+    # limited by name) only to make it once.
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["maille-mesh-ca"],
+            "verbs": ["get", "list", "watch"]} in secret_rules
     assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]} in secret_rules
-    assert not [r for r in secret_rules if set(r["verbs"]) - {"get", "create"}]
+    assert not [r for r in secret_rules if set(r["verbs"]) - {"get", "list", "watch", "create"}]
     ds = one(docs, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     # The API token stays unmounted; the identity token is for the controller's audience.
@@ -507,9 +510,9 @@ def test_identity_user_supplied_ca_and_off():
     assert f["trust-domain"] == "corp.example" and f["certificate-lifetime"] == "6h"
     mesh_role = one(docs, "Role", "maille-controller")
     secret_rules = [r for r in mesh_role["rules"] if "secrets" in r["resources"]]
-    # A supplied CA is only read, by name.
+    # A supplied CA is only read and watched, by name.
     assert secret_rules == [{"apiGroups": [""], "resources": ["secrets"],
-                             "resourceNames": ["mesh-ca-from-cert-manager"], "verbs": ["get"]}]
+                             "resourceNames": ["mesh-ca-from-cert-manager"], "verbs": ["get", "list", "watch"]}]
     ds = one(docs, "DaemonSet")
     vol = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "identity-token")
     assert vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "mesh-ca"

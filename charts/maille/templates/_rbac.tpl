@@ -47,11 +47,13 @@
   resources: [services]
   verbs: [get, list, watch, create, update, patch, delete]
 {{- if .Values.identity.enabled }}
-# The mesh CA: read by name; created once when absent (create cannot be limited by name).
+# The mesh CA: read and watched by name (a list or watch with the field selector
+# metadata.name, which resourceNames allows); created once when absent (create cannot be
+# limited by name).
 - apiGroups: [""]
   resources: [secrets]
   resourceNames: [{{ include "maille.identity.caSecret" . }}]
-  verbs: [get]
+  verbs: [get, list, watch]
 {{- if .Values.identity.ca.create }}
 - apiGroups: [""]
   resources: [secrets]

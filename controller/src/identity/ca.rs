@@ -29,6 +29,77 @@ pub const SECRET_KEY_KEY: &str = "tls.key";
 /// The root of trust when the signer is an intermediate (optional).
 pub const SECRET_BUNDLE_KEY: &str = "ca.crt";
 
+/// Largest part of a CA accepted (certificate, key, bundle: a root is about 1 KiB, and proxies
+/// read at most this much of their pinned roots).
+pub const MAX_PEM_BYTES: usize = 256 * 1024;
+
+/// What the parts of a CA are called where it is kept, to name them in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// The signer's certificate.
+    pub cert: &'static str,
+    /// Its key.
+    pub key: &'static str,
+    /// The roots.
+    pub bundle: &'static str,
+}
+
+impl Parts {
+    /// The CA Secret's keys.
+    pub const SECRET: Parts = Parts {
+        cert: SECRET_CERT_KEY,
+        key: SECRET_KEY_KEY,
+        bundle: SECRET_BUNDLE_KEY,
+    };
+    /// The identity folder's files (`ca.crt` holds the signer first, then the other roots).
+    pub const FOLDER: Parts = Parts {
+        cert: CA_CERT_FILE,
+        key: CA_KEY_FILE,
+        bundle: CA_CERT_FILE,
+    };
+}
+
+/// One root of a bundle: its DER and its subject's DER.
+struct Root {
+    der: Vec<u8>,
+    subject_der: Vec<u8>,
+}
+
+/// The certificates of a bundle: at least one, each a CA certificate.
+fn bundle_roots(bundle: &str) -> Result<Vec<Root>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = Vec::new();
+    for (i, c) in rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes()).enumerate() {
+        let c = c.map_err(|e| format!("certificate {}: not PEM: {e}", i + 1))?;
+        let (_, x) = x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("certificate {}: not an X.509 certificate: {e}", i + 1))?;
+        if !x.is_ca() {
+            return Err(format!(
+                "certificate {} ({}) is not a CA (basicConstraints cA is not true)",
+                i + 1,
+                x.subject()
+            ));
+        }
+        roots.push(Root {
+            subject_der: x.subject().as_raw().to_vec(),
+            der: c.as_ref().to_vec(),
+        });
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate".into());
+    }
+    // A block whose BEGIN line does not start a line is skipped by the PEM reader: refuse it
+    // rather than serve fewer roots than written.
+    let blocks = bundle.matches("-----BEGIN ").count();
+    if blocks != roots.len() {
+        return Err(format!(
+            "{blocks} PEM blocks written but {} certificates read: each -----BEGIN and -----END line must be a line of its own",
+            roots.len()
+        ));
+    }
+    Ok(roots)
+}
+
 /// Why the CA cannot be made, read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +135,12 @@ pub struct Ca {
     cert_pem: String,
     /// The roots proxies trust, PEM.
     bundle_pem: String,
+    /// The roots of the bundle, DER.
+    roots: Vec<Vec<u8>>,
+    /// The root of `roots` the signer chains to.
+    signer_root: usize,
+    /// The signer for logs.
+    describe: String,
     /// Whether the signer is an intermediate (its certificate then follows each leaf).
     intermediate: bool,
     not_after: i64,
@@ -131,39 +208,80 @@ impl Ca {
 
     /// A CA from its certificate and PKCS#8 key (PEM); `bundle_pem` names the roots when the
     /// certificate is an intermediate. Checks that the key is the certificate's, that it may
-    /// sign certificates and that it has not expired.
+    /// sign certificates and that it has not expired. Errors name the parts as a Secret does
+    /// (`tls.crt`, `tls.key`, `ca.crt`); see [`Ca::from_parts`].
     pub fn from_pem(
         cert_pem: &str,
         key_pem: &str,
         bundle_pem: Option<&str>,
         origin: &str,
     ) -> Result<Ca> {
+        Ca::from_parts(cert_pem, key_pem, bundle_pem, origin, &Parts::SECRET)
+    }
+
+    /// [`Ca::from_pem`], naming the parts `parts` in errors. Every part is bounded
+    /// ([`MAX_PEM_BYTES`]); the signer must be a CA certificate whose key is `key_pem`, valid
+    /// now (give or take [`CLOCK_SKEW`]); every certificate of the bundle must be a CA; a
+    /// self-signed signer must be in the bundle, and an intermediate's issuer among its roots.
+    pub fn from_parts(
+        cert_pem: &str,
+        key_pem: &str,
+        bundle_pem: Option<&str>,
+        origin: &str,
+        parts: &Parts,
+    ) -> Result<Ca> {
         let invalid = |reason: String| Error::Invalid {
             origin: origin.to_string(),
             reason,
         };
-        let key = KeyPair::from_pem(key_pem)
-            .map_err(|e| invalid(format!("private key: {e} (expected a PKCS#8 PEM key)")))?;
+        for (part, text) in [
+            (parts.cert, Some(cert_pem)),
+            (parts.key, Some(key_pem)),
+            (parts.bundle, bundle_pem),
+        ] {
+            let len = text.map_or(0, str::len);
+            if len > MAX_PEM_BYTES {
+                return Err(invalid(format!(
+                    "{part}: {len} bytes, more than the {MAX_PEM_BYTES} accepted"
+                )));
+            }
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(|e| {
+            invalid(format!(
+                "{}: not a private key: {e} (expected a PKCS#8 PEM key)",
+                parts.key
+            ))
+        })?;
+        let cert_part = parts.cert;
         let params = CertificateParams::from_ca_cert_pem(cert_pem)
-            .map_err(|e| invalid(format!("certificate: {e}")))?;
-        let der = pem_der(cert_pem).ok_or_else(|| invalid("certificate: no PEM block".into()))?;
+            .map_err(|e| invalid(format!("{cert_part}: not a PEM certificate: {e}")))?;
+        let der = pem_der(cert_pem)
+            .ok_or_else(|| invalid(format!("{cert_part}: no PEM certificate block")))?;
         let (_, x509) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| invalid(format!("certificate: {e}")))?;
+            .map_err(|e| invalid(format!("{cert_part}: not an X.509 certificate: {e}")))?;
         if x509.public_key().raw != key.public_key_der().as_slice() {
-            return Err(invalid(
-                "the private key does not belong to the certificate".into(),
-            ));
-        }
-        if !matches!(params.is_ca, IsCa::Ca(_)) {
-            return Err(invalid(
-                "the certificate is not a CA (basicConstraints cA is not true)".into(),
-            ));
-        }
-        let not_after = x509.validity().not_after.timestamp();
-        if not_after <= unix_now() {
             return Err(invalid(format!(
-                "the certificate expired (notAfter {})",
+                "{}: the private key does not belong to the certificate of {cert_part}",
+                parts.key
+            )));
+        }
+        if !matches!(params.is_ca, IsCa::Ca(_)) || !x509.is_ca() {
+            return Err(invalid(format!(
+                "{cert_part}: the certificate is not a CA (basicConstraints cA is not true)"
+            )));
+        }
+        let now = unix_now();
+        let not_after = x509.validity().not_after.timestamp();
+        if not_after <= now {
+            return Err(invalid(format!(
+                "{cert_part}: the certificate expired (notAfter {})",
                 x509.validity().not_after
+            )));
+        }
+        if x509.validity().not_before.timestamp() > now + CLOCK_SKEW.as_secs() as i64 {
+            return Err(invalid(format!(
+                "{cert_part}: the certificate is not valid yet (notBefore {}): what it signs would be refused until then",
+                x509.validity().not_before
             )));
         }
         let self_signed = x509.subject() == x509.issuer();
@@ -171,35 +289,77 @@ impl Ca {
             Some(b) => b.to_string(),
             None if self_signed => cert_pem.trim().to_string(),
             None => {
-                return Err(invalid(
-                    "the certificate is an intermediate but no root (ca.crt) is given".into(),
-                ))
+                return Err(invalid(format!(
+                    "{cert_part}: the certificate is an intermediate but no root ({}) is given",
+                    parts.bundle
+                )))
             }
         };
-        // A root that signs must be among the roots served, or every proxy would refuse what
-        // it signs (a rotation that listed only the old root, say).
-        if self_signed {
-            use rustls::pki_types::pem::PemObject as _;
-            let listed = rustls::pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
-                .filter_map(Result::ok)
-                .any(|c| c.as_ref() == der.as_slice());
-            if !listed {
-                return Err(invalid(
-                    "the trust bundle (ca.crt) does not hold the signing root (tls.crt): list every root proxies must trust, the signing one included".into(),
-                ));
-            }
-        }
+        let roots = bundle_roots(&bundle)
+            .map_err(|reason| invalid(format!("{}: {reason}", parts.bundle)))?;
+        let signer_root = if self_signed {
+            // A root that signs must be among the roots served, or every proxy would refuse
+            // what it signs (a rotation that listed only the old root, say).
+            roots.iter().position(|r| r.der == der).ok_or_else(|| {
+                invalid(format!(
+                    "the trust bundle ({}) does not hold the signing root ({cert_part}): list every root proxies must trust, the signing one included",
+                    parts.bundle
+                ))
+            })?
+        } else {
+            roots
+                .iter()
+                .position(|r| r.subject_der == x509.issuer().as_raw())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{cert_part}: the intermediate's issuer ({}) is not among the roots of {}",
+                        x509.issuer(),
+                        parts.bundle
+                    ))
+                })?
+        };
+        let describe = format!(
+            "{} (serial {}, notAfter {})",
+            x509.subject(),
+            x509.raw_serial_as_string(),
+            x509.validity().not_after
+        );
         let issuer = params
             .self_signed(&key)
-            .map_err(|e| invalid(format!("cannot sign with the key: {e}")))?;
+            .map_err(|e| invalid(format!("{}: cannot sign with the key: {e}", parts.key)))?;
         Ok(Ca {
             issuer,
             key,
             cert_pem: format!("{}\n", cert_pem.trim()),
             bundle_pem: format!("{bundle}\n"),
+            roots: roots.into_iter().map(|r| r.der).collect(),
+            signer_root,
+            describe,
             intermediate: !self_signed,
             not_after,
         })
+    }
+
+    /// Whether `other` signs with the same certificate and key and serves the same roots.
+    pub fn same_as(&self, other: &Ca) -> bool {
+        self.cert_pem == other.cert_pem
+            && self.bundle_pem == other.bundle_pem
+            && self.key.public_key_der() == other.key.public_key_der()
+    }
+
+    /// The signer for logs: subject, serial and end.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The roots of the bundle (DER), in order.
+    pub fn roots(&self) -> &[Vec<u8>] {
+        &self.roots
+    }
+
+    /// The root (DER) the signer is or chains to.
+    pub fn signer_root(&self) -> &[u8] {
+        &self.roots[self.signer_root]
     }
 
     /// The roots proxies trust, PEM.
@@ -309,6 +469,20 @@ impl Ca {
         self.issue(params, public_key, lifetime)
     }
 
+    /// The CA of the files `ca.crt` (the signer first, then any other root) and `ca.key` of
+    /// `dir`, each read up to [`MAX_PEM_BYTES`].
+    pub fn read_dir(dir: &Path) -> Result<Ca> {
+        let cert = read_bounded(&dir.join(CA_CERT_FILE))?;
+        let key = read_bounded(&dir.join(CA_KEY_FILE))?;
+        Ca::from_parts(
+            &cert,
+            &key,
+            None,
+            &dir.display().to_string(),
+            &Parts::FOLDER,
+        )
+    }
+
     /// The CA kept in `dir`: read from `ca.crt` and `ca.key`, or made and written there on
     /// first start (the folder too). Also returns the bootstrap token from `bootstrap-token`,
     /// made when absent.
@@ -322,10 +496,8 @@ impl Ca {
         let key_path = dir.join(CA_KEY_FILE);
         let ca = match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
-                let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-                let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-                let ca = Ca::from_pem(&cert, &key, None, &cert_path.display().to_string())?;
-                tracing::info!(dir = %dir.display(), "Mesh CA read from the identity folder");
+                let ca = Ca::read_dir(dir)?;
+                tracing::info!(dir = %dir.display(), signer = %ca.describe(), "Mesh CA read from the identity folder");
                 ca
             }
             (false, false) => {
@@ -362,6 +534,26 @@ impl Ca {
         };
         Ok((ca, token))
     }
+}
+
+/// The text of `path`, at most one byte past [`MAX_PEM_BYTES`] (so that a larger file is
+/// refused as such, without reading it whole).
+pub(crate) fn read_bounded(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_PEM_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| Error::Invalid {
+        origin: path.display().to_string(),
+        reason: "not UTF-8 text (expected PEM)".into(),
+    })
 }
 
 /// Writes a file only its owner may read.

@@ -17,6 +17,9 @@ pub const RESULTS: [&str; 6] = [
 /// The `reason` label values of `maille_controller_identity_tls_refused_total`.
 pub const TLS_REFUSALS: [&str; 3] = ["handshake", "timeout", "overload"];
 
+/// The `result` label values of `maille_controller_identity_ca_changes_total`.
+pub const CA_CHANGES: [&str; 2] = ["applied", "refused"];
+
 /// Every identity metric of the controller.
 pub struct Metrics {
     /// `maille_controller_certificate_requests_total{result}`.
@@ -29,6 +32,8 @@ pub struct Metrics {
     pub server_expiry: IntGauge,
     /// `maille_controller_identity_tls_refused_total{reason}`.
     pub tls_refused: IntCounterVec,
+    /// `maille_controller_identity_ca_changes_total{result}`.
+    pub ca_changes: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -60,7 +65,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["reason"]
         )
         .expect("register maille_controller_identity_tls_refused_total"),
+        ca_changes: register_int_counter_vec!(
+            "maille_controller_identity_ca_changes_total",
+            "Changes of the mesh CA seen while running (its Secret, or the files of the identity folder), by result: applied (signing with it, its roots served), refused (invalid: the CA held stays).",
+            &["result"]
+        )
+        .expect("register maille_controller_identity_ca_changes_total"),
     };
+    for r in CA_CHANGES {
+        m.ca_changes.with_label_values(&[r]);
+    }
     for r in RESULTS {
         m.requests.with_label_values(&[r]);
     }

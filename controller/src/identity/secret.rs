@@ -25,22 +25,49 @@ pub struct SecretRef {
     pub create: bool,
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+/// The text of `key` in the Secret, refused past [`ca::MAX_PEM_BYTES`] or when not UTF-8.
+fn text(secret: &Secret, key: &str, origin: &str) -> Result<Option<String>, String> {
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(key)) else {
+        return Ok(None);
+    };
+    if bytes.0.len() > ca::MAX_PEM_BYTES {
+        return Err(format!(
+            "mesh CA from {origin}: {key}: {} bytes, more than the {} accepted",
+            bytes.0.len(),
+            ca::MAX_PEM_BYTES
+        ));
+    }
+    String::from_utf8(bytes.0.clone())
+        .map(Some)
+        .map_err(|_| format!("mesh CA from {origin}: {key}: not UTF-8 text (expected PEM)"))
 }
 
 /// The CA of an existing Secret.
 pub fn from_secret(secret: &Secret, origin: &str) -> Result<Ca, String> {
-    let cert = text(secret, ca::SECRET_CERT_KEY)
-        .ok_or_else(|| format!("{origin}: no {} key", ca::SECRET_CERT_KEY))?;
-    let key = text(secret, ca::SECRET_KEY_KEY)
-        .ok_or_else(|| format!("{origin}: no {} key", ca::SECRET_KEY_KEY))?;
-    let bundle = text(secret, ca::SECRET_BUNDLE_KEY);
+    let cert = text(secret, ca::SECRET_CERT_KEY, origin)?
+        .ok_or_else(|| format!("mesh CA from {origin}: no {} key", ca::SECRET_CERT_KEY))?;
+    let key = text(secret, ca::SECRET_KEY_KEY, origin)?
+        .ok_or_else(|| format!("mesh CA from {origin}: no {} key", ca::SECRET_KEY_KEY))?;
+    let bundle = text(secret, ca::SECRET_BUNDLE_KEY, origin)?;
     Ca::from_pem(&cert, &key, bundle.as_deref(), origin).map_err(|e| e.to_string())
+}
+
+/// What of a Secret makes the CA: the three keys' bytes, to tell a change from a relist.
+pub fn content(secret: &Secret) -> Vec<Option<Vec<u8>>> {
+    [
+        ca::SECRET_CERT_KEY,
+        ca::SECRET_KEY_KEY,
+        ca::SECRET_BUNDLE_KEY,
+    ]
+    .iter()
+    .map(|k| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(*k))
+            .map(|b| b.0.clone())
+    })
+    .collect()
 }
 
 /// Reads the CA from its Secret, or makes and creates it. One attempt.

@@ -1126,3 +1126,5 @@ fn server_names_are_checked_and_a_root_must_be_in_the_bundle_it_serves() {
     let (local, _) = Ca::load_or_create_dir(dir.path(), TD).unwrap();
     assert_eq!(local.trust_bundle().matches("BEGIN CERTIFICATE").count(), 2);
 }
+
+mod rotation;

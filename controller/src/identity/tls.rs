@@ -1,9 +1,10 @@
 //! The identity API's own TLS listener (`--identity-listen`): a server certificate the mesh CA
 //! signs for the controller's names (its Service DNS names; locally the listen address),
-//! renewed at half its life, and the HTTP/1.1 server behind it, bounded in connections, in
-//! handshake time and in connection time. Certificate requests and the trust bundle are served
-//! here only: a proxy's token never crosses the network in cleartext, and the bundle it gets
-//! comes over a channel it verified against a root it was given out of band.
+//! renewed at half its life and whenever the CA changes, and the HTTP/1.1 server behind it,
+//! bounded in connections, in handshake time and in connection time. Certificate requests and
+//! the trust bundle are served here only: a proxy's token never crosses the network in
+//! cleartext, and the bundle it gets comes over a channel it verified against a root it was
+//! given out of band.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -143,7 +144,8 @@ impl ServerCert {
 }
 
 /// Keeps `cert` current once `service` has a CA: the first one at once, each next one at
-/// half the life of the last, retrying failures every [`MIN_RENEW`] (doubling to a minute).
+/// half the life of the last or at once when the CA changes (so the listener always chains to
+/// the CA signing now), retrying failures every [`MIN_RENEW`] (doubling to a minute).
 pub async fn keep_renewed(
     service: Arc<Service>,
     cert: Arc<ServerCert>,
@@ -153,8 +155,11 @@ pub async fn keep_renewed(
         _ = service.wait_installed() => {}
         _ = shutdown.cancelled() => return,
     }
+    let mut cas = service.subscribe_ca();
     let mut retry = MIN_RENEW;
     loop {
+        // Seen before signing: a CA that changes while this one signs gives another renewal.
+        cas.borrow_and_update();
         let wait = match cert.renew(&service) {
             Ok(not_after) => {
                 retry = MIN_RENEW;
@@ -170,6 +175,12 @@ pub async fn keep_renewed(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            r = cas.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                retry = MIN_RENEW;
+            }
             _ = shutdown.cancelled() => return,
         }
     }

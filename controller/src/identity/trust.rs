@@ -2,16 +2,21 @@
 //! (`--identity-trust-configmap`, default `maille-identity-trust`, key `ca.crt`) that the chart
 //! mounts into every proxy pod. A proxy verifies the identity listener against it before it
 //! sends its token, so the roots never come from the server being verified. Written with
-//! server-side apply once the CA is loaded, then again every few minutes (a deleted or edited
-//! ConfigMap comes back; applying the same content changes nothing).
+//! server-side apply once the CA is loaded, at once whenever it changes, and again every few
+//! minutes (a deleted or edited ConfigMap comes back; applying the same content changes
+//! nothing).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::Api;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use super::Ca;
 
 /// Default name of the ConfigMap.
 pub const DEFAULT_CONFIGMAP: &str = "maille-identity-trust";
@@ -58,31 +63,41 @@ pub async fn apply(
     .map(|_| ())
 }
 
-/// Keeps the ConfigMap holding `bundle_pem` until `shutdown`.
+/// Keeps the ConfigMap holding the roots of the CA `cas` holds until `shutdown`: applied
+/// again every [`REAPPLY`], and at once when the CA changes (a rotation step).
 pub async fn keep_published(
     client: kube::Client,
     namespace: String,
     name: String,
-    bundle_pem: String,
+    mut cas: watch::Receiver<Option<Arc<Ca>>>,
     shutdown: CancellationToken,
 ) {
-    let mut published = false;
+    let mut published: Option<String> = None;
     loop {
-        let wait = match apply(&client, &namespace, &name, &bundle_pem).await {
-            Ok(()) => {
-                if !published {
-                    tracing::info!(configmap = %format!("{namespace}/{name}"), "Mesh roots published for proxies to pin");
-                    published = true;
+        let bundle = cas
+            .borrow_and_update()
+            .as_ref()
+            .map(|ca| ca.trust_bundle().to_string());
+        let wait = match &bundle {
+            None => REAPPLY,
+            Some(bundle) => match apply(&client, &namespace, &name, bundle).await {
+                Ok(()) => {
+                    if published.as_ref() != Some(bundle) {
+                        let roots = bundle.matches("-----BEGIN CERTIFICATE-----").count();
+                        tracing::info!(configmap = %format!("{namespace}/{name}"), roots, "Mesh roots published for proxies to pin");
+                        published = Some(bundle.clone());
+                    }
+                    REAPPLY
                 }
-                REAPPLY
-            }
-            Err(e) => {
-                tracing::error!(configmap = %format!("{namespace}/{name}"), error = %e, "Mesh roots not published: proxies that have not pinned them yet cannot verify the identity listener");
-                RETRY
-            }
+                Err(e) => {
+                    tracing::error!(configmap = %format!("{namespace}/{name}"), error = %e, "Mesh roots not published: proxies that have not pinned them yet cannot verify the identity listener");
+                    RETRY
+                }
+            },
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            r = cas.changed() => if r.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }

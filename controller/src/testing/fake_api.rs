@@ -1,11 +1,12 @@
 //! An in-memory Kubernetes API server behind a real `kube::Client` (tower-test mock), answering
-//! as the real one does: GET, lists (namespaced or across namespaces) with label selectors,
-//! watches (a stream of events from a resourceVersion, `410 Gone` once that version is
-//! compacted), POST, PUT with resourceVersion checks, JSON merge PATCH (a resourceVersion in the
-//! patch is a precondition; on the `status` subresource only `status` changes), server-side apply
-//! (approximated by a merge that creates the object when missing), DELETE with preconditions,
-//! 404s, 409s, and resources that are not installed (404) or forbidden (403). It records every
-//! write so tests can assert what changed, and what did not.
+//! as the real one does: GET, lists (namespaced or across namespaces) with label selectors and
+//! field selectors on the name and namespace, watches (a stream of events from a
+//! resourceVersion, `410 Gone` once that version is compacted), POST, PUT with resourceVersion
+//! checks, JSON merge PATCH (a resourceVersion in the patch is a precondition; on the `status`
+//! subresource only `status` changes), server-side apply (approximated by a merge that creates
+//! the object when missing), DELETE with preconditions, 404s, 409s, and resources that are not
+//! installed (404) or forbidden (403). It records every write so tests can assert what
+//! changed, and what did not.
 //! In-process through `client()` (unit tests), or over loopback HTTP through `serve()` (tests
 //! of the `maille-controller` binary; feature `testing`).
 
@@ -219,6 +220,23 @@ fn matches_selector(obj: &Value, selector: &str) -> bool {
         })
 }
 
+/// Whether `obj` matches a field selector: `metadata.name=X`, `metadata.namespace=X` (also
+/// with `==`), comma-separated; other fields match nothing.
+fn matches_fields(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) else {
+            return false;
+        };
+        match k {
+            "metadata.name" | "metadata.namespace" => {
+                let field = k.trim_start_matches("metadata.");
+                obj["metadata"][field].as_str() == Some(v)
+            }
+            _ => false,
+        }
+    })
+}
+
 fn forbidden(method: &Method, t: &Target) -> (StatusCode, Value) {
     let verb = match (method.as_str(), &t.name) {
         ("GET", None) => "list",
@@ -256,6 +274,7 @@ struct Cursor {
     collection: String,
     namespace: Option<String>,
     selector: String,
+    fields: String,
     after: u64,
     epoch: u64,
     deadline: tokio::time::Instant,
@@ -281,7 +300,8 @@ impl Cursor {
                 for c in state.changes.iter().filter(|c| c.rv > self.after) {
                     let in_scope = c.collection == self.collection
                         && self.namespace.as_ref().is_none_or(|ns| *ns == c.namespace)
-                        && matches_selector(&c.object, &self.selector);
+                        && matches_selector(&c.object, &self.selector)
+                        && matches_fields(&c.object, &self.fields);
                     if in_scope {
                         self.pending.push_back(event_line(c.type_, &c.object));
                     }
@@ -614,6 +634,7 @@ impl FakeApi {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(300);
         let selector = query.get("labelSelector").cloned().unwrap_or_default();
+        let fields = query.get("fieldSelector").cloned().unwrap_or_default();
         let mut pending = VecDeque::new();
         let mut done = false;
         let mut after = from;
@@ -621,7 +642,9 @@ impl FakeApi {
             // "Any version": the current objects first, as ADDED events.
             let items = state.objects.get(&t.collection).into_iter().flatten();
             for ((ns, _), obj) in items {
-                if t.namespace.as_ref().is_none_or(|n| n == ns) && matches_selector(obj, &selector)
+                if t.namespace.as_ref().is_none_or(|n| n == ns)
+                    && matches_selector(obj, &selector)
+                    && matches_fields(obj, &fields)
                 {
                     pending.push_back(event_line("ADDED", obj));
                 }
@@ -641,6 +664,7 @@ impl FakeApi {
             collection: t.collection.clone(),
             namespace: t.namespace.clone(),
             selector,
+            fields,
             after,
             epoch: state.epoch,
             deadline: tokio::time::Instant::now() + Duration::from_secs(timeout),
@@ -746,11 +770,13 @@ impl FakeApi {
         let (code, value, change) = match (method.clone(), name) {
             (Method::GET, None) => {
                 let selector = query.get("labelSelector").cloned().unwrap_or_default();
+                let fields = query.get("fieldSelector").cloned().unwrap_or_default();
                 let list: Vec<Value> = items
                     .iter()
                     .filter(|((n, _), o)| {
                         t.namespace.as_ref().is_none_or(|ns| ns == n)
                             && matches_selector(o, &selector)
+                            && matches_fields(o, &fields)
                     })
                     .map(|(_, o)| o.clone())
                     .collect();
