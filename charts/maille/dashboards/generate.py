@@ -274,7 +274,14 @@ def proxies():
           "curve that keeps falling past half means the controller is not answering (see the proxy's /ready). "
           "Far below zero: the proxy holds no certificate (no --identity-token-file, or none received yet).",
           [q(f"max by (instance) (maille_proxy_identity_certificate_expiry_timestamp_seconds{{{INST}}}) - time()",
-             "{{instance}}")], unit="s", w=8)
+             "{{instance}}")], unit="s", w=12)
+    b.add("timeseries", "Identity server certificate time left",
+          "Seconds until the certificate of each controller replica's identity listener ends (the TLS server "
+          "proxies ask for their certificates). Renewed at half its lifetime and at once when the mesh CA changes, "
+          "so the curve restarts from the full lifetime at each step of a rotation. A curve that keeps falling past "
+          "half: the controller cannot sign (see its log). Far below zero: identity is off on that controller.",
+          [q("max by (instance) (maille_controller_identity_server_certificate_expiry_timestamp_seconds) - time()",
+             "{{instance}}")], unit="s", w=12)
     b.add("timeseries", "Cross-node traffic: tunnel and cleartext",
           "Streams opened per second through the mutual-TLS tunnel to other nodes' proxies, and requests, "
           "connections and UDP sessions sent in cleartext to nodes without proxy (mtls: permissive) or refused "
@@ -284,14 +291,14 @@ def proxies():
            q(f"sum by (instance) (rate(maille_proxy_mtls_cleartext_total{{{INST}}}[{RI}])) or {zero}",
              "cleartext {{instance}}"),
            q(f"sum by (instance) (rate(maille_proxy_mtls_refused_total{{{INST}}}[{RI}])) or {zero}",
-             "refused (strict) {{instance}}")], unit="ops", w=8)
+             "refused (strict) {{instance}}")], unit="ops", w=12)
     b.add("timeseries", "Tunnel denials and handshake refusals",
           "Streams this proxy refused to carry to its pods (by reason: spoofed_identity, access_denied, "
           "no_identity...) and connections to its tunnel port refused during the handshake.",
           [q(f"sum by (instance, reason) (rate(maille_proxy_tunnel_denied_total{{{INST}}}[{RI}])) or {zero}",
              "{{reason}} {{instance}}"),
            q(f'sum by (instance) (rate(maille_proxy_tunnel_handshakes_total{{{INST}, result!="ok"}}[{RI}]))'
-             f" or {zero}", "handshakes refused {{instance}}")], unit="ops", w=8)
+             f" or {zero}", "handshakes refused {{instance}}")], unit="ops", w=12)
     return b
 
 
