@@ -153,15 +153,10 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
         match role {
             index::Role::Nothing => {}
             index::Role::Proxy(spec) => match nodes.get(spec.name.as_str()) {
-                Some(&(_, other)) => out.problems.push(Problem::new(
-                    ObjectRef::new("Pod", ns, name),
-                    format!(
-                        "{ns}/{}: node {} already has node proxy {}; this one is left out",
-                        cut(name),
-                        spec.name,
-                        who(other)
-                    ),
-                )),
+                Some(&(_, other)) => {
+                    out.problems
+                        .push(node_taken(ns, name, &spec.name, &who(other)))
+                }
                 None if nodes.len() >= MAX_NODES => over.0 += 1,
                 None => {
                     nodes.insert(spec.name.clone(), (spec, i));
@@ -174,14 +169,7 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
             } => {
                 for a in addrs {
                     if let Some(&owner) = owners.get(&a) {
-                        let owner = who(owner);
-                        out.problems.push(Problem::new(
-                            ObjectRef::new("Pod", ns, name),
-                            format!(
-                                "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
-                                cut(name)
-                            ),
-                        ));
+                        out.problems.push(address_taken(ns, name, a, &who(owner)));
                         continue;
                     }
                     if workloads.len() >= MAX_WORKLOADS {
@@ -213,6 +201,28 @@ pub fn mesh_part(pods: &[Arc<Pod>], settings: &MeshSettings) -> MeshPart {
     out.nodes = nodes.into_values().map(|(n, _)| n).collect();
     out.workloads = workloads;
     out
+}
+
+/// The problem of the Pod `ns/name` whose address `addr` the Pod `owner` holds.
+fn address_taken(ns: &str, name: &str, addr: IpAddr, owner: &str) -> Problem {
+    Problem::new(
+        ObjectRef::new("Pod", ns, name),
+        format!(
+            "{ns}/{}: address {addr} is also pod {owner}'s; the identity of {owner} holds for it",
+            cut(name)
+        ),
+    )
+}
+
+/// The problem of the node proxy Pod `ns/name` on `node`, which the proxy `owner` holds.
+fn node_taken(ns: &str, name: &str, node: &str, owner: &str) -> Problem {
+    Problem::new(
+        ObjectRef::new("Pod", ns, name),
+        format!(
+            "{ns}/{}: node {node} already has node proxy {owner}; this one is left out",
+            cut(name)
+        ),
+    )
 }
 
 fn pod_service_account(pod: &Pod) -> String {

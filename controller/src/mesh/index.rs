@@ -10,16 +10,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use config_model::cut::cut;
 use config_model::mesh::{is_dns_subdomain, MAX_NODES, MAX_WORKLOADS};
 use config_model::{is_dns_label, MtlsMode, NodeSpec, WorkloadSpec};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{
-    finished, pod_ips, pod_service_account, problem, tunnel_port, MeshSettings,
-    TUNNEL_PORT_ANNOTATION,
+    address_taken, finished, node_taken, pod_ips, pod_service_account, problem, tunnel_port,
+    MeshSettings, TUNNEL_PORT_ANNOTATION,
 };
-use crate::problem::{ObjectRef, Problem};
+use crate::problem::Problem;
 
 /// A Pod's namespace and name.
 type PodName = (String, String);
@@ -355,13 +354,7 @@ impl MeshIndex {
             };
             let owner = who(owner);
             for ((ns, name), _, _) in claims {
-                out.push(Problem::new(
-                    ObjectRef::new("Pod", ns, name),
-                    format!(
-                        "{ns}/{}: address {a} is also pod {owner}'s; the identity of {owner} holds for it",
-                        cut(name)
-                    ),
-                ));
+                out.push(address_taken(ns, name, *a, &owner));
             }
         }
         for node in &self.contested_nodes {
@@ -371,13 +364,7 @@ impl MeshIndex {
             };
             let owner = who(owner);
             for ((ns, name), _, _) in claims {
-                out.push(Problem::new(
-                    ObjectRef::new("Pod", ns, name),
-                    format!(
-                        "{ns}/{}: node {node} already has node proxy {owner}; this one is left out",
-                        cut(name)
-                    ),
-                ));
+                out.push(node_taken(ns, name, node, &owner));
             }
         }
         out
