@@ -42,7 +42,8 @@ pub fn proxy_binary() -> PathBuf {
 }
 
 /// The real controller in manifests mode on a folder and one real proxy fed by it, on loopback
-/// ports that were free (one mesh port per traffic type); both killed when dropped.
+/// ports that were free (one mesh port per traffic type) and an upgrade socket of its own (so
+/// that tests running at once never share one); both killed when dropped.
 pub struct LocalMesh {
     /// The controller's API port.
     pub api: u16,
@@ -54,14 +55,54 @@ pub struct LocalMesh {
     pub udp: u16,
     /// The proxy's admin port (`/ready`, `/metrics`).
     pub admin: u16,
-    _controller: KillOnDrop,
-    _proxy: KillOnDrop,
+    /// The proxy's `--upgrade-sock`.
+    pub upgrade_sock: PathBuf,
+    /// The proxy's flags, for a second process (an upgrade: the same with `--upgrade`).
+    pub proxy_args: Vec<String>,
+    controller: Option<KillOnDrop>,
+    /// The proxy process.
+    pub proxy: KillOnDrop,
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.upgrade_sock);
+    }
+}
+
+/// Starts `maille-proxy` with `args`, its output (at `RUST_LOG=info`) in `log`, or discarded.
+pub fn start_proxy(args: &[String], log: Option<&Path>) -> KillOnDrop {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(proxy_binary());
+    cmd.args(args);
+    match log {
+        Some(path) => {
+            let out = std::fs::File::create(path).expect("create the proxy's log");
+            cmd.stdout(out.try_clone().expect("log file"))
+                .stderr(out)
+                .env("RUST_LOG", "info");
+        }
+        None => {
+            cmd.stdout(Stdio::null());
+        }
+    }
+    KillOnDrop(cmd.spawn().expect("start maille-proxy"))
 }
 
 impl LocalMesh {
     /// Starts both on `manifests`; `controller` is the test's
     /// `env!("CARGO_BIN_EXE_maille-controller")` (known to integration tests only).
     pub fn start(controller: &str, manifests: &Path) -> LocalMesh {
+        LocalMesh::start_with(controller, manifests, &[], None)
+    }
+
+    /// [`LocalMesh::start`], the proxy with the flags `extra` too and its output in `log`.
+    pub fn start_with(
+        controller: &str,
+        manifests: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> LocalMesh {
         use std::process::{Command, Stdio};
         let (api, http, tcp, udp, admin) = (
             free_port(),
@@ -83,28 +124,75 @@ impl LocalMesh {
                 .spawn()
                 .expect("start maille-controller"),
         );
-        let proxy = KillOnDrop(
-            Command::new(proxy_binary())
-                .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
-                .args(["--listen-ip", "127.0.0.1"])
-                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                .args(["--http-ports", &http.to_string()])
-                .args(["--tcp-ports", &tcp.to_string()])
-                .args(["--udp-ports", &udp.to_string()])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start maille-proxy"),
-        );
+        let upgrade_sock = std::env::temp_dir().join(format!(
+            "maille-test-upgrade-{}-{admin}.sock",
+            std::process::id()
+        ));
+        let mut proxy_args: Vec<String> = [
+            "--controller-url",
+            &format!("http://127.0.0.1:{api}"),
+            "--listen-ip",
+            "127.0.0.1",
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--http-ports",
+            &http.to_string(),
+            "--tcp-ports",
+            &tcp.to_string(),
+            "--udp-ports",
+            &udp.to_string(),
+            "--upgrade-sock",
+            &upgrade_sock.display().to_string(),
+        ]
+        .map(String::from)
+        .into();
+        proxy_args.extend(extra.iter().map(|a| a.to_string()));
+        let proxy = start_proxy(&proxy_args, log);
         LocalMesh {
             api,
             http,
             tcp,
             udp,
             admin,
-            _controller: controller,
-            _proxy: proxy,
+            upgrade_sock,
+            proxy_args,
+            controller: Some(controller),
+            proxy,
         }
     }
+
+    /// Stops the controller (killed and reaped).
+    pub fn stop_controller(&mut self) {
+        self.controller = None;
+    }
+}
+
+/// One `GET /` with `Host: host` on a new connection to 127.0.0.1:`port`, answered within
+/// 2 s: (status, body), or why there is none.
+pub async fn http_get(port: u16, host: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&out).into_owned())
+    };
+    let out = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| "no answer within 2 s".to_string())??;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {out:?}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    Ok((status, body.unwrap_or_default()))
 }
 
 /// Replaces the manifest `file` of the folder `dir` whole (written beside it, then renamed

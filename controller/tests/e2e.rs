@@ -10,8 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use maille_controller::testing::{eventually, LocalMesh};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use maille_controller::testing::{eventually, http_get, LocalMesh};
 
 /// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
 fn backend(name: &'static str) -> u16 {
@@ -50,22 +49,7 @@ fn backend(name: &'static str) -> u16 {
 
 /// One request on a fresh connection; returns (status, body).
 async fn get(port: u16, host: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-        s.write_all(request.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        Some(String::from_utf8_lossy(&out).into_owned())
-    };
-    let out = tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()??;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+    http_get(port, host).await.ok()
 }
 
 fn service(traffic_type: &str) -> String {

@@ -1,18 +1,17 @@
 //! End to end: a graceful upgrade of the real `maille-proxy` after the real `maille-controller`
 //! sent it a delta, with the controller gone by then. The new process must route with the
 //! table the old one served (the delta's version) from its first request: no 503 waiting for a
-//! controller that does not answer.
+//! controller that does not answer. The controller and the first proxy are a
+//! [`LocalMesh`] with an upgrade socket of its own.
 
-use maille_controller::testing::write_manifest;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, free_port, proxy_binary, KillOnDrop};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use maille_controller::testing::{
+    eventually, http_get, start_proxy, write_manifest, KillOnDrop, LocalMesh,
+};
 
 /// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
 fn backend(name: &'static str) -> u16 {
@@ -45,32 +44,6 @@ fn backend(name: &'static str) -> u16 {
     port
 }
 
-/// One request on a fresh connection; (status, body), or why there is none.
-async fn get(port: u16, host: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(String::from_utf8_lossy(&out).into_owned())
-    };
-    let out = tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| "no answer within 2 s".to_string())??;
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not HTTP: {out:?}"))?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    Ok((status, body.unwrap_or_default()))
-}
-
 fn service(name: &str, ip: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  clusterIP: {ip}\n  ports:\n    - name: http\n      port: 80\n      targetPort: http\n"
@@ -80,20 +53,6 @@ fn service(name: &str, ip: &str) -> String {
 fn slice(service: &str, port: u16) -> String {
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nendpoints:\n  - addresses: [\"127.0.0.1\"]\n    conditions: {{ready: true}}\nports:\n  - name: http\n    port: {port}\n    protocol: TCP\n"
-    )
-}
-
-/// The proxy, its log in `log`.
-fn proxy(args: &[String], log: &Path) -> KillOnDrop {
-    let out = File::create(log).unwrap();
-    KillOnDrop(
-        Command::new(proxy_binary())
-            .args(args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("start maille-proxy"),
     )
 }
 
@@ -114,48 +73,26 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
     write_manifest(&manifests, "web.yaml", &service("web", "10.96.0.20"));
     write_manifest(&manifests, "web-slice.yaml", &slice("web", one));
 
-    let (api, http, admin) = (free_port(), free_port(), free_port());
-    let controller = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_maille-controller"))
-            .arg("--manifests")
-            .arg(&manifests)
-            .args(["--api-addr", &format!("127.0.0.1:{api}")])
-            .args(["--http-ports", &format!("{http}-{http}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start maille-controller"),
-    );
-    let args: Vec<String> = [
-        "--controller-url",
-        &format!("http://127.0.0.1:{api}"),
-        "--listen-ip",
-        "127.0.0.1",
-        "--admin-addr",
-        &format!("127.0.0.1:{admin}"),
-        "--http-ports",
-        &http.to_string(),
-        "--tcp-ports",
-        "none",
-        "--udp-ports",
-        "none",
-        "--upgrade-sock",
-        &dir.path().join("upgrade.sock").display().to_string(),
+    let old_log = dir.path().join("old.log");
+    let grace = [
         "--grace-period-seconds",
         "1",
         "--graceful-shutdown-timeout-seconds",
         "1",
-    ]
-    .map(String::from)
-    .into();
-    let old_log = dir.path().join("old.log");
-    let mut old = proxy(&args, &old_log);
+    ];
+    let mut mesh = LocalMesh::start_with(
+        env!("CARGO_BIN_EXE_maille-controller"),
+        &manifests,
+        &grace,
+        Some(&old_log),
+    );
+    let (api, http) = (mesh.api, mesh.http);
     let patience = Duration::from_secs(30);
     eventually(
         "the first (whole) table at the proxy",
         patience,
         async || {
-            get(http, "web.shop.maille.mesh")
+            http_get(http, "web.shop.maille.mesh")
                 .await
                 .ok()
                 .filter(|r| *r == (200, "one".into()))
@@ -168,8 +105,8 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
     write_manifest(&manifests, "cart.yaml", &service("cart", "10.96.0.21"));
     write_manifest(&manifests, "cart-slice.yaml", &slice("cart", cart));
     eventually("the change at the proxy", patience, async || {
-        let web = get(http, "web.shop.maille.mesh").await.ok()?;
-        let cart = get(http, "cart.shop.maille.mesh").await.ok()?;
+        let web = http_get(http, "web.shop.maille.mesh").await.ok()?;
+        let cart = http_get(http, "cart.shop.maille.mesh").await.ok()?;
         (web == (200, "two".into()) && cart == (200, "cart".into())).then_some(())
     })
     .await;
@@ -180,17 +117,20 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
     );
 
     // The controller goes away; then the upgrade.
-    drop(controller);
+    mesh.stop_controller();
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", api)).is_err(),
         "controller still up"
     );
     let new_log = dir.path().join("new.log");
-    let mut new = proxy(&[&args[..], &["--upgrade".into()]].concat(), &new_log);
+    let mut new = start_proxy(
+        &[&mesh.proxy_args[..], &["--upgrade".into()]].concat(),
+        Some(&new_log),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&old, "QUIT");
+    signal(&mesh.proxy, "QUIT");
     let start = Instant::now();
-    while old.0.try_wait().unwrap().is_none() {
+    while mesh.proxy.0.try_wait().unwrap().is_none() {
         assert!(
             start.elapsed() < patience,
             "old proxy still running after SIGQUIT:\n{}",
@@ -211,7 +151,7 @@ async fn an_upgrade_after_a_delta_with_the_controller_down_serves_the_delta_s_ta
         ("cart.shop.maille.mesh", "cart"),
         ("web.shop.maille.mesh", "two"),
     ] {
-        let r = get(http, host).await;
+        let r = http_get(http, host).await;
         assert_eq!(
             r,
             Ok((200, body.into())),
