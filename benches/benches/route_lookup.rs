@@ -1,13 +1,17 @@
 //! Route lookup on the request path: `Table::http_route` (listener port + Host) and
 //! `Table::tcp_route` (listener port), hit and miss, on tables of 10, 1,000 and 10,000
-//! services. Lookups cycle through every service's host so the figures include cache misses a
-//! busy proxy would see, not one hot entry.
+//! services; and `route_and_pick`, the lookup through the store followed by the balancer's
+//! pick of one of the service's 10 endpoints (peak-EWMA and round robin), the whole routing
+//! decision of a request. Lookups cycle through every service's host so the figures include
+//! cache misses a busy proxy would see, not one hot entry.
 
 use std::hint::black_box;
 
 use config_model::Table;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use maille_benches::fixtures::{self, HTTP_MESH_PORT, TCP_MESH_PORT};
+use maille_proxy::balance::Balancer;
+use maille_proxy::config::Balancer as Mode;
 use maille_proxy::TableStore;
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -112,5 +116,31 @@ fn tcp_route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, http_route, tcp_route);
+fn route_and_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_and_pick");
+    group.throughput(Throughput::Elements(1));
+    for n in [1_000, 10_000] {
+        let hosts = http_hosts(n);
+        let store = TableStore::new();
+        store.store(Table::try_from(fixtures::table(n, ENDPOINTS)).expect("fixture validates"));
+        for (name, mode) in [
+            ("peak_ewma", Mode::PeakEwma),
+            ("round_robin", Mode::RoundRobin),
+        ] {
+            let balancer = Balancer::new(mode);
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                let (s, lb) = (&store, &balancer);
+                let mut next = cycling(&hosts, move |h| {
+                    let t = s.load();
+                    let id = t.http_route(HTTP_MESH_PORT, h)?;
+                    lb.pick(&t.runtime(id).endpoints, &[]).map(|p| p.addr)
+                });
+                b.iter(|| assert!(next().is_some()))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, http_route, tcp_route, route_and_pick);
 criterion_main!(benches);

@@ -38,9 +38,9 @@ impl RetryBudget {
     pub fn try_retry(&self, now_ns: u64) -> bool {
         // Count first, then check, so that concurrent retries cannot all pass one check.
         self.window.add(now_ns, RETRIES, 1);
-        let counts = self.window.snapshot(now_ns);
-        let allowed = counts[REQUESTS] * self.percent / 100 + MIN_RETRIES_PER_SEC * WINDOW_SECS;
-        if counts[RETRIES] <= allowed {
+        let requests = self.window.sum(now_ns, REQUESTS);
+        let allowed = requests * self.percent / 100 + MIN_RETRIES_PER_SEC * WINDOW_SECS;
+        if self.window.sum(now_ns, RETRIES) <= allowed {
             true
         } else {
             self.window.sub(now_ns, RETRIES, 1);

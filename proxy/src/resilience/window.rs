@@ -7,16 +7,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-struct Slot {
-    /// 1 + index of the time slot these counters belong to; 0 when never used.
-    epoch: AtomicU64,
-    counters: Box<[AtomicU64]>,
-}
-
 /// Counters summed over the last `slots × slot_ns` nanoseconds.
 pub struct Window {
     slot_ns: u64,
-    slots: Box<[Slot]>,
+    /// Every slot's cells in one allocation: per slot, `1 + width` cells, the first holding
+    /// 1 + the index of the time slot its counters belong to (0 when never used), the others
+    /// its counters.
+    cells: Box<[AtomicU64]>,
     width: usize,
 }
 
@@ -24,7 +21,7 @@ impl std::fmt::Debug for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Window")
             .field("slot_ns", &self.slot_ns)
-            .field("slots", &self.slots.len())
+            .field("slots", &self.slots())
             .field("width", &self.width)
             .finish()
     }
@@ -33,15 +30,11 @@ impl std::fmt::Debug for Window {
 impl Window {
     /// A window of `slots` slots of `slot_ns` each, with `width` counters per slot.
     pub fn new(slots: usize, slot_ns: u64, width: usize) -> Self {
-        let slots = (0..slots.max(1))
-            .map(|_| Slot {
-                epoch: AtomicU64::new(0),
-                counters: (0..width).map(|_| AtomicU64::new(0)).collect(),
-            })
-            .collect();
         Window {
             slot_ns: slot_ns.max(1),
-            slots,
+            cells: (0..slots.max(1) * (1 + width))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             width,
         }
     }
@@ -51,34 +44,44 @@ impl Window {
         self.width
     }
 
-    fn slot_at(&self, now_ns: u64) -> &Slot {
+    fn slots(&self) -> usize {
+        self.cells.len() / (1 + self.width)
+    }
+
+    /// Slot `i`: its epoch cell and its counters.
+    fn slot(&self, i: usize) -> (&AtomicU64, &[AtomicU64]) {
+        let cells = &self.cells[i * (1 + self.width)..(i + 1) * (1 + self.width)];
+        (&cells[0], &cells[1..])
+    }
+
+    /// The counters of the slot `now_ns` falls in, reset first when they were of an older one.
+    fn slot_at(&self, now_ns: u64) -> &[AtomicU64] {
         let epoch = now_ns / self.slot_ns + 1;
-        let slot = &self.slots[(epoch % self.slots.len() as u64) as usize];
-        let seen = slot.epoch.load(Ordering::Acquire);
+        let (stamp, counters) = self.slot((epoch % self.slots() as u64) as usize);
+        let seen = stamp.load(Ordering::Acquire);
         if seen != epoch
             && seen < epoch
-            && slot
-                .epoch
+            && stamp
                 .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            for c in slot.counters.iter() {
+            for c in counters {
                 c.store(0, Ordering::Relaxed);
             }
         }
-        slot
+        counters
     }
 
     /// Adds `n` to counter `index` at `now_ns`.
     pub fn add(&self, now_ns: u64, index: usize, n: u64) {
-        if let Some(c) = self.slot_at(now_ns).counters.get(index) {
+        if let Some(c) = self.slot_at(now_ns).get(index) {
             c.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// Subtracts `n` from counter `index` at `now_ns` (undoing an `add` of the same instant).
     pub fn sub(&self, now_ns: u64, index: usize, n: u64) {
-        if let Some(c) = self.slot_at(now_ns).counters.get(index) {
+        if let Some(c) = self.slot_at(now_ns).get(index) {
             // Saturate: the slot may have been reset in between.
             let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 Some(v.saturating_sub(n))
@@ -86,19 +89,22 @@ impl Window {
         }
     }
 
-    fn live(&self, now_ns: u64) -> impl Iterator<Item = &Slot> {
+    /// The counters of the slots still inside the window ending at `now_ns`.
+    fn live(&self, now_ns: u64) -> impl Iterator<Item = &[AtomicU64]> {
         let newest = now_ns / self.slot_ns + 1;
-        let oldest = newest.saturating_sub(self.slots.len() as u64 - 1);
-        self.slots.iter().filter(move |s| {
-            let e = s.epoch.load(Ordering::Acquire);
-            e >= oldest && e <= newest && e != 0
-        })
+        let oldest = newest.saturating_sub(self.slots() as u64 - 1);
+        (0..self.slots())
+            .map(|i| self.slot(i))
+            .filter_map(move |(stamp, counters)| {
+                let e = stamp.load(Ordering::Acquire);
+                (e >= oldest && e <= newest && e != 0).then_some(counters)
+            })
     }
 
     /// Sum of counter `index` over the window ending at `now_ns`.
     pub fn sum(&self, now_ns: u64, index: usize) -> u64 {
         self.live(now_ns)
-            .filter_map(|s| s.counters.get(index))
+            .filter_map(|s| s.get(index))
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
     }
@@ -107,7 +113,7 @@ impl Window {
     pub fn snapshot(&self, now_ns: u64) -> Vec<u64> {
         let mut out = vec![0u64; self.width];
         for s in self.live(now_ns) {
-            for (o, c) in out.iter_mut().zip(s.counters.iter()) {
+            for (o, c) in out.iter_mut().zip(s) {
                 *o += c.load(Ordering::Relaxed);
             }
         }
@@ -116,9 +122,10 @@ impl Window {
 
     /// Forgets everything recorded so far.
     pub fn reset(&self) {
-        for s in self.slots.iter() {
-            s.epoch.store(0, Ordering::Release);
-            for c in s.counters.iter() {
+        for i in 0..self.slots() {
+            let (stamp, counters) = self.slot(i);
+            stamp.store(0, Ordering::Release);
+            for c in counters {
                 c.store(0, Ordering::Relaxed);
             }
         }
