@@ -2,8 +2,9 @@
 //! it is given starts, forwards and is measured, the tracing variants export spans to the
 //! bench's OTLP sink, the mesh's cross-node path goes through one tunnel session (and the
 //! same-node path not at all), and a reference target whose program is missing is skipped
-//! with a line saying so. No figure is asserted: debug binaries on a shared machine measure
-//! nothing.
+//! with a line saying so; the interleaved mode (`--interleave`) keeps its proxies running and
+//! gives ratios cycle by cycle, with the repeated first target as the A/A check. No figure is
+//! asserted: debug binaries on a shared machine measure nothing.
 //!
 //! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, loopback addresses 127.0.0.2 and
 //! 127.0.0.3, and `maille-proxy` and `maille-controller` built next to this test
@@ -216,4 +217,58 @@ fn a_target_whose_program_is_missing_is_skipped_with_a_line_saying_so() {
         text.contains("- Traefik 3 (GOMAXPROCS=1): no `traefik` on PATH"),
         "{text}"
     );
+}
+
+#[test]
+fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
+    need("wrk");
+    need("taskset");
+    let dir = temp_dir("load-interleave");
+    let (_, report) = run_bench(
+        &dir,
+        &["--interleave", "maille,maille,maille-trace-100"],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let il = &report["interleave"];
+    let cycles = il["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 2, "--quick: two cycles");
+    // The order rotates, so each target leads once in two cycles.
+    assert_eq!(cycles[0]["order"][0], "maille");
+    assert_eq!(cycles[1]["order"][0], "maille#2");
+    for cycle in cycles {
+        for key in ["maille", "maille#2", "maille-trace-100"] {
+            let t = &cycle["targets"][key];
+            assert!(t["requests"].as_u64().unwrap() > 0, "{key}: {t}");
+            assert!(
+                t["cpu_us_per_request"].as_f64().unwrap() > 0.0,
+                "{key}: {t}"
+            );
+        }
+    }
+    // Ratios to the first target, cycle by cycle; the repeated baseline is the A/A check.
+    for key in ["maille#2", "maille-trace-100"] {
+        let r = &il["summary"][key]["ratio"];
+        assert_eq!(r["per_cycle"].as_array().unwrap().len(), 2, "{key}: {r}");
+        let (lo, hi) = (
+            r["interval95"][0].as_f64().unwrap(),
+            r["interval95"][1].as_f64().unwrap(),
+        );
+        assert!(lo > 0.0 && lo <= hi, "{key}: {r}");
+    }
+    assert!(il["summary"]["maille"].get("ratio").is_none());
+    // All three proxies lived through the whole run, each with its own memory figure; the
+    // traced one sent its spans to its own sink.
+    for key in ["maille", "maille#2", "maille-trace-100"] {
+        let rss = &il["end"][key]["rss_kib"];
+        assert!(rss["anon"].as_u64().unwrap() > 0, "{key}: {rss}");
+    }
+    // A batch goes out when 512 spans are queued or 5 s after the first: the run is longer.
+    let spans = &il["end"]["maille-trace-100"]["spans"];
+    assert!(spans["exported"].as_u64().unwrap() >= 1, "{spans}");
+    assert!(spans["sink_requests"].as_u64().unwrap() >= 1, "{spans}");
+    let text = report["markdown"].as_str().unwrap();
+    assert!(text.contains("A/A check (maille-proxy against"), "{text}");
+    assert!(text.contains("| maille-proxy, tracing 100 % |"), "{text}");
 }
