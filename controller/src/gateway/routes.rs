@@ -148,45 +148,71 @@ fn too_many(field: &str, found: usize, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn read_http(r: &Arc<HTTPRoute>) -> Read<'_> {
-    let key = key_of(RouteKind::Http, &**r);
+/// A route of either kind read: its key, generation, creation time and parents, and the
+/// entries `entries` reads from it.
+fn read<'r, R: ResourceExt>(
+    kind: RouteKind,
+    r: &'r R,
+    parents: &'r [ParentReference],
+    entries: fn(&'r R, &str) -> Result<Vec<Entry<'r>>, String>,
+) -> Read<'r> {
+    let key = key_of(kind, r);
     let name = format!("{}/{}", key.namespace, key.name);
     Read {
-        generation: r.metadata.generation,
-        created: created(&**r),
-        parents: &r.spec.parent_refs,
-        entries: http_entries(r, &name),
+        generation: r.meta().generation,
+        created: created(r),
+        parents,
+        entries: entries(r, &name),
         key,
     }
 }
 
+fn read_http(r: &Arc<HTTPRoute>) -> Read<'_> {
+    read(RouteKind::Http, &**r, &r.spec.parent_refs, http_entries)
+}
+
+/// The bounds of a route's spec, either kind, checked before its rules are read.
+fn check_spec(parent_refs: usize, rules: usize) -> Result<(), String> {
+    too_many("spec.parentRefs", parent_refs, limits::PARENT_REFS)?;
+    too_many("spec.rules", rules, limits::RULES)
+}
+
+/// What every rule of either kind must keep (`at` is `spec.rules[i]`), checked before its
+/// matches and filters are read: their counts, no session persistence, its backendRefs.
+fn check_rule(
+    at: &str,
+    matches: usize,
+    filters: usize,
+    session_persistence: bool,
+    backend_refs: &[BackendRef],
+) -> Result<(), String> {
+    too_many(&format!("{at}.matches"), matches, limits::MATCHES)?;
+    if session_persistence {
+        return Err(format!("{at}.sessionPersistence: not supported"));
+    }
+    too_many(&format!("{at}.filters"), filters, limits::FILTERS)?;
+    check_backend_refs(backend_refs, at)
+}
+
 fn http_entries<'r>(r: &'r HTTPRoute, route: &str) -> Result<Vec<Entry<'r>>, String> {
     let spec = &r.spec;
-    too_many(
-        "spec.parentRefs",
-        spec.parent_refs.len(),
-        limits::PARENT_REFS,
-    )?;
-    too_many("spec.rules", spec.rules.len(), limits::RULES)?;
+    check_spec(spec.parent_refs.len(), spec.rules.len())?;
     let mut out = Vec::new();
     for (i, rule) in spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
-        too_many(
-            &format!("{at}.matches"),
+        check_rule(
+            &at,
             rule.matches.len(),
-            limits::MATCHES,
+            rule.filters.len(),
+            rule.session_persistence.is_some(),
+            &rule.backend_refs,
         )?;
-        if rule.session_persistence.is_some() {
-            return Err(format!("{at}.sessionPersistence: not supported"));
-        }
         let filters = rule
             .filters
             .iter()
             .enumerate()
             .map(|(j, f)| http_filter(f, &format!("{at}.filters[{j}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        too_many(&format!("{at}.filters"), filters.len(), limits::FILTERS)?;
-        check_backend_refs(&rule.backend_refs, &at)?;
         let timeouts = rule
             .timeouts
             .as_ref()
@@ -287,25 +313,12 @@ fn http_entries<'r>(r: &'r HTTPRoute, route: &str) -> Result<Vec<Entry<'r>>, Str
 }
 
 fn read_grpc(r: &Arc<GRPCRoute>) -> Read<'_> {
-    let key = key_of(RouteKind::Grpc, &**r);
-    let name = format!("{}/{}", key.namespace, key.name);
-    Read {
-        generation: r.metadata.generation,
-        created: created(&**r),
-        parents: &r.spec.parent_refs,
-        entries: grpc_entries(r, &name),
-        key,
-    }
+    read(RouteKind::Grpc, &**r, &r.spec.parent_refs, grpc_entries)
 }
 
 fn grpc_entries<'r>(r: &'r GRPCRoute, route: &str) -> Result<Vec<Entry<'r>>, String> {
     let spec = &r.spec;
-    too_many(
-        "spec.parentRefs",
-        spec.parent_refs.len(),
-        limits::PARENT_REFS,
-    )?;
-    too_many("spec.rules", spec.rules.len(), limits::RULES)?;
+    check_spec(spec.parent_refs.len(), spec.rules.len())?;
     let mut out = Vec::new();
     let everything = [super::crd::GRPCRouteMatch::default()];
     let default_rule = [super::crd::GRPCRouteRule::default()];
@@ -316,14 +329,13 @@ fn grpc_entries<'r>(r: &'r GRPCRoute, route: &str) -> Result<Vec<Entry<'r>>, Str
     };
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
-        too_many(
-            &format!("{at}.matches"),
+        check_rule(
+            &at,
             rule.matches.len(),
-            limits::MATCHES,
+            rule.filters.len(),
+            rule.session_persistence.is_some(),
+            &rule.backend_refs,
         )?;
-        if rule.session_persistence.is_some() {
-            return Err(format!("{at}.sessionPersistence: not supported"));
-        }
         let filters = rule
             .filters
             .iter()
@@ -336,8 +348,6 @@ fn grpc_entries<'r>(r: &'r GRPCRoute, route: &str) -> Result<Vec<Entry<'r>>, Str
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        too_many(&format!("{at}.filters"), filters.len(), limits::FILTERS)?;
-        check_backend_refs(&rule.backend_refs, &at)?;
         let matches = if rule.matches.is_empty() {
             &everything[..]
         } else {
