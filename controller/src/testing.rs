@@ -167,6 +167,47 @@ impl LocalMesh {
     }
 }
 
+/// An HTTP/1.1 backend on 127.0.0.1:0, one thread per connection, keep-alive: each request
+/// is answered 200 with the body `answer` makes of its head (request line and headers), and
+/// the connection closed after it when the request said `connection: close`. Its port.
+pub fn http_backend(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local address").port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let close = head.to_ascii_lowercase().contains("connection: close");
+                        let body = answer(&head);
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(reply.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// One `GET /` with `Host: host` on a new connection to 127.0.0.1:`port`, answered within
 /// 2 s: (status, body), or why there is none.
 pub async fn http_get(port: u16, host: &str) -> Result<(u16, String), String> {

@@ -6,45 +6,13 @@
 //! to this test's own target directory.
 
 use maille_controller::testing::write_manifest;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
-use maille_controller::testing::{eventually, http_get, LocalMesh};
+use maille_controller::testing::{eventually, http_backend, http_get, LocalMesh};
 
-/// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
+/// An HTTP/1.1 backend that answers every request with its name.
 fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let close = head.contains("connection: close");
-                        buf.drain(..end + 4);
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                            name.len()
-                        );
-                        if conn.write_all(reply.as_bytes()).is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    http_backend(move |_| name.to_string())
 }
 
 /// One request on a fresh connection; returns (status, body).

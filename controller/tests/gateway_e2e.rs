@@ -8,64 +8,33 @@
 //! to this test's own target directory.
 
 use maille_controller::testing::write_manifest;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, LocalMesh};
+use maille_controller::testing::{eventually, http_backend, LocalMesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP/1.1 backend answering `<name> <path>` and one `h:<header>=<value>` line per request
 /// header; a path starting with `/slow` is answered after two seconds.
 fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let mut lines = head.split("\r\n");
-                        let path = lines
-                            .next()
-                            .and_then(|l| l.split(' ').nth(1))
-                            .unwrap_or("")
-                            .to_string();
-                        let mut body = format!("{name} {path}\n");
-                        let mut close = false;
-                        for l in lines {
-                            if let Some((k, v)) = l.split_once(':') {
-                                let k = k.trim().to_ascii_lowercase();
-                                close |= k == "connection" && v.trim() == "close";
-                                body.push_str(&format!("h:{k}={}\n", v.trim()));
-                            }
-                        }
-                        if path.starts_with("/slow") {
-                            std::thread::sleep(Duration::from_secs(2));
-                        }
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if conn.write_all(reply.as_bytes()).is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
+    http_backend(move |head| {
+        let mut lines = head.split("\r\n");
+        let path = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("")
+            .to_string();
+        let mut body = format!("{name} {path}\n");
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                body.push_str(&format!("h:{k}={}\n", v.trim()));
+            }
         }
-    });
-    port
+        if path.starts_with("/slow") {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        body
+    })
 }
 
 /// An answer: status, headers (lower-case names), body.

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maille_controller::testing::{eventually, free_port, proxy_binary, write_manifest, KillOnDrop};
+use maille_controller::testing::{
+    eventually, free_port, http_backend, proxy_binary, write_manifest, KillOnDrop,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SPIFFE: &str = "spiffe://mesh.test/ns/maille/sa/maille-proxy";
@@ -36,39 +38,8 @@ fn manifests(dir: &Path, backend: u16) {
 }
 
 /// An HTTP/1.1 backend answering `ok` on every request of every connection.
-async fn backend() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+fn backend() -> u16 {
+    http_backend(|_| "ok".into())
 }
 
 struct Controller {
@@ -220,7 +191,7 @@ fn unix_now() -> f64 {
 async fn start_mesh(tmp: &Path, lifetime: &str) -> (PathBuf, Controller, PathBuf) {
     let (folder, identity) = (tmp.join("m"), tmp.join("identity"));
     std::fs::create_dir(&folder).unwrap();
-    manifests(&folder, backend().await);
+    manifests(&folder, backend());
     let controller = start_controller(&folder, &identity, lifetime);
     let token = identity.join("bootstrap-token");
     eventually("the bootstrap token", Duration::from_secs(15), async || {
@@ -378,7 +349,7 @@ async fn a_wrong_token_or_a_node_without_a_proxy_pod_gets_no_certificate_and_the
     let tmp = tempfile::tempdir().unwrap();
     let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
     std::fs::create_dir(&folder).unwrap();
-    manifests(&folder, backend().await);
+    manifests(&folder, backend());
     let controller = start_controller(&folder, &identity, "1h");
     let token = identity.join("bootstrap-token");
     eventually("the bootstrap token", Duration::from_secs(15), async || {
@@ -472,7 +443,7 @@ async fn certificate_requests_go_over_tls_to_a_server_verified_against_the_pinne
     let tmp = tempfile::tempdir().unwrap();
     let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
     std::fs::create_dir(&folder).unwrap();
-    manifests(&folder, backend().await);
+    manifests(&folder, backend());
     let controller = start_controller(&folder, &identity, "4s");
     let token = identity.join("bootstrap-token");
     let url_file = identity.join("identity-url");

@@ -4,44 +4,16 @@
 //! controller that does not answer. The controller and the first proxy are a
 //! [`LocalMesh`] with an upgrade socket of its own.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use maille_controller::testing::{
-    eventually, http_get, start_proxy, write_manifest, KillOnDrop, LocalMesh,
+    eventually, http_backend, http_get, start_proxy, write_manifest, KillOnDrop, LocalMesh,
 };
 
-/// An HTTP/1.1 backend that answers every request with its name, one thread per connection.
+/// An HTTP/1.1 backend that answers every request with its name.
 fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
-                            name.len()
-                        );
-                        let _ = conn.write_all(reply.as_bytes());
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
+    http_backend(move |_| name.to_string())
 }
 
 fn service(name: &str, ip: &str) -> String {
