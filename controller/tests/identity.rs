@@ -3,7 +3,8 @@
 //! A proxy of the folder gets a certificate naming its ServiceAccount and node and renews it
 //! (seconds-long lifetimes here) while traffic flows; a wrong token or a node without a proxy
 //! Pod gets nothing and the reason; a proxy whose controller is gone says so before expiry; the
-//! CA files rotated in three steps under a running proxy, which renews from the new root.
+//! CA files rotated in three steps under two running node proxies, which renew from the new
+//! root while requests cross from one node to the other through the tunnel, none failing.
 //!
 //! Needs the proxy binary (`cargo build --workspace --bins`, as scripts/test-all does).
 
@@ -37,6 +38,31 @@ fn manifests(dir: &Path, backend: u16) {
     std::fs::write(dir.join("mesh.yaml"), text).unwrap();
 }
 
+/// Two nodes: node-a's proxy on 127.0.0.2 with a client Pod (127.0.0.10), node-b's on
+/// 127.0.0.3 running the one endpoint of `web` (the backend, on 127.0.0.1 of the machine).
+fn two_node_manifests(dir: &Path, backend: u16) {
+    let pod = |name: &str, ns: &str, node: &str, ip: &str, sa: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\nspec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: {ip}, phase: Running}}\n"
+        )
+    };
+    let proxy = "{app.kubernetes.io/name: maille-proxy}";
+    let text = [
+        pod("proxy-a", "maille", "node-a", "127.0.0.2", "maille-proxy", proxy),
+        pod("proxy-b", "maille", "node-b", "127.0.0.3", "maille-proxy", proxy),
+        pod("client", "shop", "node-a", "127.0.0.10", "client", "{}"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80}]}\n".to_string(),
+        format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"127.0.0.1\"], nodeName: node-b}}]\nports: [{{name: http, port: {backend}}}]\n"),
+    ]
+    .join("---\n");
+    std::fs::write(dir.join("mesh.yaml"), text).unwrap();
+}
+
+/// One request from the client Pod's address (127.0.0.10) to node-a's proxy; the status.
+async fn request_from_client(port: u16) -> Option<u16> {
+    request_via([127, 0, 0, 10], [127, 0, 0, 2], port).await
+}
+
 /// An HTTP/1.1 backend answering `ok` on every request of every connection.
 fn backend() -> u16 {
     http_backend(|_| "ok".into())
@@ -49,6 +75,15 @@ struct Controller {
 }
 
 fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Controller {
+    start_controller_with(manifests, identity, lifetime, &[])
+}
+
+fn start_controller_with(
+    manifests: &Path,
+    identity: &Path,
+    lifetime: &str,
+    extra: &[String],
+) -> Controller {
     let api = free_port();
     let http_port = free_port();
     let proc = KillOnDrop(
@@ -61,6 +96,7 @@ fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Contro
             .args(["--certificate-lifetime", lifetime])
             .args(["--api-addr", &format!("127.0.0.1:{api}")])
             .args(["--http-ports", &format!("{http_port}-{http_port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -76,7 +112,8 @@ fn start_controller(manifests: &Path, identity: &Path, lifetime: &str) -> Contro
 struct Proxy {
     _proc: KillOnDrop,
     admin: u16,
-    tunnel: u16,
+    /// The tunnel listener's address.
+    tunnel: (String, u16),
 }
 
 fn start_proxy(api: u16, http_port: u16, node: &str, token_file: &Path, tmp: &Path) -> Proxy {
@@ -91,15 +128,35 @@ fn start_proxy_with(
     tmp: &Path,
     extra: &[String],
 ) -> Proxy {
+    start_proxy_at(
+        api,
+        http_port,
+        node,
+        ("127.0.0.1", free_port()),
+        token_file,
+        tmp,
+        extra,
+    )
+}
+
+/// A node proxy listening on `ip` (its HTTP port and its tunnel port `tunnel`).
+fn start_proxy_at(
+    api: u16,
+    http_port: u16,
+    node: &str,
+    (ip, tunnel): (&str, u16),
+    token_file: &Path,
+    tmp: &Path,
+    extra: &[String],
+) -> Proxy {
     let admin = free_port();
-    let tunnel = free_port();
     let proc = KillOnDrop(
         Command::new(proxy_binary())
             .args(["--controller-url", &format!("http://127.0.0.1:{api}")])
             .args(["--node-name", node])
             .arg("--identity-token-file")
             .arg(token_file)
-            .args(["--listen-ip", "127.0.0.1"])
+            .args(["--listen-ip", ip])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--http-ports", &http_port.to_string()])
             .args(["--tcp-ports", "none", "--udp-ports", "none"])
@@ -115,7 +172,7 @@ fn start_proxy_with(
     Proxy {
         _proc: proc,
         admin,
-        tunnel,
+        tunnel: (ip.to_string(), tunnel),
     }
 }
 
@@ -153,10 +210,16 @@ async fn identities(api: u16) -> Vec<serde_json::Value> {
 
 /// One request through the proxy's HTTP listener on a new connection; the status.
 async fn request(port: u16) -> Option<u16> {
+    request_via([127, 0, 0, 1], [127, 0, 0, 1], port).await
+}
+
+/// `GET /` for `web.shop.maille.mesh` from `from` to `to`:`port` on a new connection; the
+/// status.
+async fn request_via(from: [u8; 4], to: [u8; 4], port: u16) -> Option<u16> {
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind((from, 0).into()).ok()?;
+        let mut s = socket.connect((to, port).into()).await.ok()?;
         s.write_all(b"GET / HTTP/1.1\r\nhost: web.shop.maille.mesh\r\nconnection: close\r\n\r\n")
             .await
             .ok()?;
@@ -286,18 +349,18 @@ async fn a_folder_proxy_gets_its_identity_renews_it_under_traffic_and_warns_when
     // CA of the identity folder) and refuses a plain client and a foreign CA's certificate.
     let mesh_ca = TestCa::from_dir(&identity);
     let peer = mesh_ca.leaf(SPIFFE, "node-b");
-    tunnel_handshake(proxy.tunnel, &mesh_ca, Some(peer))
+    tunnel_handshake(&proxy.tunnel, &mesh_ca, Some(peer))
         .await
         .expect("a mesh peer gets through the tunnel handshake");
     let foreign = TestCa::new();
     let forged = foreign.leaf(SPIFFE, "node-b");
-    assert!(tunnel_handshake(proxy.tunnel, &mesh_ca, Some(forged))
+    assert!(tunnel_handshake(&proxy.tunnel, &mesh_ca, Some(forged))
         .await
         .is_err());
-    assert!(tunnel_handshake(proxy.tunnel, &mesh_ca, None)
+    assert!(tunnel_handshake(&proxy.tunnel, &mesh_ca, None)
         .await
         .is_err());
-    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", proxy.tunnel))
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", proxy.tunnel.1))
         .await
         .unwrap();
     plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
@@ -575,22 +638,43 @@ async fn certificate_requests_go_over_tls_to_a_server_verified_against_the_pinne
 async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_root_with_no_failed_request(
 ) {
     let tmp = tempfile::tempdir().unwrap();
-    let (identity, controller, token) = start_mesh(tmp.path(), "4s").await;
-    let proxy = start_proxy(
-        controller.api,
-        controller.http_port,
-        "node-a",
-        &token,
-        tmp.path(),
+    let (folder, identity) = (tmp.path().join("m"), tmp.path().join("identity"));
+    std::fs::create_dir(&folder).unwrap();
+    two_node_manifests(&folder, backend());
+    let tunnel = free_port();
+    let controller = start_controller_with(
+        &folder,
+        &identity,
+        "4s",
+        &["--proxy-tunnel-port".into(), tunnel.to_string()],
     );
+    let token = identity.join("bootstrap-token");
+    eventually("the bootstrap token", Duration::from_secs(15), async || {
+        token.exists().then_some(())
+    })
+    .await;
+    let start = |node: &str, ip: &str| {
+        let (api, http) = (controller.api, controller.http_port);
+        start_proxy_at(api, http, node, (ip, tunnel), &token, tmp.path(), &[])
+    };
+    let (proxy, peer) = (start("node-a", "127.0.0.2"), start("node-b", "127.0.0.3"));
+    for p in [&proxy, &peer] {
+        eventually(
+            "the proxy holds its certificate",
+            Duration::from_secs(30),
+            async || {
+                get_text(&format!("http://127.0.0.1:{}/ready", p.admin))
+                    .await
+                    .filter(|t| t.starts_with("ready") && t.contains(SPIFFE))
+            },
+        )
+        .await;
+    }
+    // Cross-node: node-a's client reaches node-b's endpoint through the tunnel.
     eventually(
-        "the proxy holds its certificate",
+        "a request through the tunnel",
         Duration::from_secs(30),
-        async || {
-            get_text(&format!("http://127.0.0.1:{}/ready", proxy.admin))
-                .await
-                .filter(|t| t.starts_with("ready") && t.contains(SPIFFE))
-        },
+        async || (request_from_client(controller.http_port).await == Some(200)).then_some(()),
     )
     .await;
     // Each file is written beside and renamed over, as a deploy tool does.
@@ -600,14 +684,14 @@ async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_roo
     let new = TestCa::new();
     let new_pem = new.cert.pem();
 
-    // Requests through the proxy all along, on new connections.
+    // Requests from node-a's client to node-b's endpoint all along, on new connections.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = tokio::spawn({
         let (stop, port) = (stop.clone(), controller.http_port);
         async move {
             let (mut ok, mut failed) = (0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match request(port).await {
+                match request_from_client(port).await {
                     Some(200) => ok += 1,
                     _ => failed += 1,
                 }
@@ -616,7 +700,7 @@ async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_roo
         }
     });
     let handshake = async |roots: &TestCa, peer: &TestCa| {
-        tunnel_handshake(proxy.tunnel, roots, Some(peer.leaf(SPIFFE, "node-b")))
+        tunnel_handshake(&proxy.tunnel, roots, Some(peer.leaf(SPIFFE, "node-b")))
             .await
             .is_ok()
     };
@@ -664,6 +748,19 @@ async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_roo
         ok + failed
     );
     assert!(ok > 0);
+    let page = get_text(&format!("http://127.0.0.1:{}/metrics", proxy.admin))
+        .await
+        .unwrap();
+    let streams = metric(
+        &page,
+        "maille_proxy_tunnel_streams_total",
+        "direction=\"out\",protocol=\"tcp\",result=\"ok\"",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        streams >= 1.0,
+        "the requests went through the tunnel: {page}"
+    );
     // One controller process throughout: three steps applied, the half-written pair refused.
     let page = get_text(&format!("http://127.0.0.1:{}/metrics", controller.api))
         .await
@@ -727,7 +824,7 @@ impl TestCa {
 /// A TLS 1.3 handshake with the proxy's tunnel port (server name `node-a`, trusting `roots`);
 /// Ok once the proxy spoke on the accepted session, Err when it refused.
 async fn tunnel_handshake(
-    port: u16,
+    (ip, port): &(String, u16),
     roots: &TestCa,
     client: Option<(rustls::pki_types::CertificateDer<'static>, rcgen::KeyPair)>,
 ) -> std::io::Result<()> {
@@ -748,7 +845,7 @@ async fn tunnel_handshake(
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tcp = tokio::net::TcpStream::connect((ip.as_str(), *port)).await?;
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(ServerName::try_from("node-a").unwrap(), tcp)
         .await?;
