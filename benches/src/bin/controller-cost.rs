@@ -6,7 +6,12 @@
 //! CPU time (`/proc/thread-self/schedstat`, nanoseconds) and wall time:
 //! - `endpoint`: one EndpointSlice changes (an endpoint no longer ready, then ready again);
 //! - `pod-noop`: one Pod is replaced by one that differs only in readiness;
-//! - `pod-moved`: with mutual TLS on (workloads in the table), one Pod moves to another node.
+//! - `pod-moved`: with mutual TLS on (workloads in the table), one Pod moves to another node;
+//! - `manifests`: manifests mode end to end on the controller's side: the real provider
+//!   (`ManifestsDir`) on a real folder laid out as the fleet bench lays it out (one JSON `List`
+//!   file per namespace and kind, `benches/src/fleet/cluster.rs`), one endpoint changed per
+//!   repetition (its namespace's file written beside and renamed over), the folder read again
+//!   and the snapshot rebuilt: CPU of reading and of rebuilding, and their sum.
 //!
 //! Run: `cargo run --release -p maille-benches --bin controller-cost -- --services 10000`.
 
@@ -16,8 +21,10 @@ use std::time::Instant;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use maille_benches::fleet::cluster::Cluster;
 use maille_benches::{fixtures, objects};
 use maille_controller::api::ApiState;
+use maille_controller::manifests::ManifestsDir;
 use maille_controller::rebuild::Rebuilder;
 use maille_controller::{Settings, Snapshot};
 use tokio::sync::watch;
@@ -39,9 +46,12 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "endpoint,pod-noop,pod-moved"
+        default_value = "endpoint,pod-noop,pod-moved,manifests"
     )]
     cases: Vec<String>,
+    /// The folder of the `manifests` case (created, then removed; default: in the temp dir).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
 
 /// This thread's CPU time so far, in nanoseconds.
@@ -121,11 +131,70 @@ fn report(case: &str, n: usize, mut f: Figures, extra: &str) {
     );
 }
 
+/// The `manifests` case: the provider reads the folder again after each change and the
+/// rebuilder takes the snapshot. Only the provider's public reading API of before this case
+/// was added (`changed`, `load`) is used, so this file builds against an older tree too, for
+/// a before/after comparison.
+fn manifests(args: &Args) {
+    let (n, e) = (args.services, args.endpoints);
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("maille-controller-cost-{}", std::process::id()))
+    });
+    Cluster::remove(&dir);
+    let mut cluster = Cluster::write(&dir, n, e).expect("write the folder");
+    let mut provider = ManifestsDir::new(&dir);
+    let api = ApiState::new(0, CancellationToken::new());
+    let (out, _keep) = watch::channel(None);
+    let mut rebuilder = Rebuilder::new(Settings::default(), api.clone(), out);
+    let start = Instant::now();
+    let first = provider.load().expect("read the folder");
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+    rebuilder.rebuild(&first);
+    let first_ms = start.elapsed().as_secs_f64() * 1e3;
+    drop(first);
+    let v0 = api.current().map(|p| p.version).unwrap_or(0);
+    let (mut read, mut rebuild, mut total, mut wall) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for turn in 0..args.reps + 5 {
+        let (_, pending) = cluster.change().expect("stage a change");
+        pending.publish().expect("rename the file in");
+        let (cpu, clock) = (thread_cpu_ns(), Instant::now());
+        assert!(provider.changed(), "the renamed file is seen");
+        let snap = provider.load().expect("read the folder");
+        let cpu_read = thread_cpu_ns();
+        let t = rebuilder.rebuild(&snap);
+        let cpu_end = thread_cpu_ns();
+        let elapsed = clock.elapsed().as_nanos() as u64;
+        drop((t, snap));
+        if turn >= 5 {
+            read.push(cpu_read - cpu);
+            rebuild.push(cpu_end - cpu_read);
+            total.push(cpu_end - cpu);
+            wall.push(elapsed);
+        }
+    }
+    let versions = api.current().map(|p| p.version).unwrap_or(0) - v0;
+    Cluster::remove(&dir);
+    println!(
+        "{:<10} services={n:<6} cpu_ms median={:>8.3} mean={:>8.3}  wall_ms median={:>8.3}  read_cpu_ms mean={:.3} rebuild_cpu_ms mean={:.3} first_load_and_rebuild_ms={first_ms:.0} new_versions={versions}",
+        "manifests",
+        median(&mut total.clone()),
+        mean(&total),
+        median(&mut wall),
+        mean(&read),
+        mean(&rebuild),
+    );
+}
+
 fn main() {
     let args = Args::parse();
     let n = args.services;
     let e = args.endpoints;
     for case in &args.cases {
+        if case == "manifests" {
+            manifests(&args);
+            continue;
+        }
         let mut settings = Settings::default();
         let mut base = objects::snapshot(n, e);
         base.pods = (0..n).map(|i| Arc::new(pod(i, e, i % 100, true))).collect();
@@ -146,7 +215,7 @@ fn main() {
                 [base, moved]
             }
             other => {
-                eprintln!("unknown case {other:?}: endpoint, pod-noop, pod-moved");
+                eprintln!("unknown case {other:?}: endpoint, pod-noop, pod-moved, manifests");
                 std::process::exit(2);
             }
         };
