@@ -1,10 +1,11 @@
 //! The load bench's quick run (`benches/load/run --quick`) on the debug binaries: every target
 //! it is given starts, forwards and is measured, the tracing variants export spans to the
 //! bench's OTLP sink, the mesh's cross-node path goes through one tunnel session (and the
-//! same-node path not at all), and a reference target whose program is missing is skipped
-//! with a line saying so; the interleaved mode (`--interleave`) keeps its proxies running and
-//! gives ratios cycle by cycle, with the repeated first target as the A/A check. No figure is
-//! asserted: debug binaries on a shared machine measure nothing.
+//! same-node path not at all), `--mesh-pairs` measures both paths on one set-up, and a
+//! reference target whose program is missing is skipped with a line saying so; the
+//! interleaved mode (`--interleave`) keeps its proxies running and gives ratios cycle by
+//! cycle, with the repeated first target as the A/A check. No figure is asserted: debug
+//! binaries on a shared machine measure nothing.
 //!
 //! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, loopback addresses 127.0.0.2 and
 //! 127.0.0.3, and `maille-proxy` and `maille-controller` built next to this test
@@ -271,4 +272,43 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
     let text = report["markdown"].as_str().unwrap();
     assert!(text.contains("A/A check (maille-proxy against"), "{text}");
     assert!(text.contains("| maille-proxy, tracing 100 % |"), "{text}");
+}
+
+#[test]
+fn mesh_pairs_measure_both_paths_on_the_same_proxies() {
+    need("wrk");
+    need("taskset");
+    let dir = temp_dir("load-mesh-pairs");
+    let (out, report) = run_bench(
+        &dir,
+        &["--targets", "", "--tcp-targets", "", "--mesh-pairs", "2"],
+        None,
+    );
+    let pairs = report["mesh_pairs"]["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2, "{report}");
+    for pair in pairs {
+        for path in ["same", "cross"] {
+            for kind in ["max", "paced"] {
+                let phase = &pair[path][kind];
+                assert!(phase["requests"].as_u64().unwrap() > 0, "{phase}");
+                assert_eq!(phase["non_2xx"], 0, "{phase}");
+                assert!(
+                    phase["cpu_us_per_request"].as_f64().unwrap() > 0.0,
+                    "{phase}"
+                );
+            }
+        }
+        // The bench itself fails a pair whose paths were not the ones asked for; the bytes
+        // proxy A sent into the tunnel show it here too.
+        let sent = |path: &str| pair[path]["tunnel_bytes_sent"].as_f64().unwrap();
+        assert!(sent("cross") > 16.0 * sent("same").max(1.0), "{pair}");
+        assert!(pair["ratio_max"].as_f64().unwrap() > 0.0, "{pair}");
+        assert!(pair["ratio_paced"].as_f64().unwrap() > 0.0, "{pair}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("#### The mesh, both paths from one set-up"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
