@@ -221,12 +221,14 @@ impl Table {
     /// The table that `delta` leads to from this one. Services the delta does not name are
     /// shared with this table as they are (the same `Arc`: endpoints, options, parsed breaker
     /// expressions, compiled matches) and keep their [`ServiceId`](crate::ServiceId), but one
-    /// per removal: the last service port takes the place of a removed one. The indexes are
-    /// copied (reference counts, no allocation per entry) and only the entries of the services
-    /// the delta names (and of those moved) change, so the cost grows with the size of the
-    /// delta, apart from that copy and a look at each service for splits and routes; the new
-    /// table checks the routes and splits of every service as a whole, as [`Table::try_from`]
-    /// does. Added service ports come last, in the order of the delta.
+    /// per removal: the last service port takes the place of a removed one. The containers
+    /// are shared in pieces (the service list in chunks of 64, the identity and host indexes in
+    /// 256 shards): the new table copies one pointer per chunk and shard, then only the chunks
+    /// and shards holding the services the delta names (and those moved), so the cost and the
+    /// memory grow with the size of the delta, not the table. The new table checks the routes
+    /// of the services the delta names against the others', and resolves again the backends
+    /// of the services with splits or routes (checking the split graph), as
+    /// [`Table::try_from`] does. Added service ports come last, in the order of the delta.
     pub fn apply_delta(&self, delta: &TableDelta) -> std::result::Result<Table, DeltaError> {
         if delta.schema_version != SCHEMA_VERSION {
             return Err(Error::SchemaVersion {

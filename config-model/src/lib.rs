@@ -34,8 +34,8 @@ pub use options::{
 };
 pub use route::{Route, RouteError, RouteKind, RouteSpec};
 pub use table::{
-    is_dns_label, AccessRule, Endpoint, Error, HttpMatch, Result, Service, ServiceId, ServiceKey,
-    Split, SplitBackend, Table,
+    is_dns_label, AccessRule, Chunks, Endpoint, Error, HttpMatch, Result, Service, ServiceId,
+    ServiceKey, Split, SplitBackend, Table,
 };
 pub use wire::{
     AccessRuleSpec, EndpointSpec, HttpMatchSpec, OptionsSpec, RateLimitSpec, SchemeSpec,

@@ -1,6 +1,6 @@
 //! The validated, indexed routing table that the proxy holds and routes with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,11 +10,14 @@ use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::wire::TrafficType;
 
 mod build;
+pub mod chunks;
 mod index;
 mod service;
+mod shards;
 mod stream;
 mod validate;
 
+pub use chunks::Chunks;
 pub use service::{AccessRule, Endpoint, HttpMatch, Service, ServiceKey, Split, SplitBackend};
 pub use validate::is_dns_label;
 
@@ -112,8 +115,19 @@ impl ServiceId {
 /// Per split (or route entry) of one service, its backends resolved in one table.
 type Targets = Box<[Box<[ServiceId]>]>;
 
-/// The validated routing table. Immutable once built; share it behind an `Arc`. Its services
-/// are `Arc`s, shared with the table it was built from by [`Table::apply_delta`] when unchanged.
+/// The split and route backends of one service, resolved in one table.
+#[derive(Debug, PartialEq, Eq)]
+struct Resolved {
+    splits: Targets,
+    routes: Targets,
+}
+
+/// The validated routing table. Immutable once built; share it behind an `Arc`.
+///
+/// Its services are `Arc`s, shared with the table it was built from by [`Table::apply_delta`]
+/// when unchanged, and every container is shared in pieces too: the service list in chunks of
+/// 64 ([`Chunks`]), the identity and host indexes in 256 shards, so that the table a
+/// one-service delta leads to copies a few chunks and shards (a few KB), not the table.
 #[derive(Debug, Default)]
 pub struct Table {
     /// Generation number from the controller.
@@ -127,16 +141,21 @@ pub struct Table {
     /// The workloads, shared with the previous table when a delta leaves them.
     pub(crate) workloads: Arc<Workloads>,
     /// All service ports, in the order of the spec; [`ServiceId`] is the position.
-    services: Vec<Arc<Service>>,
-    /// Per service, per split, the backends resolved in this table (empty without splits).
-    split_targets: Vec<Targets>,
-    /// Per service, per route entry, the backends resolved in this table (empty without routes).
-    route_targets: Vec<Targets>,
+    services: Chunks<Arc<Service>>,
+    /// Per service, its split and route backends resolved in this table; `None` for a service
+    /// with neither (most of them).
+    targets: Chunks<Option<Arc<Resolved>>>,
+    /// The services with splits or routes: those resolved again when a delta changes the table.
+    roots: BTreeSet<ServiceId>,
     /// HTTP: lower-case host → (listener port, service) pairs.
-    http_hosts: HashMap<Arc<str>, index::HostPorts>,
-    tcp_ports: HashMap<u16, ServiceId>,
-    udp_ports: HashMap<u16, ServiceId>,
-    by_key: HashMap<index::ByKey, ServiceId>,
+    http_hosts: shards::Shards<index::HostEntry>,
+    /// TCP listener port → service; copied whole by a delta that changes a TCP service (at
+    /// most one entry per port).
+    tcp_ports: Arc<HashMap<u16, ServiceId>>,
+    /// UDP listener port → service, as `tcp_ports`.
+    udp_ports: Arc<HashMap<u16, ServiceId>>,
+    /// Identity → service.
+    by_key: shards::Shards<index::KeyEntry>,
 }
 
 impl std::ops::Index<ServiceId> for Table {
@@ -177,7 +196,7 @@ impl Table {
         } else {
             host
         };
-        self.http_hosts.get(key)?.get(mesh_port)
+        self.http_hosts.get(key)?.ports.get(mesh_port)
     }
 
     /// The TCP service mapped to a listener port.
@@ -192,11 +211,13 @@ impl Table {
 
     /// A service port by identity.
     pub fn service(&self, key: &ServiceKey) -> Option<ServiceId> {
-        self.by_key.get(key).copied()
+        self.by_key.get(key).map(|e| e.id)
     }
 
-    /// Every service port, in order: the position of each is its [`ServiceId`].
-    pub fn services(&self) -> &[Arc<Service>] {
+    /// Every service port, in order: the position of each is its [`ServiceId`]. Indexable and
+    /// iterable like a slice; [`Chunks::unshared`] tells the positions at which two tables
+    /// (one reached from the other by deltas) may differ without comparing every service.
+    pub fn services(&self) -> &Chunks<Arc<Service>> {
         &self.services
     }
 
@@ -226,13 +247,15 @@ impl Table {
     /// The backends of split `split` of service `id`, resolved in this table, in the order of
     /// its [`Split::backends`].
     pub fn split_targets(&self, id: ServiceId, split: usize) -> &[ServiceId] {
-        &self.split_targets[id.index()][split]
+        let resolved = self.targets[id.index()].as_ref();
+        &resolved.expect("a service with splits").splits[split]
     }
 
     /// The backends of route entry `route` of service `id`, resolved in this table, in the
     /// order of its [`Route::backends`](crate::route::Route::backends).
     pub fn route_targets(&self, id: ServiceId, route: usize) -> &[ServiceId] {
-        &self.route_targets[id.index()][route]
+        let resolved = self.targets[id.index()].as_ref();
+        &resolved.expect("a service with routes").routes[route]
     }
 }
 

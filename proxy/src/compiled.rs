@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use config_model::{Service, ServiceId, Table};
+use config_model::{Chunks, Service, ServiceId, Table};
 use prometheus::IntCounter;
 
 use crate::balance::{EndpointPlan, StatsRef};
@@ -29,11 +29,14 @@ use crate::resilience::ServiceState;
 
 pub mod routes;
 
-/// A table and the runtime of each of its service ports. Immutable; replaced whole.
+/// A table and the runtime of each of its service ports. Immutable; replaced whole. The
+/// runtimes are kept in chunks of the same size as the table's services ([`Chunks`]): where
+/// a table shares a chunk of services with the one it replaced, the compiled table shares the
+/// chunk of runtimes, so a delta's table costs the few chunks it changed.
 #[derive(Debug, Default)]
 pub struct CompiledTable {
     table: Arc<Table>,
-    runtimes: Vec<Arc<ServiceRuntime>>,
+    runtimes: Chunks<Arc<ServiceRuntime>>,
     /// This proxy's node (`--node-name`): what [`CompiledTable::hop`] and
     /// [`CompiledTable::local_identity`] compare with.
     node: Option<Arc<str>>,
@@ -72,24 +75,30 @@ impl CompiledTable {
     /// endpoint addresses it keeps.
     ///
     /// A runtime is carried by position while the service at that position is the same `Arc`
-    /// (a delta keeps positions), so after a delta only the services it named, and the one
-    /// moved per removal, are looked up by key or built.
+    /// (a delta keeps positions). Only positions in chunks of services `previous` does not
+    /// share are looked at ([`Chunks::unshared`]): after a delta, the chunks holding the
+    /// services it named and the one moved per removal; among those, only the services that
+    /// are not the same `Arc` are looked up by key or built.
     pub(crate) fn compile(
         table: Arc<Table>,
         previous: &CompiledTable,
         node: Option<Arc<str>>,
     ) -> CompiledTable {
         let old = previous.table.services();
-        let mut runtimes = Vec::with_capacity(table.len());
+        let new = table.services();
+        let mut runtimes = previous.runtimes.clone();
         // Positions of `previous` whose runtime was carried to another position, and those
         // whose service is not at the same position any more (a delta keeps positions, so
         // after one these are the few services it named and the one moved per removal).
         let mut moved: HashSet<usize> = HashSet::new();
         let mut replaced: Vec<usize> = Vec::new();
-        for (id, svc) in table.iter() {
-            let i = id.index();
+        for i in new.unshared(old) {
+            let Some(svc) = new.get(i) else {
+                // Past the end of the new table: dropped below unless carried elsewhere.
+                replaced.push(i);
+                continue;
+            };
             if old.get(i).is_some_and(|o| Arc::ptr_eq(o, svc)) {
-                runtimes.push(previous.runtimes[i].clone());
                 continue;
             }
             if i < old.len() {
@@ -106,11 +115,17 @@ impl CompiledTable {
                     before.map(|p| &*previous.runtimes[p]),
                 )),
             };
-            runtimes.push(runtime);
+            if i < runtimes.len() {
+                runtimes.set(i, runtime);
+            } else {
+                runtimes.push(runtime);
+            }
+        }
+        while runtimes.len() > new.len() {
+            runtimes.pop();
         }
         let dropped = replaced
             .into_iter()
-            .chain(table.len()..old.len())
             .filter(|p| !moved.contains(p))
             .map(|p| &previous.runtimes[p]);
         for rt in dropped {
@@ -127,7 +142,11 @@ impl CompiledTable {
 /// Drops the breaker state gauge of a service port that had a breaker in the previous table
 /// (`rt`, not carried over) and has none in the new table (a stale "open" would mislead);
 /// counters stay, as Prometheus expects.
-fn forget_dropped_breaker(rt: &ServiceRuntime, table: &Table, runtimes: &[Arc<ServiceRuntime>]) {
+fn forget_dropped_breaker(
+    rt: &ServiceRuntime,
+    table: &Table,
+    runtimes: &Chunks<Arc<ServiceRuntime>>,
+) {
     if !rt.resilience.as_ref().is_some_and(|s| s.has_breaker()) {
         return;
     }

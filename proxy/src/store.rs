@@ -197,8 +197,8 @@ pub struct TableStore {
     /// accepted, warned about (once per service per table) and counted.
     listeners: Option<Listeners>,
     /// Label values of the `maille_proxy_unroutable_services` series this store set, removed
-    /// at the next table (only its own: tests run several stores in one process).
-    unroutable: Mutex<Vec<[String; 4]>>,
+    /// when their service leaves (only its own: tests run several stores in one process).
+    unroutable: Mutex<HashSet<[String; 4]>>,
     /// The node this proxy runs on (`--node-name`), given to every compiled table.
     node: Option<Arc<str>>,
 }
@@ -211,7 +211,7 @@ impl Default for TableStore {
             ready: AtomicBool::new(false),
             json: Arc::default(),
             listeners: None,
-            unroutable: Mutex::new(Vec::new()),
+            unroutable: Mutex::new(HashSet::new()),
             node: None,
         }
     }
@@ -242,44 +242,88 @@ impl TableStore {
         })
     }
 
-    /// Warns about (one line per service) and counts the services of `table` that this proxy
-    /// cannot route; returns how many there are.
-    fn check_routable(&self, table: &Table) -> usize {
+    /// A store that starts where `seed` is, for simulations of many proxies in one process
+    /// (the fleet bench): it holds `seed`'s compiled table (the same `Arc`: nothing is copied)
+    /// and the JSON `seed` keeps for an upgrade (shared bytes). From then on it applies tables
+    /// and deltas on its own, and holds of its own only what they change. Ready when `seed` is.
+    pub fn seeded_from(seed: &TableStore) -> Arc<TableStore> {
+        let kept = seed.json.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let kept = kept.map(|k| Kept {
+            folding: false,
+            ..k
+        });
+        Arc::new(TableStore {
+            current: ArcSwap::new(seed.current()),
+            applying: Mutex::new(()),
+            ready: AtomicBool::new(seed.is_ready()),
+            json: Arc::new(Mutex::new(kept)),
+            listeners: seed.listeners.clone(),
+            unroutable: Mutex::new(HashSet::new()),
+            node: seed.node.clone(),
+        })
+    }
+
+    /// Warns about (one line per service) and counts, in `maille_proxy_unroutable_services`,
+    /// the services of `table` that this proxy cannot route. Only the positions at which
+    /// `table` may differ from `previous`, the table it replaces, are looked at
+    /// ([`config_model::Chunks::unshared`]): after a delta, the chunks of the services it
+    /// named. A service that stays unroutable is not warned about again.
+    fn check_routable(&self, table: &Table, previous: &Table) {
         let Some(listeners) = &self.listeners else {
-            return 0;
+            return;
         };
-        let mut previous = self.unroutable.lock().unwrap_or_else(|p| p.into_inner());
-        for labels in previous.drain(..) {
-            let labels: [&str; 4] = std::array::from_fn(|i| labels[i].as_str());
-            let _ = metrics::register()
-                .unroutable_services
-                .remove_label_values(&labels);
-        }
-        let mut count = 0;
-        for svc in table.services() {
-            let Some((reason, why)) = listeners.unroutable(svc.traffic_type, svc.mesh_port) else {
-                continue;
-            };
-            count += 1;
+        let labels = |svc: &config_model::Service| {
+            let (reason, why) = listeners.unroutable(svc.traffic_type, svc.mesh_port)?;
             let labels = [
                 svc.key.namespace.clone(),
                 svc.key.name.clone(),
                 svc.key.port.to_string(),
                 reason.to_string(),
             ];
+            Some((labels, reason, why))
+        };
+        let (new, old) = (table.services(), previous.services());
+        let differ: Vec<usize> = new
+            .unshared(old)
+            .filter(|&i| match (new.get(i), old.get(i)) {
+                (Some(n), Some(o)) => !Arc::ptr_eq(n, o),
+                _ => true,
+            })
+            .collect();
+        let mut own = self.unroutable.lock().unwrap_or_else(|p| p.into_inner());
+        // Every old series of these positions leaves before the new ones come (a service moved
+        // to another position is in both).
+        let mut gone = HashSet::new();
+        for svc in differ.iter().filter_map(|&i| old.get(i)) {
+            if let Some((labels, ..)) = labels(svc) {
+                if own.remove(&labels) {
+                    let values: [&str; 4] = std::array::from_fn(|i| labels[i].as_str());
+                    let _ = metrics::register()
+                        .unroutable_services
+                        .remove_label_values(&values);
+                    gone.insert(labels);
+                }
+            }
+        }
+        for svc in differ.iter().filter_map(|&i| new.get(i)) {
+            let Some((labels, reason, why)) = labels(svc) else {
+                continue;
+            };
+            let values: [&str; 4] = std::array::from_fn(|i| labels[i].as_str());
             metrics::register()
                 .unroutable_services
-                .with_label_values(&std::array::from_fn::<&str, 4, _>(|i| labels[i].as_str()))
+                .with_label_values(&values)
                 .set(1);
-            previous.push(labels);
-            tracing::warn!(
-                service = %svc.key,
-                version = table.version,
-                reason,
-                "Service cannot be routed by this proxy: {why}"
-            );
+            if !gone.contains(&labels) {
+                tracing::warn!(
+                    service = %svc.key,
+                    version = table.version,
+                    reason,
+                    "Service cannot be routed by this proxy: {why}"
+                );
+            }
+            own.insert(labels);
         }
-        count
     }
 
     /// The current table, for the request path (no lock, no reference-count traffic in the
@@ -437,10 +481,11 @@ impl TableStore {
     /// and the swap counter.
     fn swap(&self, table: Table) -> Arc<CompiledTable> {
         let version = table.version;
-        self.check_routable(&table);
         let applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-        let compiled =
-            CompiledTable::compile(Arc::new(table), &self.current.load(), self.node.clone());
+        let previous = self.current.load();
+        self.check_routable(&table, &previous);
+        let compiled = CompiledTable::compile(Arc::new(table), &previous, self.node.clone());
+        drop(previous);
         let old = self.current.swap(Arc::new(compiled));
         drop(applying);
         self.ready.store(true, Ordering::Release);
@@ -477,5 +522,77 @@ impl TableStore {
     /// Whether a first valid table has been stored.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use config_model::testing::{http, table};
+    use config_model::{Table, TableSpec};
+    use prometheus::core::Collector;
+
+    use super::*;
+
+    /// The `maille_proxy_unroutable_services` series of namespace `ns`: service and reason.
+    fn unroutable(ns: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for family in metrics::register().unroutable_services.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                if label("namespace") == ns {
+                    out.push((label("service"), label("reason")));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn next(store: &TableStore, spec: &TableSpec, newer: &TableSpec) {
+        let delta = newer.delta_since(spec);
+        let table = store.load().apply_delta(&delta).unwrap();
+        store.store_delta(table, b"{}");
+    }
+
+    #[test]
+    fn after_deltas_only_the_unroutable_services_of_the_table_are_counted() {
+        let listeners = Listeners {
+            http: [5000].into(),
+            ..Listeners::default()
+        };
+        let store = TableStore::with_listeners(listeners);
+        let ns = "unroutable-deltas";
+        let svc = |name: &str, port: u16| http(ns, name, port, &["10.0.0.1:80"]);
+        let mut spec = table(
+            1,
+            vec![svc("a", 5000), svc("b", 1), svc("c", 5000), svc("d", 2)],
+        );
+        spec.sort_services();
+        store.store(Table::try_from(&spec).unwrap());
+        let no = |s: &str| (s.to_string(), "no_listener".to_string());
+        assert_eq!(unroutable(ns), [no("b"), no("d")]);
+
+        // b leaves; d, the last, takes its place: its series stays.
+        let mut v2 = table(2, vec![svc("a", 5000), svc("c", 5000), svc("d", 2)]);
+        v2.sort_services();
+        next(&store, &spec, &v2);
+        assert_eq!(unroutable(ns), [no("d")]);
+        // d moves to a listened port, e comes on an unlistened one.
+        let mut v3 = table(
+            3,
+            vec![svc("a", 5000), svc("c", 5000), svc("d", 5000), svc("e", 3)],
+        );
+        v3.sort_services();
+        next(&store, &v2, &v3);
+        assert_eq!(unroutable(ns), [no("e")]);
+        // A whole table replaces them all.
+        store.store(Table::try_from(&table(4, vec![svc("f", 4)])).unwrap());
+        assert_eq!(unroutable(ns), [no("f")]);
     }
 }

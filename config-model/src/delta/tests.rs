@@ -420,3 +420,88 @@ proptest! {
         }
     }
 }
+
+/// A table of `n` HTTP services named `svc{i}` for the `i` in `names`, each with a cluster IP,
+/// one in five splitting to the next name up (when present).
+fn large(version: u64, names: &[usize], endpoint: impl Fn(usize) -> u8) -> TableSpec {
+    let services = names
+        .iter()
+        .map(|&i| {
+            let mut s = http(
+                "ns",
+                &format!("svc{i}"),
+                5000,
+                &[&format!("10.0.{}.{}:80", i / 200, endpoint(i))],
+            );
+            s.cluster_ip = Some(format!("10.96.{}.{}", i / 200, i % 200));
+            if i % 5 == 0 && names.contains(&(i + 1)) {
+                s.splits = vec![SplitSpec {
+                    name: format!("ns/split{i}"),
+                    matches: Vec::new(),
+                    backends: vec![SplitBackendSpec {
+                        namespace: "ns".into(),
+                        name: format!("svc{}", i + 1),
+                        port: 80,
+                        weight: 1,
+                    }],
+                }];
+            }
+            s
+        })
+        .collect();
+    sorted(table(version, services))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// On a table of hundreds of services (several chunks, every shard in use), any sequence
+    /// of deltas that change, remove and add a few services gives the full table of each step
+    /// and copies only the chunks and shards of the positions it touches (a changed or added
+    /// service: its own; a removal: the hole and the last position, which moves into it).
+    #[test]
+    fn deltas_on_a_large_table_copy_only_what_they_touch(
+        steps in proptest::collection::vec(
+            (
+                proptest::collection::vec(0usize..400, 0..4),
+                proptest::collection::vec(0usize..400, 0..3),
+                proptest::collection::vec(400usize..420, 0..3),
+                any::<u8>(),
+            ),
+            1..6,
+        )
+    ) {
+        let mut names: Vec<usize> = (0..400).collect();
+        let mut moved: Vec<(usize, u8)> = Vec::new();
+        let endpoint = |moved: &[(usize, u8)], i: usize| {
+            moved.iter().rev().find(|m| m.0 == i).map_or(1, |m| m.1)
+        };
+        let mut spec = large(1, &names, |i| endpoint(&moved, i));
+        let mut held = Table::try_from(&spec).unwrap();
+        for (version, (change, remove, add, ep)) in steps.iter().enumerate() {
+            for &i in change {
+                moved.push((i, ep % 250 + 2));
+            }
+            names.retain(|n| !remove.contains(n) || change.contains(n));
+            for &a in add {
+                if !names.contains(&a) {
+                    names.push(a);
+                }
+            }
+            names.sort_unstable();
+            let next_spec = large(version as u64 + 2, &names, |i| endpoint(&moved, i));
+            let delta = next_spec.delta_since(&spec);
+            let next = held.apply_delta(&delta).unwrap();
+            prop_assert_eq!(view(&next), view(&Table::try_from(&next_spec).unwrap()));
+            // Positions touched: each changed or added service, and per removal two.
+            let touched = delta.changed.len() + 2 * delta.removed.len();
+            let [chunks, keys, hosts] = next.unshared_with(&held);
+            prop_assert!(chunks <= touched, "{chunks} chunks copied for {touched} positions");
+            prop_assert!(keys <= touched, "{keys} identity shards copied for {touched} positions");
+            // Each service has two hosts (its name and its cluster IP); a removed one's leave.
+            prop_assert!(hosts <= 2 * touched, "{hosts} host shards copied for {touched} positions");
+            held = next;
+            spec = next_spec;
+        }
+    }
+}

@@ -3,40 +3,43 @@
 //! copies the indexes (reference counts only, no allocation per entry) and touches the entries
 //! of the services it names.
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use super::shards::Keyed;
 use super::{Error, Result, Service, ServiceId, ServiceKey, Table};
 use crate::mesh::{MtlsMode, Nodes, Workloads};
 use crate::wire::TrafficType;
 use crate::MESH_DOMAIN;
 
-/// A service port in the identity index, hashed and compared by its key: the index holds the
-/// `Arc` the table holds, so it needs no copy of the key.
+/// An entry of the identity index: the service port (the `Arc` the table holds, so the index
+/// needs no copy of the key) and its position.
 #[derive(Clone, Debug)]
-pub(super) struct ByKey(pub(super) Arc<Service>);
+pub(super) struct KeyEntry {
+    pub(super) svc: Arc<Service>,
+    pub(super) id: ServiceId,
+}
 
-impl Borrow<ServiceKey> for ByKey {
-    fn borrow(&self) -> &ServiceKey {
-        &self.0.key
+impl Keyed for KeyEntry {
+    type Key = ServiceKey;
+    fn key(&self) -> &ServiceKey {
+        &self.svc.key
     }
 }
 
-impl Hash for ByKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key.hash(state)
-    }
+/// An entry of the HTTP host index: a lower-case host and the service ports claiming it.
+#[derive(Clone, Debug)]
+pub(super) struct HostEntry {
+    host: Arc<str>,
+    pub(super) ports: HostPorts,
 }
 
-impl PartialEq for ByKey {
-    fn eq(&self, other: &ByKey) -> bool {
-        self.0.key == other.0.key
+impl Keyed for HostEntry {
+    type Key = str;
+    fn key(&self) -> &str {
+        &self.host
     }
 }
-
-impl Eq for ByKey {}
 
 /// The service ports claiming one HTTP host, by listener port. Nearly every host has one
 /// claimant, kept inline (no allocation); more share a slice.
@@ -107,8 +110,8 @@ impl Table {
     /// table already has.
     pub(super) fn index_key(&mut self, id: ServiceId) -> Result<()> {
         let svc = self.services[id.index()].clone();
-        if let Some(&other) = self.by_key.get(&svc.key) {
-            if other != id {
+        if let Some(other) = self.by_key.get(&svc.key) {
+            if other.id != id {
                 return Err(Error::DuplicateService(svc.key.to_string()));
             }
         }
@@ -116,11 +119,10 @@ impl Table {
         Ok(())
     }
 
-    /// Points the identity entry of `svc` at `id`, holding `svc` itself (`insert` alone would
-    /// keep the entry's old `Arc`, and with it a replaced service, alive).
+    /// Points the identity entry of `svc` at `id`, holding `svc` itself (the entry is replaced
+    /// whole: keeping its old `Arc` would keep a replaced service alive).
     fn set_key(&mut self, svc: Arc<Service>, id: ServiceId) {
-        self.by_key.remove(&svc.key);
-        self.by_key.insert(ByKey(svc), id);
+        self.by_key.insert(KeyEntry { svc, id });
     }
 
     /// Adds the routes of service port `id` (already in `services`) to the host and port
@@ -131,27 +133,25 @@ impl Table {
         match svc.traffic_type {
             TrafficType::Http => {
                 for host in http_hosts(&svc) {
-                    let next =
-                        match self.http_hosts.get(host.as_str()) {
-                            None => HostPorts::One(port, id),
-                            Some(claims) => claims.with(port, id).map_err(|other| {
-                                Error::DuplicateHttpRoute {
-                                    first: self[other].key.to_string(),
-                                    second: svc.key.to_string(),
-                                    host: host.clone(),
-                                    mesh_port: port,
-                                }
-                            })?,
-                        };
-                    self.http_hosts.insert(Arc::from(host), next);
+                    let next = match self.http_hosts.get(host.as_str()) {
+                        None => HostPorts::One(port, id),
+                        Some(claims) => claims.ports.with(port, id).map_err(|other| {
+                            Error::DuplicateHttpRoute {
+                                first: self[other].key.to_string(),
+                                second: svc.key.to_string(),
+                                host: host.clone(),
+                                mesh_port: port,
+                            }
+                        })?,
+                    };
+                    self.http_hosts.insert(HostEntry {
+                        host: Arc::from(host),
+                        ports: next,
+                    });
                 }
             }
             tt @ (TrafficType::Tcp | TrafficType::Udp) => {
-                let ports = if tt == TrafficType::Tcp {
-                    &mut self.tcp_ports
-                } else {
-                    &mut self.udp_ports
-                };
+                let ports = port_index(&mut self.tcp_ports, &mut self.udp_ports, tt);
                 if let Some(&other) = ports.get(&port) {
                     return Err(Error::DuplicateMeshPort {
                         first: self.services[other.index()].key.to_string(),
@@ -160,7 +160,7 @@ impl Table {
                         mesh_port: port,
                     });
                 }
-                ports.insert(port, id);
+                Arc::make_mut(ports).insert(port, id);
             }
         }
         Ok(())
@@ -173,12 +173,14 @@ impl Table {
             TrafficType::Http => {
                 for host in http_hosts(&svc) {
                     let rest = match self.http_hosts.get(host.as_str()) {
-                        Some(claims) => claims.without(id),
+                        Some(claims) => claims.ports.without(id),
                         None => continue,
                     };
                     match rest {
                         Some(rest) => {
-                            self.http_hosts.insert(Arc::from(host), rest);
+                            if let Some(claims) = self.http_hosts.get_mut(host.as_str()) {
+                                claims.ports = rest;
+                            }
                         }
                         None => {
                             self.http_hosts.remove(host.as_str());
@@ -189,7 +191,7 @@ impl Table {
             tt @ (TrafficType::Tcp | TrafficType::Udp) => {
                 let ports = port_index(&mut self.tcp_ports, &mut self.udp_ports, tt);
                 if ports.get(&svc.mesh_port) == Some(&id) {
-                    ports.remove(&svc.mesh_port);
+                    Arc::make_mut(ports).remove(&svc.mesh_port);
                 }
             }
         }
@@ -199,20 +201,20 @@ impl Table {
     /// its identity entry and whatever routes of it are indexed follow.
     pub(super) fn move_service(&mut self, from: ServiceId, to: ServiceId) {
         let svc = self.services[from.index()].clone();
-        self.services[to.index()] = svc.clone();
+        self.services.set(to.index(), svc.clone());
         self.set_key(svc.clone(), to);
         match svc.traffic_type {
             TrafficType::Http => {
                 for host in http_hosts(&svc) {
                     if let Some(claims) = self.http_hosts.get_mut(host.as_str()) {
-                        *claims = claims.repointed(from, to);
+                        claims.ports = claims.ports.repointed(from, to);
                     }
                 }
             }
             tt @ (TrafficType::Tcp | TrafficType::Udp) => {
                 let ports = port_index(&mut self.tcp_ports, &mut self.udp_ports, tt);
-                if let Some(id) = ports.get_mut(&svc.mesh_port).filter(|id| **id == from) {
-                    *id = to;
+                if ports.get(&svc.mesh_port) == Some(&from) {
+                    Arc::make_mut(ports).insert(svc.mesh_port, to);
                 }
             }
         }
@@ -220,10 +222,10 @@ impl Table {
 }
 
 fn port_index<'a>(
-    tcp: &'a mut HashMap<u16, ServiceId>,
-    udp: &'a mut HashMap<u16, ServiceId>,
+    tcp: &'a mut Arc<HashMap<u16, ServiceId>>,
+    udp: &'a mut Arc<HashMap<u16, ServiceId>>,
     tt: TrafficType,
-) -> &'a mut HashMap<u16, ServiceId> {
+) -> &'a mut Arc<HashMap<u16, ServiceId>> {
     if tt == TrafficType::Tcp {
         tcp
     } else {
@@ -233,7 +235,8 @@ fn port_index<'a>(
 
 impl Table {
     /// A copy of this table's services and indexes under a new version and mesh part, to
-    /// apply a delta to ([`Table::apply_changes`]): reference counts, no allocation per entry.
+    /// apply a delta to ([`Table::apply_changes`]): one reference count per chunk and shard,
+    /// and the list of services with splits or routes.
     pub(crate) fn copy_for(
         &self,
         version: u64,
@@ -249,8 +252,8 @@ impl Table {
             nodes,
             workloads,
             services: self.services.clone(),
-            split_targets: Vec::new(),
-            route_targets: Vec::new(),
+            targets: self.targets.clone(),
+            roots: self.roots.clone(),
             http_hosts: self.http_hosts.clone(),
             tcp_ports: self.tcp_ports.clone(),
             udp_ports: self.udp_ports.clone(),
@@ -275,13 +278,17 @@ impl Table {
             let key = self.services[id.index()].key.clone();
             self.by_key.remove(&key);
         }
+        // Positions whose service is not the one there before: their split and route
+        // backends are resolved again.
+        let mut touched = Vec::with_capacity(changed.len() + removed.len());
         let mut added = Vec::new();
         for svc in changed.iter() {
             match self.service(&svc.key) {
                 Some(id) => {
                     self.unindex_routes(id);
-                    self.services[id.index()] = svc.clone();
+                    self.services.set(id.index(), svc.clone());
                     self.set_key(svc.clone(), id);
+                    touched.push(id);
                 }
                 None => added.push(svc.clone()),
             }
@@ -291,13 +298,17 @@ impl Table {
             let last = ServiceId::new(self.services.len() - 1);
             if last != id {
                 self.move_service(last, id);
+                touched.push(id);
             }
             self.services.pop();
+            self.targets.pop();
         }
         for svc in added {
             let id = ServiceId::new(self.services.len());
             self.services.push(svc);
+            self.targets.push(None);
             self.index_key(id)?;
+            touched.push(id);
         }
         for svc in &changed {
             let id = self
@@ -305,7 +316,7 @@ impl Table {
                 .expect("a changed service port is in the table");
             self.index_routes(id)?;
         }
-        self.resolve_targets()
+        self.resolve_targets(touched)
     }
 }
 
@@ -316,8 +327,8 @@ impl Table {
     pub(crate) fn index_sizes(&self) -> [usize; 4] {
         let claims = self
             .http_hosts
-            .values()
-            .map(|c| match c {
+            .iter()
+            .map(|c| match &c.ports {
                 HostPorts::One(..) => 1,
                 HostPorts::Many(all) => all.len(),
             })
@@ -327,6 +338,16 @@ impl Table {
             claims,
             self.tcp_ports.len(),
             self.udp_ports.len(),
+        ]
+    }
+
+    /// Chunks of the service list, shards of the identity index and shards of the host index
+    /// that this table holds and `other` does not share.
+    pub(crate) fn unshared_with(&self, other: &Table) -> [usize; 3] {
+        [
+            self.services.chunks_unshared_with(&other.services),
+            self.by_key.shards_unshared_with(&other.by_key),
+            self.http_hosts.shards_unshared_with(&other.http_hosts),
         ]
     }
 }

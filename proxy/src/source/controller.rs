@@ -199,6 +199,20 @@ impl ControllerSource {
         self
     }
 
+    /// The controller process the table held came from (its `maille-table-origin`), if known.
+    pub fn origin(&self) -> Option<http::HeaderValue> {
+        self.origin.lock().expect("origin lock").clone()
+    }
+
+    /// Starts as if the table held had come from the controller process `origin`: for a store
+    /// seeded from another source's ([`TableStore::seeded_from`]), whose ETag is then given to
+    /// [`Self::poll_once`], so that the first poll asks for what changed since (the fleet
+    /// bench's simulated proxies).
+    pub fn with_origin(self, origin: Option<http::HeaderValue>) -> Self {
+        *self.origin.lock().expect("origin lock") = origin;
+        self
+    }
+
     /// Refuses table answers larger than `bytes` (`--controller-max-table-bytes`).
     pub fn max_table_bytes(mut self, bytes: u64) -> Self {
         self.max_table_bytes = bytes;
