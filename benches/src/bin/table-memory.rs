@@ -29,6 +29,11 @@ struct Args {
     /// where each endpoint runs.
     #[arg(long)]
     nodes: bool,
+    /// Write the fixture table (`--services`' first size, `--endpoints`, `--nodes`) as JSON to
+    /// this file and exit: a table for `maille-proxy --config` when measuring the real
+    /// process's resident memory (benches/README.md, "Memory of a held table").
+    #[arg(long)]
+    write_json: Option<std::path::PathBuf>,
     /// Measure one table in this process and print its figures as one line (what the parent
     /// runs in a child process per measurement).
     #[arg(long, hide = true)]
@@ -166,6 +171,11 @@ fn measure_apart(services: usize, endpoints: usize, nodes: bool) -> Figures {
 
 fn main() {
     let args = Args::parse();
+    if let Some(path) = &args.write_json {
+        let n = args.services.first().copied().unwrap_or(10_000);
+        std::fs::write(path, fixture_json(n, args.endpoints, args.nodes)).expect("write the table");
+        return;
+    }
     if let Some(one) = &args.one {
         let (s, e) = one.split_once(',').expect("--one services,endpoints");
         let f = measure(
