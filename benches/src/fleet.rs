@@ -73,6 +73,10 @@ pub struct Options {
     pub phase_budget: Duration,
     /// The longest a proxy may take to get a change (or the first table) before the run fails.
     pub change_limit: Duration,
+    /// Fleets larger than this are seeded from one first table ([`sim::Fleet::start_seeded`]),
+    /// and the first table to all is measured on a fleet of this many proxies fetching it each;
+    /// `None` never seeds.
+    pub first_sample: Option<usize>,
     /// The `maille-proxy` binary to measure; none skips it.
     pub real_proxy: Option<PathBuf>,
     /// Changes for the real proxy, per delivery.
@@ -95,6 +99,7 @@ impl Options {
             changes: 10,
             phase_budget: Duration::from_secs(90),
             change_limit: Duration::from_secs(600),
+            first_sample: Some(100),
             real_proxy: None,
             real_changes: 20,
             dir,
@@ -112,6 +117,7 @@ impl Options {
             real_changes: 3,
             phase_budget: Duration::from_secs(30),
             change_limit: Duration::from_secs(60),
+            first_sample: Some(2),
             progress: false,
             ..Options::full(dir)
         }
@@ -192,6 +198,11 @@ pub struct FleetPhase {
     pub proxies: usize,
     /// From starting the proxies to the last of them holding the first table.
     pub first_contact: Duration,
+    /// How many proxies `first_contact` was measured on: all of them, or a sample when the
+    /// fleet was seeded from one first table.
+    pub first_sample: usize,
+    /// Whether the fleet was seeded from one first table (shared until changed).
+    pub seeded: bool,
     /// The changes.
     pub changes: Vec<FleetChange>,
     /// Failed polls (should be 0).
@@ -485,18 +496,24 @@ fn fleet_phase(
 ) -> anyhow::Result<FleetPhase> {
     wait_waiting(0, Duration::from_secs(40))?;
     let label = format!("{n} simulated proxies, {}", delivery.label());
+    let seeded = opts.first_sample.is_some_and(|k| n > k);
+    let first_sample = if seeded {
+        opts.first_sample.unwrap_or(n)
+    } else {
+        n
+    };
     let start = Instant::now();
-    let fleet = Fleet::start(&controller.url, n, delivery)?;
-    let mut held = vec![0u64; n];
+    let fleet = Fleet::start(&controller.url, first_sample, delivery)?;
+    let mut held = vec![0u64; first_sample];
     let first = table_version();
     let mut have = 0;
-    while have < n {
+    while have < first_sample {
         let left = opts.change_limit.saturating_sub(start.elapsed());
         let applied = match fleet.applied.recv_timeout(left) {
             Ok(a) => a,
             Err(RecvTimeoutError::Timeout) => {
                 bail!(
-                    "{label}: {have} of {n} had the first table after {:?}",
+                    "{label}: {have} of {first_sample} had the first table after {:?}",
                     opts.change_limit
                 )
             }
@@ -508,10 +525,27 @@ fn fleet_phase(
         held[applied.proxy] = applied.version;
     }
     let first_contact = start.elapsed();
-    wait_waiting(n, Duration::from_secs(60))?;
     progress(opts, || {
-        format!("{label}: first table to all in {first_contact:.1?}")
+        format!("{label}: first table to {first_sample} in {first_contact:.1?}")
     });
+    let fleet = if seeded {
+        drop(fleet);
+        wait_waiting(0, Duration::from_secs(40))?;
+        // The rest of the phase: n proxies holding one decoded table, each applying every
+        // change on its own (benches/README.md says what is shared and why the figures hold).
+        let seed = sim::Seed::fetch(&controller.url, delivery)?;
+        anyhow::ensure!(
+            seed.version() == table_version(),
+            "{label}: seed not current"
+        );
+        let fleet = Fleet::start_seeded(&controller.url, n, delivery, &seed)?;
+        progress(opts, || format!("{label}: {n} proxies seeded"));
+        fleet
+    } else {
+        fleet
+    };
+    let mut held = vec![0u64; n];
+    wait_waiting(n, Duration::from_secs(60))?;
 
     let changes_start = Instant::now();
     let mut changes = Vec::new();
@@ -587,6 +621,8 @@ fn fleet_phase(
         delivery,
         proxies: n,
         first_contact,
+        first_sample,
+        seeded,
         changes,
         errors,
         resyncs,

@@ -38,6 +38,14 @@ struct Args {
     /// The `maille-proxy` binary (default: the one next to this program).
     #[arg(long)]
     proxy_binary: Option<PathBuf>,
+    /// Fleets larger than this are seeded from one first table, and the first table to all is
+    /// measured on this many proxies fetching it each (default 100; --quick: 2).
+    #[arg(long)]
+    first_table_sample: Option<usize>,
+    /// Never seed: every simulated proxy fetches and holds its own first table (1,000 proxies
+    /// at 10,000 services then need about 35 GB).
+    #[arg(long)]
+    no_seed: bool,
     /// Do not measure the real proxy.
     #[arg(long)]
     no_real_proxy: bool,
@@ -66,6 +74,12 @@ fn main() -> anyhow::Result<()> {
     opts.deliveries.dedup();
     opts.changes = args.changes.unwrap_or(opts.changes);
     opts.real_changes = args.real_changes.unwrap_or(opts.real_changes);
+    if let Some(k) = args.first_table_sample {
+        opts.first_sample = Some(k);
+    }
+    if args.no_seed {
+        opts.first_sample = None;
+    }
     if let Some(s) = args.phase_budget {
         opts.phase_budget = Duration::from_secs(s);
     }

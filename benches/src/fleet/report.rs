@@ -173,12 +173,17 @@ pub fn markdown(r: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {}{} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}{} | {} | {:.1}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.proxies,
                 p.delivery.label(),
                 trouble,
                 p.changes.len(),
                 p.first_contact.as_secs_f64(),
+                if p.seeded {
+                    format!(" ({} proxies; seeded)", p.first_sample)
+                } else {
+                    String::new()
+                },
                 ms(f.published_p50),
                 ms(f.last_p50),
                 ms(f.last_p99),
@@ -188,6 +193,12 @@ pub fn markdown(r: &Report) -> String {
                 ms(f.rebuild),
                 ms(f.fleet_cpu),
                 vs,
+            );
+        }
+        if r.fleet.iter().any(|p| p.seeded) {
+            let _ = writeln!(
+                out,
+                "\n*Seeded*: the first table was fetched by the number of proxies shown (its time is theirs); then the whole fleet started from one decoded first table (shared until a proxy's own change replaces a part of it), each proxy polling and applying every change itself."
             );
         }
         out.push('\n');

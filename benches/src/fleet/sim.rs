@@ -41,9 +41,79 @@ pub struct Fleet {
     pub resyncs: Arc<AtomicU64>,
 }
 
+/// A first table fetched once, to seed many simulated proxies with
+/// ([`Fleet::start_seeded`]): the store that applied it, its ETag and the controller process
+/// it came from.
+pub struct Seed {
+    store: Arc<TableStore>,
+    etag: Option<String>,
+    origin: Option<http::HeaderValue>,
+}
+
+impl Seed {
+    /// Fetches the table `url` serves with this delivery, as one simulated proxy's first poll.
+    pub fn fetch(url: &str, delivery: Delivery) -> anyhow::Result<Seed> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let store = TableStore::new();
+        let source = source(url, store.clone(), delivery)?;
+        let mut etag = None;
+        let polled = runtime.block_on(source.poll_once(&mut etag))?;
+        anyhow::ensure!(
+            matches!(polled, Poll::Swapped(_)),
+            "the seed's first poll brought {polled:?}, not a table"
+        );
+        Ok(Seed {
+            store,
+            etag,
+            origin: source.origin(),
+        })
+    }
+
+    /// The version of the seed's table.
+    pub fn version(&self) -> u64 {
+        self.store.load().version
+    }
+}
+
+/// A simulated proxy's controller client, as `maille-proxy` makes it for this delivery.
+fn source(
+    url: &str,
+    store: Arc<TableStore>,
+    delivery: Delivery,
+) -> anyhow::Result<ControllerSource> {
+    Ok(ControllerSource::new(url, store)?
+        .deltas(delivery == Delivery::Delta)
+        .gzip(delivery != Delivery::Full))
+}
+
 impl Fleet {
-    /// Starts `n` proxies polling `url` (`http://127.0.0.1:PORT`) with this delivery.
+    /// Starts `n` proxies polling `url` (`http://127.0.0.1:PORT`) with this delivery, each
+    /// fetching the first table itself.
     pub fn start(url: &str, n: usize, delivery: Delivery) -> anyhow::Result<Fleet> {
+        Fleet::spawn(url, n, delivery, None)
+    }
+
+    /// Starts `n` proxies that hold `seed`'s table already ([`TableStore::seeded_from`]: the
+    /// same decoded and compiled table, not a copy) and ask the controller what changed since,
+    /// as a proxy that had fetched it itself would. Each applies every later change on its
+    /// own and holds only what the changes make new.
+    pub fn start_seeded(
+        url: &str,
+        n: usize,
+        delivery: Delivery,
+        seed: &Seed,
+    ) -> anyhow::Result<Fleet> {
+        Fleet::spawn(url, n, delivery, Some(seed))
+    }
+
+    fn spawn(
+        url: &str,
+        n: usize,
+        delivery: Delivery,
+        seed: Option<&Seed>,
+    ) -> anyhow::Result<Fleet> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name(THREAD_NAME)
             .worker_threads(2)
@@ -54,14 +124,21 @@ impl Fleet {
         let resyncs = Arc::new(AtomicU64::new(0));
         let mut stores = Vec::with_capacity(n);
         for proxy in 0..n {
-            let store = TableStore::new();
-            let source = ControllerSource::new(url, store.clone())?
-                .deltas(delivery == Delivery::Delta)
-                .gzip(delivery != Delivery::Full);
+            let (store, mut etag, source) = match seed {
+                Some(seed) => {
+                    let store = TableStore::seeded_from(&seed.store);
+                    let source =
+                        source(url, store.clone(), delivery)?.with_origin(seed.origin.clone());
+                    (store, seed.etag.clone(), source)
+                }
+                None => {
+                    let store = TableStore::new();
+                    (store.clone(), None, source(url, store, delivery)?)
+                }
+            };
             stores.push(store);
             let (tx, errors, resyncs) = (tx.clone(), errors.clone(), resyncs.clone());
             runtime.spawn(async move {
-                let mut etag = None;
                 loop {
                     match source.poll_once(&mut etag).await {
                         Ok(Poll::Swapped(version) | Poll::Delta(version)) => {
