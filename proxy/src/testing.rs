@@ -249,11 +249,13 @@ impl TestProxy {
             stop,
             thread: Some(thread),
         };
-        let mut wait_for: Vec<SocketAddr> = proxy.http.clone();
-        wait_for.push(proxy.admin);
-        for addr in wait_for {
-            wait_listening(addr, Duration::from_secs(20));
+        // An HTTP listener's probe is seen out (accepted, read to its end, closed) before the
+        // test starts: a probe accepted late would take one of the proxy's connection slots,
+        // or be refused and counted, in the middle of a test of the connection bound.
+        for addr in &proxy.http {
+            wait_http_listening(*addr, Duration::from_secs(20));
         }
+        wait_listening(proxy.admin, Duration::from_secs(20));
         for addr in &proxy.tcp {
             wait_tcp_listening(*addr, Duration::from_secs(20));
         }
@@ -317,17 +319,32 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) {
     }
 }
 
+/// Blocks until the proxy accepts on HTTP listener `addr` and has closed the probe connection,
+/// which sends nothing and half-closes at once (the proxy reads its end and closes it).
+pub fn wait_http_listening(addr: SocketAddr, limit: Duration) {
+    probe_until_closed(addr, limit, true);
+}
+
 /// Blocks until the proxy accepts on TCP listener `addr`, and has closed the probe connection
 /// (no table yet routes it), so that the probe cannot reach a backend of the test's table.
 pub fn wait_tcp_listening(addr: SocketAddr, limit: Duration) {
+    probe_until_closed(addr, limit, false);
+}
+
+/// Connects to `addr` until it accepts (half-closing at once when `half_close`), then waits
+/// for the other side to close the probe (at most `limit`).
+fn probe_until_closed(addr: SocketAddr, limit: Duration, half_close: bool) {
     use std::io::Read;
     let start = Instant::now();
     loop {
         if let Ok(mut probe) =
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
         {
+            if half_close {
+                let _ = probe.shutdown(std::net::Shutdown::Write);
+            }
             let _ = probe.set_read_timeout(Some(limit));
-            let _ = probe.read(&mut [0u8; 1]);
+            let _ = probe.read_to_end(&mut Vec::new());
             return;
         }
         if start.elapsed() > limit {
