@@ -213,6 +213,15 @@ struct Last {
     history_keys: usize,
 }
 
+/// A line of `/ready`'s detail, made when asked for.
+struct ReadyNote(Box<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for ReadyNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyNote")
+    }
+}
+
 /// What the API serves; the rebuild loop publishes into it.
 #[derive(Debug)]
 pub struct ApiState {
@@ -222,6 +231,9 @@ pub struct ApiState {
     ready: AtomicBool,
     /// Lines appended to `/ready`: watch health and leadership.
     detail: Mutex<String>,
+    /// More lines for `/ready`, each made when it is asked for (warnings that do not make
+    /// the controller unready, such as a refused CA change).
+    notes: Mutex<Vec<ReadyNote>>,
     /// This process's [`ORIGIN_HEADER`] value.
     origin: HeaderValue,
     shutdown: CancellationToken,
@@ -255,6 +267,7 @@ impl ApiState {
             services: Mutex::new(Arc::default()),
             ready: AtomicBool::new(false),
             detail: Mutex::new(String::new()),
+            notes: Mutex::new(Vec::new()),
             origin: origin_id(),
             shutdown,
             limits,
@@ -390,6 +403,27 @@ impl ApiState {
     /// Sets the lines `/ready` shows after its first line (watch health, leadership).
     pub fn set_detail(&self, detail: String) {
         *self.detail.lock().expect("detail lock") = detail;
+    }
+
+    /// Adds a line maker to `/ready`'s detail: called at each request, its line (if any)
+    /// shown after the watch health. Does not change the status.
+    pub fn add_ready_note(&self, note: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        self.notes
+            .lock()
+            .expect("notes lock")
+            .push(ReadyNote(Box::new(note)));
+    }
+
+    /// `/ready`'s lines after the first.
+    fn ready_detail(&self) -> String {
+        let mut detail = self.detail.lock().expect("detail lock").clone();
+        for note in self.notes.lock().expect("notes lock").iter() {
+            if let Some(line) = (note.0)() {
+                detail.push_str(line.trim_end());
+                detail.push('\n');
+            }
+        }
+        detail
     }
 
     /// Whether `/ready` answers 200.
@@ -683,7 +717,7 @@ async fn services(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
-    let detail = state.detail.lock().expect("detail lock").clone();
+    let detail = state.ready_detail();
     if state.is_ready() {
         (StatusCode::OK, format!("ready\n{detail}")).into_response()
     } else {

@@ -226,7 +226,8 @@ impl Service {
     }
 
     /// Why the last CA offered was refused (naming where it came from, the part and the
-    /// reason), if it was.
+    /// reason), if it was: cleared once a valid CA (a new one, or the one held) is offered.
+    /// `/ready` shows it while it stands.
     pub fn last_ca_refusal(&self) -> Option<String> {
         self.ca_refused.lock().expect("ca refusal lock").clone()
     }
@@ -252,6 +253,16 @@ impl Service {
                 return Offer::Refused(reason);
             }
         };
+        // What is offered now is valid: an earlier refusal no longer stands.
+        if self
+            .ca_refused
+            .lock()
+            .expect("ca refusal lock")
+            .take()
+            .is_some()
+        {
+            tracing::info!(%origin, "The mesh CA offered is valid again; the refusal is cleared");
+        }
         let old = self.ca();
         if old.as_ref().is_some_and(|o| o.same_as(&new)) {
             return Offer::Unchanged;

@@ -96,6 +96,15 @@ pub async fn run_until(args: RunArgs, shutdown: CancellationToken) -> Result<(),
         )?),
         None => None,
     };
+    if let Some(service) = &identity {
+        // A refused CA change leaves the CA held signing: a warning on /ready, not unready.
+        let service = service.clone();
+        api_state.add_ready_note(move || {
+            service.last_ca_refusal().map(|reason| {
+                format!("identity: a mesh CA change was refused; the CA held still signs: {reason}")
+            })
+        });
+    }
     let identity_url = match &identity {
         Some(service) => Some(serve_identity(&args, service, &shutdown).await?),
         None => None,

@@ -770,6 +770,45 @@ async fn the_ca_files_rotate_under_a_running_proxy_which_renews_from_the_new_roo
     assert!(changes("refused") <= 1.0, "{page}");
     let rows = identities(controller.api).await;
     assert!(rows[0]["issued"].as_u64().unwrap() >= 4, "{rows:?}");
+
+    // A refused change shows on the controller's /ready (still ready: the CA held signs) until
+    // a valid CA is in the folder again. The half-written pair's refusal was cleared by step 2.
+    let ready = format!("http://127.0.0.1:{}/ready", controller.api);
+    let text = get_text(&ready).await.unwrap();
+    assert!(
+        text.starts_with("ready") && !text.contains("refused"),
+        "{text}"
+    );
+    let new_key = new.key.serialize_pem();
+    replace(
+        "ca.key",
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
+    let text = eventually(
+        "the broken key refused and shown on /ready",
+        Duration::from_secs(10),
+        async || {
+            get_text(&ready)
+                .await
+                .filter(|t| t.contains("change was refused"))
+        },
+    )
+    .await;
+    assert!(
+        text.starts_with("ready") && text.contains("ca.key"),
+        "{text}"
+    );
+    replace("ca.key", &new_key);
+    eventually(
+        "the refusal cleared once the key is valid again",
+        Duration::from_secs(10),
+        async || {
+            get_text(&ready)
+                .await
+                .filter(|t| t.starts_with("ready") && !t.contains("refused"))
+        },
+    )
+    .await;
 }
 
 /// A CA to sign test certificates with: the mesh's (read from the identity folder) or another.
