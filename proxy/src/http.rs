@@ -63,6 +63,8 @@ pub struct RequestCtx {
     pub resilience: RequestState,
     /// The request's span, when tracing is on ([`crate::trace`]).
     pub trace: Option<crate::trace::HttpSpan>,
+    /// The current attempt's hold on its tunnel stream (plain HTTP/1 across nodes).
+    pub tunnel: Option<crate::tunnel::lease::Ticket>,
 }
 
 impl RequestCtx {
@@ -194,6 +196,7 @@ impl ProxyHttp for MeshProxy {
             local_status: None,
             resilience: RequestState::default(),
             trace: None,
+            tunnel: None,
         }
     }
 
@@ -303,7 +306,11 @@ impl ProxyHttp for MeshProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let upstream::MeshPeer { pick, mut peer } = upstream::mesh_peer(
+        let upstream::MeshPeer {
+            pick,
+            mut peer,
+            ticket,
+        } = upstream::mesh_peer(
             &self.balancer,
             table,
             backend,
@@ -312,6 +319,8 @@ impl ProxyHttp for MeshProxy {
             &self.upstream_tls,
             self.tunnel.as_ref(),
         )?;
+        // An earlier attempt's stream is closed, never kept.
+        ctx.tunnel = ticket;
         ctx.resilience.start_attempt(&mut peer)?;
         ctx.pick = Some(pick);
         Ok(peer)
@@ -351,6 +360,8 @@ impl ProxyHttp for MeshProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // A tunnel stream kept from an earlier request is a pooled connection too.
+        let client_reused = client_reused || ctx.tunnel.as_ref().is_some_and(|t| t.reused());
         // A stale pooled connection says nothing about the endpoint; anything else does. A
         // response of a route's retried code was an answer (not a failure for passive health),
         // but the retry goes elsewhere.
@@ -412,6 +423,9 @@ impl ProxyHttp for MeshProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(ticket) = &mut ctx.tunnel {
+            ticket.on_response(upstream_response);
+        }
         if let Some(pick) = &ctx.pick {
             pick.observe_response();
         }
@@ -445,6 +459,7 @@ impl ProxyHttp for MeshProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::tunnel::lease::settle(ctx.tunnel.take(), session, e);
         if let Some(span) = ctx.trace.take() {
             span.finish(session, e, ctx);
         }

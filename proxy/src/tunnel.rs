@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod client;
 pub mod connector;
 pub mod hop;
+pub mod lease;
 pub mod server;
 pub mod stream;
 #[cfg(any(test, feature = "testing"))]

@@ -147,6 +147,9 @@ pub struct MeshPeer {
     pub pick: crate::balance::Pick,
     /// The peer: direct, or through the tunnel to the endpoint's node.
     pub peer: Box<HttpPeer>,
+    /// For plain HTTP/1 through the tunnel: the attempt's hold on its tunnel stream, to settle
+    /// when the request ends ([`crate::tunnel::lease::settle`]).
+    pub ticket: Option<crate::tunnel::lease::Ticket>,
 }
 
 /// Picks an endpoint of `backend` (avoiding `failed`) for a request from `client` and the
@@ -181,12 +184,18 @@ pub fn mesh_peer(
         let addr = pick.addr;
         let mut peer = peer(addr, svc, tls);
         match hop::way(table, backend, addr, pool, Protocol::Tcp) {
-            Way::Direct | Way::Cleartext => return Ok(MeshPeer { pick, peer }),
+            Way::Direct | Way::Cleartext => {
+                return Ok(MeshPeer {
+                    pick,
+                    peer,
+                    ticket: None,
+                })
+            }
             Way::Tunnel(node) => {
                 let pool = pool.expect("a tunnel way has a pool").clone();
                 let claim = hop::claim(table, backend, addr, client, Protocol::Tcp);
-                crate::tunnel::connector::tunnel_peer(&mut peer, pool, node, claim)?;
-                return Ok(MeshPeer { pick, peer });
+                let ticket = crate::tunnel::connector::tunnel_peer(&mut peer, pool, node, claim)?;
+                return Ok(MeshPeer { pick, peer, ticket });
             }
             Way::Refused => {
                 refused = Some((addr, table.endpoint_node(backend, addr).cloned()));

@@ -7,7 +7,10 @@
 //! client spoofing an allowed pod of another node; strict refuses and permissive sends in
 //! cleartext to a node without proxy; certificates of both nodes rotate under steady load
 //! with no failed request; HTTP connections through the tunnel are pooled and reused per
-//! client identity, and those of a broken session are not handed out again.
+//! client identity, and those of a broken session are not handed out again; a plain HTTP/1
+//! tunnel stream carries another request only after a clean answer (never after
+//! `Connection: close`, HTTP/1.0, 101, a cut body, an upstream error, or a byte the backend
+//! sent after its answer).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +43,7 @@ fn node_proxy(ca: &TestCa, node: &'static str, ip: [u8; 4]) -> TestProxy {
     let opts = TestProxyOptions {
         // Never answers: the identity keeps the certificate the test gives it.
         controller_url: Some("http://127.0.0.1:1".into()),
-        http_ports: 3,
+        http_ports: 4,
         ..TestProxyOptions::default()
     };
     let proxy = TestProxy::start_with_config(opts, move |c| {
@@ -62,6 +65,7 @@ struct Backends {
     dns_b: UdpBackend,
     db_c: TcpBackend,
     dns_c: UdpBackend,
+    script_b: ScriptBackend,
 }
 
 impl Backends {
@@ -74,6 +78,7 @@ impl Backends {
             dns_b: UdpBackend::start("dns-on-b").await,
             db_c: TcpBackend::start("db-on-c").await,
             dns_c: UdpBackend::start("dns-on-c").await,
+            script_b: ScriptBackend::start().await,
         }
     }
 }
@@ -96,7 +101,8 @@ fn workload(ip: [u8; 4], node: &str, sa: &str) -> WorkloadSpec {
 
 /// The mesh as node-a routes it (mesh ports of `ports`): `web` on node-b (HTTP), `local` on
 /// node-a (HTTP), `far` on node-c which runs no proxy (HTTP), `db` (TCP) and `dns` (UDP) on
-/// node-b. node-b's tunnel address is the relay's.
+/// node-b, `script` (HTTP, a [`ScriptBackend`]) on node-b. node-b's tunnel address is the
+/// relay's.
 fn mesh(
     ports: &TestPorts,
     be: &Backends,
@@ -118,7 +124,9 @@ fn mesh(
     far_db.endpoints = vec![on(&be.db_c.addr_str(), "node-c")];
     let mut far_dns = service("shop", "far-dns", 53, ports.udp[1], TrafficType::Udp, &[]);
     far_dns.endpoints = vec![on(&be.dns_c.addr_str(), "node-c")];
-    let mut t = table(1, vec![web, local, far, db, dns, far_db, far_dns]);
+    let mut script = service("shop", "script", 80, ports.http[3], TrafficType::Http, &[]);
+    script.endpoints = vec![on(&be.script_b.addr.to_string(), "node-b")];
+    let mut t = table(1, vec![web, local, far, db, dns, far_db, far_dns, script]);
     t.mtls = mode;
     t.nodes = vec![
         NodeSpec {
@@ -497,7 +505,7 @@ async fn carriers(m: &Mesh, from: [u8; 4], n: usize) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
-    // Pingora puts an upstream connection back in its pool just after the answer reaches the
+    // An upstream connection goes back to its pool just after the answer reaches the
     // client, so a request can now and then race it and open another connection (same-node
     // connections alike): the counts below allow a few streams, where each request opened
     // one of its own before connections through the tunnel were reused.
@@ -555,4 +563,211 @@ async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
     assert!(after.len() <= 3, "10 requests rode {} streams", after.len());
     assert_eq!(m.relay.connections(), 2);
     assert_eq!(pool.streams_opened(), before + after.len() as u64);
+}
+
+/// A raw HTTP/1.1 backend answering as scripted by the path, numbering its connections (each
+/// tunnel stream makes one connection from node-b's proxy, so the number names the stream):
+/// - `/conn`: 200, body `conn-<n>`;
+/// - `/close`: the same with `Connection: close`, the connection kept open;
+/// - `/http10`: the same as HTTP/1.0, the connection kept open;
+/// - `/garbage`: bytes that are not an HTTP response, the connection kept open;
+/// - `/cut`: a body shorter than its `Content-Length`, then the connection closed;
+/// - `/stray`: the same as `/conn`, and 100 ms later a whole second response (`STRAY`);
+/// - `/upgrade`: 101 (websocket), then echoes the bytes it reads.
+struct ScriptBackend {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptBackend {
+    async fn start() -> ScriptBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            for n in 1.. {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.spawn(script_conn(s, n));
+            }
+        });
+        ScriptBackend { addr, task }
+    }
+}
+
+impl Drop for ScriptBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn script_conn(mut s: tokio::net::TcpStream, n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    loop {
+        // The path of the next request (no body: every request here is a GET).
+        let path = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                let line = String::from_utf8_lossy(&head);
+                break line.split(' ').nth(1).unwrap_or("").to_string();
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let body = format!("conn-{n}");
+        let answer = |version: &str, extra: &str| {
+            format!(
+                "{version} 200 OK\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+                body.len()
+            )
+        };
+        let out = match path.as_str() {
+            "/close" => answer("HTTP/1.1", "Connection: close\r\n"),
+            "/http10" => answer("HTTP/1.0", ""),
+            "/garbage" => "NOT AN HTTP RESPONSE\r\n\r\n".to_string(),
+            "/cut" => "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nconn-".to_string(),
+            "/upgrade" => {
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                    .to_string()
+            }
+            _ => answer("HTTP/1.1", ""),
+        };
+        if s.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+        match path.as_str() {
+            "/cut" => return,
+            "/stray" => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY";
+                if s.write_all(stray).await.is_err() {
+                    return;
+                }
+            }
+            "/upgrade" => {
+                let (mut r, mut w) = s.split();
+                let _ = w.write_all(&buf).await;
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+const SCRIPT: &str = "script.shop.maille.mesh";
+
+/// GET `path` of `script` (on node-b) through node-a from pod `from`, on a new client
+/// connection.
+async fn script(m: &Mesh, from: [u8; 4], path: &str) -> anyhow::Result<(u16, String)> {
+    pod::get_path(m.a.http[3], IpAddr::from(from), SCRIPT, path).await
+}
+
+/// The tunnel stream (`conn-<n>`) that carried a GET `/conn` of pod `from`.
+async fn stream_of(m: &Mesh, from: [u8; 4]) -> String {
+    let (status, body) = script(m, from, "/conn").await.expect("answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("conn-"), "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http1_tunnel_stream_carries_another_request_only_after_a_clean_answer() {
+    let m = Mesh::start(MtlsMode::Strict, false).await;
+    let pool = m.a.tunnel().expect("node-a has a tunnel pool").clone();
+    // Kept once the request has ended (just after the client has its answer).
+    let kept = |n: usize| {
+        let pool = pool.clone();
+        async move { eventually("the stream is kept", || pool.idle().len() == n).await }
+    };
+
+    // Two requests of one client ride one stream; another client identity never rides it.
+    let first = stream_of(&m, CLIENT).await;
+    kept(1).await;
+    assert_eq!(stream_of(&m, CLIENT).await, first);
+    kept(1).await;
+    let other = stream_of(&m, OTHER).await;
+    assert_ne!(other, first, "shop/other rode shop/client's stream");
+    kept(2).await;
+    assert_eq!(stream_of(&m, OTHER).await, other);
+    assert_eq!(stream_of(&m, CLIENT).await, first);
+    kept(2).await;
+    assert_eq!(pool.streams_opened(), 2);
+    assert_eq!(m.relay.connections(), 1);
+
+    // Each of these answers leaves its stream unusable (whatever the client got): the next
+    // request rides a new stream and gets its own answer, and that new stream is kept in turn.
+    let mut seen: HashSet<String> = [first, other].into();
+    for path in ["/close", "/http10", "/garbage", "/cut", "/stray"] {
+        let got = script(&m, CLIENT, path).await;
+        match path {
+            "/garbage" => assert_eq!(got.expect("answer").0, 502, "{path}"),
+            // Cut after its header: the client sees a short or failed body.
+            "/cut" => assert!(got.map_or(true, |(_, b)| b.len() < 100), "{path}"),
+            _ => assert_eq!(got.expect("answer").0, 200, "{path}"),
+        }
+        // Time for the stray answer to arrive, and for a wrongly kept stream to show.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The stray answer comes after a clean one: that stream was kept, and is found
+        // unusable when the next request would take it.
+        let expected = if path == "/stray" { 2 } else { 1 };
+        assert_eq!(pool.idle().len(), expected, "{path}: streams kept");
+        let next = stream_of(&m, CLIENT).await;
+        assert!(
+            seen.insert(next.clone()),
+            "{path}: rode a used stream again ({next})"
+        );
+        kept(2).await;
+        assert_eq!(
+            stream_of(&m, CLIENT).await,
+            next,
+            "{path}: the new stream is kept"
+        );
+        kept(2).await;
+    }
+
+    // A protocol switch (101): the connection is the client's until it closes, never reused.
+    let before = stream_of(&m, CLIENT).await;
+    kept(2).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tcp_from(m.a.http[3], CLIENT).await;
+        let req = format!(
+            "GET /upgrade HTTP/1.1\r\nHost: {SCRIPT}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let k = tokio::time::timeout(PATIENCE, c.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(k > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..k]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        c.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(PATIENCE, c.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&echo, b"ping");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = stream_of(&m, CLIENT).await;
+    assert_ne!(next, before, "the upgraded stream carried another request");
+    assert!(!seen.contains(&next), "{next}");
 }

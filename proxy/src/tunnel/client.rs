@@ -107,6 +107,20 @@ impl Session {
     }
 }
 
+/// The session a stream was opened on.
+pub(crate) struct SessionLink(Arc<Session>);
+
+impl SessionLink {
+    /// Whether the session still takes streams and was opened with the certificate `identity`
+    /// holds now (a renewal moves new requests to a new session).
+    pub(crate) fn current(&self, identity: &Identity) -> bool {
+        self.0.usable()
+            && identity
+                .current()
+                .is_some_and(|held| Arc::ptr_eq(&held, &self.0.held))
+    }
+}
+
 /// Counts a stream on its session while it lives.
 struct StreamGuard(Arc<Session>);
 
@@ -140,6 +154,8 @@ pub struct Pool {
     /// The socket through which Pingora pools tunnelled HTTP connections, once one was asked.
     http: arc_swap::ArcSwapOption<super::bridge::Listening>,
     http_start: parking_lot::Mutex<()>,
+    /// Plain HTTP/1 streams kept between requests.
+    idle: Arc<super::lease::Idle>,
     /// Streams opened so far.
     opened: AtomicU64,
 }
@@ -164,6 +180,7 @@ impl Pool {
     pub fn new(identity: Arc<Identity>, settings: TunnelSettings) -> Arc<Pool> {
         crate::metrics::register();
         Arc::new(Pool {
+            idle: super::lease::Idle::new(identity.clone()),
             identity,
             settings,
             peers: parking_lot::Mutex::new(HashMap::new()),
@@ -210,6 +227,11 @@ impl Pool {
             .map_or(0, |h| Arc::as_ptr(&h) as usize)
     }
 
+    /// The plain HTTP/1 streams kept between requests.
+    pub fn idle(&self) -> &Arc<super::lease::Idle> {
+        &self.idle
+    }
+
     /// Its bounds and timeouts.
     pub fn settings(&self) -> &TunnelSettings {
         &self.settings
@@ -239,6 +261,17 @@ impl Pool {
         peer: &PeerNode,
         claim: &StreamClaim,
     ) -> Result<TunnelStream, OpenError> {
+        self.open_linked(peer, claim).await.map(|(s, _)| s)
+    }
+
+    /// The same, with a link to the session that carries the stream: an HTTP stream kept for
+    /// another request ([`super::lease`]) is handed out again only while that session is usable
+    /// and holds the current certificate.
+    pub(crate) async fn open_linked(
+        &self,
+        peer: &PeerNode,
+        claim: &StreamClaim,
+    ) -> Result<(TunnelStream, SessionLink), OpenError> {
         let r = self.open_counted(peer, claim).await;
         let label = match &r {
             Ok(_) => {
@@ -258,7 +291,7 @@ impl Pool {
         &self,
         peer: &PeerNode,
         claim: &StreamClaim,
-    ) -> Result<TunnelStream, OpenError> {
+    ) -> Result<(TunnelStream, SessionLink), OpenError> {
         let timeout = self.settings.connect_timeout;
         let deadline = Instant::now() + timeout;
         let timed_out = || OpenError::Timeout {
@@ -273,7 +306,7 @@ impl Pool {
                 .await
                 .map_err(|_| timed_out())??;
             match self.stream_on(&session, peer, claim, deadline).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((s, SessionLink(session))),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Session(reason)) => {
                     debug!(%peer, %reason, "Tunnel session unusable, dialling again");
