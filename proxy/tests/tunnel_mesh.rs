@@ -567,7 +567,7 @@ async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
 
 /// A raw HTTP/1.1 backend answering as scripted by the path, numbering its connections (each
 /// tunnel stream makes one connection from node-b's proxy, so the number names the stream):
-/// - `/conn`: 200, body `conn-<n>`;
+/// - `/conn`: 200, body `conn-<n>` (`conn-<n> <length>` after a request body);
 /// - `/close`: the same with `Connection: close`, the connection kept open;
 /// - `/http10`: the same as HTTP/1.0, the connection kept open;
 /// - `/garbage`: bytes that are not an HTTP response, the connection kept open;
@@ -606,12 +606,16 @@ async fn script_conn(mut s: tokio::net::TcpStream, n: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
     loop {
-        // The path of the next request (no body: every request here is a GET).
-        let path = loop {
+        // The next request's path and the length of its body (`Content-Length` only).
+        let (path, length) = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head: Vec<u8> = buf.drain(..end + 4).collect();
-                let line = String::from_utf8_lossy(&head);
-                break line.split(' ').nth(1).unwrap_or("").to_string();
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                break (head.split(' ').nth(1).unwrap_or("").to_string(), length);
             }
             let mut chunk = [0u8; 4096];
             match s.read(&mut chunk).await {
@@ -619,7 +623,19 @@ async fn script_conn(mut s: tokio::net::TcpStream, n: usize) {
                 Ok(k) => buf.extend_from_slice(&chunk[..k]),
             }
         };
-        let body = format!("conn-{n}");
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let received = buf.drain(..length).count();
+        let body = if received > 0 {
+            format!("conn-{n} {received}")
+        } else {
+            format!("conn-{n}")
+        };
         let answer = |version: &str, extra: &str| {
             format!(
                 "{version} 200 OK\r\nContent-Length: {}\r\n{extra}\r\n{body}",
@@ -700,6 +716,21 @@ async fn a_plain_http1_tunnel_stream_carries_another_request_only_after_a_clean_
     kept(2).await;
     assert_eq!(pool.streams_opened(), 2);
     assert_eq!(m.relay.connections(), 1);
+
+    // A request body crosses on the kept stream and leaves it kept.
+    let posted = pod::post_path(
+        m.a.http[3],
+        IpAddr::from(CLIENT),
+        SCRIPT,
+        "/conn",
+        vec![b'x'; 100_000],
+    )
+    .await
+    .expect("answer");
+    assert_eq!(posted, (200, format!("{first} 100000")));
+    kept(2).await;
+    assert_eq!(stream_of(&m, CLIENT).await, first);
+    kept(2).await;
 
     // Each of these answers leaves its stream unusable (whatever the client got): the next
     // request rides a new stream and gets its own answer, and that new stream is kept in turn.

@@ -193,7 +193,7 @@ pub mod pod {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -213,12 +213,36 @@ pub mod pod {
         host: &str,
         path: &str,
     ) -> anyhow::Result<(u16, String)> {
+        request(to, from, host, http::Method::GET, path, Bytes::new()).await
+    }
+
+    /// POST `body` to `path`, otherwise as [`get_path`].
+    pub async fn post_path(
+        to: SocketAddr,
+        from: IpAddr,
+        host: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, String)> {
+        request(to, from, host, http::Method::POST, path, body.into()).await
+    }
+
+    async fn request(
+        to: SocketAddr,
+        from: IpAddr,
+        host: &str,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, String)> {
         let mut conn = HttpConnector::new();
         conn.set_local_address(Some(from));
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
-        let req = http::Request::get(format!("http://{to}{path}"))
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{to}{path}"))
             .header(http::header::HOST, host)
-            .body(Empty::new())?;
+            .body(Full::new(body))?;
         let resp = tokio::time::timeout(PATIENCE, client.request(req)).await??;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
