@@ -190,7 +190,7 @@ impl Tracing {
                     span_id: sampling::new_span_id(),
                     sampled: false,
                 },
-                tracestate: incoming.tracestate,
+                drop_tracestate: incoming.drops_tracestate(),
                 b3: incoming.b3,
                 span: None,
             });
@@ -223,7 +223,7 @@ impl Tracing {
                 span_id: sc.span_id(),
                 sampled: true,
             },
-            tracestate: incoming.tracestate,
+            drop_tracestate: incoming.drops_tracestate(),
             b3: incoming.b3,
             span: Some(span),
         })
@@ -276,8 +276,8 @@ fn resource() -> Resource {
 pub struct HttpSpan {
     /// What the upstream request names as its parent.
     own: Outgoing,
-    /// Whether the client's `tracestate` goes upstream.
-    tracestate: bool,
+    /// Whether the client's `tracestate` is removed from the upstream request.
+    drop_tracestate: bool,
     b3: Option<B3>,
     /// Only for a sampled request.
     span: Option<Span>,
@@ -286,7 +286,7 @@ pub struct HttpSpan {
 impl HttpSpan {
     /// Makes this span the parent of the upstream request (every attempt).
     pub fn inject(&self, upstream: &mut RequestHeader) {
-        headers::inject(&self.own, self.tracestate, self.b3, upstream);
+        headers::inject(&self.own, self.drop_tracestate, self.b3, upstream);
     }
 
     /// The trace and span id the upstream request names, and whether the span is sampled.

@@ -8,7 +8,7 @@
 //! <https://www.w3.org/TR/trace-context/> and <https://github.com/openzipkin/b3-propagation>
 //! (OpenTelemetry Rust's only B3 propagator lives in its deprecated Zipkin exporter crate).
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use pingora_http::RequestHeader;
 
@@ -19,13 +19,27 @@ pub const TRACESTATE_MAX: usize = 512;
 /// Most list members W3C allows in a `tracestate`.
 const TRACESTATE_MEMBERS_MAX: usize = 32;
 
-const B3_HEADERS: [&str; 6] = [
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
+// The names looked up and removed, built once: a lookup or removal by `&str` parses and
+// lower-cases the name on every request (a few hundred instructions each, issue 17), one by
+// `&HeaderName` only hashes it. Inserts still go by `&'static str`: Pingora's `insert_header`
+// parses the name whatever it is given, and a static `&str` at least needs no copy for its
+// case map.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static B3_SINGLE: HeaderName = HeaderName::from_static("b3");
+static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+static B3_HEADERS: [&HeaderName; 6] = [
+    &B3_SINGLE,
+    &X_B3_TRACEID,
+    &X_B3_SPANID,
+    &X_B3_PARENTSPANID,
+    &X_B3_SAMPLED,
+    &X_B3_FLAGS,
 ];
 
 /// Which B3 encoding a request used.
@@ -59,6 +73,15 @@ pub struct Incoming {
     /// valid `traceparent` and the state is a valid W3C list of at most [`TRACESTATE_MAX`]
     /// characters. Otherwise it is removed from the upstream request.
     pub tracestate: bool,
+    /// Whether the request has a `tracestate` header at all (one not kept is removed).
+    pub tracestate_sent: bool,
+}
+
+impl Incoming {
+    /// Whether the upstream request must lose the client's `tracestate`.
+    pub fn drops_tracestate(&self) -> bool {
+        self.tracestate_sent && !self.tracestate
+    }
 }
 
 /// The proxy's own span as the upstream request names it.
@@ -74,23 +97,28 @@ pub struct Outgoing {
 
 /// Reads the trace context of `req`.
 pub fn extract(req: &RequestHeader) -> Incoming {
-    let h = &req.headers;
-    let b3 = if h.contains_key("b3") {
+    let seen = Present::of(req);
+    let b3 = if seen.b3 {
         Some(B3::Single)
-    } else if h.contains_key("x-b3-traceid") {
+    } else if seen.x_b3_traceid {
         Some(B3::Multi)
     } else {
         None
     };
-    if let Some(parent) = get(req, "traceparent").and_then(parse_traceparent) {
+    let w3c = seen
+        .traceparent
+        .then(|| get(req, &TRACEPARENT).and_then(parse_traceparent))
+        .flatten();
+    if let Some(parent) = w3c {
         return Incoming {
             parent: Some(parent),
             b3,
-            tracestate: tracestate_valid(req),
+            tracestate: !seen.tracestate || tracestate_valid(req),
+            tracestate_sent: seen.tracestate,
         };
     }
     let parent = match b3 {
-        Some(B3::Single) => get(req, "b3").and_then(parse_b3_single),
+        Some(B3::Single) => get(req, &B3_SINGLE).and_then(parse_b3_single),
         Some(B3::Multi) => parse_b3_multi(req),
         None => None,
     };
@@ -98,6 +126,35 @@ pub fn extract(req: &RequestHeader) -> Incoming {
         parent,
         b3,
         tracestate: false,
+        tracestate_sent: seen.tracestate,
+    }
+}
+
+/// The trace headers a request carries, found in one pass over its header names. A lookup
+/// per name hashes that name each time; a request without any trace context (every request
+/// that starts a trace) then costs only a walk over its names, and one with some only the
+/// lookups of what it has.
+#[derive(Debug, Default)]
+struct Present {
+    traceparent: bool,
+    tracestate: bool,
+    b3: bool,
+    x_b3_traceid: bool,
+}
+
+impl Present {
+    fn of(req: &RequestHeader) -> Present {
+        let mut p = Present::default();
+        for name in req.headers.keys() {
+            match name.as_str() {
+                "traceparent" => p.traceparent = true,
+                "tracestate" => p.tracestate = true,
+                "b3" => p.b3 = true,
+                "x-b3-traceid" => p.x_b3_traceid = true,
+                _ => {}
+            }
+        }
+        p
     }
 }
 
@@ -109,7 +166,7 @@ pub fn trace_state(req: &RequestHeader, incoming: &Incoming) -> TraceState {
     }
     let lines: Vec<&str> = req
         .headers
-        .get_all("tracestate")
+        .get_all(&TRACESTATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
@@ -117,7 +174,7 @@ pub fn trace_state(req: &RequestHeader, incoming: &Incoming) -> TraceState {
 }
 
 /// The value of the header `name`, when there is exactly one and it is text.
-fn get<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+fn get<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a str> {
     let mut all = req.headers.get_all(name).iter();
     let v = all.next()?;
     if all.next().is_some() {
@@ -155,7 +212,7 @@ fn parse_traceparent(v: &str) -> Option<Parent> {
 fn tracestate_valid(req: &RequestHeader) -> bool {
     let mut total = 0;
     let mut members = 0;
-    for line in req.headers.get_all("tracestate") {
+    for line in req.headers.get_all(&TRACESTATE) {
         total += line.len() + 1;
         if total > TRACESTATE_MAX + 1 {
             return false;
@@ -211,10 +268,10 @@ fn tracestate_member(m: &str) -> bool {
 }
 
 /// Writes the proxy's span as the parent of the upstream request: `traceparent`, the client's
-/// `tracestate` kept only when `keep_tracestate`, and B3 headers in the encoding `b3` when the
+/// `tracestate` removed when `drop_tracestate` ([`Incoming::drops_tracestate`]), and B3 headers in the encoding `b3` when the
 /// client sent B3. Stale incoming trace headers are replaced, so the upstream never sees two
 /// parents. The values are built on the stack; the header map copies them.
-pub fn inject(own: &Outgoing, keep_tracestate: bool, b3: Option<B3>, req: &mut RequestHeader) {
+pub fn inject(own: &Outgoing, drop_tracestate: bool, b3: Option<B3>, req: &mut RequestHeader) {
     let trace = hex32(own.trace_id);
     let span = hex16(own.span_id);
     let mut tp = [0u8; 55];
@@ -224,8 +281,8 @@ pub fn inject(own: &Outgoing, keep_tracestate: bool, b3: Option<B3>, req: &mut R
     tp[36..52].copy_from_slice(&span);
     tp[52..].copy_from_slice(if own.sampled { b"-01" } else { b"-00" });
     set(req, "traceparent", &tp);
-    if !keep_tracestate {
-        req.remove_header("tracestate");
+    if drop_tracestate {
+        req.remove_header(&TRACESTATE);
     }
     let Some(b3) = b3 else {
         return;
@@ -329,12 +386,12 @@ fn parse_b3_single(v: &str) -> Option<Parent> {
 /// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled` (`1`/`0`, or `true`/`false` of old
 /// clients), `X-B3-Flags: 1` (debug, implies sampled).
 fn parse_b3_multi(req: &RequestHeader) -> Option<Parent> {
-    let trace_id = b3_trace_id(get(req, "x-b3-traceid")?)?;
-    let span_id = b3_span_id(get(req, "x-b3-spanid")?)?;
-    let sampled = if get(req, "x-b3-flags") == Some("1") {
+    let trace_id = b3_trace_id(get(req, &X_B3_TRACEID)?)?;
+    let span_id = b3_span_id(get(req, &X_B3_SPANID)?)?;
+    let sampled = if get(req, &X_B3_FLAGS) == Some("1") {
         Some(true)
     } else {
-        match get(req, "x-b3-sampled") {
+        match get(req, &X_B3_SAMPLED) {
             None => None,
             Some("1" | "true") => Some(true),
             Some("0" | "false") => Some(false),
@@ -526,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn names_are_found_whatever_their_case_and_absent_ones_cost_no_lookup() {
+        let tp = format!("00-{TRACE}-{SPAN}-01");
+        let i = extract(&req(&[
+            ("Host", "a"),
+            ("TraceParent", &tp),
+            ("TraceState", "a=1"),
+            ("X-B3-TraceId", TRACE),
+        ]));
+        assert_eq!(parent(&i).trace_id, trace());
+        assert!(i.tracestate && i.tracestate_sent && !i.drops_tracestate());
+        assert_eq!(i.b3, Some(B3::Multi));
+        let i = extract(&req(&[("Host", "a"), ("User-Agent", "wrk")]));
+        assert_eq!(i.parent, None);
+        assert_eq!(i.b3, None);
+        assert!(!i.tracestate_sent && !i.drops_tracestate());
+        // A tracestate without a usable parent does not go on.
+        let i = extract(&req(&[("traceparent", "garbage"), ("tracestate", "a=1")]));
+        assert_eq!(i.parent, None);
+        assert!(i.drops_tracestate());
+    }
+
+    #[test]
     fn traceparent_wins_over_b3() {
         let other = "11111111111111111111111111111111";
         let tp = format!("00-{TRACE}-{SPAN}-01");
@@ -552,7 +631,7 @@ mod tests {
             ("X-B3-ParentSpanId", "2222222222222222"),
             ("X-B3-Sampled", "1"),
         ]);
-        inject(&own, false, Some(B3::Multi), &mut r);
+        inject(&own, true, Some(B3::Multi), &mut r);
         let h =
             |r: &RequestHeader, k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(
@@ -574,7 +653,7 @@ mod tests {
             ..own
         };
         let mut r = req(&[("tracestate", "a=1"), ("tracestate", "b=2")]);
-        inject(&own, true, None, &mut r);
+        inject(&own, false, None, &mut r);
         assert_eq!(
             h(&r, "traceparent").unwrap(),
             format!("00-{TRACE}-1111111111111111-00")
