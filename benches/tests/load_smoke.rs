@@ -3,9 +3,10 @@
 //! bench's OTLP sink, the mesh's cross-node path goes through one tunnel session (and the
 //! same-node path not at all), `--mesh-pairs` measures both paths on one set-up, and a
 //! reference target whose program is missing is skipped with a line saying so; the
-//! interleaved mode (`--interleave`) keeps its proxies running and gives ratios cycle by
-//! cycle, with the repeated first target as the A/A check. No figure is asserted: debug
-//! binaries on a shared machine measure nothing.
+//! interleaved mode (`--interleave`) gives ratios cycle by cycle on proxies replaced every
+//! `--restart-every` cycles, with the repeated first target as the A/A check, and with
+//! `--instructions` counts instructions per request under callgrind (skipped without
+//! valgrind). No figure is asserted: debug binaries on a shared machine measure nothing.
 //!
 //! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, loopback addresses 127.0.0.2 and
 //! 127.0.0.3, and `maille-proxy` and `maille-controller` built next to this test
@@ -227,7 +228,12 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
     let dir = temp_dir("load-interleave");
     let (_, report) = run_bench(
         &dir,
-        &["--interleave", "maille,maille,maille-trace-100"],
+        &[
+            "--interleave",
+            "maille,maille,maille-trace-100",
+            "--restart-every",
+            "1",
+        ],
         None,
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -238,6 +244,10 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
     // The order rotates, so each target leads once in two cycles.
     assert_eq!(cycles[0]["order"][0], "maille");
     assert_eq!(cycles[1]["order"][0], "maille#2");
+    // --restart-every 1: every cycle ran on fresh processes.
+    assert_eq!(il["generations"], 2, "{il}");
+    assert_eq!(cycles[0]["generation"], 0);
+    assert_eq!(cycles[1]["generation"], 1);
     for cycle in cycles {
         for key in ["maille", "maille#2", "maille-trace-100"] {
             let t = &cycle["targets"][key];
@@ -246,8 +256,16 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
                 t["cpu_us_per_request"].as_f64().unwrap() > 0.0,
                 "{key}: {t}"
             );
+            let busy = t["busy"].as_f64().unwrap();
+            assert!(busy > 0.0 && busy < 1.5, "{key}: {t}");
         }
     }
+    let r = &il["summary"]["maille#2"]["ratio"];
+    assert_eq!(
+        r["per_generation_median"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
     // Ratios to the first target, cycle by cycle; the repeated baseline is the A/A check.
     for key in ["maille#2", "maille-trace-100"] {
         let r = &il["summary"][key]["ratio"];
@@ -272,6 +290,34 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
     let text = report["markdown"].as_str().unwrap();
     assert!(text.contains("A/A check (maille-proxy against"), "{text}");
     assert!(text.contains("| maille-proxy, tracing 100 % |"), "{text}");
+}
+
+#[test]
+fn the_instructions_reading_counts_each_target_under_callgrind() {
+    need("wrk");
+    need("taskset");
+    if on_path("valgrind").is_none() || on_path("callgrind_control").is_none() {
+        eprintln!("skipped: no valgrind (apt-get install valgrind)");
+        return;
+    }
+    let dir = temp_dir("load-instructions");
+    let (_, report) = run_bench(
+        &dir,
+        &["--interleave", "maille,maille-trace-0", "--instructions"],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let ins = &report["instructions"];
+    for key in ["maille", "maille-trace-0"] {
+        let runs = ins["runs"][key].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "--quick: one run per target: {ins}");
+        assert!(runs[0]["requests"].as_u64().unwrap() > 0, "{ins}");
+        // A proxied request takes tens of thousands of instructions, not a handful.
+        assert!(runs[0]["per_request"].as_f64().unwrap() > 1000.0, "{ins}");
+    }
+    assert_eq!(ins["summary"]["maille"]["ratio"], 1.0);
+    let text = report["markdown"].as_str().unwrap();
+    assert!(text.contains("### Instructions per request"), "{text}");
 }
 
 #[test]
