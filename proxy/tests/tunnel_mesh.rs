@@ -10,7 +10,7 @@
 //! client identity, and those of a broken session are not handed out again; a plain HTTP/1
 //! tunnel stream carries another request only after a clean answer (never after
 //! `Connection: close`, HTTP/1.0, 101, a cut body, an upstream error, or a byte the backend
-//! sent after its answer).
+//! sent after its answer), and the streams kept per claim are bounded.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -573,6 +573,7 @@ async fn http_connections_through_the_tunnel_are_reused_per_client_identity() {
 /// - `/garbage`: bytes that are not an HTTP response, the connection kept open;
 /// - `/cut`: a body shorter than its `Content-Length`, then the connection closed;
 /// - `/stray`: the same as `/conn`, and 100 ms later a whole second response (`STRAY`);
+/// - `/slow`: the same as `/conn`, a second later;
 /// - `/upgrade`: 101 (websocket), then echoes the bytes it reads.
 struct ScriptBackend {
     addr: SocketAddr,
@@ -654,6 +655,9 @@ async fn script_conn(mut s: tokio::net::TcpStream, n: usize) {
             }
             _ => answer("HTTP/1.1", ""),
         };
+        if path == "/slow" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         if s.write_all(out.as_bytes()).await.is_err() {
             return;
         }
@@ -801,4 +805,36 @@ async fn a_plain_http1_tunnel_stream_carries_another_request_only_after_a_clean_
     let next = stream_of(&m, CLIENT).await;
     assert_ne!(next, before, "the upgraded stream carried another request");
     assert!(!seen.contains(&next), "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_kept_for_one_claim_are_bounded() {
+    let m = Arc::new(Mesh::start(MtlsMode::Strict, false).await);
+    let pool = m.a.tunnel().expect("node-a has a tunnel pool").clone();
+    // More requests of one client at once than streams kept per claim: each opens a stream.
+    let n = maille_proxy::tunnel::lease::MAX_IDLE_PER_CLAIM + 8;
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let m = m.clone();
+        all.push(tokio::spawn(
+            async move { script(&m, CLIENT, "/slow").await },
+        ));
+    }
+    for r in all {
+        let (status, body) = r.await.unwrap().expect("answer");
+        assert_eq!(status, 200, "{body}");
+    }
+    let opened = pool.streams_opened() as usize;
+    assert!(
+        opened > maille_proxy::tunnel::lease::MAX_IDLE_PER_CLAIM,
+        "{opened} streams for {n} requests at once"
+    );
+    let bound = maille_proxy::tunnel::lease::MAX_IDLE_PER_CLAIM;
+    eventually("the streams are kept", || pool.idle().len() >= bound).await;
+    // Every request has ended by now (or soon after): none is kept beyond the bound.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.idle().len(), bound);
+    // Those kept are used again: a further request opens no stream.
+    stream_of(&m, CLIENT).await;
+    assert_eq!(pool.streams_opened() as usize, opened);
 }
