@@ -14,7 +14,8 @@
 //! and identity, service), from a session still usable and holding the current certificate,
 //! within [`POOL_IDLE`], and only if nothing is readable on it: a byte a backend sent after its
 //! response makes the stream useless, never the start of the next answer. Idle streams are
-//! bounded per claim and in total.
+//! bounded per claim, per peer node (a
+//! quarter of the streams its session carries at once) and in total.
 
 use std::collections::HashMap;
 use std::io;
@@ -40,6 +41,10 @@ use crate::identity::Identity;
 
 /// Idle streams kept for one claim.
 pub const MAX_IDLE_PER_CLAIM: usize = 128;
+/// Idle streams kept for one peer node: a kept stream holds one of its session's HTTP/2
+/// streams, so idle ones may take at most a quarter of what a session carries at once, and
+/// new claims to that node never wait behind streams nobody uses.
+pub const MAX_IDLE_PER_PEER: usize = super::MAX_CONCURRENT_STREAMS as usize / 4;
 /// Idle streams kept in all.
 pub const MAX_IDLE: usize = 1024;
 
@@ -60,15 +65,49 @@ pub struct Idle {
 #[derive(Default)]
 struct IdleState {
     by_claim: HashMap<Key, Vec<Parked>>,
-    total: usize,
+    counts: Counts,
     /// Whether a task closes streams idle for too long.
     swept: bool,
+}
+
+/// How many streams are kept, in all and by peer node, against the bounds.
+#[derive(Default, Debug)]
+struct Counts {
+    total: usize,
+    by_peer: HashMap<PeerNode, usize>,
+}
+
+impl Counts {
+    /// Whether one more stream may be kept for `peer`, which keeps `for_claim` for its claim.
+    fn may_keep(&self, peer: &PeerNode, for_claim: usize) -> bool {
+        self.total < MAX_IDLE
+            && for_claim < MAX_IDLE_PER_CLAIM
+            && self.by_peer.get(peer).copied().unwrap_or(0) < MAX_IDLE_PER_PEER
+    }
+
+    fn kept(&mut self, peer: &PeerNode) {
+        self.total += 1;
+        *self.by_peer.entry(peer.clone()).or_default() += 1;
+    }
+
+    fn gone(&mut self, peer: &PeerNode, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.total -= n;
+        if let Some(c) = self.by_peer.get_mut(peer) {
+            *c -= n;
+            if *c == 0 {
+                self.by_peer.remove(peer);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Idle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Idle")
-            .field("streams", &self.state.lock().total)
+            .field("streams", &self.state.lock().counts.total)
             .finish_non_exhaustive()
     }
 }
@@ -83,7 +122,7 @@ impl Idle {
 
     /// Idle streams kept now.
     pub fn len(&self) -> usize {
-        self.state.lock().total
+        self.state.lock().counts.total
     }
 
     /// Whether none is kept.
@@ -113,7 +152,8 @@ impl Idle {
                     st.by_claim.remove(key);
                 }
             }
-            st.total -= closed.len() + usize::from(found.is_some());
+            st.counts
+                .gone(&key.0, closed.len() + usize::from(found.is_some()));
             found
         };
         drop(closed);
@@ -123,21 +163,17 @@ impl Idle {
     /// Keeps `stream` for `key`, unless the bounds are reached.
     fn put(self: &Arc<Idle>, key: Key, stream: TunnelStream, link: SessionLink) {
         let mut st = self.state.lock();
-        if st.total >= MAX_IDLE {
+        let for_claim = st.by_claim.get(&key).map_or(0, Vec::len);
+        if !st.counts.may_keep(&key.0, for_claim) {
             drop(st);
             return;
         }
-        let list = st.by_claim.entry(key).or_default();
-        if list.len() >= MAX_IDLE_PER_CLAIM {
-            drop(st);
-            return;
-        }
-        list.push(Parked {
+        st.counts.kept(&key.0);
+        st.by_claim.entry(key).or_default().push(Parked {
             stream,
             link,
             since: Instant::now(),
         });
-        st.total += 1;
         if !st.swept {
             st.swept = true;
             drop(st);
@@ -150,17 +186,18 @@ impl Idle {
     fn sweep(&self) {
         let mut closed = Vec::new();
         {
-            let mut st = self.state.lock();
-            st.by_claim.retain(|_, list| {
+            let st = &mut *self.state.lock();
+            let counts = &mut st.counts;
+            st.by_claim.retain(|(peer, _), list| {
                 let (keep, old): (Vec<_>, Vec<_>) =
                     std::mem::take(list).into_iter().partition(|p| {
                         p.since.elapsed() <= POOL_IDLE && p.link.current(&self.identity)
                     });
+                counts.gone(peer, old.len());
                 closed.extend(old);
                 *list = keep;
                 !list.is_empty()
             });
-            st.total -= closed.len();
         }
         drop(closed);
     }
@@ -536,6 +573,48 @@ pub fn settle(ticket: Option<Ticket>, session: &mut pingora_proxy::Session, e: O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, port: u16) -> PeerNode {
+        PeerNode {
+            name: name.into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn idle_streams_are_bounded_by_claim_by_peer_and_in_all() {
+        let mut c = Counts::default();
+        let a = node("node-a", 15008);
+        assert!(c.may_keep(&a, MAX_IDLE_PER_CLAIM - 1));
+        assert!(!c.may_keep(&a, MAX_IDLE_PER_CLAIM), "per claim");
+        for _ in 0..MAX_IDLE_PER_PEER {
+            assert!(c.may_keep(&a, 0));
+            c.kept(&a);
+        }
+        assert!(!c.may_keep(&a, 0), "per peer node");
+        let b = node("node-b", 15008);
+        assert!(c.may_keep(&b, 0), "another node is not held back");
+        c.gone(&a, 1);
+        assert!(c.may_keep(&a, 0), "a stream gone frees its place");
+        // In all: as many nodes as it takes, each under its own bound.
+        let mut port = 20_000;
+        while c.total < MAX_IDLE {
+            let n = node("node-n", port);
+            port += 1;
+            while c.total < MAX_IDLE && c.may_keep(&n, 0) {
+                c.kept(&n);
+            }
+        }
+        assert!(!c.may_keep(&node("node-z", 1), 0), "in all");
+        c.gone(&a, MAX_IDLE_PER_PEER - 1);
+        assert!(
+            !c.by_peer.contains_key(&a),
+            "a node with none kept is forgotten"
+        );
+        assert_eq!(c.total, MAX_IDLE - (MAX_IDLE_PER_PEER - 1));
+        // The bound leaves most of a session's streams to requests under way.
+        const { assert!(MAX_IDLE_PER_PEER * 4 <= super::super::MAX_CONCURRENT_STREAMS as usize) };
+    }
 
     #[test]
     fn connection_tokens_are_read_whole_and_case_blind() {
