@@ -2,6 +2,7 @@
 //! YAML, the objects `kubectl apply` takes) read into a [`Snapshot`], again whenever a file
 //! changes. A file that stops parsing keeps its last good objects and is reported.
 
+mod gather;
 mod parse;
 mod settle;
 mod split;
@@ -81,7 +82,7 @@ impl Stamp {
 /// The last good read of a file: its objects, and what to reuse at its next read.
 #[derive(Debug)]
 struct Good {
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     kept: parse::Kept,
 }
 
@@ -98,17 +99,25 @@ struct FileState {
 /// The manifests folder and the last good objects of each file. A load re-reads only the
 /// files whose stamp changed, and in those parses only the documents (and `List` items) whose
 /// bytes changed; the objects of the rest are shared (same `Arc`s) with the last snapshot,
-/// which is how translation tells what changed.
+/// which is how translation tells what changed. The files' objects are put together into one
+/// snapshot incrementally (`gather.rs`): only the changed files' objects move.
 #[derive(Debug)]
 pub struct ManifestsDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
+    gather: gather::Gather,
     loaded: bool,
     reuse: Reuse,
 }
 
-fn is_manifest(path: &Path) -> bool {
-    settle::is_manifest_name(path) && path.is_file()
+/// The stamp of `path` when it is a manifest file (by name, and a file), else `None`: one
+/// `stat`.
+fn manifest_stamp(path: &Path) -> Option<Stamp> {
+    if !settle::is_manifest_name(path) {
+        return None;
+    }
+    let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    Some(Stamp::of(Some(&md)))
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8; the error says why not.
@@ -134,12 +143,16 @@ fn read_bounded(path: &Path, source: &str) -> Result<String, String> {
     })
 }
 
+/// A file whose stamp differs from the last read: its stamp now, `None` when it is gone.
+type Update = (PathBuf, Option<Stamp>);
+
 impl ManifestsDir {
     /// A provider for this folder; nothing is read yet.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ManifestsDir {
             dir: dir.into(),
             files: BTreeMap::new(),
+            gather: gather::Gather::default(),
             loaded: false,
             reuse: Reuse::default(),
         }
@@ -153,29 +166,32 @@ impl ManifestsDir {
         })?;
         Ok(rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_manifest(p))
-            .map(|p| {
-                let stamp = Stamp::of(std::fs::metadata(&p).ok().as_ref());
-                (p, stamp)
-            })
+            .filter_map(|p| manifest_stamp(&p).map(|st| (p, st)))
             .collect())
+    }
+
+    /// The files whose stamps in `now` (the whole folder) differ from the last read.
+    fn updates(&self, now: BTreeMap<PathBuf, Stamp>) -> Vec<Update> {
+        let mut updates: Vec<Update> = self
+            .files
+            .keys()
+            .filter(|p| !now.contains_key(p.as_ref()))
+            .map(|p| (p.to_path_buf(), None))
+            .collect();
+        updates.extend(
+            now.into_iter()
+                .filter(|(p, st)| self.files.get(p.as_path()).is_none_or(|f| f.stamp != *st))
+                .map(|(p, st)| (p, Some(st))),
+        );
+        updates
     }
 
     /// Whether a file was added, removed or modified since the last [`ManifestsDir::load`].
     pub fn changed(&self) -> bool {
         match self.stamps() {
-            Ok(now) => self.differs(&now),
+            Ok(now) => !self.loaded || !self.updates(now).is_empty(),
             Err(_) => true,
         }
-    }
-
-    fn differs(&self, now: &BTreeMap<PathBuf, Stamp>) -> bool {
-        !self.loaded
-            || now.len() != self.files.len()
-            || now
-                .iter()
-                .zip(&self.files)
-                .any(|((p, st), (q, f))| p != q || *st != f.stamp)
     }
 
     /// What the last [`ManifestsDir::load`] parsed and reused, over the files it read again.
@@ -185,123 +201,127 @@ impl ManifestsDir {
 
     /// [`ManifestsDir::load`] when a file was added, removed or modified since the last one.
     pub fn load_if_changed(&mut self) -> Result<Option<Snapshot>> {
-        let stamps = self.stamps()?;
-        if !self.differs(&stamps) {
-            return Ok(None);
-        }
-        self.load_stamped(stamps).map(Some)
+        Ok(self.refresh(None)?.map(|s| (*s).clone()))
     }
 
     /// Reads the files added or changed since the last load into one snapshot with the
     /// objects of the others. A file that does not parse keeps its previous objects (if it had
     /// any) and is reported; an object defined twice is reported and the first kept.
     pub fn load(&mut self) -> Result<Snapshot> {
-        let stamps = self.stamps()?;
-        self.load_stamped(stamps)
+        let updates = self.updates(self.stamps()?);
+        Ok((*self.apply(updates)).clone())
     }
 
-    fn load_stamped(&mut self, stamps: BTreeMap<PathBuf, Stamp>) -> Result<Snapshot> {
-        self.files.retain(|p, _| stamps.contains_key(p));
-        self.reuse = Reuse::default();
-        for (path, stamp) in stamps {
-            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
-                continue;
-            }
-            let source = path.display().to_string();
-            let previous = self.files.remove(&path).and_then(|f| f.last_good);
-            let read = read_bounded(&path, &source)
-                .and_then(|text| parse::read(&text, &source, previous.as_ref().map(|g| &g.kept)));
-            let state = match read {
-                Ok((snapshot, kept, reuse)) => {
-                    self.reuse += reuse;
-                    FileState {
-                        stamp,
-                        last_good: Some(Good { snapshot, kept }),
-                        problem: None,
-                    }
+    /// The new snapshot when a file was added, removed or modified since the last read, as
+    /// [`ManifestsDir::load`] reads it, shared: it is what [`run`] publishes. With `touched`
+    /// (the paths file events named since the last read), only those are looked at (one `stat`
+    /// each), unless one of them is gone: then, as without `touched`, the whole folder is (so
+    /// a folder that went away is an error, not a folder emptied). Other files are assumed
+    /// unchanged: [`run`] looks at the whole folder every second besides, so a missed event
+    /// cannot leave a change unread.
+    pub fn refresh(&mut self, touched: Option<&[PathBuf]>) -> Result<Option<Arc<Snapshot>>> {
+        let partial = touched.filter(|_| self.loaded).and_then(|paths| {
+            let mut updates = Vec::with_capacity(paths.len());
+            for p in paths {
+                let Some(name) = p.file_name() else { continue };
+                let p = self.dir.join(name);
+                let now = manifest_stamp(&p);
+                let was = self.files.get(p.as_path()).map(|f| f.stamp);
+                if now != was {
+                    // A file gone: the folder itself may be (see above).
+                    now?;
+                    updates.push((p, now));
                 }
-                Err(message) => {
-                    let kept = if previous.is_some() {
-                        "; its previous content is still used"
-                    } else {
-                        ""
-                    };
-                    FileState {
-                        stamp,
-                        last_good: previous,
-                        problem: Some(Problem::new(
-                            ObjectRef::new("File", "", &source),
-                            format!("{message}{kept}"),
-                        )),
-                    }
+            }
+            Some(updates)
+        });
+        let updates = match partial {
+            Some(updates) => updates,
+            None => self.updates(self.stamps()?),
+        };
+        if updates.is_empty() && self.loaded {
+            return Ok(None);
+        }
+        Ok(Some(self.apply(updates)))
+    }
+
+    /// Reads the files of `updates` again (or drops them, when gone) and puts the folder's
+    /// objects together.
+    fn apply(&mut self, updates: Vec<Update>) -> Arc<Snapshot> {
+        self.reuse = Reuse::default();
+        for (path, stamp) in updates {
+            let Some(stamp) = stamp else {
+                if let Some((path, _)) = self.files.remove_entry(path.as_path()) {
+                    self.gather.set(&path, None);
+                }
+                continue;
+            };
+            let path: Arc<Path> = match self.files.remove_entry(path.as_path()) {
+                Some((p, f)) => {
+                    let source = p.display().to_string();
+                    let state = self.read_file(&p, &source, stamp, f.last_good);
+                    self.files.insert(p.clone(), state);
+                    p
+                }
+                None => {
+                    let p: Arc<Path> = path.into();
+                    let source = p.display().to_string();
+                    let state = self.read_file(&p, &source, stamp, None);
+                    self.files.insert(p.clone(), state);
+                    p
                 }
             };
-            self.files.insert(path, state);
-        }
-        let mut out = Snapshot::default();
-        for f in self.files.values() {
-            if let Some(good) = &f.last_good {
-                out.extend_from(&good.snapshot);
+            let f = &self.files[&path];
+            if f.problem.is_none() {
+                let objects = f.last_good.as_ref().map(|g| g.snapshot.clone());
+                self.gather.set(&path, objects);
             }
         }
-        out.problems
-            .extend(self.files.values().filter_map(|f| f.problem.clone()));
-        dedup_objects(&mut out);
         self.loaded = true;
-        Ok(out)
+        let problems = self.files.values().filter_map(|f| f.problem.clone());
+        self.gather.snapshot(problems)
     }
-}
 
-/// Keeps the first definition of each object of a kind; every later one is reported.
-fn dedup_kind<K>(items: &mut Vec<Arc<K>>, problems: &mut Vec<Problem>)
-where
-    K: kube::Resource<DynamicType = ()>,
-{
-    let mut seen: std::collections::HashSet<(&str, &str)> =
-        std::collections::HashSet::with_capacity(items.len());
-    let mut twice = Vec::new();
-    for (i, o) in items.iter().enumerate() {
-        let m = o.meta();
-        let k = (
-            m.namespace.as_deref().unwrap_or_default(),
-            m.name.as_deref().unwrap_or_default(),
-        );
-        if !seen.insert(k) {
-            twice.push(i);
+    /// Reads one file: its new state, with `previous` (its last good content) kept when it
+    /// does not parse.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        source: &str,
+        stamp: Stamp,
+        previous: Option<Good>,
+    ) -> FileState {
+        let read = read_bounded(path, source)
+            .and_then(|text| parse::read(&text, source, previous.as_ref().map(|g| &g.kept)));
+        match read {
+            Ok((snapshot, kept, reuse)) => {
+                self.reuse += reuse;
+                FileState {
+                    stamp,
+                    last_good: Some(Good {
+                        snapshot: Arc::new(snapshot),
+                        kept,
+                    }),
+                    problem: None,
+                }
+            }
+            Err(message) => {
+                let kept = if previous.is_some() {
+                    "; its previous content is still used"
+                } else {
+                    ""
+                };
+                FileState {
+                    stamp,
+                    last_good: previous,
+                    problem: Some(Problem::new(
+                        ObjectRef::new("File", "", source),
+                        format!("{message}{kept}"),
+                    )),
+                }
+            }
         }
     }
-    if twice.is_empty() {
-        return;
-    }
-    let kind = K::kind(&());
-    for &i in twice.iter().rev() {
-        let o = items.remove(i);
-        let m = o.meta();
-        let (ns, name) = (
-            m.namespace.clone().unwrap_or_default(),
-            m.name.clone().unwrap_or_default(),
-        );
-        problems.push(Problem::new(
-            ObjectRef::new(&kind, &ns, &name),
-            format!("{ns}/{name}: {kind} defined more than once; the first definition is used"),
-        ));
-    }
-}
-
-fn dedup_objects(s: &mut Snapshot) {
-    let mut problems = Vec::new();
-    dedup_kind(&mut s.services, &mut problems);
-    dedup_kind(&mut s.endpoint_slices, &mut problems);
-    dedup_kind(&mut s.pods, &mut problems);
-    let smi = &mut s.smi;
-    dedup_kind(&mut smi.traffic_targets, &mut problems);
-    dedup_kind(&mut smi.http_route_groups, &mut problems);
-    dedup_kind(&mut smi.tcp_routes, &mut problems);
-    dedup_kind(&mut smi.udp_routes, &mut problems);
-    dedup_kind(&mut smi.traffic_splits, &mut problems);
-    dedup_kind(&mut s.gateway.http_routes, &mut problems);
-    dedup_kind(&mut s.gateway.grpc_routes, &mut problems);
-    s.problems.extend(problems);
 }
 
 /// Reads the folder, publishes the snapshot, then publishes a new one after every change until
@@ -350,16 +370,18 @@ async fn follow(
     )?;
 
     // Watched before the first read, so that no change after it goes unseen.
-    tx.send_replace(Some(Arc::new(provider.load()?)));
+    tx.send_replace(provider.refresh(None)?);
 
     let pause = || activity.lock().map(|a| a.pause()).unwrap_or(SETTLE);
     let mut tick = tokio::time::interval(period);
     loop {
-        tokio::select! {
+        // After file events, only the files they named are looked at; at the periodic check,
+        // the whole folder (some file systems do not notify; an event can be lost).
+        let whole = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = wake.notified() => {}
-            _ = tick.tick() => {}
-        }
+            _ = wake.notified() => false,
+            _ = tick.tick() => true,
+        };
         // Wait for the folder to be quiet (a burst of writes, an editor saving, a `cp` of
         // several files gives one read) and for files being written to be closed.
         let deadline = Instant::now() + MAX_WAIT;
@@ -373,11 +395,9 @@ async fn follow(
                 _ = wake.notified() => {}
             }
         }
-        if let Ok(mut a) = activity.lock() {
-            a.clear();
-        }
+        let touched = activity.lock().ok().and_then(|mut a| a.take());
         let started = Instant::now();
-        match provider.load_if_changed() {
+        match provider.refresh(touched.as_deref().filter(|_| !whole)) {
             Ok(None) => {}
             Ok(Some(snap)) => {
                 let r = provider.reuse();
@@ -390,7 +410,9 @@ async fn follow(
                     items_reused = r.items_reused,
                     "Manifests changed"
                 );
-                tx.send_replace(Some(Arc::new(snap)));
+                // The snapshot before it comes back and is dropped: the provider updates it in
+                // place at the next change once the rebuild let go of it too.
+                tx.send_replace(Some(snap));
             }
             Err(err) => {
                 tracing::error!(%err, "Cannot read the manifests folder; keeping the last objects")

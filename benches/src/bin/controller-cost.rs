@@ -11,7 +11,10 @@
 //!   (`ManifestsDir`) on a real folder laid out as the fleet bench lays it out (one JSON `List`
 //!   file per namespace and kind, `benches/src/fleet/cluster.rs`), one endpoint changed per
 //!   repetition (its namespace's file written beside and renamed over), the folder read again
-//!   and the snapshot rebuilt: CPU of reading and of rebuilding, and their sum.
+//!   as the provider's loop reads it after the file event (`ManifestsDir::refresh` with the
+//!   path the event named) and the snapshot rebuilt: CPU of reading and of rebuilding, and
+//!   their sum. `--manifests-whole` reads as at the once-a-second check instead (every file's
+//!   stamp looked at).
 //!
 //! Run: `cargo run --release -p maille-benches --bin controller-cost -- --services 10000`.
 
@@ -21,6 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use maille_benches::fixtures::NAMESPACES;
 use maille_benches::fleet::cluster::Cluster;
 use maille_benches::{fixtures, objects};
 use maille_controller::api::ApiState;
@@ -52,6 +56,10 @@ struct Args {
     /// The folder of the `manifests` case (created, then removed; default: in the temp dir).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// In the `manifests` case, look at every file's stamp at each change (as the provider's
+    /// once-a-second check does), not only at the file the change's event named.
+    #[arg(long)]
+    manifests_whole: bool,
 }
 
 /// This thread's CPU time so far, in nanoseconds.
@@ -132,9 +140,7 @@ fn report(case: &str, n: usize, mut f: Figures, extra: &str) {
 }
 
 /// The `manifests` case: the provider reads the folder again after each change and the
-/// rebuilder takes the snapshot. Only the provider's public reading API of before this case
-/// was added (`changed`, `load`) is used, so this file builds against an older tree too, for
-/// a before/after comparison.
+/// rebuilder takes the snapshot, which is then dropped as the provider's channel drops it.
 fn manifests(args: &Args) {
     let (n, e) = (args.services, args.endpoints);
     let dir = args.dir.clone().unwrap_or_else(|| {
@@ -147,25 +153,30 @@ fn manifests(args: &Args) {
     let (out, _keep) = watch::channel(None);
     let mut rebuilder = Rebuilder::new(Settings::default(), api.clone(), out);
     let start = Instant::now();
-    let first = provider.load().expect("read the folder");
+    let first = provider.refresh(None).expect("read the folder").unwrap();
     assert!(first.problems.is_empty(), "{:?}", first.problems);
     rebuilder.rebuild(&first);
     let first_ms = start.elapsed().as_secs_f64() * 1e3;
-    drop(first);
+    // What the provider's channel holds: the last snapshot, dropped when the next is sent.
+    let mut published = Some(first);
     let v0 = api.current().map(|p| p.version).unwrap_or(0);
     let (mut read, mut rebuild, mut total, mut wall) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for turn in 0..args.reps + 5 {
-        let (_, pending) = cluster.change().expect("stage a change");
+        let (change, pending) = cluster.change().expect("stage a change");
         pending.publish().expect("rename the file in");
+        // The file the rename's event names (`Cluster` writes one per namespace).
+        let touched = [dir.join(format!("endpoints-ns-{}.json", change.service % NAMESPACES))];
         let (cpu, clock) = (thread_cpu_ns(), Instant::now());
-        assert!(provider.changed(), "the renamed file is seen");
-        let snap = provider.load().expect("read the folder");
+        let touched = (!args.manifests_whole).then_some(&touched[..]);
+        let snap = provider.refresh(touched).expect("read the folder");
+        let snap = snap.expect("the renamed file is seen");
         let cpu_read = thread_cpu_ns();
         let t = rebuilder.rebuild(&snap);
+        drop(published.replace(snap));
         let cpu_end = thread_cpu_ns();
         let elapsed = clock.elapsed().as_nanos() as u64;
-        drop((t, snap));
+        drop(t);
         if turn >= 5 {
             read.push(cpu_read - cpu);
             rebuild.push(cpu_end - cpu_read);

@@ -41,6 +41,8 @@ pub struct Activity {
     writing: HashSet<PathBuf>,
     /// Manifest files removed or renamed away, and not back since.
     gone: HashSet<PathBuf>,
+    /// Every manifest file an event named: what the next read looks at.
+    touched: HashSet<PathBuf>,
     /// More paths than [`MAX_PATHS`], or an event whose files are not known (a watcher
     /// error, a lost event queue).
     overflow: bool,
@@ -92,6 +94,11 @@ impl Activity {
             relevant = true;
             self.writing.remove(path);
             self.gone.remove(path);
+            if self.touched.len() < MAX_PATHS {
+                self.touched.insert(path.clone());
+            } else {
+                self.overflow = true;
+            }
             let set = match state {
                 State::Complete => continue,
                 State::Writing => &mut self.writing,
@@ -118,11 +125,13 @@ impl Activity {
         }
     }
 
-    /// Forgets the events so far (the folder is about to be read).
-    pub fn clear(&mut self) {
+    /// Forgets the events so far (the folder is about to be read) and gives the files they
+    /// named; `None` when that is not known (a lost event, too many files): read everything.
+    pub fn take(&mut self) -> Option<Vec<PathBuf>> {
         self.writing.clear();
         self.gone.clear();
-        self.overflow = false;
+        let touched = self.touched.drain().collect();
+        (!std::mem::take(&mut self.overflow)).then_some(touched)
     }
 }
 
@@ -186,10 +195,20 @@ mod tests {
         assert_eq!(a.pause(), QUIET);
         a.record(&ev(EventKind::Remove(RemoveKind::File), &["/d/c.yml"]));
         assert_eq!(a.pause(), SETTLE);
-        a.clear();
+        let mut touched = a.take().expect("no event lost");
+        touched.sort();
+        let expect: Vec<PathBuf> = ["/d/a.yaml", "/d/b.json", "/d/c.yml"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(touched, expect, "the manifests the events named");
         assert_eq!(a.pause(), QUIET);
-        // A watcher error or a lost queue: settle.
+        assert_eq!(a.take(), Some(vec![]));
+        // A watcher error or a lost queue: settle, and read the whole folder.
         assert!(a.record(&Err(notify::Error::generic("lost"))));
         assert_eq!(a.pause(), SETTLE);
+        a.record(&ev(EventKind::Remove(RemoveKind::File), &["/d/c.yml"]));
+        assert_eq!(a.take(), None);
+        assert_eq!(a.take(), Some(vec![]));
     }
 }

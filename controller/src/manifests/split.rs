@@ -86,10 +86,11 @@ pub(super) fn documents(text: &str) -> Result<Vec<&str>, Uncut> {
     Ok(starts.windows(2).map(|w| &text[w[0]..w[1]]).collect())
 }
 
-/// Whether a piece before the first marker holds no document: only blank and comment lines.
+/// Whether a piece before the first marker holds no document: only blank and comment lines
+/// (lines as the YAML parser breaks them: also at NEL, LINE and PARAGRAPH SEPARATOR).
 pub(super) fn is_blank(piece: &str) -> bool {
     piece
-        .lines()
+        .split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
         .map(|l| l.trim_start_matches(['\u{feff}', ' ', '\t', '\r']))
         .all(|l| l.is_empty() || l.starts_with('#'))
 }
@@ -128,6 +129,7 @@ mod tests {
         );
         assert!(is_blank(docs[0]));
         assert!(!is_blank("a: 1\n"));
+        assert!(!is_blank("# x\u{2028}a"), "YAML breaks lines there");
         assert_eq!(documents("").unwrap(), [""]);
     }
 

@@ -128,12 +128,20 @@ fn broken_file_keeps_last_good_objects_and_json_lists_work() {
 
 #[test]
 fn duplicate_objects_keep_the_first() {
-    let mut s = Snapshot::default();
-    parse_documents(DOCS, "a.yaml", &mut s).unwrap();
-    parse_documents(DOCS, "b.yaml", &mut s).unwrap();
-    dedup_objects(&mut s);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), DOCS).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), DOCS).unwrap();
+    let s = ManifestsDir::new(dir.path()).load().unwrap();
     assert_eq!(s.services.len(), 1);
-    assert_eq!(s.problems.len(), 2);
+    assert_eq!(s.endpoint_slices.len(), 1);
+    let problems: Vec<&str> = s.problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(
+        problems,
+        [
+            "shop/web: Service defined more than once; the first definition is used",
+            "default/web-abc: EndpointSlice defined more than once; the first definition is used"
+        ]
+    );
 }
 
 /// A file that stops parsing and an object defined twice reach `/api/services` (as rows
@@ -731,6 +739,257 @@ mod fuzz {
             same_as_whole(&seed, None)?;
             same_as_whole(&one, Some(&seed))?;
             same_as_whole(&two, Some(&one))?;
+        }
+    }
+}
+
+/// Services `{prefix}0..n` of namespace shop as a JSON `List`, the `i`-th with `port(i)`.
+fn named_list(prefix: &str, n: usize, port: impl Fn(usize) -> u16) -> String {
+    json_list(n, port).replace("\"name\":\"s", &format!("\"name\":\"{prefix}"))
+}
+
+/// A change in one file leaves the objects of the others where they were, the very same
+/// `Arc`s; a snapshot handed out never changes afterwards, and the one before the last is
+/// updated in place once nobody holds it.
+#[test]
+fn a_change_in_one_file_leaves_the_other_files_objects_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(format!("{f}.json"));
+    for f in ["a", "b", "c"] {
+        std::fs::write(path(f), named_list(f, 5, |_| 80)).unwrap();
+    }
+    let mut m = ManifestsDir::new(dir.path());
+    let one = m.refresh(None).unwrap().unwrap();
+    assert_eq!(one.services.len(), 15);
+    // (A new length: a rewrite within the file system's clock tick is seen by it.)
+    std::fs::write(
+        path("b"),
+        named_list("b", 5, |i| if i == 2 { 8081 } else { 80 }),
+    )
+    .unwrap();
+    let two = m.refresh(Some(&[path("b")])).unwrap().unwrap();
+    assert_eq!(order(&two), order(&one));
+    for (i, (x, y)) in one.services.iter().zip(&two.services).enumerate() {
+        assert_eq!(Arc::ptr_eq(x, y), i != 7, "{}", order(&one)[i]);
+    }
+    assert_eq!(port_of(&two, "b2"), 8081);
+    // `one` is still held: a new snapshot is made, and `one` keeps its objects.
+    std::fs::write(path("c"), named_list("c", 4, |_| 80)).unwrap();
+    let three = m.refresh(Some(&[path("c")])).unwrap().unwrap();
+    assert_eq!(port_of(&one, "b2"), 80);
+    assert_eq!(three.services.len(), 14);
+    assert!(Arc::ptr_eq(&three.services[7], &two.services[7]));
+    // Nobody holds `two` now: the next snapshot is `two`'s, updated in place.
+    let (at, kept) = (Arc::as_ptr(&two), three.clone());
+    drop((one, two, three));
+    std::fs::write(path("a"), named_list("a", 6, |_| 80)).unwrap();
+    let four = m.refresh(Some(&[path("a")])).unwrap().unwrap();
+    assert_eq!(Arc::as_ptr(&four), at, "updated in place");
+    assert_eq!(order(&kept).len(), 14, "a snapshot held does not change");
+    assert_eq!(four.services.len(), 15);
+    assert_eq!(
+        order(&four)[..7],
+        ["a0", "a1", "a2", "a3", "a4", "a5", "b0"]
+    );
+    assert!(four.services[6..]
+        .iter()
+        .zip(&kept.services[5..])
+        .all(|(x, y)| Arc::ptr_eq(x, y)));
+    // Nothing touched changed: no snapshot.
+    assert!(m.refresh(Some(&[path("b")])).unwrap().is_none());
+}
+
+/// An object defined in two files: the first file's is used and the other reported; when the
+/// first file goes, the other is used, and when it comes back, it is first again.
+#[test]
+fn a_duplicate_across_files_appears_and_goes_as_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    let svc = |name: &str, port: u16| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+    };
+    std::fs::write(&a, svc("web", 80)).unwrap();
+    std::fs::write(&b, svc("api", 80)).unwrap();
+    let mut m = ManifestsDir::new(dir.path());
+    let s = m.refresh(None).unwrap().unwrap();
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    let twice = "shop/web: Service defined more than once; the first definition is used";
+    let messages =
+        |s: &Snapshot| -> Vec<String> { s.problems.iter().map(|p| p.message.clone()).collect() };
+    std::fs::write(&b, format!("{}---\n{}", svc("api", 80), svc("web", 81))).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
+    assert_eq!(
+        (order(&s), port_of(&s, "web")),
+        (vec!["web".into(), "api".into()], 80)
+    );
+    assert_eq!(messages(&s), [twice]);
+    assert_eq!(s.problems[0].object, ObjectRef::service("shop", "web"));
+    std::fs::remove_file(&a).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&a))).unwrap().unwrap();
+    assert_eq!(
+        (order(&s), port_of(&s, "web")),
+        (vec!["api".into(), "web".into()], 81)
+    );
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    std::fs::write(&a, svc("web", 82)).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&a))).unwrap().unwrap();
+    assert_eq!(
+        (order(&s), port_of(&s, "web")),
+        (vec!["web".into(), "api".into()], 82)
+    );
+    assert_eq!(messages(&s), [twice]);
+    // Defined twice in b as well: each later definition is reported, the last first.
+    std::fs::write(
+        &b,
+        format!(
+            "{}---\n{}---\n{}",
+            svc("web", 83),
+            svc("api", 80),
+            svc("web", 84)
+        ),
+    )
+    .unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
+    assert_eq!(port_of(&s, "web"), 82);
+    assert_eq!(messages(&s), [twice, twice]);
+    std::fs::write(&b, svc("api", 80)).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(order(&s), ["web", "api"]);
+}
+
+/// A file event that names a file gone sends the read to the whole folder: a folder that went
+/// away is an error (the last objects are kept), not a folder emptied.
+#[test]
+fn a_folder_gone_is_an_error_not_an_empty_folder() {
+    let (dir, f, mut m, _) = folder("a.yaml", &yaml_services(2, |_| 80));
+    let moved = dir.path().with_extension("moved");
+    std::fs::rename(dir.path(), &moved).unwrap();
+    assert!(matches!(m.refresh(Some(&[f])), Err(Error::Dir { .. })));
+    std::fs::rename(&moved, dir.path()).unwrap();
+}
+
+mod incremental {
+    //! Any sequence of file edits read incrementally gives what reading the folder afresh
+    //! gives, and what the rule (files in name order, first definition kept) says.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One object: kind (Service or Pod), name, and a port or a label that changes its bytes.
+    type Obj = (bool, u8, u8);
+
+    fn text(objects: &[Obj], json: bool) -> String {
+        let value = |&(pod, name, v): &Obj| {
+            if pod {
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("o{name}"), "namespace": "shop", "labels": {"v": v.to_string()}}})
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": format!("o{name}"), "namespace": "shop"},
+                    "spec": {"ports": [{"port": 80 + u16::from(v)}]}})
+            }
+        };
+        let values: Vec<serde_json::Value> = objects.iter().map(value).collect();
+        if json {
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values}).to_string()
+        } else {
+            values
+                .iter()
+                .map(|v| serde_yaml::to_string(v).unwrap())
+                .collect::<Vec<_>>()
+                .join("---\n")
+        }
+    }
+
+    /// What the rule says: every file's objects in name order, each name's first definition.
+    fn expected(files: &BTreeMap<usize, String>) -> Vec<String> {
+        let mut all = Snapshot::default();
+        for (i, t) in files {
+            parse_documents(t, &format!("f{i}"), &mut all).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for s in &all.services {
+            if seen.insert(("Service", s.metadata.name.clone())) {
+                out.push(serde_json::to_string(s.as_ref()).unwrap());
+            }
+        }
+        for p in &all.pods {
+            if seen.insert(("Pod", p.metadata.name.clone())) {
+                out.push(serde_json::to_string(p.as_ref()).unwrap());
+            }
+        }
+        out
+    }
+
+    /// The problems that are not about a file.
+    fn object_problems(s: &Snapshot) -> Vec<String> {
+        s.problems
+            .iter()
+            .filter(|p| p.object.kind != "File")
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    fn edit() -> impl Strategy<Value = (usize, u8, Vec<Obj>, bool, bool, bool)> {
+        (
+            0usize..3,
+            0u8..8,
+            proptest::collection::vec((any::<bool>(), 0u8..4, 0u8..3), 0..5),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn incremental_reads_equal_fresh_reads(edits in proptest::collection::vec(edit(), 1..12)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = |i: usize| dir.path().join(format!("f{i}.yaml"));
+            let mut m = ManifestsDir::new(dir.path());
+            let mut last = m.refresh(None).unwrap().unwrap();
+            let mut held = Vec::new();
+            // The last good text of each file there.
+            let mut good: BTreeMap<usize, String> = BTreeMap::new();
+            for (file, action, objects, json, whole, hold) in edits {
+                match action {
+                    0 => {
+                        let _ = std::fs::remove_file(path(file));
+                        good.remove(&file);
+                    }
+                    1 => std::fs::write(path(file), "kind: [unclosed").unwrap(),
+                    _ => {
+                        let t = text(&objects, json);
+                        std::fs::write(path(file), &t).unwrap();
+                        good.insert(file, t);
+                    }
+                }
+                let touched = [path(file)];
+                let read = m.refresh((!whole).then_some(&touched[..])).unwrap();
+                if hold {
+                    held.push((last.clone(), listing(&last)));
+                }
+                if let Some(s) = read {
+                    last = s;
+                }
+                // Afresh, from the last good texts.
+                let fresh_dir = tempfile::tempdir().unwrap();
+                for (i, t) in &good {
+                    std::fs::write(fresh_dir.path().join(format!("f{i}.yaml")), t).unwrap();
+                }
+                let fresh = ManifestsDir::new(fresh_dir.path()).load().unwrap();
+                let (objects, _) = listing(&last);
+                prop_assert_eq!(&objects, &listing(&fresh).0);
+                prop_assert_eq!(&objects, &expected(&good));
+                prop_assert_eq!(object_problems(&last), object_problems(&fresh));
+            }
+            // Snapshots handed out and held did not change under their holders.
+            for (s, then) in held {
+                prop_assert_eq!(listing(&s), then);
+            }
         }
     }
 }
