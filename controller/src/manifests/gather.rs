@@ -69,13 +69,18 @@ struct Def {
     at: u32,
 }
 
-/// The names of a snapshot's objects, with their kind's name and their place.
-fn names_of(objects: &Snapshot) -> Vec<(Name, u32)> {
-    struct Names(Vec<(Name, u32)>);
-    impl Each for Names {
+/// The names of a snapshot's objects at the places `keep` (kind, place) takes, with their
+/// places.
+fn names_of(objects: &Snapshot, keep: impl Fn(usize, usize) -> bool) -> Vec<(Name, u32)> {
+    struct Names<F>(Vec<(Name, u32)>, F);
+    impl<F: Fn(usize, usize) -> bool> Each for Names<F> {
         fn kind<K: Object>(&mut self, kind: usize, _: &mut Vec<Arc<K>>, from: &[Arc<K>]) {
             debug_assert_eq!(K::kind(&()), KIND_NAMES[kind]);
-            for (at, o) in from.iter().enumerate() {
+            for (at, o) in from
+                .iter()
+                .enumerate()
+                .filter(|(at, _)| (self.1)(kind, *at))
+            {
                 let m = o.meta();
                 let name = Name {
                     kind: kind as u8,
@@ -86,9 +91,48 @@ fn names_of(objects: &Snapshot) -> Vec<(Name, u32)> {
             }
         }
     }
-    let mut names = Names(Vec::new());
+    let mut names = Names(Vec::new(), keep);
     each(&mut Snapshot::default(), objects, &mut names);
     names.0
+}
+
+/// What changed between two reads of a file: the objects no longer at their place, those
+/// newly at theirs, and which places hold the very same object (`Arc`) as before.
+struct Diff {
+    removed: Vec<(Name, u32)>,
+    added: Vec<(Name, u32)>,
+    same: [Vec<bool>; KINDS],
+}
+
+impl Diff {
+    fn same(&self, kind: u8, at: u32) -> bool {
+        self.same[kind as usize].get(at as usize) == Some(&true)
+    }
+}
+
+fn diff(old: &Snapshot, new: &Snapshot) -> Diff {
+    /// Each kind's object pointers.
+    struct Pointers([Vec<usize>; KINDS]);
+    impl Each for Pointers {
+        fn kind<K: Object>(&mut self, kind: usize, _: &mut Vec<Arc<K>>, from: &[Arc<K>]) {
+            self.0[kind] = from.iter().map(|o| Arc::as_ptr(o) as usize).collect();
+        }
+    }
+    let (mut was, mut now) = (Pointers(Default::default()), Pointers(Default::default()));
+    each(&mut Snapshot::default(), old, &mut was);
+    each(&mut Snapshot::default(), new, &mut now);
+    let mut same: [Vec<bool>; KINDS] = Default::default();
+    for (kind, s) in same.iter_mut().enumerate() {
+        *s = (now.0[kind].iter().enumerate())
+            .map(|(i, p)| was.0[kind].get(i) == Some(p))
+            .collect();
+    }
+    let changed = |snap: &Snapshot| names_of(snap, |kind, at| same[kind].get(at) != Some(&true));
+    Diff {
+        removed: changed(old),
+        added: changed(new),
+        same,
+    }
 }
 
 /// What one file puts into the gathered snapshot.
@@ -176,26 +220,30 @@ impl Gather {
         self.versions
     }
 
-    /// Sets what `file` holds now (`None`: nothing, it is gone).
+    /// Sets what `file` holds now (`None`: nothing, it is gone). Objects at the same place in
+    /// the file as before, the very same `Arc`s, keep their entries in the index: a change
+    /// costs in proportion to the objects that changed, and a look at each one's pointer.
     pub(super) fn set(&mut self, file: &Arc<Path>, objects: Option<Arc<Snapshot>>) {
         let old = self.parts.remove(file);
+        let empty = Snapshot::default();
+        let mut diff = diff(
+            old.as_ref().map_or(&empty, |p| &p.objects),
+            objects.as_deref().unwrap_or(&empty),
+        );
         // The first definition, before this change, of every name the file held or holds.
         let mut first: HashMap<Name, Option<Def>> = HashMap::new();
-        if let Some(old) = &old {
-            for (name, at) in names_of(&old.objects) {
-                let defs = self.index.get_mut(&name).expect("indexed when set");
-                first.entry(name).or_insert_with(|| defs.first().cloned());
-                let def = Def {
-                    file: file.clone(),
-                    at,
-                };
-                if let Ok(i) = defs.binary_search(&def) {
-                    defs.remove(i);
-                }
+        for (name, at) in std::mem::take(&mut diff.removed) {
+            let defs = self.index.get_mut(&name).expect("indexed when set");
+            first.entry(name).or_insert_with(|| defs.first().cloned());
+            let def = Def {
+                file: file.clone(),
+                at,
+            };
+            if let Ok(i) = defs.binary_search(&def) {
+                defs.remove(i);
             }
         }
-        let names = objects.as_deref().map(names_of).unwrap_or_default();
-        for (name, at) in &names {
+        for (name, at) in &diff.added {
             let defs = self.index.entry(name.clone()).or_default();
             first
                 .entry(name.clone())
@@ -210,6 +258,7 @@ impl Gather {
         }
         // Where the first definition moved, the file that had it and the one that has it now
         // put in something else.
+        let mut touched = Vec::with_capacity(first.len());
         for (name, was) in first {
             let defs = self.index.get(&name).map(Vec::as_slice).unwrap_or_default();
             let now = defs.first().cloned();
@@ -220,11 +269,13 @@ impl Gather {
             }
             if defs.is_empty() {
                 self.index.remove(&name);
-            }
-            if was == now {
                 continue;
             }
             let kind = name.kind;
+            touched.push(name);
+            if was == now {
+                continue;
+            }
             for (def, later) in [(was, true), (now, false)] {
                 let Some(def) = def.filter(|d| d.file != *file) else {
                     continue;
@@ -248,16 +299,40 @@ impl Gather {
         let Some(objects) = objects else {
             return;
         };
-        let mut later: Vec<(u8, u32)> = names
-            .into_iter()
-            .filter(|(name, at)| {
-                self.index[name]
-                    .first()
-                    .is_some_and(|d| d.file != *file || d.at != *at)
-            })
-            .map(|(name, at)| (name.kind, at))
+        // Left out: the unchanged objects left out before, the new ones not first, and any
+        // unchanged one whose name's first definition moved.
+        let is_first = |index: &HashMap<Name, Vec<Def>>, name: &Name, at: u32| {
+            index[name]
+                .first()
+                .is_some_and(|d| d.file == *file && d.at == at)
+        };
+        let mut later: Vec<(u8, u32)> = old
+            .iter()
+            .flat_map(|p| p.later.iter().copied())
+            .filter(|&(kind, at)| diff.same(kind, at))
+            .chain(
+                diff.added
+                    .iter()
+                    .filter(|(name, at)| !is_first(&self.index, name, *at))
+                    .map(|(name, at)| (name.kind, *at)),
+            )
             .collect();
         later.sort_unstable();
+        for name in &touched {
+            for d in &self.index[name] {
+                if d.file != *file || !diff.same(name.kind, d.at) {
+                    continue;
+                }
+                let key = (name.kind, d.at);
+                match (later.binary_search(&key), is_first(&self.index, name, d.at)) {
+                    (Err(i), false) => later.insert(i, key),
+                    (Ok(i), true) => {
+                        later.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+        }
         let version = self.version();
         self.parts.insert(
             file.clone(),

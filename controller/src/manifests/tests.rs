@@ -856,6 +856,42 @@ fn a_duplicate_across_files_appears_and_goes_as_files_change() {
     let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
     assert!(s.problems.is_empty(), "{:?}", s.problems);
     assert_eq!(order(&s), ["web", "api"]);
+    // Within one file: the first definition changes, the later one (the same object, at the
+    // same place) is used from then on.
+    std::fs::write(
+        &b,
+        format!(
+            "{}---
+{}",
+            svc("api", 80),
+            svc("api", 81)
+        ),
+    )
+    .unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
+    assert_eq!(port_of(&s, "api"), 80);
+    let api_twice = "shop/api: Service defined more than once; the first definition is used";
+    assert_eq!(messages(&s), [api_twice]);
+    let kept = s.services[1].clone();
+    std::fs::write(
+        &b,
+        format!(
+            "{}---
+{}",
+            svc("cart", 8080),
+            svc("api", 81)
+        ),
+    )
+    .unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
+    assert_eq!(m.reuse().documents_reused, 1, "{:?}", m.reuse());
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(order(&s), ["web", "cart", "api"]);
+    assert_eq!(port_of(&s, "api"), 81);
+    assert!(
+        !Arc::ptr_eq(&kept, &s.services[2]),
+        "the api of port 81 now"
+    );
 }
 
 /// A file event that names a file gone sends the read to the whole folder: a folder that went
