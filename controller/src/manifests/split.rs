@@ -87,12 +87,22 @@ pub(super) fn documents(text: &str) -> Result<Vec<&str>, Uncut> {
 }
 
 /// Whether a piece before the first marker holds no document: only blank and comment lines
-/// (lines as the YAML parser breaks them: also at NEL, LINE and PARAGRAPH SEPARATOR).
+/// (lines as the YAML parser breaks them: also at NEL, LINE and PARAGRAPH SEPARATOR). Stops at
+/// the first other character: a whole file without `---` lines is not scanned.
 pub(super) fn is_blank(piece: &str) -> bool {
-    piece
-        .split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
-        .map(|l| l.trim_start_matches(['\u{feff}', ' ', '\t', '\r']))
-        .all(|l| l.is_empty() || l.starts_with('#'))
+    const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
+    let mut rest = piece;
+    loop {
+        rest = rest
+            .trim_start_matches(|c| matches!(c, '\u{feff}' | ' ' | '\t') || BREAKS.contains(&c));
+        if !rest.starts_with('#') {
+            return rest.is_empty();
+        }
+        match rest.find(BREAKS) {
+            Some(i) => rest = &rest[i..],
+            None => return true,
+        }
+    }
 }
 
 /// The JSON object a document holds when it is written as one: its text after the `---` marker,
@@ -130,6 +140,8 @@ mod tests {
         assert!(is_blank(docs[0]));
         assert!(!is_blank("a: 1\n"));
         assert!(!is_blank("# x\u{2028}a"), "YAML breaks lines there");
+        assert!(is_blank("\u{feff}# a\r\n  # b\n\t\n"));
+        assert!(!is_blank("# a\n  b: 1 # c\n"));
         assert_eq!(documents("").unwrap(), [""]);
     }
 
