@@ -268,8 +268,8 @@ fn tracestate_member(m: &str) -> bool {
 }
 
 /// Writes the proxy's span as the parent of the upstream request: `traceparent`, the client's
-/// `tracestate` removed when `drop_tracestate` ([`Incoming::drops_tracestate`]), and B3 headers in the encoding `b3` when the
-/// client sent B3. Stale incoming trace headers are replaced, so the upstream never sees two
+/// `tracestate` removed when `drop_tracestate` ([`Incoming::drops_tracestate`]), and B3
+/// headers in the encoding `b3` when the client sent B3. Stale incoming trace headers are replaced, so the upstream never sees two
 /// parents. The values are built on the stack; the header map copies them.
 pub fn inject(own: &Outgoing, drop_tracestate: bool, b3: Option<B3>, req: &mut RequestHeader) {
     let trace = hex32(own.trace_id);

@@ -14,10 +14,9 @@ use async_trait::async_trait;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
-
-use pingora_core::protocols::ALPN;
 
 use super::bridge::Listening;
 use super::client::Pool;
