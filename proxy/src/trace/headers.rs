@@ -321,24 +321,35 @@ fn set(req: &mut RequestHeader, name: &'static str, value: &[u8]) {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lower-case hex digits: one lookup per byte rather than two (the ids of
+/// every request, sampled or not, are written this way).
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
-fn hex32(id: TraceId) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, b) in id.to_bytes().iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+/// `N` bytes as `2 * N` lower-case hex digits.
+fn hex<const N: usize, const H: usize>(bytes: [u8; N]) -> [u8; H] {
+    const { assert!(H == 2 * N) };
+    let mut out = [0u8; H];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
     out
 }
 
+fn hex32(id: TraceId) -> [u8; 32] {
+    hex(id.to_bytes())
+}
+
 fn hex16(id: SpanId) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in id.to_bytes().iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-    }
-    out
+    hex(id.to_bytes())
 }
 
 /// Lower-case hex digits only (W3C and B3 both refuse upper case).
@@ -670,5 +681,12 @@ mod tests {
         assert_eq!(&hex32(trace()), TRACE.as_bytes());
         assert_eq!(&hex16(SpanId::from_hex(SPAN).unwrap()), SPAN.as_bytes());
         assert_eq!(&hex16(SpanId::from(u64::MAX)), b"ffffffffffffffff");
+        // Every byte value, against the standard formatting.
+        for start in (0..=255u8).step_by(16) {
+            let bytes: [u8; 16] = std::array::from_fn(|i| start + i as u8);
+            let ours: [u8; 32] = hex(bytes);
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(std::str::from_utf8(&ours).unwrap(), expected);
+        }
     }
 }
