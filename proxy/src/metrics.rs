@@ -105,6 +105,11 @@ pub struct Metrics {
     pub tunnel_sessions: IntGaugeVec,
     /// `maille_proxy_tunnel_denied_total{reason}`.
     pub tunnel_denied: IntCounterVec,
+    /// `maille_proxy_tunnel_http_streams_total{event}`: plain HTTP/1 requests across nodes and
+    /// the tunnel streams kept between them ([`crate::tunnel::lease`]).
+    pub tunnel_http_streams: IntCounterVec,
+    /// `maille_proxy_tunnel_http_streams_idle`: tunnel streams kept for another request now.
+    pub tunnel_http_idle: IntGauge,
     /// `maille_proxy_mtls_cleartext_total{namespace,service,port,protocol}`.
     pub mtls_cleartext: IntCounterVec,
     /// `maille_proxy_mtls_refused_total{namespace,service,port,protocol}`.
@@ -447,6 +452,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Tunnel streams this proxy refused to carry to a pod of its node, by reason.",
             &["reason"],
         ),
+        tunnel_http_streams: counter_vec(
+            "maille_proxy_tunnel_http_streams_total",
+            "Plain HTTP/1 requests to other nodes and their tunnel streams, by event: opened (the request opened a new stream), reused (it rode a stream kept from an earlier request), kept (kept after the request for another one), not_kept (closed with the request: an error, Connection: close, HTTP/1.0, an upgrade, an unread body), full (clean, but the bounds on kept streams were reached), stale (a kept stream closed unused: idle too long, its session or certificate replaced, or bytes arrived on it).",
+            &["event"],
+        ),
+        tunnel_http_idle: gauge(
+            "maille_proxy_tunnel_http_streams_idle",
+            "Tunnel streams kept between plain HTTP/1 requests to other nodes, now.",
+        ),
         mtls_cleartext: counter_vec(
             "maille_proxy_mtls_cleartext_total",
             "Requests (HTTP), connections (TCP) and sessions (UDP) sent in cleartext to an endpoint on another node because that node runs no proxy (mtls: permissive).",
@@ -489,6 +503,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             m.tunnel_bytes.with_label_values(&[direction, way]);
         }
         m.tunnel_sessions.with_label_values(&[direction]);
+    }
+    for event in crate::tunnel::lease::EVENTS {
+        m.tunnel_http_streams.with_label_values(&[event]);
     }
     m
 });

@@ -230,6 +230,15 @@ fn denied(reason: &str) -> f64 {
     metric("maille_proxy_tunnel_denied_total", &[("reason", reason)])
 }
 
+/// `maille_proxy_tunnel_http_streams_total{event}` (process-wide: tests running alongside
+/// add to it too, so only growth is asserted).
+fn http_streams(event: &str) -> f64 {
+    metric(
+        "maille_proxy_tunnel_http_streams_total",
+        &[("event", event)],
+    )
+}
+
 const WEB: &str = "web.shop.maille.mesh";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,6 +710,8 @@ async fn stream_of(m: &Mesh, from: [u8; 4]) -> String {
 async fn a_plain_http1_tunnel_stream_carries_another_request_only_after_a_clean_answer() {
     let m = Mesh::start(MtlsMode::Strict, false).await;
     let pool = m.a.tunnel().expect("node-a has a tunnel pool").clone();
+    let events = ["opened", "reused", "kept", "not_kept", "stale"];
+    let counted = events.map(http_streams);
     // Kept once the request has ended (just after the client has its answer).
     let kept = |n: usize| {
         let pool = pool.clone();
@@ -805,12 +816,27 @@ async fn a_plain_http1_tunnel_stream_carries_another_request_only_after_a_clean_
     let next = stream_of(&m, CLIENT).await;
     assert_ne!(next, before, "the upgraded stream carried another request");
     assert!(!seen.contains(&next), "{next}");
+
+    // What the operator sees: streams opened (2 clients, one per unusable answer, the upgrade,
+    // the one after it), reused, kept, closed with their request (4 unusable answers and the
+    // upgrade), and the one found unusable when taken (after /stray).
+    let grew = |i: usize| http_streams(events[i]) - counted[i];
+    for (i, least) in [8.0, 12.0, 12.0, 5.0, 1.0].into_iter().enumerate() {
+        assert!(
+            grew(i) >= least,
+            "{}: +{} (at least {least})",
+            events[i],
+            grew(i)
+        );
+    }
+    assert!(metric("maille_proxy_tunnel_http_streams_idle", &[]) >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_streams_kept_for_one_claim_are_bounded() {
     let m = Arc::new(Mesh::start(MtlsMode::Strict, false).await);
     let pool = m.a.tunnel().expect("node-a has a tunnel pool").clone();
+    let full = http_streams("full");
     // More requests of one client at once than streams kept per claim: each opens a stream.
     let n = maille_proxy::tunnel::lease::MAX_IDLE_PER_CLAIM + 8;
     let mut all = Vec::new();
@@ -834,6 +860,13 @@ async fn the_streams_kept_for_one_claim_are_bounded() {
     // Every request has ended by now (or soon after): none is kept beyond the bound.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pool.idle().len(), bound);
+    // The streams beyond the bound were closed, and counted as such.
+    assert!(
+        http_streams("full") - full >= (opened - bound) as f64,
+        "full: +{} for {} streams beyond the bound",
+        http_streams("full") - full,
+        opened - bound
+    );
     // Those kept are used again: a further request opens no stream.
     stream_of(&m, CLIENT).await;
     assert_eq!(pool.streams_opened() as usize, opened);

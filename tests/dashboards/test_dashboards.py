@@ -44,6 +44,7 @@ AGREED = {
     "maille_proxy_identity_certificate_expiry_timestamp_seconds", "maille_proxy_tunnel_streams_total",
     "maille_proxy_mtls_cleartext_total", "maille_proxy_mtls_refused_total",
     "maille_proxy_tunnel_denied_total", "maille_proxy_tunnel_handshakes_total",
+    "maille_proxy_tunnel_http_streams_total",
     "maille_controller_identity_server_certificate_expiry_timestamp_seconds",
     "maille_controller_rebuilds_total", "maille_controller_rebuild_duration_seconds",
     "maille_controller_objects_watched", "maille_controller_services_meshed",

@@ -292,6 +292,14 @@ def proxies():
              "cleartext {{instance}}"),
            q(f"sum by (instance) (rate(maille_proxy_mtls_refused_total{{{INST}}}[{RI}])) or {zero}",
              "refused (strict) {{instance}}")], unit="ops", w=12)
+    b.add("timeseries", "Cross-node HTTP/1: tunnel streams reused",
+          "Plain HTTP/1 requests to other nodes per second by what carried them: a tunnel stream kept from an "
+          "earlier request of the same client (reused) or a new one (opened); and kept streams closed because "
+          "the bounds were reached (full: more idle streams than 128 per claim, 256 per node) or unused (stale). "
+          "Mostly reused is the steady state; a lasting full rate says the bounds are too low for the traffic.",
+          [q(f'sum by (instance, event) (rate(maille_proxy_tunnel_http_streams_total{{{INST}, '
+             f'event=~"reused|opened|full|stale"}}[{RI}])) or {zero}', "{{event}} {{instance}}")],
+          unit="ops", w=12)
     b.add("timeseries", "Tunnel denials and handshake refusals",
           "Streams this proxy refused to carry to its pods (by reason: spoofed_identity, access_denied, "
           "no_identity...) and connections to its tunnel port refused during the handshake.",

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, Result};
 use pingora_http::ResponseHeader;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -49,6 +50,40 @@ pub const MAX_IDLE_PER_PEER: usize = super::MAX_CONCURRENT_STREAMS as usize / 4;
 pub const MAX_IDLE: usize = 1024;
 
 type Key = (PeerNode, StreamClaim);
+
+/// The `event` values of `maille_proxy_tunnel_http_streams_total`, in [`Event`]'s order.
+pub const EVENTS: [&str; 6] = ["opened", "reused", "kept", "not_kept", "full", "stale"];
+
+/// What happened to a request's tunnel stream (see the metric's help in [`crate::metrics`]).
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Opened,
+    Reused,
+    Kept,
+    NotKept,
+    Full,
+    Stale,
+}
+
+/// Counts `n` times `event` (the counters are looked up once, not per request).
+fn count(event: Event, n: usize) {
+    static COUNTERS: OnceLock<[IntCounter; 6]> = OnceLock::new();
+    if n == 0 {
+        return;
+    }
+    let counters = COUNTERS.get_or_init(|| {
+        let m = &crate::metrics::register().tunnel_http_streams;
+        EVENTS.map(|e| m.with_label_values(&[e]))
+    });
+    counters[event as usize].inc_by(n as u64);
+}
+
+/// Moves the gauge of kept streams by `delta`.
+fn idle_moved(delta: i64) {
+    if delta != 0 {
+        crate::metrics::register().tunnel_http_idle.add(delta);
+    }
+}
 
 struct Parked {
     stream: TunnelStream,
@@ -152,10 +187,12 @@ impl Idle {
                     st.by_claim.remove(key);
                 }
             }
-            st.counts
-                .gone(&key.0, closed.len() + usize::from(found.is_some()));
+            let gone = closed.len() + usize::from(found.is_some());
+            st.counts.gone(&key.0, gone);
+            idle_moved(-(gone as i64));
             found
         };
+        count(Event::Stale, closed.len());
         drop(closed);
         found
     }
@@ -166,9 +203,12 @@ impl Idle {
         let for_claim = st.by_claim.get(&key).map_or(0, Vec::len);
         if !st.counts.may_keep(&key.0, for_claim) {
             drop(st);
+            count(Event::Full, 1);
             return;
         }
         st.counts.kept(&key.0);
+        idle_moved(1);
+        count(Event::Kept, 1);
         st.by_claim.entry(key).or_default().push(Parked {
             stream,
             link,
@@ -194,12 +234,21 @@ impl Idle {
                         p.since.elapsed() <= POOL_IDLE && p.link.current(&self.identity)
                     });
                 counts.gone(peer, old.len());
+                idle_moved(-(old.len() as i64));
                 closed.extend(old);
                 *list = keep;
                 !list.is_empty()
             });
         }
+        count(Event::Stale, closed.len());
         drop(closed);
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        // The streams still kept close with the pool.
+        idle_moved(-(self.state.get_mut().counts.total as i64));
     }
 }
 
@@ -400,6 +449,7 @@ impl L4Connect for LeaseConnect {
                 (s, link, false)
             }
         };
+        count(if reused { Event::Reused } else { Event::Opened }, 1);
         let shared: Shared = Arc::new(parking_lot::Mutex::new(LeaseState {
             stream: Some(stream),
             spoiled: false,
@@ -412,6 +462,7 @@ impl L4Connect for LeaseConnect {
             reused,
         });
         if let Some(earlier) = earlier {
+            count(Event::NotKept, 1);
             discard(earlier);
         }
         Ok(Stream::from(VirtualSocketStream::new(Box::new(Lease(
@@ -508,6 +559,7 @@ impl Ticket {
             return;
         };
         if !clean {
+            count(Event::NotKept, 1);
             discard(leased);
             return;
         }
@@ -522,12 +574,14 @@ impl Ticket {
             // Pingora's idle poll of the lease reads the end and drops it.
             w.wake();
         }
-        if let Some(stream) = stream {
-            if leased.link.current(&self.slot.idle.identity) {
+        match stream {
+            Some(stream) if leased.link.current(&self.slot.idle.identity) => {
                 self.slot
                     .idle
                     .put(self.slot.key.clone(), stream, leased.link);
             }
+            Some(_) => count(Event::Stale, 1),
+            None => count(Event::NotKept, 1),
         }
     }
 }
