@@ -423,16 +423,33 @@ impl Gather {
         later.sort_unstable_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
         later
             .into_iter()
-            .map(|(kind, _, n)| {
+            .map(|(kind, def, n)| {
                 let kind = KIND_NAMES[kind as usize];
                 let (ns, name) = (&n.namespace, &n.name);
-                Problem::new(
-                    ObjectRef::new(kind, ns, name),
+                let first = &self.index[n][0].file;
+                let message = if *first == def.file {
                     format!(
-                        "{ns}/{name}: {kind} defined more than once; the first definition is used"
-                    ),
-                )
+                        "{ns}/{name}: {kind} defined more than once in {}; the first definition is used",
+                        file_name(first)
+                    )
+                } else {
+                    format!(
+                        "{ns}/{name}: {kind} defined more than once: again in {}; the one in {} is used",
+                        file_name(&def.file),
+                        file_name(first)
+                    )
+                };
+                Problem::new(ObjectRef::new(kind, ns, name), message)
             })
             .collect()
     }
+}
+
+/// A manifests file as a problem names it: its name in the folder, control characters escaped.
+fn file_name(file: &Path) -> String {
+    let name = file
+        .file_name()
+        .unwrap_or(file.as_os_str())
+        .to_string_lossy();
+    name.escape_debug().to_string()
 }

@@ -138,10 +138,25 @@ fn duplicate_objects_keep_the_first() {
     assert_eq!(
         problems,
         [
-            "shop/web: Service defined more than once; the first definition is used",
-            "default/web-abc: EndpointSlice defined more than once; the first definition is used"
+            "shop/web: Service defined more than once: again in b.yaml; the one in a.yaml is used",
+            "default/web-abc: EndpointSlice defined more than once: again in b.yaml; the one in a.yaml is used"
         ]
     );
+}
+
+/// A file name with control characters is named escaped: a problem is one line of the log.
+#[test]
+fn a_duplicate_names_a_hostile_file_name_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), DOCS).unwrap();
+    std::fs::write(dir.path().join("b\n\u{1b}[31m.yaml"), DOCS).unwrap();
+    let s = ManifestsDir::new(dir.path()).load().unwrap();
+    let message = &s.problems[0].message;
+    assert!(
+        message.contains(r"again in b\n\u{1b}[31m.yaml; the one in a.yaml is used"),
+        "{message}"
+    );
+    assert!(!message.contains(['\n', '\u{1b}']), "{message}");
 }
 
 /// A file that stops parsing and an object defined twice reach `/api/services` (as rows
@@ -813,7 +828,8 @@ fn a_duplicate_across_files_appears_and_goes_as_files_change() {
     let mut m = ManifestsDir::new(dir.path());
     let s = m.refresh(None).unwrap().unwrap();
     assert!(s.problems.is_empty(), "{:?}", s.problems);
-    let twice = "shop/web: Service defined more than once; the first definition is used";
+    let twice =
+        "shop/web: Service defined more than once: again in b.yaml; the one in a.yaml is used";
     let messages =
         |s: &Snapshot| -> Vec<String> { s.problems.iter().map(|p| p.message.clone()).collect() };
     std::fs::write(&b, format!("{}---\n{}", svc("api", 80), svc("web", 81))).unwrap();
@@ -851,7 +867,11 @@ fn a_duplicate_across_files_appears_and_goes_as_files_change() {
     .unwrap();
     let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
     assert_eq!(port_of(&s, "web"), 82);
-    assert_eq!(messages(&s), [twice, twice]);
+    assert_eq!(
+        messages(&s),
+        [twice, twice],
+        "each later definition names its file"
+    );
     std::fs::write(&b, svc("api", 80)).unwrap();
     let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
     assert!(s.problems.is_empty(), "{:?}", s.problems);
@@ -870,7 +890,8 @@ fn a_duplicate_across_files_appears_and_goes_as_files_change() {
     .unwrap();
     let s = m.refresh(Some(std::slice::from_ref(&b))).unwrap().unwrap();
     assert_eq!(port_of(&s, "api"), 80);
-    let api_twice = "shop/api: Service defined more than once; the first definition is used";
+    let api_twice =
+        "shop/api: Service defined more than once in b.yaml; the first definition is used";
     assert_eq!(messages(&s), [api_twice]);
     let kept = s.services[1].clone();
     std::fs::write(
