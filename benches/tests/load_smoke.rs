@@ -4,9 +4,9 @@
 //! same-node path not at all), `--mesh-pairs` measures both paths on one set-up, and a
 //! reference target whose program is missing is skipped with a line saying so; the
 //! interleaved mode (`--interleave`) gives ratios cycle by cycle on proxies replaced every
-//! `--restart-every` cycles, with the repeated first target as the A/A check, and with
-//! `--instructions` counts instructions per request under callgrind (skipped without
-//! valgrind). No figure is asserted: debug binaries on a shared machine measure nothing.
+//! `--restart-every` cycles, with the repeated first target as the A/A check, loads every
+//! target at once with `--concurrent`, and with `--instructions` counts instructions per
+//! request under callgrind (skipped without valgrind). No figure is asserted: debug binaries on a shared machine measure nothing.
 //!
 //! Needs `python3`, `wrk` and `taskset`, CPUs 0 and 1, loopback addresses 127.0.0.2 and
 //! 127.0.0.3, and `maille-proxy` and `maille-controller` built next to this test
@@ -290,6 +290,60 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
     let text = report["markdown"].as_str().unwrap();
     assert!(text.contains("A/A check (maille-proxy against"), "{text}");
     assert!(text.contains("| maille-proxy, tracing 100 % |"), "{text}");
+}
+
+/// `--concurrent`: every target is loaded at the same time in each cycle, each by its own paced
+/// wrk, over one common window; ratios cycle by cycle as in the sequential mode.
+#[test]
+fn the_concurrent_mode_loads_every_target_in_one_window() {
+    need("wrk");
+    need("taskset");
+    let dir = temp_dir("load-concurrent");
+    let (_, report) = run_bench(
+        &dir,
+        &[
+            "--interleave",
+            "maille,maille,maille-trace-1",
+            "--concurrent",
+            "--pace",
+            "300",
+            "--restart-every",
+            "1",
+        ],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let il = &report["interleave"];
+    assert_eq!(il["mode"], "concurrent", "{il}");
+    let cycles = il["cycles"].as_array().unwrap();
+    assert_eq!(cycles.len(), 2, "--quick: two cycles");
+    assert_eq!(il["generations"], 2, "{il}");
+    for cycle in cycles {
+        let window = |key: &str| cycle["targets"][key]["window_s"].as_f64().unwrap();
+        for key in ["maille", "maille#2", "maille-trace-1"] {
+            let t = &cycle["targets"][key];
+            assert!(t["requests"].as_u64().unwrap() > 0, "{key}: {t}");
+            assert!(
+                t["cpu_us_per_request"].as_f64().unwrap() > 0.0,
+                "{key}: {t}"
+            );
+            // One window for all: the targets were loaded side by side, not one after another.
+            assert_eq!(window(key), window("maille"), "{key}: {t}");
+        }
+        // Paced: each target answered about the same number of requests, not as many as it
+        // could (wrk waits about 50 connections / 300 per second between requests).
+        let requests = |key: &str| cycle["targets"][key]["requests"].as_f64().unwrap();
+        let ratio = requests("maille#2") / requests("maille");
+        assert!((0.5..2.0).contains(&ratio), "{cycle}");
+    }
+    for key in ["maille#2", "maille-trace-1"] {
+        let r = &il["summary"][key]["ratio"];
+        assert_eq!(r["per_cycle"].as_array().unwrap().len(), 2, "{key}: {r}");
+    }
+    let text = report["markdown"].as_str().unwrap();
+    assert!(text.contains("A/A check (maille-proxy against"), "{text}");
+    assert!(text.to_lowercase().contains("concurrent"), "{text}");
 }
 
 #[test]
