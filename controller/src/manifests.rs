@@ -26,6 +26,34 @@ pub use split::MAX_DOCUMENTS;
 /// The largest manifests file read; a larger one is refused (its last good objects stay).
 pub const MAX_FILE_BYTES: u64 = 32 << 20;
 
+/// The most manifest files of the folder read: files added beyond it are not read (and
+/// reported) until others are removed; the files read before stay.
+pub const MAX_FILES: usize = 10_000;
+
+/// The most bytes of manifests held from the whole folder (the last good content of every
+/// file): a file that would take the total beyond it is refused (its last good objects stay).
+pub const MAX_TOTAL_BYTES: u64 = 256 << 20;
+
+/// The bounds on the folder as a whole.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    files: usize,
+    bytes: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            files: MAX_FILES,
+            bytes: MAX_TOTAL_BYTES,
+        }
+    }
+}
+
+/// The manifest files not read because the folder holds more than [`MAX_FILES`]: how many,
+/// and the first of them by name.
+type LeftOut = Option<(usize, PathBuf)>;
+
 /// Why the folder could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,6 +112,8 @@ impl Stamp {
 struct Good {
     snapshot: Arc<Snapshot>,
     kept: parse::Kept,
+    /// Bytes of the content it was read from.
+    len: u64,
 }
 
 /// What was last read of one file.
@@ -94,6 +124,8 @@ struct FileState {
     last_good: Option<Good>,
     /// Why its current content could not be used, if it could not.
     problem: Option<Problem>,
+    /// Refused for [`MAX_TOTAL_BYTES`]: read again, unchanged, once the others leave room.
+    over_total: bool,
 }
 
 /// The manifests folder and the last good objects of each file. A load re-reads only the
@@ -108,6 +140,11 @@ pub struct ManifestsDir {
     gather: gather::Gather,
     loaded: bool,
     reuse: Reuse,
+    bounds: Bounds,
+    /// Bytes of every file's last good content: what the snapshot holds.
+    held: u64,
+    /// The files not read for the bound on their number, at the last read.
+    left_out: LeftOut,
 }
 
 /// The stamp of `path` when it is a manifest file (by name, and a file), else `None`: one
@@ -118,6 +155,15 @@ fn manifest_stamp(path: &Path) -> Option<Stamp> {
     }
     let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
     Some(Stamp::of(Some(&md)))
+}
+
+/// `bytes` as said in a problem: MiB when whole.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8; the error says why not.
@@ -155,7 +201,19 @@ impl ManifestsDir {
             gather: gather::Gather::default(),
             loaded: false,
             reuse: Reuse::default(),
+            bounds: Bounds::default(),
+            held: 0,
+            left_out: None,
         }
+    }
+
+    /// A provider whose folder bounds are `files` and `bytes` instead of [`MAX_FILES`] and
+    /// [`MAX_TOTAL_BYTES`] (tests).
+    #[cfg(test)]
+    fn with_bounds(dir: impl Into<PathBuf>, files: usize, bytes: u64) -> Self {
+        let mut m = ManifestsDir::new(dir);
+        m.bounds = Bounds { files, bytes };
+        m
     }
 
     /// The manifest files of the folder, with their stamps, sorted.
@@ -170,26 +228,50 @@ impl ManifestsDir {
             .collect())
     }
 
-    /// The files whose stamps in `now` (the whole folder) differ from the last read.
-    fn updates(&self, now: BTreeMap<PathBuf, Stamp>) -> Vec<Update> {
+    /// The files whose stamps in `now` (the whole folder) differ from the last read, and the
+    /// new files left out for the bound on their number: the files read before stay, new ones
+    /// are taken in name order while there is room.
+    fn updates(&self, now: BTreeMap<PathBuf, Stamp>) -> (Vec<Update>, LeftOut) {
         let mut updates: Vec<Update> = self
             .files
             .keys()
             .filter(|p| !now.contains_key(p.as_ref()))
             .map(|p| (p.to_path_buf(), None))
             .collect();
-        updates.extend(
-            now.into_iter()
-                .filter(|(p, st)| self.files.get(p.as_path()).is_none_or(|f| f.stamp != *st))
-                .map(|(p, st)| (p, Some(st))),
-        );
-        updates
+        let mut room = self
+            .bounds
+            .files
+            .saturating_sub(self.files.len() - updates.len());
+        let mut left_out: LeftOut = None;
+        for (p, st) in now {
+            match self.files.get(p.as_path()) {
+                // Unchanged; but one refused for the bytes held is tried again when it fits.
+                Some(f)
+                    if f.stamp == st
+                        && !(f.over_total
+                            && self.held - f.last_good.as_ref().map_or(0, |g| g.len) + st.len
+                                <= self.bounds.bytes) => {}
+                Some(_) => updates.push((p, Some(st))),
+                None if room > 0 => {
+                    room -= 1;
+                    updates.push((p, Some(st)));
+                }
+                None => match &mut left_out {
+                    Some((n, _)) => *n += 1,
+                    None => left_out = Some((1, p)),
+                },
+            }
+        }
+        (updates, left_out)
     }
 
     /// Whether a file was added, removed or modified since the last [`ManifestsDir::load`].
     pub fn changed(&self) -> bool {
         match self.stamps() {
-            Ok(now) => !self.loaded || !self.updates(now).is_empty(),
+            Ok(now) => {
+                let (updates, left_out) = self.updates(now);
+                !self.loaded || !updates.is_empty() || left_out != self.left_out
+            }
             Err(_) => true,
         }
     }
@@ -208,7 +290,8 @@ impl ManifestsDir {
     /// objects of the others. A file that does not parse keeps its previous objects (if it had
     /// any) and is reported; an object defined twice is reported and the first kept.
     pub fn load(&mut self) -> Result<Snapshot> {
-        let updates = self.updates(self.stamps()?);
+        let (updates, left_out) = self.updates(self.stamps()?);
+        self.left_out = left_out;
         Ok((*self.apply(updates)).clone())
     }
 
@@ -222,6 +305,7 @@ impl ManifestsDir {
     pub fn refresh(&mut self, touched: Option<&[PathBuf]>) -> Result<Option<Arc<Snapshot>>> {
         let partial = touched.filter(|_| self.loaded).and_then(|paths| {
             let mut updates = Vec::with_capacity(paths.len());
+            let mut added = 0;
             for p in paths {
                 let Some(name) = p.file_name() else { continue };
                 let p = self.dir.join(name);
@@ -230,18 +314,25 @@ impl ManifestsDir {
                 if now != was {
                     // A file gone: the folder itself may be (see above).
                     now?;
+                    added += usize::from(was.is_none());
                     updates.push((p, now));
                 }
             }
-            Some(updates)
+            // New files beyond the bound on their number: which are read is the whole
+            // folder's question (a file gone has sent every read there already).
+            if self.files.len() + added > self.bounds.files {
+                return None;
+            }
+            Some((updates, self.left_out.clone()))
         });
-        let updates = match partial {
-            Some(updates) => updates,
+        let (updates, left_out) = match partial {
+            Some(partial) => partial,
             None => self.updates(self.stamps()?),
         };
-        if updates.is_empty() && self.loaded {
+        if updates.is_empty() && self.loaded && left_out == self.left_out {
             return Ok(None);
         }
+        self.left_out = left_out;
         Ok(Some(self.apply(updates)))
     }
 
@@ -251,7 +342,8 @@ impl ManifestsDir {
         self.reuse = Reuse::default();
         for (path, stamp) in updates {
             let Some(stamp) = stamp else {
-                if let Some((path, _)) = self.files.remove_entry(path.as_path()) {
+                if let Some((path, f)) = self.files.remove_entry(path.as_path()) {
+                    self.held -= f.last_good.as_ref().map_or(0, |g| g.len);
                     self.gather.set(&path, None);
                 }
                 continue;
@@ -278,12 +370,27 @@ impl ManifestsDir {
             }
         }
         self.loaded = true;
+        let left_out = self.left_out.as_ref().map(|(n, first)| {
+            let dir = self.dir.display().to_string();
+            Problem::new(
+                ObjectRef::new("File", "", &dir),
+                format!(
+                    "{dir}: more than {} manifest files; {n} added last are not read (the first by name: {}); remove files to make room",
+                    self.bounds.files,
+                    first
+                        .file_name()
+                        .unwrap_or(first.as_os_str())
+                        .to_string_lossy()
+                        .escape_debug()
+                ),
+            )
+        });
         let problems = self.files.values().filter_map(|f| f.problem.clone());
-        self.gather.snapshot(problems)
+        self.gather.snapshot(problems.chain(left_out))
     }
 
     /// Reads one file: its new state, with `previous` (its last good content) kept when it
-    /// does not parse.
+    /// does not parse or would take the folder beyond [`MAX_TOTAL_BYTES`].
     fn read_file(
         &mut self,
         path: &Path,
@@ -291,18 +398,35 @@ impl ManifestsDir {
         stamp: Stamp,
         previous: Option<Good>,
     ) -> FileState {
-        let read = read_bounded(path, source)
-            .and_then(|text| parse::read(&text, source, previous.as_ref().map(|g| &g.kept)));
+        // What the other files hold: this one's previous content is replaced or kept.
+        let others = self.held - previous.as_ref().map_or(0, |g| g.len);
+        let bound = self.bounds.bytes;
+        let mut over_total = false;
+        let read = read_bounded(path, source).and_then(|text| {
+            let len = text.len() as u64;
+            if others + len > bound {
+                over_total = true;
+                return Err(format!(
+                    "{source}: with its {len} bytes the folder's manifest files would hold more than {}; not read",
+                    size(bound)
+                ));
+            }
+            parse::read(&text, source, previous.as_ref().map(|g| &g.kept))
+                .map(|read| (read, len))
+        });
         match read {
-            Ok((snapshot, kept, reuse)) => {
+            Ok(((snapshot, kept, reuse), len)) => {
                 self.reuse += reuse;
+                self.held = others + len;
                 FileState {
                     stamp,
                     last_good: Some(Good {
                         snapshot: Arc::new(snapshot),
                         kept,
+                        len,
                     }),
                     problem: None,
+                    over_total: false,
                 }
             }
             Err(message) => {
@@ -318,6 +442,7 @@ impl ManifestsDir {
                         ObjectRef::new("File", "", source),
                         format!("{message}{kept}"),
                     )),
+                    over_total,
                 }
             }
         }

@@ -159,6 +159,117 @@ fn a_duplicate_names_a_hostile_file_name_escaped() {
     assert!(!message.contains(['\n', '\u{1b}']), "{message}");
 }
 
+fn service_yaml(name: &str, pad: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: 80}}]}}\n#{}\n",
+        "x".repeat(pad)
+    )
+}
+
+fn service_names(s: &Snapshot) -> Vec<String> {
+    let mut v = order(s);
+    v.sort();
+    v
+}
+
+/// More manifest files than the bound: the files read before stay, new ones are taken in name
+/// order while there is room, the others are reported (how many, the first by name) until
+/// files are removed.
+#[test]
+fn files_beyond_the_bound_on_their_number_are_left_out_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(format!("{n}.yaml"));
+    for n in ["a", "b", "c", "d", "e"] {
+        std::fs::write(path(n), service_yaml(n, 0)).unwrap();
+    }
+    let mut m = ManifestsDir::with_bounds(dir.path(), 3, MAX_TOTAL_BYTES);
+    let s = m.refresh(None).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a", "b", "c"]);
+    let said =
+        |s: &Snapshot| -> Vec<String> { s.problems.iter().map(|p| p.message.clone()).collect() };
+    let expect = |n: usize, first: &str| {
+        format!(
+            "{}: more than 3 manifest files; {n} added last are not read (the first by name: {first}.yaml); remove files to make room",
+            dir.path().display()
+        )
+    };
+    assert_eq!(said(&s), [expect(2, "d")]);
+    assert_eq!(s.problems[0].object.kind, "File");
+    // Nothing changed: no new snapshot, at the event of a left-out file or the whole check.
+    std::fs::write(path("e"), service_yaml("e", 1)).unwrap();
+    assert!(m.refresh(Some(&[path("e")])).unwrap().is_none());
+    assert!(m.refresh(None).unwrap().is_none());
+    // One removed: the first left out by name is read.
+    std::fs::remove_file(path("b")).unwrap();
+    let s = m.refresh(Some(&[path("b")])).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a", "c", "d"]);
+    assert_eq!(said(&s), [expect(1, "e")]);
+    // A new file first by name does not push out a file read before.
+    std::fs::write(path("0"), service_yaml("z", 0)).unwrap();
+    let s = m.refresh(Some(&[path("0")])).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a", "c", "d"]);
+    assert_eq!(said(&s), [expect(2, "0")]);
+    // A file read before still changes as usual.
+    std::fs::write(path("a"), service_yaml("a2", 0)).unwrap();
+    let s = m.refresh(Some(&[path("a")])).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a2", "c", "d"]);
+    // Room for all: nothing left out, nothing said.
+    for n in ["c", "d"] {
+        std::fs::remove_file(path(n)).unwrap();
+    }
+    let s = m.refresh(Some(&[path("c"), path("d")])).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a2", "e", "z"]);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+}
+
+/// A file that would take what the folder's files hold beyond the bound is refused, naming
+/// the bound; its previous content stays, and so does every other file's.
+#[test]
+fn a_file_beyond_the_bound_on_the_folder_bytes_is_refused_and_the_rest_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::fs::write(&a, service_yaml("a", 500)).unwrap();
+    std::fs::write(&b, service_yaml("b", 500)).unwrap();
+    let mut m = ManifestsDir::with_bounds(dir.path(), MAX_FILES, 1000);
+    let s = m.refresh(None).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a"]);
+    let message = &s.problems[0].message;
+    assert!(message.contains("b.yaml: with its 5"), "{message}");
+    assert!(
+        message.ends_with("would hold more than 1000 bytes; not read"),
+        "{message}"
+    );
+    // a shrinks: b fits and is read.
+    std::fs::write(&a, service_yaml("a", 100)).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&a))).unwrap().unwrap();
+    assert_eq!(
+        service_names(&s),
+        ["a"],
+        "only the files events name are looked at"
+    );
+    let s = m
+        .refresh(None)
+        .unwrap()
+        .expect("b is read at the whole check");
+    assert_eq!(service_names(&s), ["a", "b"]);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert!(m.refresh(None).unwrap().is_none(), "b is read once");
+    // a grows beyond what is left: refused, its previous content and b stay.
+    std::fs::write(&a, service_yaml("a-grown", 700)).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&a))).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a", "b"]);
+    let message = &s.problems[0].message;
+    assert!(message.contains("a.yaml: with its"), "{message}");
+    assert!(message.contains("still used"), "{message}");
+    // b removed: a's new content fits.
+    std::fs::remove_file(&b).unwrap();
+    m.refresh(Some(std::slice::from_ref(&b))).unwrap();
+    std::fs::write(&a, service_yaml("a-grown", 701)).unwrap();
+    let s = m.refresh(Some(std::slice::from_ref(&a))).unwrap().unwrap();
+    assert_eq!(service_names(&s), ["a-grown"]);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+}
+
 /// A file that stops parsing and an object defined twice reach `/api/services` (as rows
 /// of the translation) and keep the last good objects.
 #[test]
