@@ -293,7 +293,8 @@ fn the_interleaved_mode_gives_per_cycle_ratios_with_an_a_a_check() {
 }
 
 /// `--concurrent`: every target is loaded at the same time in each cycle, each by its own paced
-/// wrk, over one common window; ratios cycle by cycle as in the sequential mode.
+/// wrk, over one common window; ratios cycle by cycle as in the sequential mode; a target named
+/// with `@b` runs the maille-proxy of `--bin-dir-b` (two builds in one run).
 #[test]
 fn the_concurrent_mode_loads_every_target_in_one_window() {
     need("wrk");
@@ -303,7 +304,9 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
         &dir,
         &[
             "--interleave",
-            "maille,maille,maille-trace-1",
+            "maille,maille,maille-trace-1,maille-trace-1@b",
+            "--bin-dir-b",
+            bin_dir().to_str().unwrap(),
             "--concurrent",
             "--pace",
             "300",
@@ -321,7 +324,7 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
     assert_eq!(il["generations"], 2, "{il}");
     for cycle in cycles {
         let window = |key: &str| cycle["targets"][key]["window_s"].as_f64().unwrap();
-        for key in ["maille", "maille#2", "maille-trace-1"] {
+        for key in ["maille", "maille#2", "maille-trace-1", "maille-trace-1@b"] {
             let t = &cycle["targets"][key];
             assert!(t["requests"].as_u64().unwrap() > 0, "{key}: {t}");
             assert!(
@@ -344,6 +347,12 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
     let text = report["markdown"].as_str().unwrap();
     assert!(text.contains("A/A check (maille-proxy against"), "{text}");
     assert!(text.to_lowercase().contains("concurrent"), "{text}");
+    // A second build in the same run (here the same binaries, from --bin-dir-b).
+    assert!(
+        text.contains("| maille-proxy, tracing 1 % (build B) |"),
+        "{text}"
+    );
+    assert!(text.contains("Build B (the targets so marked)"), "{text}");
 }
 
 #[test]
