@@ -177,8 +177,8 @@ fn read_bounded(path: &Path, source: &str) -> Result<String, String> {
         .map_err(cannot)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!(
-            "{source}: larger than {} MiB; split it into several files",
-            MAX_FILE_BYTES >> 20
+            "{source}: larger than {}; split it into several files",
+            size(MAX_FILE_BYTES)
         ));
     }
     String::from_utf8(bytes).map_err(|_| {
@@ -377,11 +377,7 @@ impl ManifestsDir {
                 format!(
                     "{dir}: more than {} manifest files; {n} added last are not read (the first by name: {}); remove files to make room",
                     self.bounds.files,
-                    first
-                        .file_name()
-                        .unwrap_or(first.as_os_str())
-                        .to_string_lossy()
-                        .escape_debug()
+                    gather::file_name(first)
                 ),
             )
         });

@@ -446,7 +446,7 @@ impl Gather {
 }
 
 /// A manifests file as a problem names it: its name in the folder, control characters escaped.
-fn file_name(file: &Path) -> String {
+pub(super) fn file_name(file: &Path) -> String {
     let name = file
         .file_name()
         .unwrap_or(file.as_os_str())
