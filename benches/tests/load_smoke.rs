@@ -366,9 +366,18 @@ fn the_instructions_reading_counts_each_target_under_callgrind() {
     let dir = temp_dir("load-instructions");
     let (_, report) = run_bench(
         &dir,
-        &["--interleave", "maille,maille-trace-0", "--instructions"],
+        &[
+            "--interleave",
+            "maille,maille-trace-0",
+            "--instructions",
+            "--keep-callgrind",
+            dir.join("kept").to_str().unwrap(),
+        ],
         None,
     );
+    // Each run's callgrind output is kept for callgrind_annotate.
+    let kept = std::fs::read_dir(dir.join("kept")).unwrap().count();
+    assert!(kept >= 2, "{kept} callgrind files kept");
     std::fs::remove_dir_all(&dir).unwrap();
     let ins = &report["instructions"];
     for key in ["maille", "maille-trace-0"] {
