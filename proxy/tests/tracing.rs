@@ -415,6 +415,128 @@ async fn b3_single_and_multi_headers_are_continued_in_their_own_encoding() {
     );
 }
 
+/// An endpoint that reads each request's head, keeps it, and closes without answering (an
+/// upstream reset, retried on the other endpoint).
+async fn resetting_endpoint() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The values of every `traceparent` line of a request head or `/echo` body, whatever the case.
+fn traceparents(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("traceparent"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_carries_one_traceparent_and_the_other_headers_unchanged() {
+    let collector = Collector::start().await;
+    let web = HttpBackend::start("web").await;
+    let proxy = traced_proxy(collector.url(), |_| {});
+    let host = "web.shop.maille.mesh";
+    // Host alone, more headers, and a client's own traceparent (replaced): each attempt is a
+    // new copy of the client's request with the proxy's traceparent written in.
+    let client_tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let shapes: [&[(&str, &str)]; 3] = [
+        &[],
+        &[
+            ("user-agent", "t/1"),
+            ("accept", "*/*"),
+            ("accept-encoding", "gzip"),
+            ("X-Custom", "v"),
+        ],
+        &[("traceparent", &client_tp)],
+    ];
+    for (shape, extra) in shapes.iter().enumerate() {
+        // A fresh resetting endpoint each time: the last one may have been ejected.
+        let (reset, heads) = resetting_endpoint().await;
+        let mut svc = http(
+            "shop",
+            "web",
+            proxy.ports.http[0],
+            &[&reset.to_string(), &web.addr_str()],
+        );
+        svc.options.retry_attempts = Some(2);
+        proxy.set_table(&table(shape as u64 + 1, vec![svc]));
+        let mut retried = 0;
+        for i in 0..12 {
+            let before = heads.lock().unwrap().len();
+            let (status, body) = send(proxy.http[0], host, "/echo", extra).await;
+            assert_eq!(status, 200, "shape {shape}, request {i}: {body}");
+            let seen = traceparents(&body);
+            assert_eq!(
+                seen.len(),
+                1,
+                "shape {shape}, request {i}: one traceparent: {body}"
+            );
+            let (trace, span) = valid_traceparent(&seen[0], "01");
+            if shape == 2 {
+                assert_eq!(trace, TRACE, "the client's trace goes on");
+                assert_ne!(span, CLIENT_SPAN, "the proxy's span is the parent");
+            }
+            let got = collector
+                .wait_for("the request's span", |g| g.span_id() == span)
+                .await;
+            assert_eq!(
+                got.trace_id(),
+                trace,
+                "shape {shape}: the exported span is the parent"
+            );
+            // The attempt that was reset, if this request's first one was: the same single
+            // parent as the attempt that answered.
+            let reset_heads: Vec<String> = heads.lock().unwrap()[before..].to_vec();
+            for head in &reset_heads {
+                assert_eq!(
+                    traceparents(head),
+                    seen,
+                    "shape {shape}, request {i}: {head}"
+                );
+                // On the wire, names in lower case but for a few common ones (the client sent
+                // `host`), values as sent.
+                assert!(
+                    head.contains("\r\nHost: web.shop.maille.mesh\r\n"),
+                    "{head}"
+                );
+                for (k, v) in extra.iter().filter(|(k, _)| *k != "traceparent") {
+                    let line = format!("\r\n{}: {v}\r\n", k.to_ascii_lowercase());
+                    assert!(head.contains(&line), "{line:?} in {head}");
+                }
+                assert!(head.contains("\r\ntraceparent: "), "{head}");
+                retried += 1;
+            }
+        }
+        assert!(
+            retried > 0,
+            "shape {shape}: some first attempts went to the resetting endpoint"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_is_parent_based_with_a_ratio_for_new_traces() {
     let collector = Collector::start().await;
