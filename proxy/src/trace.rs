@@ -19,13 +19,15 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span, SpanData};
 use opentelemetry_sdk::Resource;
 use pingora_error::{Error as PError, ErrorType};
 use pingora_http::RequestHeader;
@@ -40,6 +42,9 @@ pub use settings::TraceSettings;
 
 /// Longest request value (path, host, user agent) copied into a span attribute.
 pub const ATTRIBUTE_MAX: usize = 256;
+
+/// The instrumentation scope of the proxy's spans.
+pub const TRACER_NAME: &str = "maille-proxy";
 
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,8 @@ pub struct Tracing {
 struct Inner {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
+    /// Where HTTP spans are queued (the SDK makes only the TCP ones).
+    sender: export::Sender,
     /// Which requests are sampled (the SDK only ever sees those).
     sampling: Sampling,
 }
@@ -133,6 +140,7 @@ impl Tracing {
             endpoint: s.endpoint.clone(),
             reason,
         })?;
+        let sender = processor.sender();
         // The decision is taken before a span is started (`Sampling`): the SDK records every
         // span it is given, with the trace id the decision was taken on.
         let provider = SdkTracerProvider::builder()
@@ -141,12 +149,13 @@ impl Tracing {
             .with_id_generator(sampling::Ids)
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer("maille-proxy");
+        let tracer = provider.tracer(TRACER_NAME);
         tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, sampler = ?s.sampler, "Tracing on");
         Ok(Tracing {
             inner: Some(Arc::new(Inner {
                 tracer,
                 provider,
+                sender,
                 sampling: Sampling::new(s.sampler),
             })),
         })
@@ -192,40 +201,31 @@ impl Tracing {
                 },
                 drop_tracestate: incoming.drops_tracestate(),
                 b3: incoming.b3,
-                span: None,
+                sampled: None,
             });
         }
-        let parent_cx = match parent {
-            Some(p) => {
-                // The SDK records what it is given; the flags it sends on are the parent's
-                // with `sampled` set.
-                let flags = match p.sampled {
-                    Some(true) => TraceFlags::SAMPLED,
-                    _ => TraceFlags::default(),
-                };
-                let state = headers::trace_state(req, &incoming);
-                let sc = SpanContext::new(p.trace_id, p.span_id, flags, true, state);
-                Context::new().with_remote_span_context(sc)
-            }
-            None => Context::new(),
+        // Sampled: only the values the span is made of are kept here; the export thread makes
+        // the OpenTelemetry span of them ([`export`]). The SDK would record what it is given,
+        // with the flags of the parent and `sampled` set, as this does.
+        let trace_state = match parent {
+            Some(_) => headers::trace_state(req, &incoming),
+            None => TraceState::default(),
         };
-        let span = sampling::with_trace_id(trace_id, || {
-            inner
-                .tracer
-                .span_builder(method_name(&req.method))
-                .with_kind(SpanKind::Server)
-                .start_with_context(&inner.tracer, &parent_cx)
-        });
-        let sc = span.span_context();
+        let own = Outgoing {
+            trace_id,
+            span_id: sampling::new_span_id(),
+            sampled: true,
+        };
         Some(HttpSpan {
-            own: Outgoing {
-                trace_id: sc.trace_id(),
-                span_id: sc.span_id(),
-                sampled: true,
-            },
+            own,
             drop_tracestate: incoming.drops_tracestate(),
             b3: incoming.b3,
-            span: Some(Box::new(span)),
+            sampled: Some(Box::new(Sampled {
+                start: opentelemetry::time::now(),
+                parent: parent.map(|p| p.span_id),
+                trace_state,
+                sender: inner.sender.clone(),
+            })),
         })
     }
 
@@ -280,8 +280,18 @@ pub struct HttpSpan {
     drop_tracestate: bool,
     b3: Option<B3>,
     /// Only for a sampled request; boxed so that the 99 % of requests that are not sampled
-    /// carry (and move) a few words instead of an SDK span.
-    span: Option<Box<Span>>,
+    /// carry (and move) one word for it.
+    sampled: Option<Box<Sampled>>,
+}
+
+/// What a sampled request's span keeps from its start.
+#[derive(Debug)]
+struct Sampled {
+    start: SystemTime,
+    /// The client's span, when the trace came with the request.
+    parent: Option<SpanId>,
+    trace_state: TraceState,
+    sender: export::Sender,
 }
 
 impl HttpSpan {
@@ -295,77 +305,168 @@ impl HttpSpan {
         self.own
     }
 
-    /// Ends the span with the request's outcome. Nothing to do for an unsampled one.
+    /// Ends the span with the request's outcome and queues it for export. Nothing to do for
+    /// an unsampled one. Only the values are taken here (copies of a few strings); the
+    /// attributes are made on the export thread ([`HttpRecord::into_span_data`]).
     pub fn finish(self, session: &Session, e: Option<&PError>, ctx: &RequestCtx) {
-        let Some(mut span) = self.span else {
+        let Some(sampled) = self.sampled else {
             return;
         };
-        let span = &mut *span;
+        let Sampled {
+            start,
+            parent,
+            trace_state,
+            sender,
+        } = *sampled;
         let status = crate::http::final_status(session, e, ctx);
         let req = session.req_header();
-        let method = req.method.as_str();
-        let mut attrs = Vec::with_capacity(16);
-        attrs.push(KeyValue::new("http.request.method", method.to_string()));
-        attrs.push(KeyValue::new("url.path", cut(req.uri.path())));
-        attrs.push(KeyValue::new("url.scheme", "http"));
-        attrs.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        if let Some(host) = crate::http::route::request_host(session) {
-            attrs.push(KeyValue::new("server.address", cut(host)));
-        }
-        attrs.push(KeyValue::new("server.port", i64::from(ctx.mesh_port)));
-        if let Some(c) = session.client_addr().and_then(|a| a.as_inet()) {
-            attrs.push(KeyValue::new("client.address", c.ip().to_string()));
-            attrs.push(KeyValue::new("client.port", i64::from(c.port())));
-        }
         let version = match req.version {
             http::Version::HTTP_2 => "2",
             http::Version::HTTP_10 => "1.0",
             _ => "1.1",
         };
-        attrs.push(KeyValue::new("network.protocol.version", version));
-        if let Some(ua) = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attrs.push(KeyValue::new("user_agent.original", cut(ua)));
+        let service = ctx.service().map(|s| s.key.clone());
+        let backend = match (ctx.backend, ctx.service) {
+            (Some(b), Some(s)) if b != s => ctx.backend().map(|b| b.key.clone()),
+            _ => None,
+        };
+        let error = (status >= 500).then(|| e.map(|e| cut(&e.to_string())).unwrap_or_default());
+        sender.send(HttpRecord {
+            trace_id: self.own.trace_id,
+            span_id: self.own.span_id,
+            parent,
+            trace_state,
+            start,
+            end: opentelemetry::time::now(),
+            method: req.method.clone(),
+            path: cut(req.uri.path()),
+            host: crate::http::route::request_host(session).map(cut),
+            mesh_port: ctx.mesh_port,
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            version,
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(cut),
+            service,
+            backend,
+            endpoint: ctx.endpoint(),
+            route: ctx
+                .route_entry()
+                .map(|(route, _)| (route.route.clone(), route.rule)),
+            retries: ctx.resilience.attempts().checked_sub(1),
+            local_reason: local_reason(ctx, e, status),
+            status,
+            error,
+        });
+    }
+}
+
+/// A sampled HTTP request's span as the values it is made of, queued for export.
+#[derive(Debug)]
+pub struct HttpRecord {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+    trace_state: TraceState,
+    start: SystemTime,
+    end: SystemTime,
+    method: http::Method,
+    path: String,
+    host: Option<String>,
+    mesh_port: u16,
+    client: Option<SocketAddr>,
+    version: &'static str,
+    user_agent: Option<String>,
+    service: Option<config_model::ServiceKey>,
+    backend: Option<config_model::ServiceKey>,
+    endpoint: Option<SocketAddr>,
+    route: Option<(String, u32)>,
+    retries: Option<u32>,
+    local_reason: Option<&'static str>,
+    status: u16,
+    /// The error's text, for a status of 500 or more.
+    error: Option<String>,
+}
+
+impl HttpRecord {
+    /// The OpenTelemetry span: kind server, named `<method> <service>` (the method alone when
+    /// no service was routed to), with the attributes of the HTTP semantic conventions and
+    /// Maille's own.
+    pub fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
+        let method = self.method.as_str();
+        let mut attrs = Vec::with_capacity(18);
+        attrs.push(KeyValue::new("http.request.method", method.to_string()));
+        attrs.push(KeyValue::new("url.path", self.path));
+        attrs.push(KeyValue::new("url.scheme", "http"));
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(self.status),
+        ));
+        if let Some(host) = self.host {
+            attrs.push(KeyValue::new("server.address", host));
         }
-        if let Some(s) = ctx.service() {
-            attrs.push(KeyValue::new("maille.service", s.key.to_string()));
-            span.update_name(format!("{method} {}", s.key));
+        attrs.push(KeyValue::new("server.port", i64::from(self.mesh_port)));
+        if let Some(c) = self.client {
+            attrs.push(KeyValue::new("client.address", c.ip().to_string()));
+            attrs.push(KeyValue::new("client.port", i64::from(c.port())));
         }
-        if let (Some(b), Some(s)) = (ctx.backend, ctx.service) {
-            if b != s {
-                if let Some(backend) = ctx.backend() {
-                    attrs.push(KeyValue::new("maille.backend", backend.key.to_string()));
-                }
+        attrs.push(KeyValue::new("network.protocol.version", self.version));
+        if let Some(ua) = self.user_agent {
+            attrs.push(KeyValue::new("user_agent.original", ua));
+        }
+        let name = match &self.service {
+            Some(s) => {
+                attrs.push(KeyValue::new("maille.service", s.to_string()));
+                Cow::Owned(format!("{method} {s}"))
             }
+            None => method_name(&self.method),
+        };
+        if let Some(b) = self.backend {
+            attrs.push(KeyValue::new("maille.backend", b.to_string()));
         }
-        if let Some(ep) = ctx.endpoint() {
+        if let Some(ep) = self.endpoint {
             attrs.push(KeyValue::new("maille.endpoint", ep.to_string()));
         }
-        if let Some((route, _)) = ctx.route_entry() {
-            attrs.push(KeyValue::new("maille.route", route.route.clone()));
-            attrs.push(KeyValue::new("maille.route.rule", i64::from(route.rule)));
+        if let Some((route, rule)) = self.route {
+            attrs.push(KeyValue::new("maille.route", route));
+            attrs.push(KeyValue::new("maille.route.rule", i64::from(rule)));
         }
-        let attempts = ctx.resilience.attempts();
-        if attempts > 0 {
-            attrs.push(KeyValue::new("maille.retries", i64::from(attempts - 1)));
+        if let Some(retries) = self.retries {
+            attrs.push(KeyValue::new("maille.retries", i64::from(retries)));
         }
-        if let Some(reason) = local_reason(ctx, e, status) {
+        if let Some(reason) = self.local_reason {
             attrs.push(KeyValue::new("maille.local_reason", reason));
         }
-        if status >= 500 {
-            attrs.push(KeyValue::new("error.type", status.to_string()));
-            span.set_status(Status::error(Cow::Owned(
-                e.map(|e| cut(&e.to_string())).unwrap_or_default(),
-            )));
+        let status = match self.error {
+            Some(message) => {
+                attrs.push(KeyValue::new("error.type", self.status.to_string()));
+                Status::error(message)
+            }
+            None => Status::Unset,
+        };
+        SpanData {
+            span_context: SpanContext::new(
+                self.trace_id,
+                self.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                self.trace_state,
+            ),
+            parent_span_id: self.parent.unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: self.parent.is_some(),
+            span_kind: SpanKind::Server,
+            name,
+            start_time: self.start,
+            end_time: self.end,
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status,
+            instrumentation_scope: scope.clone(),
         }
-        span.set_attributes(attrs);
-        span.end();
     }
 }
 

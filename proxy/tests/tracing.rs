@@ -40,6 +40,8 @@ const PATIENCE: Duration = maille_proxy::testing::PATIENCE.saturating_mul(2);
 #[derive(Clone, Debug)]
 struct Got {
     service_name: String,
+    /// The instrumentation scope's name.
+    scope: String,
     span: Span,
     /// `http/protobuf` or `grpc`.
     via: &'static str,
@@ -101,9 +103,11 @@ fn decode(body: &[u8], via: &'static str, out: &Mutex<Vec<Got>>) -> bool {
             })
             .unwrap_or_default();
         for ss in rs.scope_spans {
+            let scope = ss.scope.map(|s| s.name).unwrap_or_default();
             for span in ss.spans {
                 out.push(Got {
                     service_name: service_name.clone(),
+                    scope: scope.clone(),
                     span,
                     via,
                 });
@@ -331,9 +335,18 @@ async fn w3c_trace_is_continued_and_the_upstream_gets_the_proxy_span_as_parent()
     assert_eq!(status, 200, "{body}");
     let got = collector.wait_trace(TRACE).await;
     assert_eq!(got.parent_id(), CLIENT_SPAN, "parent is the client's span");
+    assert_eq!(
+        got.span.trace_state, "vendor=1",
+        "the client's tracestate is the span's"
+    );
     assert_eq!(got.span.kind, 2, "SERVER");
     assert_eq!(got.service_name, "maille-proxy");
+    assert_eq!(got.scope, "maille-proxy");
     assert_eq!(got.span.name, "GET shop/web:80");
+    // OTLP span flags: sampled (0x01), whether the parent is remote known (0x100) and true (0x200).
+    assert_eq!(got.span.flags, 0x301, "{:#x}", got.span.flags);
+    assert!(got.span.end_time_unix_nano >= got.span.start_time_unix_nano);
+    assert!(got.span.start_time_unix_nano > 0);
     // The upstream saw the proxy's span as parent, the trace and its state kept.
     let seen = echoed(&body, "traceparent").expect("upstream got a traceparent");
     assert_eq!(seen, format!("00-{TRACE}-{}-01", got.span_id()));
@@ -365,6 +378,8 @@ async fn w3c_trace_is_continued_and_the_upstream_gets_the_proxy_span_as_parent()
     let root = collector.wait_trace(parts[1]).await;
     assert_eq!(root.span_id(), parts[2]);
     assert!(root.span.parent_span_id.is_empty(), "a root span");
+    assert_eq!(root.span.flags, 0x101, "a root: parent not remote");
+    assert_eq!(root.span.trace_state, "", "no state without a parent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
