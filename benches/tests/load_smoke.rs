@@ -312,6 +312,8 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
             "300",
             "--restart-every",
             "1",
+            "--header",
+            "User-Agent: smoke/1",
         ],
         None,
     );
@@ -319,6 +321,7 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
 
     let il = &report["interleave"];
     assert_eq!(il["mode"], "concurrent", "{il}");
+    assert_eq!(report["settings"]["header"][0], "User-Agent: smoke/1");
     let cycles = il["cycles"].as_array().unwrap();
     assert_eq!(cycles.len(), 2, "--quick: two cycles");
     assert_eq!(il["generations"], 2, "{il}");
@@ -353,6 +356,18 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
         "{text}"
     );
     assert!(text.contains("Build B (the targets so marked)"), "{text}");
+    assert!(text.contains("requests with User-Agent besides Host"), "{text}");
+    // A header that is not one line of `Name: value` is refused before anything starts.
+    for bad in ["no colon", ": no name", "X-A: 1\r\nX-B: 2"] {
+        let out = Command::new(python())
+            .arg(script())
+            .args(["--header", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a 'Name: value' header line"), "{bad:?}: {err}");
+    }
 }
 
 #[test]
