@@ -356,7 +356,10 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
         "{text}"
     );
     assert!(text.contains("Build B (the targets so marked)"), "{text}");
-    assert!(text.contains("requests with User-Agent besides Host"), "{text}");
+    assert!(
+        text.contains("requests with User-Agent besides Host"),
+        "{text}"
+    );
     // A header that is not one line of `Name: value` is refused before anything starts.
     for bad in ["no colon", ": no name", "X-A: 1\r\nX-B: 2"] {
         let out = Command::new(python())
@@ -366,7 +369,10 @@ fn the_concurrent_mode_loads_every_target_in_one_window() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not a 'Name: value' header line"), "{bad:?}: {err}");
+        assert!(
+            err.contains("not a 'Name: value' header line"),
+            "{bad:?}: {err}"
+        );
     }
 }
 
