@@ -5,7 +5,8 @@
 //! The sampling decision is taken first, with no allocation ([`sampling`]); an unsampled
 //! request only gets a new span id and its `traceparent` (flags `00`) written upstream from a
 //! stack buffer, and builds no OpenTelemetry object at all: tracing at 1 % must cost next to
-//! nothing on the 99 % (issue 17).
+//! nothing on the 99 % (issue 17). A sampled one keeps the values its span is made of, and the
+//! export thread makes the span ([`HttpRecord`]).
 //!
 //! Settings: [`settings`]; headers: [`headers`]; sampling and ids: [`sampling`]; export queue
 //! and its metrics: [`export`].
@@ -18,7 +19,6 @@ pub mod settings;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
@@ -76,7 +76,7 @@ struct Inner {
     provider: SdkTracerProvider,
     /// Where HTTP spans are queued (the SDK makes only the TCP ones).
     sender: export::Sender,
-    /// Which requests are sampled (the SDK only ever sees those).
+    /// Which requests are sampled (only those are recorded).
     sampling: Sampling,
 }
 
@@ -185,7 +185,7 @@ impl Tracing {
     }
 
     /// Starts the span of an HTTP request, continuing the trace its headers carry. Sampling is
-    /// decided here; an unsampled request allocates nothing and builds no SDK span.
+    /// decided here; an unsampled request allocates nothing, a sampled one only its record.
     pub fn start_http(&self, session: &Session) -> Option<HttpSpan> {
         let inner = self.inner.as_ref()?;
         let req = session.req_header();
@@ -271,7 +271,7 @@ fn resource() -> Resource {
     }
 }
 
-/// The span of one HTTP request: its ids, and the SDK span when sampled.
+/// The span of one HTTP request: its ids, and what its span is made of when sampled.
 #[derive(Debug)]
 pub struct HttpSpan {
     /// What the upstream request names as its parent.
