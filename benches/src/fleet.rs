@@ -13,8 +13,9 @@ pub mod sim;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -127,8 +128,8 @@ impl Options {
 /// When the controller reached each step of one change, from the file's rename: the new
 /// table published (its version gauge moved: the 20 ms the file watcher waits for a burst to
 /// settle, reading the changed file, translating, publishing) and the first waiting long-poll
-/// answered (the gauge of held long-polls went down). Seen by a thread polling the controller's
-/// gauges every 200 µs, so each is late by at most that.
+/// answered with it (its count of tables sent moved). Seen by a thread reading the controller's
+/// metrics every 200 µs, so each is late by at most that (or by how late the thread is woken).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Milestones {
     /// Rename to the new table published.
@@ -137,35 +138,46 @@ pub struct Milestones {
     pub answered: Duration,
 }
 
-/// Watches the controller's gauges from the moment of a change (`t0`, the table version then
-/// `before`, `waiting` long-polls held) until the table is published and a long-poll answered.
+/// Watches the controller's metrics from the moment of a change (`t0`, the table version then
+/// `before`, `sent` tables sent so far) until the table is published and a table sent; stops
+/// when told to, whatever it saw. Both signals are counts that only grow, so no step can
+/// be missed between two readings: a gauge of held long-polls can go down and back up between
+/// them when the proxies ask again at once, which left an earlier form of this watch waiting
+/// for its full time limit.
 struct MilestoneWatch {
+    stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Milestones>,
 }
 
 impl MilestoneWatch {
-    fn start(t0: Instant, before: u64, waiting: usize, limit: Duration) -> MilestoneWatch {
+    fn start(t0: Instant, before: u64, sent: u64, limit: Duration) -> MilestoneWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut m = Milestones::default();
-            let mut published = false;
             while t0.elapsed() < limit {
-                if !published && table_version() > before {
+                // Read before looking, so that the last look after `finish` still counts.
+                let last = stopping.load(Ordering::Acquire);
+                if m.published.is_zero() && table_version() > before {
                     m.published = t0.elapsed();
-                    published = true;
                 }
-                let held = usize::try_from(metrics().longpoll_waiting.get()).unwrap_or(0);
-                if published && held < waiting {
+                if !m.published.is_zero() && tables_sent() > sent {
                     m.answered = t0.elapsed();
+                    break;
+                }
+                if last {
                     break;
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
             m
         });
-        MilestoneWatch { handle }
+        MilestoneWatch { stop, handle }
     }
 
+    /// Stops the watch (a step not seen by now stays zero) and returns what it saw.
     fn finish(self) -> Milestones {
+        self.stop.store(true, Ordering::Release);
         self.handle.join().unwrap_or_default()
     }
 }
@@ -273,6 +285,14 @@ fn bytes_sent() -> u64 {
     ["full", "delta"]
         .iter()
         .map(|k| metrics().table_response_bytes.with_label_values(&[k]).get())
+        .sum()
+}
+
+/// Tables the controller has sent, full and delta.
+fn tables_sent() -> u64 {
+    ["full", "delta"]
+        .iter()
+        .map(|k| metrics().table_responses.with_label_values(&[k]).get())
         .sum()
 }
 
@@ -553,7 +573,7 @@ fn fleet_phase(
         && (changes.len() < 2 || changes_start.elapsed() < opts.phase_budget)
     {
         let (change, pending) = cluster.change()?;
-        let before = table_version();
+        let (before, sent) = (table_version(), tables_sent());
         let (c0, f0, b0, r0) = (
             controller_cpu(),
             cpu::threads_cpu(&[sim::THREAD_NAME]),
@@ -562,7 +582,7 @@ fn fleet_phase(
         );
         let t0 = Instant::now();
         pending.publish()?;
-        let watch = MilestoneWatch::start(t0, before, n, opts.change_limit);
+        let watch = MilestoneWatch::start(t0, before, sent, opts.change_limit);
         let mut got: Vec<Option<Instant>> = vec![None; n];
         let mut have = 0;
         while have < n {
@@ -656,7 +676,7 @@ fn real_phase(
     let mut changes = Vec::new();
     for k in 0..opts.real_changes {
         let (change, pending) = cluster.change()?;
-        let before = table_version();
+        let (before, sent) = (table_version(), tables_sent());
         let (p0, c0, b0) = (
             cpu::process_cpu(proxy.pid()),
             controller_cpu(),
@@ -664,7 +684,7 @@ fn real_phase(
         );
         let t0 = Instant::now();
         pending.publish()?;
-        let watch = MilestoneWatch::start(t0, before, 1, opts.change_limit);
+        let watch = MilestoneWatch::start(t0, before, sent, opts.change_limit);
         let line = proxy
             .wait_version(before + 1, opts.change_limit)
             .with_context(|| format!("{label}: change {} ({})", k + 1, change.host))?;
@@ -709,4 +729,41 @@ fn real_phase(
         rss,
         peak_rss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The only test of this crate's library that moves the controller's metrics (they are
+    // per process): the fleet run itself is its own test binary.
+    #[test]
+    fn the_milestone_watch_sees_both_steps_even_when_the_waiting_long_polls_are_back() {
+        let m = metrics();
+        let (before, sent) = (table_version(), tables_sent());
+        let t0 = Instant::now();
+        // Nothing happens: told to stop, the watch stops at once, long before its limit.
+        let quiet = MilestoneWatch::start(t0, before, sent, Duration::from_secs(600)).finish();
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+        assert_eq!(
+            (quiet.published, quiet.answered),
+            (Duration::ZERO, Duration::ZERO)
+        );
+
+        // Published, then every waiting long-poll answered and held again before the watch
+        // looks: the held gauge is where it was, the count of tables sent is not.
+        let t0 = Instant::now();
+        let watch = MilestoneWatch::start(t0, before, sent, Duration::from_secs(600));
+        m.longpoll_waiting.add(5);
+        m.table_version.set(i64::try_from(before + 1).unwrap());
+        m.table_responses.with_label_values(&["delta"]).inc_by(5);
+        m.longpoll_waiting.sub(5);
+        m.longpoll_waiting.add(5);
+        std::thread::sleep(Duration::from_millis(20));
+        let seen = watch.finish();
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+        assert!(!seen.published.is_zero(), "{seen:?}");
+        assert!(seen.answered >= seen.published, "{seen:?}");
+        m.longpoll_waiting.sub(5);
+    }
 }

@@ -383,6 +383,9 @@ impl ApiState {
         last.table = Some(table.clone());
         last.version = version;
         let history = last.history.iter().cloned().collect();
+        // Set before the long-polls wake: an answer with this version is never seen before
+        // the gauge says it is served.
+        metrics::register().table_version.set(version as i64);
         self.current.send_replace(Some(Arc::new(Published {
             version,
             etag: format!("\"{version}\""),
@@ -391,7 +394,6 @@ impl ApiState {
             full: Encoded::default(),
             deltas: Mutex::new(HashMap::new()),
         })));
-        metrics::register().table_version.set(version as i64);
         version
     }
 
