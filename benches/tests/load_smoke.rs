@@ -451,3 +451,82 @@ fn mesh_pairs_measure_both_paths_on_the_same_proxies() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An interleaved run's report as `--json` writes it, reduced to what `--pool` reads: the
+/// targets, the mode and pace, and per cycle each target's CPU per request; the traced copy
+/// costs `ratio` times the first target in every cycle, over `generations` of 3 cycles each.
+fn interleaved_report(ratio: f64, generations: u64, pace: u64) -> Value {
+    let cycles: Vec<Value> = (0..generations * 3)
+        .map(|c| {
+            let base = 70.0 + (c % 5) as f64;
+            let target = |us: f64| serde_json::json!({"cpu_us_per_request": us, "phase_cpu_us_per_request": us, "rps": 2000.0, "precise": true, "busy": 0.1, "requests": 4000, "cycle_cpu_s": us * 4000.0 / 1e6});
+            serde_json::json!({
+                "generation": c / 3,
+                "targets": {"maille": target(base), "maille-trace-1": target(base * ratio)},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "settings": {"pace": pace},
+        "machine": {"commit": "abc1234", "date": "2026-12-04 03:00 UTC"},
+        "interleave": {
+            "mode": "concurrent",
+            "targets": {"maille": "maille", "maille-trace-1": "maille-trace-1"},
+            "cycles": cycles,
+        },
+    })
+}
+
+#[test]
+fn several_interleaved_runs_are_pooled_and_runs_that_differ_are_refused() {
+    let dir = temp_dir("load-pool");
+    let write = |name: &str, v: &Value| {
+        let p = dir.join(name);
+        std::fs::write(&p, serde_json::to_vec(v).unwrap()).unwrap();
+        p
+    };
+    let a = write("a.json", &interleaved_report(1.02, 4, 2000));
+    let b = write("b.json", &interleaved_report(1.04, 4, 2000));
+    let pool = |files: &[&Path]| {
+        Command::new(python())
+            .arg(script())
+            .arg("--pool")
+            .args(files)
+            .output()
+            .unwrap()
+    };
+    let out = pool(&[&a, &b]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 interleaved runs pooled"), "{text}");
+    assert!(text.contains("24 cycles, 8 generations"), "{text}");
+    // Half the cycles at 1.02, half at 1.04: the pooled median is between, each run keeps its own.
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| maille-proxy, tracing 1 % |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "1.030×", "{row}");
+    assert_eq!(cells[5], "1.020×, 1.040×", "{row}");
+    assert!(cells[6].starts_with("1.030× ("), "{row}");
+
+    // Runs of other paces, or a file that is no interleaved run, are refused, naming the file.
+    let c = write("c.json", &interleaved_report(1.02, 4, 1000));
+    let junk = write("junk.json", &serde_json::json!({"http": {}}));
+    for (files, says) in [
+        (vec![a.as_path(), c.as_path()], "pace 1000 differs"),
+        (vec![a.as_path(), junk.as_path()], "not an interleaved run"),
+        (vec![a.as_path()], "two or more"),
+    ] {
+        let out = pool(&files);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert!(String::from_utf8_lossy(&pool(&[&a, &c]).stderr).contains("c.json"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -381,6 +381,9 @@ async fn client_loop(addr: SocketAddr, fresh: bool, stop: Arc<AtomicBool>) -> St
 
 /// An h2c client sending `GET /` continuously on one connection; when the proxy sends
 /// `GOAWAY` (drain), it finishes its request there and opens a new connection.
+/// What [`h2c_loop`] notes for a request hyper handed back unsent.
+const UNSENT: &str = "not sent: the connection closed first";
+
 async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> Stats {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -420,7 +423,14 @@ async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> Stats {
             .body(Empty::new())
             .unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-            let resp = s.send_request(req).await.map_err(|e| format!("{e:?}"))?;
+            let resp = s.try_send_request(req).await.map_err(|mut e| {
+                // Handed back: the connection closed (a GOAWAY) before a byte of it was sent.
+                if e.take_message().is_some() {
+                    UNSENT.to_string()
+                } else {
+                    format!("{:?}", e.error())
+                }
+            })?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
@@ -435,8 +445,9 @@ async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> Stats {
         match outcome {
             Ok((200, body)) if body == "web" => stats.answered += 1,
             // A stream above a GOAWAY's last stream id was not processed and may be sent again
-            // (RFC 9113 §6.8): the client was told, as a draining proxy should tell it.
-            Err(e) if e.contains("GoAway") => {
+            // (RFC 9113 §6.8), nor was a request hyper handed back: the client was told, as a
+            // draining proxy should tell it.
+            Err(e) if e.contains("GoAway") || e == UNSENT => {
                 stats.told_to_close += 1;
                 sender = None;
             }

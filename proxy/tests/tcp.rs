@@ -135,8 +135,10 @@ async fn many_concurrent_connections_spread_over_weighted_endpoints() {
     );
     // The balancer is power-of-two-choices over connect latency × open connections, with
     // candidates drawn by weight: the weight-1 endpoint's share (p = 1/4) lies between p² and
-    // 1-(1-p)² (from 6% to 44%), whatever the latencies. Plus a margin for chance.
-    assert!((15..=185).contains(&light_n), "light got {light_n} of {N}");
+    // 1-(1-p)² (from 6% to 44%: 25 to 175 of 400), whatever the latencies. Plus a margin for
+    // chance of four standard deviations of the count at either end (one is about 5
+    // connections at the low end, 10 at the high; 15..=185 failed once on a busy machine).
+    assert!((5..=215).contains(&light_n), "light got {light_n} of {N}");
     assert!(heavy.accepted() > light.accepted(), "weights are honoured");
 }
 

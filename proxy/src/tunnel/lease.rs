@@ -16,6 +16,12 @@
 //! response makes the stream useless, never the start of the next answer. Idle streams are
 //! bounded per claim, per peer node (a
 //! quarter of the streams its session carries at once) and in total.
+//!
+//! In Pingora's pool every lease has the id of every virtual stream, -1; each attempt's peer
+//! has a group key of its own ([`attempt_key`]), so no other request ever takes a lease from
+//! there. The shared id only confuses the pool's count of idle entries for a moment when two
+//! leases are released and removed at once (see `[profile.dev.package.pingora-pool]` in the
+//! workspace's Cargo.toml).
 
 use std::collections::HashMap;
 use std::io;
