@@ -517,9 +517,16 @@ fn several_interleaved_runs_are_pooled_and_runs_that_differ_are_refused() {
     // Runs of other paces, or a file that is no interleaved run, are refused, naming the file.
     let c = write("c.json", &interleaved_report(1.02, 4, 1000));
     let junk = write("junk.json", &serde_json::json!({"http": {}}));
+    let mut zero = interleaved_report(1.02, 1, 2000);
+    zero["interleave"]["cycles"][1]["targets"]["maille"]["cpu_us_per_request"] = 0.into();
+    let zero = write("zero.json", &zero);
     for (files, says) in [
         (vec![a.as_path(), c.as_path()], "pace 1000 differs"),
         (vec![a.as_path(), junk.as_path()], "not an interleaved run"),
+        (
+            vec![a.as_path(), zero.as_path()],
+            "maille's cpu_us_per_request 0 is no positive number",
+        ),
         (vec![a.as_path()], "two or more"),
     ] {
         let out = pool(&files);
