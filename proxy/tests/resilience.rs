@@ -420,15 +420,30 @@ async fn failing_backend_trips_the_breaker_then_it_recovers() {
     }
     assert_eq!(backend.accepted(), seen);
 
-    // The backend heals; after the recovery period the probes close the breaker.
+    // The backend heals; after the recovery period the breaker lets PROBES requests through.
+    // Their outcomes are recorded once each response has gone to the client (the logging
+    // phase), so a request sent right after the last probe may still be refused: wait for
+    // the probes' verdict before asking again.
     backend.set_mode(Mode::Serve);
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
+        assert_eq!(r.status, 200, "a probe was refused");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&proxy, "maille_proxy_circuit_breaker_state", NS).await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the probes never closed the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut statuses = Vec::new();
     for _ in 0..10 {
         statuses.push(c.get(proxy.http[0], &host(NS), "/").await.unwrap().status);
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(backend.accepted(), seen + 10);
+    assert_eq!(backend.accepted(), seen + 13);
     assert_eq!(
         metric(&proxy, "maille_proxy_circuit_breaker_state", NS).await,
         0.0
