@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use config_model::testing::{http, table};
 use config_model::{OptionsSpec, RateLimitSpec, ServiceSpec, TableSpec};
+use maille_proxy::resilience::breaker::PROBES;
 use maille_proxy::testing::client::{self, HttpClient, Reply};
 use maille_proxy::testing::{metric_with, HttpBackend, TestProxy, TestProxyOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -426,7 +427,7 @@ async fn failing_backend_trips_the_breaker_then_it_recovers() {
     // the probes' verdict before asking again.
     backend.set_mode(Mode::Serve);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for _ in 0..3 {
+    for _ in 0..PROBES {
         let r = c.get(proxy.http[0], &host(NS), "/").await.unwrap();
         assert_eq!(r.status, 200, "a probe was refused");
     }
@@ -443,7 +444,7 @@ async fn failing_backend_trips_the_breaker_then_it_recovers() {
         statuses.push(c.get(proxy.http[0], &host(NS), "/").await.unwrap().status);
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(backend.accepted(), seen + 13);
+    assert_eq!(backend.accepted(), seen + 10 + u64::from(PROBES));
     assert_eq!(
         metric(&proxy, "maille_proxy_circuit_breaker_state", NS).await,
         0.0
